@@ -1,0 +1,1 @@
+"""The `modalrec` command line: one sub-command per module in this package."""

@@ -1,0 +1,1 @@
+"""Interactions, item tables, vocabularies, splits and sequence batches."""

@@ -1,0 +1,66 @@
+"""Experiment configuration: the one config tree that the CLI, the Python API and benchmarks share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modalrec.training.loop import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Which source to load and how to filter it. `options` are the loader's keyword arguments."""
+
+    source: str = "synthetic"
+    options: dict[str, Any] = field(default_factory=dict)
+    min_rating: float | None = None
+    user_core: int = 0  # k-core: keep users with >= user_core events (iterated with item_core)
+    item_core: int = 0
+    max_seq_len: int | None = None  # keep each user's last N events
+
+
+@dataclass
+class SplitConfig:
+    kind: Literal["leave_one_out", "global_temporal", "presplit"] = "leave_one_out"
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    cold_item_fraction: float = 0.0  # additionally hold out this share of items from training
+
+
+@dataclass
+class FeaturesConfig:
+    """Item content features. Either an existing FeatureStore directory, or encoders to run (cached)."""
+
+    store: str | None = None
+    text: str | None = None  # e.g. "minilm", "hashing", or any sentence-transformers / HF model name
+    image: str | None = None  # e.g. "efficientnet-lite0", "stats", "clip:NAME", "siglip:NAME"
+    template: str | None = None  # item text template, e.g. "{title}. {genres}"
+    cache_dir: str = ".cache/features"
+    device: str = "cpu"
+    batch_size: int = 64
+
+
+@dataclass
+class ModelSpec:
+    name: str = "sasrec"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    exclude_seen: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

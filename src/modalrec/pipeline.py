@@ -1,0 +1,232 @@
+"""The experiment pipeline: data -> split -> features -> model -> fit on TRAIN/VALID -> one TEST evaluation.
+
+Each step is a plain function so that the CLI, benchmarks and notebooks compose the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modalrec.config import to_dict
+from modalrec.data.dataset import Dataset
+from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
+from modalrec.errors import ConfigError
+from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
+from modalrec.io import write_json_atomic
+from modalrec.models.base import ModelContext
+
+log = logging.getLogger(__name__)
+
+METRIC_DEFINITIONS = {
+    "hr@k": "share of test events whose target ranks in the top k (full ranking over all items)",
+    "recall@k": "equal to hr@k for single-target next-item events",
+    "ndcg@k": "1 / log2(rank + 1) if rank <= k else 0, averaged over events",
+    "mrr": "mean of 1 / rank (no cut-off)",
+    "rank": "1 + number of candidate items scoring >= the target (pessimistic ties)",
+}
+
+
+def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
+    from modalrec.data import filters
+    from modalrec.data.sources import load_dataset
+
+    options = dict(cfg.options)
+    if cfg.source == "synthetic":
+        options.setdefault("seed", seed)
+    ds = load_dataset(cfg.source, **options)
+    if cfg.min_rating is not None:
+        ds = filters.filter_rating(ds, cfg.min_rating)
+    if cfg.user_core or cfg.item_core:
+        ds = filters.k_core(ds, cfg.user_core, cfg.item_core)
+    if cfg.max_seq_len:
+        ds = filters.truncate_max_len(ds, cfg.max_seq_len)
+    return ds
+
+
+def make_split(ds: Dataset, cfg: SplitConfig, seed: int = 0) -> Split:
+    if cfg.kind == "leave_one_out":
+        split = leave_one_out(ds.interactions)
+    elif cfg.kind == "global_temporal":
+        split = global_temporal(ds.interactions, tuple(cfg.ratios))  # type: ignore[arg-type]
+    elif cfg.kind == "presplit":
+        if ds.presplit is None:
+            raise ConfigError(f"split.kind=presplit but dataset {ds.name!r} ships no split")
+        split = from_presplit(ds.interactions, ds.presplit["valid_rows"], ds.presplit["test_rows"], name="presplit")
+    else:  # pragma: no cover - guarded by the Literal type
+        raise ConfigError(f"unknown split kind {cfg.kind!r}")
+    if cfg.cold_item_fraction > 0:
+        split = cold_items(split, cfg.cold_item_fraction, seed)
+    return split
+
+
+def load_features(ds: Dataset, cfg: FeaturesConfig) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Feature tensors for the dataset's items: from an existing store, or encoded once and cached."""
+    from modalrec.features.store import FeatureStore
+
+    if cfg.store:
+        return FeatureStore.open(cfg.store, ds.item_vocab).tensors()
+    if not (cfg.text or cfg.image):
+        return {}, {}
+    from modalrec.features.build import encode_catalogue
+
+    key = f"{ds.name}-{ds.item_vocab.hash}-{cfg.text or 'none'}-{cfg.image or 'none'}".replace("/", "_").replace(":", "_")
+    out_dir = Path(cfg.cache_dir) / key
+    store = encode_catalogue(
+        ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
+        batch_size=cfg.batch_size, device=cfg.device, resume=True,
+    )
+    return store.tensors()
+
+
+def model_context(split: Split, features: tuple[dict, dict], max_len: int, seed: int) -> ModelContext:
+    return ModelContext(
+        n_items=split.n_items, n_users=split.n_users, max_len=max_len,
+        train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
+        seed=seed,
+    )
+
+
+def build_model(name: str, params: dict[str, Any], ctx: ModelContext) -> Any:
+    from modalrec.config import from_dict
+    from modalrec.models import MODELS
+
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {sorted(MODELS)}")
+    model_cls, config_cls = MODELS[name]
+    model_cfg = from_dict(config_cls, params, where="model.params")
+    return model_cls.build(model_cfg, ctx), model_cfg
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss_kb / 1024.0
+
+
+@dataclass
+class RunResult:
+    test: Any  # Report
+    valid: Any  # Report of the selected checkpoint
+    history: Any
+    manifest: dict[str, Any]
+    model: Any
+    run_dir: Path | None
+
+
+def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
+    """Train on TRAIN, select on VALID, evaluate TEST once; write config, manifest, report and weights."""
+    from modalrec.data.sequences import TrainWindows
+    from modalrec.evaluation.evaluator import Evaluator
+    from modalrec.training.checkpoint import save_checkpoint
+    from modalrec.training.loop import fit
+
+    started = time.perf_counter()
+    ds = load_data(cfg.data, cfg.seed)
+    split = make_split(ds, cfg.split, cfg.seed)
+    features = load_features(ds, cfg.features)
+    max_len = int(cfg.model.params.get("max_len", 50))
+    ctx = model_context(split, features, max_len, cfg.seed)
+    model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
+    run_dir = Path(cfg.output_dir) / cfg.name if write else None
+
+    def evaluator(part: str) -> Evaluator:
+        es = split.valid if part == "valid" else split.test
+        return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                         max_len=max_len, device=cfg.eval.device)
+
+    valid_eval = evaluator("valid")
+    history = None
+    if hasattr(model, "fit_counts"):
+        model.fit_counts(split)
+    else:
+        train_cfg = cfg.train
+        if run_dir is not None and train_cfg.checkpoint_dir is None:
+            train_cfg = _replace(train_cfg, checkpoint_dir=str(run_dir / "train_state"))
+        source = model.training_source(split) if hasattr(model, "training_source") else TrainWindows(split.train, max_len)
+        history = fit(model, source, train_cfg, validate=lambda m: valid_eval.run(m, name="valid"))
+    valid_report = valid_eval.run(model, name="valid")
+    test_report = evaluator("test").run(model, name="test")
+    wall = time.perf_counter() - started
+    manifest = {
+        "name": cfg.name,
+        "dataset": ds.describe(),
+        "split": split.describe(),
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
+                  "trainable_parameters": _trainable(model)},
+        "metric_definitions": METRIC_DEFINITIONS,
+        "protocol": {"ranking": "full", "ties": "pessimistic", "exclude_seen": cfg.eval.exclude_seen,
+                     "selection": "best VALID epoch; TEST evaluated once"},
+        "wall_time_s": wall,
+        "peak_memory_mb": peak_memory_mb(cfg.train.device),
+        "history": history.to_dict() if history is not None and hasattr(history, "to_dict") else None,
+        "platform": {"python": platform.python_version(), "torch": torch.__version__},
+    }
+    test_report.meta.update({k: manifest[k] for k in ("dataset", "split", "seed", "wall_time_s", "peak_memory_mb")})
+    test_report.meta["model"] = manifest["model"]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "manifest.json", manifest)
+        test_report.to_json(run_dir / "report.json")
+        (run_dir / "report.md").write_text(test_report.to_markdown() + "\n")
+        if isinstance(model, torch.nn.Module):
+            save_checkpoint(run_dir / "model", model, {"model": cfg.model.name, "config": to_dict(model_cfg)},
+                            {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
+                             "experiment": to_dict(cfg)})
+    return RunResult(test_report, valid_report, history, manifest, model, run_dir)
+
+
+def _trainable(model: Any) -> int:
+    if isinstance(model, torch.nn.Module):
+        return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return 0
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") -> Any:
+    """Rebuild a trained run from its directory (data, split, features, weights) and evaluate one part."""
+    import json
+
+    from modalrec.config import from_dict
+    from modalrec.errors import MismatchError
+    from modalrec.evaluation.evaluator import Evaluator
+    from modalrec.training.checkpoint import load_state
+
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    cfg = from_dict(ExperimentConfig, manifest["config"])
+    ds = load_data(cfg.data, cfg.seed)
+    if ds.content_hash() != manifest["dataset"]["hash"]:
+        raise MismatchError(
+            f"dataset hash {ds.content_hash()} differs from the one the run was trained on "
+            f"({manifest['dataset']['hash']}); the data files changed"
+        )
+    split = make_split(ds, cfg.split, cfg.seed)
+    max_len = int(cfg.model.params.get("max_len", 50))
+    model, _ = build_model(cfg.model.name, cfg.model.params,
+                           model_context(split, load_features(ds, cfg.features), max_len, cfg.seed))
+    if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
+        load_state(run_dir / "model", model)
+    elif hasattr(model, "fit_counts"):
+        model.fit_counts(split)
+    es = split.valid if part == "valid" else split.test
+    return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                     max_len=max_len, device=device).run(model, name=part)

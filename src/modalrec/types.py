@@ -1,0 +1,70 @@
+"""Batch dataclasses and the protocols that models, the trainer, the evaluator and the server share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SeqBatch:
+    """A batch of left-padded item sequences (0 = PAD).
+
+    Training: `targets` is [B, L], the next item at every position (0 where there is none).
+    Evaluation: `targets` is [B], the one item to rank, and `items` is the history before it.
+    """
+
+    items: torch.Tensor  # [B, L] int64
+    targets: torch.Tensor  # [B, L] or [B] int64
+    users: torch.Tensor  # [B] int64
+    timestamps: torch.Tensor | None = None  # [B, L] int64 (event times of `items`), optional
+    target_ts: torch.Tensor | None = None  # [B] or [B, L] time of the target event, optional
+
+    def to(self, device: torch.device | str) -> SeqBatch:
+        return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+@dataclass
+class EventBatch:
+    """A batch of timestamped user-item events in chronological order (for temporal graph models)."""
+
+    users: torch.Tensor  # [B] int64
+    items: torch.Tensor  # [B] int64
+    ts: torch.Tensor  # [B] float64 or int64
+    negatives: torch.Tensor | None = None  # [B] or [B, N] int64 sampled negative items
+    edge_feats: torch.Tensor | None = None  # [B, d_e] float
+
+    def to(self, device: torch.device | str) -> EventBatch:
+        return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+
+def _move(value: object, device: torch.device | str) -> object:
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything the evaluator can rank with: scores for every item index 0..n_items.
+
+    `score(batch)` returns [B, n_items + 1] float scores (column 0 is PAD and is ignored).
+    With `items` ([M] int64) it returns [B, M] scores for just those items.
+    """
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """Anything the shared training loop can fit: a module with a scalar `loss(batch)`."""
+
+    def loss(self, batch: object) -> torch.Tensor: ...
+
+    def parameters(self): ...  # noqa: ANN201 - nn.Module's
