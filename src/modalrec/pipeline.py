@@ -35,20 +35,20 @@ METRIC_DEFINITIONS = {
 
 
 def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
     from modalrec.data import filters
     from modalrec.data.sources import load_dataset
 
     options = dict(cfg.options)
     if cfg.source == "synthetic":
         options.setdefault("seed", seed)
-    ds = load_dataset(cfg.source, **options)
-    if cfg.min_rating is not None:
-        ds = filters.filter_rating(ds, cfg.min_rating)
-    if cfg.user_core or cfg.item_core:
-        ds = filters.k_core(ds, cfg.user_core, cfg.item_core)
-    if cfg.max_seq_len:
-        ds = filters.truncate_max_len(ds, cfg.max_seq_len)
-    return ds
+    if cfg.min_rating is not None:  # ratings are applied by the loader, before vocabularies are built
+        options["min_rating"] = cfg.min_rating
+    try:
+        ds = load_dataset(cfg.source, **options)
+    except TypeError as exc:  # an option the loader does not take
+        raise ConfigError(f"data.options for source {cfg.source!r}: {exc}") from exc
+    return filters.apply_filters(ds, user_k=cfg.user_core, item_k=cfg.item_core, max_len=cfg.max_seq_len)
 
 
 def make_split(ds: Dataset, cfg: SplitConfig, seed: int = 0) -> Split:

@@ -1,0 +1,196 @@
+"""Recformer transfer: pretrain on IISAN Musical Instruments (titles), evaluate zero-shot on UniSRec Scientific,
+finetune (two stages, best on VALID), evaluate on TEST. Prints JSON (and writes it with --out).
+
+Full ranking over all 4,385 Scientific items, history items excluded, pessimistic ties (modalrec Evaluator).
+Defaults depend on the device: on CPU a bounded run (~10 min on 2 free cores: few steps, sub-sampled
+evaluation events, labelled in the JSON); on CUDA larger budgets and every event.
+
+    python benchmarks/recformer_transfer.py --out recformer.json             # defaults for the device
+    python benchmarks/recformer_transfer.py --smoke                          # a minute-scale check
+    python benchmarks/recformer_transfer.py --device cuda --size base --pretrain-steps 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modalrec.data.items import ItemTable
+from modalrec.data.sources.amazon_iisan import load_amazon_iisan
+from modalrec.data.sources.recbole import load_recbole
+from modalrec.data.splits import EvalSet, from_presplit
+from modalrec.evaluation.evaluator import Evaluator
+from modalrec.io import write_json_atomic
+from modalrec.models.recformer import RecformerConfig, RecformerModel
+from modalrec.models.recformer_input import ItemTokens
+from modalrec.models.recformer_train import (
+    FinetuneConfig, PrefixPairs, PretrainConfig, PretrainCorpus, finetune, peak_memory_mb, pretrain, user_sequences,
+)
+from modalrec.seeding import numpy_rng
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+METRICS = ("ndcg@10", "recall@10", "hr@10", "mrr")
+CPU_DEFAULTS = dict(pretrain_steps=120, stage1_epochs=1, stage2_epochs=1, steps_per_epoch=40, valid_events=400,
+                    test_events=1000, max_tokens=192)
+GPU_DEFAULTS = dict(pretrain_steps=4000, stage1_epochs=3, stage2_epochs=2, steps_per_epoch=0, valid_events=0,
+                    test_events=0, max_tokens=512)
+SMOKE = dict(pretrain_steps=4, stage1_epochs=1, stage2_epochs=1, steps_per_epoch=3, valid_events=48,
+             test_events=96, max_tokens=128)
+
+
+def scientific_attributes(table: ItemTable) -> list[dict[str, str]]:
+    """UniSRec's Scientific.text is "title. categories. brand." per item: split from the right into the three
+    attributes Recformer reads as key-value pairs (items with fewer parts keep what they have)."""
+    out = []
+    for text in table.fields["text"][1:]:
+        parts = text.strip().removesuffix(".").rsplit(". ", 2)
+        out.append(dict(zip(("title", "categories", "brand"), (p.strip() for p in parts))))
+    return out
+
+
+def subsample(es: EvalSet, n: int, seed: int, purpose: str) -> EvalSet:
+    if n <= 0 or n >= len(es):
+        return es
+    mask = np.zeros(len(es), dtype=bool)
+    mask[numpy_rng(seed, purpose).choice(len(es), size=n, replace=False)] = True
+    return es.subset(mask)
+
+
+def pick(report: Any) -> dict[str, float]:
+    return {m: float(report.overall[m]) for m in METRICS if report.overall.get(m) is not None}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iisan-dir", default=str(DATA / "amazon-iisan"))
+    p.add_argument("--scientific-dir", default=str(DATA / "amazon-scientific-unisrec"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", default="mini", help="tiny | mini | minilm | base")
+    p.add_argument("--backbone", default="longformer")
+    p.add_argument("--init", default=None, help="start from a BERT checkpoint: 'minilm' (needs --size minilm) or a dir")
+    p.add_argument("--smoke", action="store_true", help="a minute-scale run that proves the pipeline (not a result)")
+    for name in ("pretrain_steps", "stage1_epochs", "stage2_epochs", "steps_per_epoch", "valid_events",
+                 "test_events", "max_tokens"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help="0 = no cap" if name in ("steps_per_epoch", "valid_events", "test_events") else None)
+    p.add_argument("--pretrain-batch", type=int, default=16)
+    p.add_argument("--finetune-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--pretrain-lr", type=float, default=1e-4)
+    p.add_argument("--max-items", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--cache-dir", default=None, help="where tokenised item tables are cached")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = SMOKE if args.smoke else (GPU_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS)
+    opt = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
+    t_start = time.perf_counter()
+
+    # data: domain A (pretraining) and domain B (target, UniSRec pre-split leave-one-out)
+    iisan = Path(args.iisan_dir)
+    inst = load_amazon_iisan(iisan / "am_Musical_Instruments_users_10K.tsv", iisan / "Musical_Instruments_items.tsv")
+    sci = load_recbole(args.scientific_dir, "Scientific")
+    assert sci.presplit is not None
+    split = from_presplit(sci.interactions, sci.presplit["valid_rows"], sci.presplit["test_rows"], name="unisrec_presplit")
+    load_s = time.perf_counter() - t_start
+
+    cfg = RecformerConfig(size=args.size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
+                          max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed)
+    model, tok = RecformerModel.create(cfg)
+    t0 = time.perf_counter()
+    inst_tokens = model.tokenize_table(inst.items, tok, cache_dir=args.cache_dir)
+    sci_tokens = ItemTokens.from_records(scientific_attributes(sci.items), tok, cfg.max_item_tokens, cfg.max_attr_tokens)
+    tokenize_s = time.perf_counter() - t0
+    model.to(args.device)
+
+    # pretraining on domain A only (Scientific never seen)
+    corpus = PretrainCorpus.from_domains([(inst.name, inst_tokens, user_sequences(inst.interactions))])
+    pre = pretrain(model, corpus, PretrainConfig(epochs=100, max_steps=opt["pretrain_steps"] or None,
+                                                 batch_size=args.pretrain_batch, lr=args.pretrain_lr,
+                                                 warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device,
+                                                 seed=args.seed))
+    pre.pop("config", None)
+
+    valid = subsample(split.valid, opt["valid_events"], args.seed, "bench/valid_subset")
+    test = subsample(split.test, opt["test_events"], args.seed, "bench/test_subset")
+    ev_kw = dict(ks=(5, 10, 20), exclude_seen=True, max_len=50, device=args.device, batch_size=128)
+    ev_valid, ev_test = Evaluator(valid, sci.n_items, **ev_kw), Evaluator(test, sci.n_items, **ev_kw)
+
+    model.set_items(sci_tokens)
+    t0 = time.perf_counter()
+    model.refresh_item_vectors()
+    item_encode_s = time.perf_counter() - t0
+    zero = ev_test.run(model, name="zero_shot_test")
+
+    ft = finetune(model, PrefixPairs(split.train, cfg.max_items),
+                  FinetuneConfig(stage1_epochs=opt["stage1_epochs"], stage2_epochs=opt["stage2_epochs"],
+                                 batch_size=args.finetune_batch, lr=args.lr,
+                                 max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device,
+                                 seed=args.seed),
+                  validate=lambda m: ev_valid.run(m, name="valid").overall)
+    tuned = ev_test.run(model, name="finetuned_test")
+
+    epochs = ft["history"]
+    result = {
+        "benchmark": "recformer_transfer",
+        "smoke_run": bool(args.smoke),
+        "note": "smoke run: proves the pipeline, the numbers are not a result" if args.smoke else
+                "bounded run; see budgets and evaluated event counts",
+        "device": args.device, "torch_threads": torch.get_num_threads(),
+        "pretrain_domain": inst.describe() | {"files": None},
+        "target_domain": sci.describe() | {"files": None},
+        "split": split.describe(),
+        "protocol": {"ranking": f"full, {sci.n_items} items", "exclude_seen": True, "ties": "pessimistic",
+                     "valid_events": len(valid), "valid_events_total": len(split.valid),
+                     "test_events": len(test), "test_events_total": len(split.test),
+                     "subsampled": len(test) < len(split.test), "selection": "best ndcg@10 on VALID"},
+        "model": {**model.config_dict(), "trainable_parameters": model.num_trainable_parameters()},
+        "budgets": opt | {"pretrain_batch": args.pretrain_batch, "finetune_batch": args.finetune_batch,
+                          "lr": args.lr, "pretrain_lr": args.pretrain_lr},
+        "zero_shot_test": pick(zero),
+        "finetuned_test": pick(tuned),
+        "finetuned_test_groups": {g: {m: v for m, v in d.items() if m in METRICS} for g, d in tuned.groups.items()},
+        "finetune_best": ft["best"],
+        "time": {
+            "load_s": load_s, "tokenize_s": tokenize_s, "pretrain_s": pre["time_s"],
+            "pretrain_time_per_step_s": pre["time_per_step_s"],
+            "item_table_encode_s": item_encode_s,
+            "finetune_time_per_epoch_s": [e["time_s"] for e in epochs],
+            "finetune_item_encode_s": [e["item_encode_s"] for e in epochs],
+            "valid_s": [e["valid_s"] for e in epochs],
+            "zero_shot_eval_s": zero.meta.get("wall_time_s"), "test_eval_s": tuned.meta.get("wall_time_s"),
+            "total_s": time.perf_counter() - t_start,
+        },
+        "pretrain": pre,
+        "finetune_history": [{k: v for k, v in e.items() if k != "valid"} | {"valid": pick_dict(e["valid"])}
+                             for e in epochs],
+    }
+    final = peak_memory_mb(args.device)
+    result["peak_memory_mb"] = max([pre["peak_memory_mb"], final["peak_memory_mb"], *[e["peak_memory_mb"] for e in epochs]])
+    result["memory_kind"] = final["memory_kind"] + " (max over pretraining, finetuning epochs and the end)"
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        write_json_atomic(args.out, json.loads(text))
+    return result
+
+
+def pick_dict(metrics: dict[str, float]) -> dict[str, float]:
+    return {m: float(metrics[m]) for m in METRICS if metrics.get(m) is not None}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Models. `MODELS` is the only registry: name -> (model class, config dataclass).
+
+Every model class has `classmethod build(cfg, ctx: ModelContext)`. To add a model, import it here and
+add one entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ModelContext
+from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
+from modalrec.models.sasrec import SASRec, SASRecConfig
+
+MODELS: dict[str, tuple[type, type]] = {
+    "pop": (Pop, PopConfig),
+    "recent_pop": (RecentPop, RecentPopConfig),
+    "sasrec": (SASRec, SASRecConfig),
+    "gru4rec": (GRU4Rec, GRU4RecConfig),
+}
+
+
+def build_model(name: str, cfg: Any, ctx: ModelContext) -> Any:
+    """Build registered model `name` from its config dataclass (None = defaults)."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    model_cls, cfg_cls = MODELS[name]
+    if cfg is None:
+        cfg = cfg_cls()
+    if not isinstance(cfg, cfg_cls):
+        raise ConfigError(f"model {name!r} needs a {cfg_cls.__name__}, got {type(cfg).__name__}")
+    return model_cls.build(cfg, ctx)
+
+
+def model_name(model: object) -> str:
+    """The registry name of a model instance's class."""
+    for name, (model_cls, _) in MODELS.items():
+        if type(model) is model_cls:
+            return name
+    raise KeyError(f"{type(model).__name__} is not in MODELS")
+
+
+__all__ = ["MODELS", "build_model", "model_name"]

@@ -1,0 +1,93 @@
+"""Item towers: how an item index becomes a d-dim vector. Sequence models take any tower.
+
+Only the ID tower lives here. Content towers ("text", "image", "text+image", "hybrid") are added by
+registering a builder, without touching this file's logic:
+
+    @register_tower("text")
+    def _build_text(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower: ...
+
+and importing that module from `modalrec.models` so the registration runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ItemTower, ModelContext
+
+
+@dataclass
+class TowerConfig:
+    """Which tower a sequence model uses; nested in the model config (e.g. `model.tower.kind`)."""
+
+    kind: str = "id"  # "id"; content kinds are available once their builder is registered
+    fusion: str = "mlp"  # how content towers fuse modalities (ignored by "id")
+    dropout: float = 0.0  # dropout on content projections (ignored by "id")
+    options: dict[str, Any] = field(default_factory=dict)  # builder-specific extras
+
+
+TowerBuilder = Callable[[ModelContext, int, TowerConfig], ItemTower]
+TOWERS: dict[str, TowerBuilder] = {}
+
+
+def register_tower(kind: str) -> Callable[[TowerBuilder], TowerBuilder]:
+    """Decorator: make `build_item_tower(kind, ...)` call this builder."""
+
+    def deco(fn: TowerBuilder) -> TowerBuilder:
+        if kind in TOWERS and TOWERS[kind] is not fn:
+            raise ValueError(f"item tower {kind!r} is already registered")
+        TOWERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def build_item_tower(kind: str, ctx: ModelContext, dim: int, **opts: Any) -> ItemTower:
+    """Build a tower by kind. `opts` are TowerConfig fields (fusion, dropout) or builder-specific options."""
+    names = {f.name for f in fields(TowerConfig)} - {"kind", "options"}
+    known = {k: v for k, v in opts.items() if k in names}
+    extra = {k: v for k, v in opts.items() if k not in names}
+    return tower_from_config(TowerConfig(kind=kind, options=extra, **known), ctx, dim)
+
+
+def tower_from_config(cfg: TowerConfig, ctx: ModelContext, dim: int) -> ItemTower:
+    if cfg.kind not in TOWERS:
+        raise ConfigError(f"unknown item tower kind {cfg.kind!r}; known: {sorted(TOWERS)}")
+    tower = TOWERS[cfg.kind](ctx, dim, cfg)
+    if tower.dim != dim:
+        raise ConfigError(f"item tower {cfg.kind!r} produced dim {tower.dim}, expected {dim}")
+    return tower
+
+
+class IDTower(ItemTower):
+    """One learnable vector per item: nn.Embedding with padding_idx 0 (PAD row stays zero)."""
+
+    def __init__(self, n_items: int, dim: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.dim, self.n_items, self.init_std = int(dim), int(n_items), float(init_std)
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            nn.init.normal_(self.embedding.weight, 0.0, self.init_std, generator=generator)
+            self.embedding.weight[0].zero_()
+
+    def all(self) -> torch.Tensor:  # [n_items + 1, d]
+        return self.embedding.weight
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
+        return self.embedding(items)
+
+
+@register_tower("id")
+def _build_id(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
+    unknown = set(cfg.options) - {"init_std"}
+    if unknown:
+        raise ConfigError(f"item tower 'id' has no option(s) {sorted(unknown)}; known: ['init_std']")
+    return IDTower(ctx.n_items, dim, **cfg.options)

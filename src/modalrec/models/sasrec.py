@@ -1,0 +1,160 @@
+"""SASRec: causal self-attention over the item sequence (Kang & McAuley, 2018), any item tower.
+
+Inputs are left-padded, so the last slot is always the most recent item and the learnable position
+embeddings are counted from the right (the last item always gets the same position). Training uses
+the state at every position against the next item (TrainWindows' [B, L] targets), so one forward pass
+yields up to L training targets per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ModelContext, SequentialRecommender
+from modalrec.models.item_towers import TowerConfig, tower_from_config
+from modalrec.seeding import torch_generator
+from modalrec.training.losses import NextItemLoss
+from modalrec.types import SeqBatch
+
+
+@dataclass
+class SASRecConfig:
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_dim: int | None = None  # feed-forward width; None = 4 * dim (RecBole's inner_size 256 at dim 64)
+    dropout: float = 0.2
+    attn_dropout: float | None = None  # None = dropout
+    max_len: int = 50
+    norm: str = "post"  # "post" (original SASRec / RecBole) or "pre" (more stable when deep)
+    loss: str = "ce"  # "ce" | "sampled" | "bce" | "bpr" | "inbatch"
+    n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
+    negatives: str = "uniform"  # "uniform" | "popularity"
+    init_std: float = 0.02
+    tower: TowerConfig = field(default_factory=TowerConfig)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Multi-head self-attention + position-wise feed-forward, each with a residual and LayerNorm."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, dropout: float, attn_dropout: float, pre_norm: bool):
+        super().__init__()
+        self.n_heads, self.attn_dropout, self.pre_norm = n_heads, attn_dropout, pre_norm
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-8)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-8)
+        self.drop = nn.Dropout(dropout)
+
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, L, d = x.shape
+        q, k, v = self.qkv(x).view(b, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, dh]
+        p = self.attn_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, L, dh]
+        return self.drop(self.out(a.transpose(1, 2).reshape(b, L, d)))  # [B, L, d]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, L, d] -> [B, L, d]
+        if self.pre_norm:
+            x = x + self._attend(self.norm1(x), mask)
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self._attend(x, mask))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class SASRec(SequentialRecommender):
+    def __init__(self, cfg: SASRecConfig, ctx: ModelContext) -> None:
+        super().__init__()
+        _check(cfg)
+        self.cfg, self.n_items = cfg, ctx.n_items
+        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim)
+        self.positions = nn.Embedding(cfg.max_len, cfg.dim)
+        self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
+        self.input_drop = nn.Dropout(cfg.dropout)
+        attn_p = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
+        self.blocks = nn.ModuleList(
+            SelfAttentionBlock(cfg.dim, cfg.n_heads, cfg.ffn_dim or 4 * cfg.dim, cfg.dropout, attn_p, cfg.norm == "pre")
+            for _ in range(cfg.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8) if cfg.norm == "pre" else nn.Identity()
+        self.criterion = NextItemLoss(cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives,
+                                      ctx.train_item_counts, seed=ctx.seed)
+        init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
+
+    @classmethod
+    def build(cls, cfg: SASRecConfig, ctx: ModelContext) -> SASRec:
+        return cls(cfg, ctx)
+
+    def reseed(self, seed: int) -> None:
+        self.criterion.reseed(seed)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, L] left-padded -> states [B, L, d] (state t has seen items[:, :t + 1])."""
+        items = items[:, -self.cfg.max_len :]  # [B, L] keep the most recent max_len
+        L = items.shape[1]
+        x = self.tower(items) + self.positions.weight[self.cfg.max_len - L :]  # [B, L, d]
+        x = self.input_drop(self.input_norm(x))
+        valid = items > 0  # [B, L]
+        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril_()  # [L, L]
+        eye = torch.eye(L, dtype=torch.bool, device=items.device)  # [L, L]
+        # Real queries see earlier real items; a PAD query sees only itself (no all-masked row -> no NaN).
+        mask = (causal & valid[:, None, :]) | eye  # [B, L, L]
+        mask = mask[:, None]  # [B, 1, L, L] broadcast over heads
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x)
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d] state after the last item
+        return self.encode(batch.items)[:, -1]
+
+    def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
+        return self.tower.all()
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        state = self.forward(batch)  # [B, d]
+        table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
+        return state @ table.T  # [B, N + 1] or [B, M]
+
+    def loss(self, batch: SeqBatch) -> torch.Tensor:
+        if batch.targets.dim() != 2:
+            raise ValueError("SASRec.loss needs training batches with [B, L] targets (TrainWindows)")
+        L = min(batch.items.shape[1], self.cfg.max_len)
+        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        self.tower.set_item_features(features, missing)
+
+
+def _check(cfg: SASRecConfig) -> None:
+    if cfg.dim % cfg.n_heads:
+        raise ConfigError(f"sasrec: dim ({cfg.dim}) must be divisible by n_heads ({cfg.n_heads})")
+    if cfg.norm not in ("pre", "post"):
+        raise ConfigError(f"sasrec: norm must be 'pre' or 'post', got {cfg.norm!r}")
+    if cfg.max_len < 1 or cfg.n_layers < 0:
+        raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
+
+
+def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:
+    """Deterministic init from one generator (no global RNG): N(0, std) linears/embeddings, unit norms.
+
+    Modules with their own `init_weights(generator)` (item towers) run it afterwards, overriding.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std, generator=generator)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+                if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in model.modules():
+            if m is not model and callable(getattr(m, "init_weights", None)):
+                m.init_weights(generator)

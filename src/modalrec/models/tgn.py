@@ -1,0 +1,269 @@
+"""MM-TGN: a temporal graph network over the user-item event stream with multimodal item features.
+
+Users and items share one node space (0 = PAD, user u -> node u, item i -> node n_users + i). Each node
+has a memory (tgn_memory.TGNMemory) and a most-recent-neighbour buffer; embeddings come from temporal
+graph attention (tgn_embedding.GraphEmbedding) over raw node states h0(n) = memory(n) + x(n), where x
+are learnable user vectors and, for items, fused FeatureStore vectors (or the ID / random ablations).
+
+Scores are dot products z_u(t) . z_i(t) (optionally with a user-state FiLM on the item side), so full
+ranking over the catalogue is one matrix product per batch.
+
+No leakage: `loss(batch)` / `score(batch)` read only state built from earlier batches; `observe(batch)`
+then commits the batch (messages + neighbours). With `observe_in_loss=True` (default) `loss` observes
+the batch itself right after the loss is computed, so the shared training loop can drive the model
+with nothing but `reset_state()` and `loss(batch)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ModelContext
+from modalrec.models.tgn_embedding import GraphEmbedding, Neighbors, NodeFeatures
+from modalrec.models.tgn_memory import NeighborBuffer, TGNMemory
+from modalrec.seeding import derive_seed
+from modalrec.types import EventBatch
+
+
+@dataclass
+class TGNConfig:
+    dim: int = 64  # memory = node feature = embedding size
+    time_dim: int = 32
+    n_neighbors: int = 10
+    n_layers: int = 1
+    n_heads: int = 2
+    dropout: float = 0.1
+    embedding: str = "attn"  # attn | identity | time
+    message: str = "mlp"  # mlp | identity
+    aggregator: str = "last"  # last | mean
+    updater: str = "gru"  # gru | rnn
+    use_memory: bool = True
+    item_features: str = "content"  # content | id | random
+    fusion: str = "concat"  # concat | gated | film (content only)
+    random_dim: int = 128  # width of the fixed random item vectors ("random")
+    user_film: bool = False  # user memory modulates the item side of the score
+    loss: str = "bpr"  # bpr | bce
+    n_negatives: int = 1  # negatives per event drawn by EventStream for training
+    edge_dim: int = 0
+    observe_in_loss: bool = True
+    rank_chunk: int = 4096  # items embedded per chunk in full ranking
+
+    def __post_init__(self) -> None:
+        choices = {
+            "embedding": ("attn", "identity", "time"), "message": ("mlp", "identity"), "aggregator": ("last", "mean"),
+            "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
+            "fusion": ("concat", "gated", "film"), "loss": ("bpr", "bce"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"tgn.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        for key in ("dim", "time_dim", "n_neighbors", "n_heads", "n_negatives", "rank_chunk"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"tgn.{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_layers < 0 or self.edge_dim < 0:
+            raise ConfigError("tgn.n_layers and tgn.edge_dim must be >= 0")
+
+
+@dataclass
+class NodeContext:
+    """Node state one batch is computed from: memory [N, d] and last update [N] with pending applied."""
+
+    memory: torch.Tensor
+    last_update: torch.Tensor
+
+
+class TGN(nn.Module):
+    """MM-TGN. Stateful: call `reset_state()` before streaming events in time order."""
+
+    def __init__(
+        self, cfg: TGNConfig, n_users: int, n_items: int, item_features: dict[str, torch.Tensor] | None = None,
+        feature_missing: dict[str, torch.Tensor] | None = None, seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.n_users, self.n_items, self.seed = cfg, int(n_users), int(n_items), int(seed)
+        n_nodes = self.n_nodes
+        with torch.random.fork_rng(devices=[]):  # deterministic init without touching global RNG state
+            torch.manual_seed(derive_seed(seed, "tgn/init"))
+            self.features = NodeFeatures(
+                n_users, n_items, cfg.dim, cfg.item_features, cfg.fusion, item_features or {}, feature_missing or {},
+                cfg.random_dim, cfg.dropout, seed,
+            )
+            self.memory = TGNMemory(n_nodes, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.message, cfg.aggregator, cfg.updater)
+            self.embedding = GraphEmbedding(
+                cfg.embedding, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.n_layers, cfg.n_heads, cfg.dropout
+            )
+            if cfg.user_film:
+                self.film = nn.Linear(cfg.dim, 2 * cfg.dim)
+                nn.init.zeros_(self.film.weight)
+                nn.init.zeros_(self.film.bias)
+        self.neighbors = NeighborBuffer(n_nodes, cfg.n_neighbors, cfg.edge_dim)
+        self.n_observed = 0  # running event index (edge idx in the neighbour buffer)
+
+    @classmethod
+    def build(cls, cfg: TGNConfig, ctx: ModelContext) -> TGN:
+        return cls(cfg, ctx.n_users, ctx.n_items, ctx.item_features, ctx.feature_missing, ctx.seed)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_users + self.n_items + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.memory.device
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def item_nodes(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.where(items > 0, items + self.n_users, torch.zeros_like(items))
+
+    # ---- state --------------------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        self.memory.reset()
+        self.neighbors.reset()
+        self.n_observed = 0
+
+    def detach_state(self) -> None:
+        """Memory is always persisted detached; this only guards against callers that stored graphs."""
+        self.memory.detach()
+
+    def state_dict_memory(self) -> dict[str, torch.Tensor]:
+        """A copy of all streaming state (memory, pending messages, neighbour buffer, event counter)."""
+        out = {f"memory.{k}": getattr(self.memory, k).detach().clone() for k in TGNMemory.STATE}
+        out.update({f"neighbors.{k}": getattr(self.neighbors, k).clone() for k in ("ids", "ts", "eidx", "feats", "count")})
+        out["n_observed"] = torch.tensor(self.n_observed, dtype=torch.int64)
+        return out
+
+    def load_memory(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            if key == "n_observed":
+                self.n_observed = int(value)
+                continue
+            owner, name = key.split(".", 1)
+            setattr(getattr(self, owner), name, value.detach().clone().to(self.device))
+
+    @torch.no_grad()
+    def observe(self, batch: EventBatch) -> None:
+        """Commit a scored batch: store its messages (after applying its nodes' pending ones) and
+        add its edges to the neighbour buffer."""
+        src, dst = batch.users.to(self.device), self.item_nodes(batch.items.to(self.device))
+        ts = batch.ts.to(self.device)
+        feats = batch.edge_feats.to(self.device) if batch.edge_feats is not None else None
+        if self.cfg.use_memory:
+            self.memory.commit(src, dst, ts, feats)
+        eidx = torch.arange(self.n_observed, self.n_observed + src.shape[0], device=self.device)
+        self.neighbors.insert(src, dst, ts, eidx, feats)
+        self.n_observed += int(src.shape[0])
+
+    # ---- embeddings ---------------------------------------------------------------------------------
+    def _neighbors(self, nodes: torch.Tensor) -> Neighbors:
+        return self.neighbors.get(nodes)
+
+    def context(self, nodes: torch.Tensor | None = None) -> NodeContext:
+        """Node state for scoring (pending messages applied for `nodes`' receptive field, or all nodes)."""
+        if not self.cfg.use_memory:
+            return NodeContext(self.memory.memory, self.memory.last_update)
+        if nodes is not None:
+            nodes = self.embedding.receptive_field(self._neighbors, nodes)
+        mem, last = self.memory.view(nodes)
+        return NodeContext(mem, last)
+
+    def embed(self, ctx: NodeContext, nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """z(nodes, t): [B] node ids, [B] float64 times -> [B, d]."""
+
+        def h0(n: torch.Tensor) -> torch.Tensor:
+            x = self.features(n)  # [B, d]
+            return x + ctx.memory[n] if self.cfg.use_memory else x
+
+        return self.embedding(h0, self._neighbors, ctx.last_update, nodes, t)
+
+    def _user_side(self, ctx: NodeContext, users: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """User query vector w [B, d] and per-user score offset [B]: score = w . z_item + offset."""
+        z = self.embed(ctx, users, t)  # [B, d]
+        if not self.cfg.user_film:
+            return z, z.new_zeros(z.shape[0])
+        state = ctx.memory[users] if self.cfg.use_memory else z
+        gamma, beta = self.film(state).chunk(2, dim=-1)  # item' = z_i * (1 + gamma) + beta
+        return z * (1.0 + gamma), (z * beta).sum(-1)
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    def pair_scores(self, batch: EventBatch, items: torch.Tensor, ctx: NodeContext | None = None) -> torch.Tensor:
+        """Scores of each event's user against `items` ([B, M]) at the event's own time -> [B, M]."""
+        users, ts = batch.users.to(self.device), batch.ts.to(self.device, torch.float64)
+        items = items.to(self.device)
+        b, m = items.shape
+        i_nodes = self.item_nodes(items)
+        if ctx is None:
+            ctx = self.context(torch.cat([users, i_nodes.reshape(-1)]))
+        w, off = self._user_side(ctx, users, ts)  # [B, d], [B]
+        z_i = self.embed(ctx, i_nodes.reshape(-1), ts.repeat_interleave(m)).view(b, m, -1)  # [B, M, d]
+        return torch.einsum("bd,bmd->bm", w, z_i) + off.unsqueeze(1)
+
+    def loss(self, batch: EventBatch) -> torch.Tensor:
+        """BPR (or BCE) of each event's item against `batch.negatives`; observes the batch afterwards when
+        `observe_in_loss` and training."""
+        if batch.negatives is None:
+            raise ValueError("TGN.loss needs EventBatch.negatives (EventStream.batches samples them)")
+        neg = batch.negatives.to(self.device)
+        neg = neg.unsqueeze(1) if neg.dim() == 1 else neg  # [B, N]
+        s = self.pair_scores(batch, torch.cat([batch.items.to(self.device).unsqueeze(1), neg], dim=1))  # [B, 1 + N]
+        pos, negs = s[:, :1], s[:, 1:]
+        if self.cfg.loss == "bpr":
+            loss = -F.logsigmoid(pos - negs).mean()
+        else:
+            loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
+                negs, torch.zeros_like(negs)
+            )
+        if self.cfg.observe_in_loss and self.training:
+            self.observe(batch)  # the loss graph only references tensors computed above
+        return loss
+
+    def item_table(self, ctx: NodeContext, t_ref: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of `items` (default: 1..n_items) at time t_ref (0-dim float64), in chunks -> [M, d]."""
+        if items is None:
+            items = torch.arange(1, self.n_items + 1, device=self.device)
+        out = []
+        for lo in range(0, items.shape[0], self.cfg.rank_chunk):
+            chunk = self.item_nodes(items[lo : lo + self.cfg.rank_chunk])
+            out.append(self.embed(ctx, chunk, t_ref.expand(chunk.shape[0])))
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.dim, device=self.device)
+
+    def score(self, batch: EventBatch, items: torch.Tensor | None = None, ctx: NodeContext | None = None) -> torch.Tensor:
+        """Full ranking: [B, n_items + 1] (column 0 = PAD = -inf), or [B, M] for `items` ([M]).
+
+        Users are embedded at their event times; all items once per batch at the batch's latest time
+        (state is from earlier batches only, so no event of this batch is visible to any score)."""
+        users, ts = batch.users.to(self.device), batch.ts.to(self.device, torch.float64)
+        if ctx is None:
+            ctx = self.context()
+        w, off = self._user_side(ctx, users, ts)  # [B, d], [B]
+        t_ref = ts.max()
+        if items is not None:
+            return w @ self.item_table(ctx, t_ref, items.to(self.device)).T + off.unsqueeze(1)  # [B, M]
+        table = self.item_table(ctx, t_ref)  # [n_items, d]
+        scores = w @ table.T + off.unsqueeze(1)  # [B, n_items]
+        pad = scores.new_full((scores.shape[0], 1), float("-inf"))
+        return torch.cat([pad, scores], dim=1)  # [B, n_items + 1]
+
+    # ---- catalogue ----------------------------------------------------------------------------------
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        """Replace (same size) or extend (new items appended) the item feature tables."""
+        if self.cfg.item_features != "content":
+            raise TypeError(f"TGN with item_features={self.cfg.item_features!r} has no content features")
+        n_new = int(next(iter(features.values())).shape[0]) - 1
+        if n_new < self.n_items:
+            raise ValueError(f"cannot shrink the catalogue from {self.n_items} to {n_new} items")
+        grown = n_new > self.n_items
+        self.features.grow_items(n_new, features, missing)
+        self.n_items = n_new
+        if grown:  # new items are appended after the existing nodes, so old node ids keep their state
+            self.memory.grow(self.n_nodes)
+            self.neighbors.grow(self.n_nodes)
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,356 @@
+"""The one training loop every trainable model uses.
+
+`fit(model, source, cfg, validate)` trains with AdamW, optional AMP (CUDA only), gradient clipping and
+an LR schedule; validates every `eval_every` epochs on VALID, stops early after `patience` validations
+without improvement, and restores the best weights. With `checkpoint_dir` it saves its full state
+after every epoch and a rerun continues from the last finished epoch, giving the same weights as an
+uninterrupted run (every epoch reseeds dropout and negative sampling from (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from modalrec.errors import ConfigError
+from modalrec.seeding import derive_seed
+from modalrec.training.logging import EpochLogger
+from modalrec.training.resume import TrainerCheckpoint
+from modalrec.training.schedule import LRSchedule
+
+log = logging.getLogger(__name__)
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    patience: int = 5  # validations without improvement before stopping; 0 = never stop early
+    monitor: str = "ndcg@10"
+    monitor_mode: str = "max"  # "max" for ranking metrics, "min" for losses
+    eval_every: int = 1
+    amp: str = "auto"  # "auto" (bf16, else fp16, on CUDA; off on CPU) | "off" | "bf16" | "fp16"
+    scheduler: str = "none"  # "none" | "cosine" | "plateau"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    plateau_factor: float = 0.5  # plateau: multiply lr by this ...
+    plateau_patience: int = 2  # ... after this many validations without improvement
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_dir: str | None = None
+    log_dir: str | None = None
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.monitor_mode not in ("max", "min"):
+            raise ConfigError(f"train.monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 0:
+            raise ConfigError("train: epochs >= 0, batch_size >= 1, eval_every >= 1 and patience >= 0 required")
+
+
+class BatchSource(Protocol):
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Any]: ...
+
+    def num_batches(self, batch_size: int) -> int: ...
+
+
+@dataclass
+class History:
+    """What happened in `fit`; epochs are numbered from 1 and lists have one entry per epoch."""
+
+    monitor: str = "ndcg@10"
+    train_loss: list[float] = field(default_factory=list)
+    valid: list[dict[str, float] | None] = field(default_factory=list)  # None where not validated
+    epoch_seconds: list[float] = field(default_factory=list)  # training time only
+    valid_seconds: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)  # lr at the end of the epoch
+    best_epoch: int | None = None
+    best_metric: float | None = None
+    seconds_to_best: float | None = None  # wall time (train + valid) until the best epoch was validated
+    total_seconds: float = 0.0
+    steps: int = 0
+    stopped_early: bool = False
+    resumed_from: int | None = None  # last finished epoch found in checkpoint_dir, if resumed
+    peak_memory_bytes: int = 0
+    peak_memory_source: str = ""  # "cuda_max_allocated" or "process_max_rss"
+    trainable_params: int = 0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> History:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def row(self, epoch: int) -> dict[str, Any]:
+        """One epoch as a flat dict (for CSV / TensorBoard)."""
+        i = epoch - 1
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": self.train_loss[i], "lr": self.lr[i],
+                               "train_seconds": round(self.epoch_seconds[i], 4)}
+        for k, v in (self.valid[i] or {}).items():
+            row[f"valid/{k}"] = v
+        return row
+
+
+def fit(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig | None = None,
+        validate: Callable[[torch.nn.Module], Any] | None = None) -> History:
+    """Train `model` (which has `.loss(batch)`) on batches from `source`; returns the History.
+
+    `validate(model)` returns a Report (anything with `.metric(name)`), a dict of metrics, or a number;
+    it is called under `torch.no_grad()` with the model in eval mode. Without it the final weights are kept.
+    """
+    cfg = cfg or TrainConfig()
+    _check_trainable(model)
+    device = torch.device(cfg.device)
+    model.to(device)
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    optimizer = _make_optimizer(model, cfg)
+    n_batches = source.num_batches(cfg.batch_size)
+    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+    schedule = LRSchedule(cfg, steps_per_epoch * cfg.epochs)
+
+    hist = History(monitor=cfg.monitor, trainable_params=_trainable_params(model))
+    run = _Run(hist)
+    ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+    if ckpt is not None and cfg.resume and ckpt.exists():
+        saved = ckpt.load(model, optimizer, scaler, schedule, cfg)
+        run = _Run(History.from_dict(saved["history"]), saved["bad"], saved["done"], saved["best_state"])
+        run.hist.resumed_from = run.hist.epochs
+        run.hist.trainable_params = _trainable_params(model)
+        log.info("resumed from %s after epoch %d", ckpt.dir, run.hist.epochs)
+    logger = EpochLogger(cfg.log_dir) if cfg.log_dir else None
+    if logger is not None:
+        logger.replace([run.hist.row(e) for e in range(1, run.hist.epochs + 1)])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices):  # dropout draws from the global RNG; leave it as found
+            for epoch in range(run.hist.epochs + 1, cfg.epochs + 1):
+                if run.done:
+                    break
+                _train_and_validate(model, source, cfg, epoch, steps_per_epoch, optimizer, scaler, schedule,
+                                    amp_dtype, device, run, validate)
+                if ckpt is not None:
+                    ckpt.save(epoch, model, optimizer, scaler, schedule, cfg, run.hist, run.bad, run.done,
+                              run.best_state, run.best_changed)
+                if logger is not None:
+                    logger.log_epoch(run.hist.row(epoch))
+    finally:
+        if logger is not None:
+            logger.close()
+
+    if run.best_state is not None:
+        _restore(model, run.best_state)
+    hist = run.hist
+    if validate is None and hist.epochs:
+        hist.best_epoch, hist.seconds_to_best = hist.epochs, hist.total_seconds
+    hist.peak_memory_bytes, hist.peak_memory_source = _peak_memory(device)
+    return hist
+
+
+@dataclass
+class _Run:
+    """Mutable loop state that a checkpoint must capture."""
+
+    hist: History
+    bad: int = 0  # validations since the last improvement
+    done: bool = False
+    best_state: dict[str, torch.Tensor] | None = None
+    best_changed: bool = False
+
+
+def _train_and_validate(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig, epoch: int, steps: int,
+                        optimizer: torch.optim.Optimizer, scaler: Any, schedule: LRSchedule,
+                        amp_dtype: torch.dtype | None, device: torch.device, run: _Run,
+                        validate: Callable[[torch.nn.Module], Any] | None) -> None:
+    hist = run.hist
+    epoch_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}")
+    torch.manual_seed(epoch_seed)
+    if callable(getattr(model, "reset_state", None)):
+        model.reset_state()
+    if callable(getattr(model, "reseed", None)):
+        model.reseed(epoch_seed)
+    t0 = time.perf_counter()
+    loss = _train_epoch(model, source, cfg, epoch, steps, optimizer, scaler, schedule, amp_dtype, device)
+    train_s = time.perf_counter() - t0
+    hist.train_loss.append(loss)
+    hist.epoch_seconds.append(train_s)
+    hist.lr.append(schedule.current_lr)
+    hist.steps = schedule.step_count
+
+    metrics, valid_s, run.best_changed = None, 0.0, False
+    if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+        t1 = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            result = validate(model)
+        model.train()
+        valid_s = time.perf_counter() - t1
+        metrics = _metrics_of(result, cfg.monitor)
+        value = _monitor_value(result, cfg.monitor)
+        hist.total_seconds += train_s + valid_s
+        improved = _improved(value, hist.best_metric, cfg.monitor_mode)
+        if improved:
+            hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
+            run.best_state, run.bad, run.best_changed = _snapshot(model), 0, True
+        else:
+            run.bad += 1
+            if cfg.patience and run.bad >= cfg.patience:
+                run.done = hist.stopped_early = True
+        schedule.on_validation(value, improved)
+        log.info("epoch %d: loss %.4f, %s %.4f%s (%.1fs + %.1fs)", epoch, loss, cfg.monitor, value,
+                 " *" if improved else "", train_s, valid_s)
+    else:
+        hist.total_seconds += train_s
+        log.info("epoch %d: loss %.4f (%.1fs)", epoch, loss, train_s)
+    hist.valid.append(metrics)
+    hist.valid_seconds.append(valid_s)
+
+
+def _train_epoch(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig, epoch: int, steps: int,
+                 optimizer: torch.optim.Optimizer, scaler: Any, schedule: LRSchedule,
+                 amp_dtype: torch.dtype | None, device: torch.device) -> float:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = torch.zeros((), device=device)  # summed on device: no host sync per step
+    n = 0
+    batches = source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False, file=sys.stderr)
+    for batch in bar:
+        if n >= steps:
+            break
+        batch = batch.to(device)
+        schedule.apply(optimizer)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model.loss(batch)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch}, step {n + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+        schedule.step()
+        total += loss.detach().float()
+        n += 1
+        if cfg.progress and n % 10 == 0:
+            bar.set_postfix(loss=f"{float(total) / n:.4f}")
+    bar.close()
+    return float(total) / max(n, 1)
+
+
+def _check_trainable(model: torch.nn.Module) -> None:
+    name = type(model).__name__
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"{name} has no loss(batch); count-based models are fitted with fit_counts(split)")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TypeError(f"{name} has no trainable parameters; nothing for fit() to train")
+
+
+def _trainable_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None  # autocast only on CUDA: CPU bf16 is slower and less accurate for these models
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _monitor_value(result: Any, monitor: str) -> float:
+    if callable(getattr(result, "metric", None)):
+        value = result.metric(monitor)
+        return float("nan") if value is None else float(value)  # None: no events to measure
+    if isinstance(result, Mapping):
+        if monitor not in result:
+            raise ConfigError(f"train.monitor {monitor!r} is not among the validation metrics {sorted(result)}")
+        return float(result[monitor])
+    if isinstance(result, (int, float)):
+        return float(result)
+    raise TypeError(f"validate() returned {type(result).__name__}; expected a Report, a dict or a number")
+
+
+def _metrics_of(result: Any, monitor: str) -> dict[str, float]:
+    if isinstance(getattr(result, "overall", None), Mapping):
+        out = {k: float(v) for k, v in result.overall.items() if isinstance(v, (int, float))}
+        for group, metrics in (getattr(result, "groups", None) or {}).items():
+            out.update({f"{group}/{k}": float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))})
+        return out
+    if isinstance(result, Mapping):
+        return {str(k): float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    return {monitor: _monitor_value(result, monitor)}
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        log.warning("validation metric is NaN; counted as no improvement")
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copy of the weights that training can change (frozen parameters are skipped)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"best weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"

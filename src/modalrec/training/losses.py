@@ -1,0 +1,228 @@
+"""Next-item losses as pure tensor functions, the negative sampler, and the loss module models share.
+
+Conventions: M = scored positions (PAD targets already dropped unless stated), N = real items,
+K = negatives, U = distinct candidate items in a batch. Item index 0 is PAD: never a target, never a
+negative, never a candidate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.seeding import derive_seed
+
+LOSSES = ("ce", "sampled", "bce", "bpr", "inbatch")
+NEGATIVES = ("uniform", "popularity")
+DEFAULT_NEGATIVES = {"sampled": 100, "bce": 1, "bpr": 1}
+
+
+def full_softmax_ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 0,
+                    pad_column: bool = True) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue; PAD never gets probability mass.
+
+    logits [..., N + 1] with column 0 = PAD (pad_column=True), or [..., N] for items 1..N
+    (pad_column=False: cheaper, no PAD column to drop); targets [...] item indices, entries equal to
+    `ignore_index` (PAD) are skipped.
+    """
+    logits = logits.reshape(-1, logits.shape[-1])  # [P, N + 1] or [P, N]
+    targets = targets.reshape(-1)  # [P]
+    keep = targets != ignore_index
+    if not bool(keep.all()):
+        logits, targets = logits[keep], targets[keep]  # [M, ...], [M]
+    if targets.numel() == 0:
+        return logits.sum() * 0.0  # no targets: zero loss that still has a graph
+    if pad_column:
+        logits = logits[:, 1:]  # same as masking PAD with -inf  [M, N]
+    return F.cross_entropy(logits.float(), targets - 1)
+
+
+def sampled_softmax_ce(
+    pos_logits: torch.Tensor,
+    neg_logits: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    log_q_pos: torch.Tensor | None = None,
+    log_q_neg: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax over {target} + K sampled negatives, with the logQ correction (logit - log q(item)).
+
+    pos_logits [M], neg_logits [M, K], targets [M], negatives [K] (shared) or [M, K];
+    log_q_pos [M] and log_q_neg [K] or [M, K] are log sampling probabilities (None = uniform, no-op).
+    A negative that equals the row's target (an accidental hit) is masked out.
+    """
+    pos = pos_logits.float()  # [M]
+    neg = neg_logits.float()  # [M, K]
+    if log_q_pos is not None and log_q_neg is not None:
+        pos = pos - log_q_pos
+        neg = neg - log_q_neg  # broadcasts [K] over rows
+    hit = negatives.reshape(-1, negatives.shape[-1]) == targets[:, None]  # [M, K] or [1->M, K]
+    neg = neg.masked_fill(hit, float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)  # [M, 1 + K]
+    labels = torch.zeros(len(pos), dtype=torch.long, device=pos.device)  # the target is column 0
+    return F.cross_entropy(logits, labels)
+
+
+def batch_candidates(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct target items of a batch and each row's column among them.
+
+    targets [M] -> (items [U], column [M]). Using distinct items removes duplicate (accidental-hit)
+    positives, which plain in-batch negatives would count as negatives.
+    """
+    items, column = torch.unique(targets, sorted=True, return_inverse=True)
+    return items, column
+
+
+def inbatch_debiased_ce(
+    logits: torch.Tensor, target_col: torch.Tensor, log_q: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """In-batch softmax with logQ popularity correction: softmax_j(s_ij / t - log q(j)).
+
+    logits [M, U] scores of every row against the batch's distinct targets, target_col [M] in 0..U-1,
+    log_q [U] log probability that item j appears in a batch (∝ its training frequency).
+    Popular items appear as negatives more often; subtracting log q undoes that bias.
+    """
+    z = logits.float() / temperature  # [M, U]
+    if log_q is not None:
+        z = z - log_q[None, :]
+    return F.cross_entropy(z, target_col)
+
+
+def bpr(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Bayesian personalised ranking: mean of -log sigmoid(pos - neg).
+
+    pos_logits [M], neg_logits [M] or [M, K], valid (same shape as neg) masks out accidental hits.
+    """
+    neg = neg_logits.float()
+    if neg.dim() == 1:
+        neg = neg[:, None]  # [M, 1]
+    loss = -F.logsigmoid(pos_logits.float()[:, None] - neg)  # [M, K]
+    if valid is None:
+        return loss.mean()
+    valid = valid.reshape(loss.shape).to(loss.dtype)
+    return (loss * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def bce(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with sampled negatives (original SASRec): -log σ(pos) - mean_k log σ(-neg_k).
+
+    pos_logits [M], neg_logits [M] or [M, K]; with K = 1 this is exactly SASRec's loss. `valid` [M, K]
+    masks accidental hits (a negative equal to the target).
+    """
+    neg = neg_logits.float()
+    if neg.dim() == 1:
+        neg = neg[:, None]  # [M, 1]
+    pos_term = F.softplus(-pos_logits.float())  # [M] = -log σ(pos)
+    neg_term = F.softplus(neg)  # [M, K] = -log σ(-neg)
+    if valid is None:
+        return (pos_term + neg_term.mean(dim=1)).mean()
+    valid = valid.reshape(neg_term.shape).to(neg_term.dtype)
+    neg_mean = (neg_term * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)  # [M]
+    return (pos_term + neg_mean).mean()
+
+
+class NegativeSampler:
+    """Draws negative item indices in 1..N, uniformly or ∝ count^alpha, from its own torch.Generator.
+
+    The generator lives on the CPU (samples are moved to the model's device) so the stream is the same
+    on every device; `reseed` restarts it (the training loop reseeds at every epoch, for resumability).
+    """
+
+    def __init__(self, n_items: int, kind: str = "uniform", counts: np.ndarray | None = None,
+                 alpha: float = 1.0, seed: int = 0) -> None:
+        if kind not in NEGATIVES:
+            raise ConfigError(f"negatives must be one of {NEGATIVES}, got {kind!r}")
+        self.n_items, self.kind = int(n_items), kind
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(derive_seed(seed, "negatives"))
+        self.probs: torch.Tensor | None = None  # [N] over items 1..N
+        if kind == "popularity":
+            if counts is None:
+                raise ConfigError("popularity negatives need train item counts (ModelContext.train_item_counts)")
+            w = torch.as_tensor(np.asarray(counts[1 : n_items + 1], dtype=np.float64)) ** alpha  # [N]
+            if float(w.sum()) <= 0:
+                raise ConfigError("popularity negatives: every train item count is zero")
+            self.probs = w / w.sum()
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(derive_seed(seed, "negatives"))
+
+    def sample(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """int64 item indices of `shape`, in 1..N."""
+        n = math.prod(shape)
+        if self.probs is None:
+            out = torch.randint(1, self.n_items + 1, (n,), generator=self.generator)
+        else:
+            out = torch.multinomial(self.probs, n, replacement=True, generator=self.generator) + 1
+        return out.reshape(shape).to(device)
+
+    def log_q(self, items: torch.Tensor) -> torch.Tensor:
+        """Log sampling probability of each item (same shape as `items`)."""
+        if self.probs is None:
+            return torch.full(items.shape, -math.log(self.n_items), device=items.device)
+        logp = torch.log(self.probs.clamp_min(1e-30)).to(device=items.device, dtype=torch.float32)  # [N]
+        return logp[(items - 1).clamp_min(0)]
+
+
+def frequency_log_q(counts: np.ndarray | None, n_items: int) -> torch.Tensor:
+    """[N + 1] log of each item's share of training events (the in-batch sampling probability).
+
+    Without counts every item is equally likely (a constant, so the correction is a no-op).
+    """
+    if counts is None:
+        return torch.full((n_items + 1,), -math.log(max(n_items, 1)))
+    c = torch.as_tensor(np.asarray(counts, dtype=np.float64)).clamp_min(1.0)  # unseen items: as if seen once
+    return torch.log(c / c.sum()).float()
+
+
+class NextItemLoss(nn.Module):
+    """The loss every sequence model shares: states at each position vs. the next item.
+
+    kind: "ce" (full softmax over the catalogue), "sampled" (softmax over K shared negatives, logQ),
+    "bce" / "bpr" (K negatives per position), "inbatch" (batch's distinct targets, logQ debiased).
+    """
+
+    def __init__(self, kind: str, n_items: int, n_negatives: int | None = None, negatives: str = "uniform",
+                 counts: np.ndarray | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if kind not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {kind!r}")
+        if n_negatives is None:  # sampled softmax needs many; SASRec's BCE (and BPR) use one per position
+            n_negatives = DEFAULT_NEGATIVES.get(kind, 0)
+        if kind in ("sampled", "bce", "bpr") and n_negatives < 1:
+            raise ConfigError(f"loss {kind!r} needs n_negatives >= 1, got {n_negatives}")
+        self.kind, self.n_items, self.n_negatives = kind, int(n_items), int(n_negatives)
+        self.sampler = NegativeSampler(n_items, negatives, counts, seed=seed)
+        # Not persistent: derived from the training data, so it is not part of the model's weights.
+        self.register_buffer("log_q", frequency_log_q(counts, n_items), persistent=False)  # [N + 1]
+
+    def reseed(self, seed: int) -> None:
+        self.sampler.reseed(seed)
+
+    def forward(self, states: torch.Tensor, targets: torch.Tensor, tower: nn.Module) -> torch.Tensor:
+        """states [B, L, d] (or [M, d]), targets [B, L] (or [M], 0 = no target); tower maps items to [..., d]."""
+        keep = targets > 0  # [B, L]
+        h = states[keep]  # [M, d]
+        t = targets[keep]  # [M]
+        if t.numel() == 0:
+            return states.sum() * 0.0
+        if self.kind == "ce":
+            # Logits for items 1..N only: a PAD column would cost a full [M, N + 1] copy in backward.
+            return full_softmax_ce(h @ tower.all()[1:].T, t, pad_column=False)  # logits [M, N]
+        if self.kind == "inbatch":
+            items, col = batch_candidates(t)  # [U], [M]
+            return inbatch_debiased_ce(h @ tower(items).T, col, self.log_q[items])  # logits [M, U]
+        pos = (h * tower(t)).sum(-1)  # [M]
+        if self.kind == "sampled":
+            neg_ids = self.sampler.sample((self.n_negatives,), h.device)  # [K], shared by all rows
+            neg = h @ tower(neg_ids).T  # [M, K]
+            return sampled_softmax_ce(pos, neg, t, neg_ids, self.sampler.log_q(t), self.sampler.log_q(neg_ids))
+        neg_ids = self.sampler.sample((len(t), self.n_negatives), h.device)  # [M, K]
+        neg = torch.einsum("md,mkd->mk", h, tower(neg_ids))  # [M, K]
+        valid = neg_ids != t[:, None]  # [M, K] drop accidental hits
+        return bpr(pos, neg, valid) if self.kind == "bpr" else bce(pos, neg, valid)

@@ -1,0 +1,290 @@
+"""Evaluator against a naive per-event numpy reference: ties, history masking, chunking, groups, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from modalrec.data.interactions import Interactions
+from modalrec.data.splits import EvalSet, leave_one_out
+from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE, Evaluator
+from modalrec.evaluation.metrics import compute_metrics, ranks_from_scores
+from modalrec.evaluation.sampled import SampledConfig
+from modalrec.types import SeqBatch
+
+
+def random_evalset(n_events: int, n_items: int, seed: int, max_hist: int = 12) -> EvalSet:
+    """Event e belongs to user e + 1 (so table models can look scores up by user). Histories repeat
+    items and sometimes contain the target."""
+    rng = np.random.default_rng(seed)
+    target = rng.integers(1, n_items + 1, n_events)
+    lengths = rng.integers(0, max_hist + 1, n_events)
+    offsets = np.zeros(n_events + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    hist = rng.integers(1, n_items + 1, int(offsets[-1]))
+    for e in np.flatnonzero(rng.random(n_events) < 0.3):  # plant the target in some histories
+        if lengths[e]:
+            hist[offsets[e] + rng.integers(lengths[e])] = target[e]
+    cold_item = rng.random(n_events) < 0.3
+    cold_user = rng.random(n_events) < 0.2
+    return EvalSet(
+        user=np.arange(1, n_events + 1, dtype=np.int64),
+        target=target.astype(np.int64),
+        ts=np.arange(n_events, dtype=np.int64),
+        hist_offsets=offsets,
+        hist_items=hist.astype(np.int64),
+        hist_ts=np.zeros(len(hist), np.int64),
+        cold_item=cold_item,
+        cold_user=cold_user,
+    )
+
+
+class TableModel(nn.Module):
+    """Scores event (user u) with row u of a fixed table [n_users + 1, n_items + 1]."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.from_numpy(table))
+        self.calls: list[bool] = []
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append(self.training)
+        assert not torch.is_grad_enabled()
+        return self.table[batch.users].clone()  # [B, N + 1]
+
+
+class ConstantModel:
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.full((len(batch), self.n_items + 1), 0.25)
+
+
+class PerfectModel:
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        scores = torch.zeros(len(batch), self.n_items + 1)
+        scores[torch.arange(len(batch)), batch.targets] = 1.0
+        return scores
+
+
+def reference_ranks(es: EvalSet, table: np.ndarray, n_items: int, exclude_seen: bool) -> np.ndarray:
+    out = np.zeros(len(es), np.int64)
+    for e in range(len(es)):
+        s, t = table[es.user[e]], es.target[e]
+        excluded = set(es.history(e).tolist()) - {t} if exclude_seen else set()
+        out[e] = 1 + sum(1 for j in range(1, n_items + 1) if j != t and j not in excluded and s[j] >= s[t])
+    return out
+
+
+def random_table(n_users: int, n_items: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 6, size=(n_users + 1, n_items + 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+@pytest.mark.parametrize("budget", [1, 3 * 41, 2**24])
+def test_matches_naive_reference_with_ties(exclude_seen: bool, budget: int) -> None:
+    n_items, es = 40, random_evalset(150, 40, seed=1)
+    table = random_table(150, n_items, seed=2)
+    rep = Evaluator(es, n_items, ks=(1, 5, 10), exclude_seen=exclude_seen, score_budget=budget).run(
+        TableModel(table)
+    )
+    expected = reference_ranks(es, table, n_items, exclude_seen)
+    np.testing.assert_array_equal(rep.ranks, expected)
+    ref = compute_metrics(torch.from_numpy(expected), (1, 5, 10))
+    for name, value in ref.items():
+        assert rep.metric(name) == pytest.approx(value)
+
+
+def test_agrees_with_ranks_from_scores_on_a_real_split() -> None:
+    rng = np.random.default_rng(3)
+    n_users, n_items = 30, 25
+    user = np.repeat(np.arange(1, n_users + 1), rng.integers(3, 15, n_users))
+    inter = Interactions.from_arrays(
+        user,
+        rng.integers(1, n_items + 1, len(user)),
+        rng.integers(0, 5, len(user)),
+        n_users=n_users,
+        n_items=n_items,
+    )
+    es = leave_one_out(inter).test
+    table = random_table(n_users, n_items, seed=4)
+    rep = Evaluator(es, n_items, max_len=3).run(TableModel(table))
+    mask = np.ones((len(es), n_items + 1), bool)
+    mask[:, 0] = False
+    for e in range(len(es)):
+        mask[e, es.history(e)] = False
+    scores = torch.from_numpy(table[es.user])
+    ranks = ranks_from_scores(scores, torch.from_numpy(es.target), torch.from_numpy(mask))
+    np.testing.assert_array_equal(rep.ranks, ranks.numpy())
+
+
+def test_constant_model_gets_the_worst_rank() -> None:
+    n_items, es = 30, random_evalset(60, 30, seed=5)
+    rep = Evaluator(es, n_items, max_len=2).run(ConstantModel(n_items))
+    n_candidates = [n_items - len(set(es.history(e).tolist()) - {es.target[e]}) for e in range(len(es))]
+    np.testing.assert_array_equal(rep.ranks, n_candidates)  # full history masked, not only the max_len window
+    rep_all = Evaluator(es, n_items, exclude_seen=False).run(ConstantModel(n_items))
+    assert (rep_all.ranks == n_items).all()
+    assert rep_all.metric("hr@10") == 0.0 and rep_all.metric("ndcg@20") == 0.0
+
+
+def test_perfect_model_gets_rank_one() -> None:
+    n_items, es = 50, random_evalset(80, 50, seed=6)
+    rep = Evaluator(es, n_items, score_budget=200).run(PerfectModel(n_items))
+    assert (rep.ranks == 1).all()
+    assert rep.metric("ndcg@5") == 1.0 and rep.metric("mrr") == 1.0
+
+
+def test_target_in_history_is_still_ranked() -> None:
+    es = EvalSet(
+        user=np.array([1, 2]),
+        target=np.array([2, 3]),
+        ts=np.array([0, 0]),
+        hist_offsets=np.array([0, 3, 5]),
+        hist_items=np.array([2, 3, 2, 3, 3]),
+        hist_ts=np.zeros(5, np.int64),
+        cold_item=np.array([False, False]),
+        cold_user=np.array([False, False]),
+    )
+    assert Evaluator(es, 5).run(ConstantModel(5)).ranks.tolist() == [4, 5]  # {1,2,4,5} and {1,2,3,4,5}
+    assert Evaluator(es, 5).run(PerfectModel(5)).ranks.tolist() == [1, 1]
+    table = np.zeros((3, 6), np.float32)
+    table[:, 3] = 9.0  # item 3 beats event 0's target unless masked (it is in event 0's history)
+    table[1, 2] = 5.0
+    assert Evaluator(es, 5).run(TableModel(table)).ranks.tolist() == [1, 1]
+    assert Evaluator(es, 5, exclude_seen=False).run(TableModel(table)).ranks.tolist() == [2, 1]
+
+
+def test_nan_scores_raise_naming_the_batch() -> None:
+    n_items, es = 20, random_evalset(30, 20, seed=7)
+    table = random_table(30, n_items, seed=8)
+    table[17, 4] = np.nan
+    with pytest.raises(ValueError, match=r"NaN.*batch 1 \(events 10\.\.19\)"):
+        Evaluator(es, n_items, batch_size=10).run(TableModel(table), name="valid")
+
+
+def test_wrong_score_shape_raises() -> None:
+    es = random_evalset(5, 10, seed=9)
+    with pytest.raises(ValueError, match="expected"):
+        Evaluator(es, 12).run(ConstantModel(10))
+    with pytest.raises(ValueError, match="target"):
+        Evaluator(es, 3)
+
+
+def test_group_metrics_equal_metrics_on_the_subset() -> None:
+    n_items, es = 40, random_evalset(200, 40, seed=10)
+    model = TableModel(random_table(200, n_items, seed=11))
+    ev = Evaluator(es, n_items, ks=(5, 10))
+    rep = ev.run(model)
+    for g, mask in es.group_masks().items():
+        assert rep.counts[g] == int(mask.sum()) > 0
+        sub = Evaluator(es.subset(mask), n_items, ks=(5, 10)).run(model)
+        assert rep.groups[g] == pytest.approx(sub.overall)
+        assert rep.groups[g] == pytest.approx(compute_metrics(torch.from_numpy(rep.ranks[mask]), (5, 10)))
+    assert rep.counts["overall"] == 200
+
+
+def test_empty_group_reports_count_zero_and_no_nan() -> None:
+    n_items, es = 15, random_evalset(20, 15, seed=12)
+    es = EvalSet(
+        es.user,
+        es.target,
+        es.ts,
+        es.hist_offsets,
+        es.hist_items,
+        es.hist_ts,
+        np.zeros(20, bool),
+        np.zeros(20, bool),
+    )
+    rep = Evaluator(es, n_items).run(ConstantModel(n_items))
+    assert rep.counts["cold_user"] == 0 and rep.metric("ndcg@10", "cold_user") is None
+    assert rep.groups["warm"] == rep.overall
+    assert "n/a" in rep.to_markdown()
+
+
+def test_model_sees_the_last_max_len_history_items() -> None:
+    n_items, es = 20, random_evalset(25, 20, seed=18)
+    seen: list[np.ndarray] = []
+
+    class Recorder(ConstantModel):
+        def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+            seen.append(batch.items.numpy().copy())
+            return super().score(batch)
+
+    Evaluator(es, n_items, max_len=4, batch_size=10).run(Recorder(n_items))
+    items = np.concatenate(seen)  # [E, 4]
+    for e in range(len(es)):
+        h = es.history(e)[-4:]
+        assert items[e].tolist() == [0] * (4 - len(h)) + h.tolist()
+
+
+def test_meta_states_protocol_and_training_mode_is_restored() -> None:
+    n_items, es = 20, random_evalset(25, 20, seed=13)
+    model = TableModel(random_table(25, n_items, seed=14))
+    model.train()
+    rep = Evaluator(es, n_items, batch_size=10).run(model, name="valid")
+    assert model.calls == [False, False, False] and model.training
+    assert rep.meta["candidates"] == EXCLUDE_SEEN_RULE and rep.meta["ties"] == "pessimistic"
+    assert rep.meta["name"] == "valid" and rep.meta["n_batches"] == 3 and rep.meta["events_per_s"] > 0
+    assert "sampled" not in rep.meta and not any(k.startswith("sampled") for k in rep.overall)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "popularity"])
+def test_sampled_metrics_are_labelled_exact_and_chunk_invariant(kind: str) -> None:
+    n_items, es = 60, random_evalset(90, 60, seed=15)
+    counts = np.random.default_rng(16).integers(0, 5, n_items + 1)
+    counts[0] = 0
+    cfg = SampledConfig(n=20, kind=kind, seed=3, item_counts=counts if kind == "popularity" else None)
+    table = random_table(90, n_items, seed=17)
+    ev = Evaluator(es, n_items, ks=(5, 10), score_budget=7 * 61, sampled=cfg)
+    rep = ev.run(TableModel(table))
+    neg = ev.negatives()
+    assert neg.shape == (90, 20)
+    for e in range(len(es)):
+        valid = neg[e][neg[e] >= 0]
+        assert len(set(valid.tolist())) == len(valid)  # without replacement
+        banned = set(es.history(e).tolist()) | {int(es.target[e]), 0}
+        assert not banned & set(valid.tolist())
+        if kind == "popularity":
+            assert (counts[valid] > 0).all()
+            assert len(valid) == min(
+                20, int((counts[1:] > 0).sum()) - len(banned & set(np.flatnonzero(counts)))
+            )
+        else:
+            assert len(valid) == 20
+    s = table[es.user]  # [E, N + 1]
+    t = s[np.arange(len(es)), es.target][:, None]
+    expected = 1 + ((s[np.arange(len(es))[:, None], np.maximum(neg, 0)] >= t) & (neg >= 0)).sum(1)
+    ref = compute_metrics(torch.from_numpy(expected), (5, 10))
+    assert rep.metric("sampled_ndcg@10") == pytest.approx(ref["ndcg@10"])
+    assert rep.meta["sampled"]["kind"] == kind and "SAMPLED" in rep.meta["sampled"]["definition"]
+    np.testing.assert_array_equal(rep.ranks, reference_ranks(es, table, n_items, True))  # full ranking intact
+    other = Evaluator(es, n_items, ks=(5, 10), score_budget=2**24, sampled=cfg)
+    np.testing.assert_array_equal(other.negatives(), neg)  # draws do not depend on the chunking
+
+
+@pytest.mark.parametrize("kind", ["uniform", "popularity"])
+def test_negative_draws_follow_the_requested_distribution(kind: str) -> None:
+    n_items, n_events = 5, 6000
+    counts = np.array([0, 1, 2, 4, 8, 0])  # item 5 never trained: never drawn by popularity
+    es = EvalSet(
+        np.arange(1, n_events + 1),
+        np.full(n_events, 5),
+        np.zeros(n_events, np.int64),
+        np.zeros(n_events + 1, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(n_events, bool),
+        np.zeros(n_events, bool),
+    )
+    cfg = SampledConfig(n=1, kind=kind, seed=1, item_counts=counts)
+    first = Evaluator(es, n_items, sampled=cfg).negatives()[:, 0]
+    freq = np.bincount(first, minlength=6)[1:5] / n_events
+    expected = counts[1:5] / counts[1:5].sum() if kind == "popularity" else np.full(4, 0.25)
+    np.testing.assert_allclose(freq, expected, atol=0.025)  # ~5 standard errors at 6000 draws

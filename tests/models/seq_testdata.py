@@ -1,0 +1,63 @@
+"""Tiny synthetic data for the sequence-model tests (plain module, importable from tests/models)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from modalrec.data.interactions import Interactions
+from modalrec.data.splits import Split, leave_one_out
+from modalrec.models.base import ModelContext
+from modalrec.types import SeqBatch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP stalls (100x slower ops)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cyclic_interactions(n_items: int = 30, n_users: int = 60, min_len: int = 8, max_len: int = 16,
+                        seed: int = 0) -> Interactions:
+    """Planted pattern: every user walks the catalogue in order, item i is followed by item i % n + 1."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(1, n_users + 1):
+        start, length = int(rng.integers(1, n_items + 1)), int(rng.integers(min_len, max_len + 1))
+        users += [u] * length
+        items += [(start - 1 + t) % n_items + 1 for t in range(length)]
+    ts = np.arange(len(users))
+    return Interactions.from_arrays(np.array(users), np.array(items), ts, n_users=n_users, n_items=n_items)
+
+
+def cyclic_split(**kw: int) -> Split:
+    return leave_one_out(cyclic_interactions(**kw))
+
+
+def context(split: Split, seed: int = 0, max_len: int = 10) -> ModelContext:
+    return ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=max_len,
+                        train_item_counts=split.train.item_counts(), seed=seed)
+
+
+def random_batch(n_items: int, batch: int = 5, length: int = 8, seed: int = 0) -> SeqBatch:
+    """Left-padded random histories of varied length (row 0 empty, last row full) with [B, L] targets."""
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, n_items + 1, (batch, length), generator=g)  # [B, L]
+    lengths = torch.linspace(0, length, batch).round().long()  # [B] 0 .. L
+    pad = torch.arange(length)[None, :] < (length - lengths)[:, None]  # [B, L] leading PADs
+    items = items.masked_fill(pad, 0)
+    targets = torch.randint(1, n_items + 1, (batch, length), generator=g).masked_fill(pad, 0)  # [B, L]
+    return SeqBatch(items=items, targets=targets, users=torch.arange(batch))
+
+
+def evaluate(model: object, split: Split, max_len: int = 10, part: str = "valid") -> object:
+    from modalrec.evaluation.evaluator import Evaluator
+
+    evalset = split.valid if part == "valid" else split.test
+    return Evaluator(evalset, split.n_items, ks=(1, 10), max_len=max_len).run(model, name=part)
