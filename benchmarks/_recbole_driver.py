@@ -97,7 +97,9 @@ def make_trainer_class(base: type) -> type:
         def __init__(self, config: Any, model: Any) -> None:
             super().__init__(config, model)
             self.epoch_seconds: list[float] = []
+            self.epoch_cpu: list[float] = []
             self.valid_seconds: list[float] = []
+            self.valid_cpu: list[float] = []
             self.valid_scores: list[float] = []
             self.valid_done_at: list[float] = []  # seconds since fit start when each validation finished
             self.fit_started = 0.0
@@ -105,16 +107,18 @@ def make_trainer_class(base: type) -> type:
         def _train_epoch(self, train_data: Any, epoch_idx: int, loss_func: Any = None, show_progress: bool = False):
             if not self.epoch_seconds:
                 self.fit_started = time.perf_counter()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
             self.epoch_seconds.append(time.perf_counter() - t0)
+            self.epoch_cpu.append(time.process_time() - c0)
             return out
 
         def _valid_epoch(self, valid_data: Any, show_progress: bool = False):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
             t1 = time.perf_counter()
             self.valid_seconds.append(t1 - t0)
+            self.valid_cpu.append(time.process_time() - c0)
             self.valid_scores.append(float(score))
             self.valid_done_at.append(t1 - self.fit_started)
             return score, result
@@ -166,6 +170,14 @@ def eval_targets(data: Any, dataset: Any) -> list[list[str]]:
     return out
 
 
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def _r(xs: list[float], nd: int = 3) -> list[float]:
+    return [round(float(x), nd) for x in xs]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
@@ -197,9 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-    test_s = time.perf_counter() - t1
+    test_s, test_cpu = time.perf_counter() - t1, time.process_time() - c1
     t2 = time.perf_counter()
     valid_result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     valid_eval_s = time.perf_counter() - t2
@@ -227,14 +239,20 @@ def main(argv: list[str] | None = None) -> None:
         "valid_best": {k: float(v) for k, v in valid_result.items()},
         "epochs_run": len(trainer.epoch_seconds),
         "best_epoch": best,
-        "epoch_seconds": trainer.epoch_seconds,
-        "valid_seconds": trainer.valid_seconds,
-        "valid_ndcg10": trainer.valid_scores,
-        "seconds_per_epoch_mean": float(np.mean(trainer.epoch_seconds)) if trainer.epoch_seconds else None,
-        "seconds_per_valid_eval_mean": float(np.mean(trainer.valid_seconds)) if trainer.valid_seconds else None,
+        "epoch_seconds": _r(trainer.epoch_seconds),
+        "epoch_cpu_seconds": _r(trainer.epoch_cpu),
+        "valid_seconds": _r(trainer.valid_seconds),
+        "valid_cpu_seconds": _r(trainer.valid_cpu),
+        "valid_ndcg10": _r(trainer.valid_scores, 5),
+        "seconds_per_epoch_mean": _mean(trainer.epoch_seconds),
+        "cpu_seconds_per_epoch_mean": _mean(trainer.epoch_cpu),
+        "seconds_per_valid_eval_mean": _mean(trainer.valid_seconds),
+        "cpu_seconds_per_valid_eval_mean": _mean(trainer.valid_cpu),
         "seconds_valid_eval_once_after_fit": valid_eval_s,
         "seconds_test_eval": test_s,
+        "cpu_seconds_test_eval": test_cpu,
         "seconds_to_best": trainer.valid_done_at[best - 1] if trainer.valid_done_at else None,
+        "cpu_seconds_to_best": float(sum(trainer.epoch_cpu[:best]) + sum(trainer.valid_cpu[:best])),
         "seconds_fit": fit_s,
         "seconds_data_prep": prep_s,
         "valid_targets": eval_targets(valid_data, dataset),

@@ -6,7 +6,7 @@ Prints JSON with items/s for each encoder, measured two ways on the current devi
 plus the hashing text fallback as a model-free reference.
 
     nice -n 10 python benchmarks/encode_throughput.py [--data ../shared/data] [--device auto|cpu|cuda]
-        [--n-text 2000] [--n-images 300] [--precision fp32|fp16|bf16] [--out result.json]
+        [--n-text 2000] [--n-images 300] [--precision fp32|fp16|bf16] [--threads N] [--out result.json]
 """
 
 from __future__ import annotations
@@ -91,13 +91,17 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=300)
     ap.add_argument("--text-batch", type=int, default=128)
     ap.add_argument("--image-batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     result: dict[str, Any] = {
         "device": device, "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "precision": args.precision,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
     from modalrec.features.encoders.hashing import HashingText

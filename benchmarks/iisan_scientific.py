@@ -56,7 +56,7 @@ def prepare(data_dir: Path, dataset: str, cache_root: Path, max_users: int | Non
     if not with_cache:
         return out
     t0 = time.perf_counter()
-    summary = encode_hidden_cache(ds.items, cache_dir, text="minilm", layers="all", template={"text": "{title}"},
+    summary = encode_hidden_cache(ds.items, cache_dir, {"text": "minilm"}, layers="all", template={"text": "{title}"},
                                   batch_size=encode_batch, device=device, progress=True)
     cache = HiddenStateCache.open(cache_dir, ds.item_vocab)
     out.update(cache=cache, cache_seconds=time.perf_counter() - t0, cache_mode=summary.mode)

@@ -32,18 +32,25 @@ from modalrec.io import write_json_atomic
 from modalrec.models.recformer import RecformerConfig, RecformerModel
 from modalrec.models.recformer_input import ItemTokens
 from modalrec.models.recformer_train import (
-    FinetuneConfig, PrefixPairs, PretrainConfig, PretrainCorpus, finetune, peak_memory_mb, pretrain, user_sequences,
+    FinetuneConfig,
+    PrefixPairs,
+    PretrainConfig,
+    PretrainCorpus,
+    finetune,
+    peak_memory_mb,
+    pretrain,
+    user_sequences,
 )
 from modalrec.seeding import numpy_rng
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 METRICS = ("ndcg@10", "recall@10", "hr@10", "mrr")
-CPU_DEFAULTS = dict(pretrain_steps=120, stage1_epochs=1, stage2_epochs=1, steps_per_epoch=40, valid_events=400,
-                    test_events=1000, max_tokens=192)
-GPU_DEFAULTS = dict(pretrain_steps=4000, stage1_epochs=3, stage2_epochs=2, steps_per_epoch=0, valid_events=0,
-                    test_events=0, max_tokens=512)
-SMOKE = dict(pretrain_steps=4, stage1_epochs=1, stage2_epochs=1, steps_per_epoch=3, valid_events=48,
-             test_events=96, max_tokens=128)
+CPU_DEFAULTS = {"pretrain_steps": 120, "stage1_epochs": 1, "stage2_epochs": 1, "steps_per_epoch": 40,
+                "valid_events": 400, "test_events": 1000, "max_tokens": 192}
+GPU_DEFAULTS = {"pretrain_steps": 4000, "stage1_epochs": 3, "stage2_epochs": 2, "steps_per_epoch": 0,
+                "valid_events": 0, "test_events": 0, "max_tokens": 512}
+SMOKE = {"pretrain_steps": 4, "stage1_epochs": 1, "stage2_epochs": 1, "steps_per_epoch": 3, "valid_events": 48,
+         "test_events": 96, "max_tokens": 128}
 
 
 def scientific_attributes(table: ItemTable) -> list[dict[str, str]]:
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--iisan-dir", default=str(DATA / "amazon-iisan"))
     p.add_argument("--scientific-dir", default=str(DATA / "amazon-scientific-unisrec"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", default="mini", help="tiny | mini | minilm | base")
+    p.add_argument("--size", default=None, help="tiny | mini | minilm | base (default: mini; tiny with --smoke)")
     p.add_argument("--backbone", default="longformer")
     p.add_argument("--init", default=None, help="start from a BERT checkpoint: 'minilm' (needs --size minilm) or a dir")
     p.add_argument("--smoke", action="store_true", help="a minute-scale run that proves the pipeline (not a result)")
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split = from_presplit(sci.interactions, sci.presplit["valid_rows"], sci.presplit["test_rows"], name="unisrec_presplit")
     load_s = time.perf_counter() - t_start
 
-    cfg = RecformerConfig(size=args.size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
+    size = args.size or ("tiny" if args.smoke else "mini")
+    cfg = RecformerConfig(size=size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
                           max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed)
     model, tok = RecformerModel.create(cfg)
     t0 = time.perf_counter()
@@ -118,16 +126,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # pretraining on domain A only (Scientific never seen)
     corpus = PretrainCorpus.from_domains([(inst.name, inst_tokens, user_sequences(inst.interactions))])
-    pre = pretrain(model, corpus, PretrainConfig(epochs=100, max_steps=opt["pretrain_steps"] or None,
-                                                 batch_size=args.pretrain_batch, lr=args.pretrain_lr,
-                                                 warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device,
-                                                 seed=args.seed))
-    pre.pop("config", None)
+    pre: dict[str, Any] = {"steps": 0, "time_s": 0.0, "time_per_step_s": None, "corpus": corpus.describe(),
+                           **peak_memory_mb(args.device)}
+    if opt["pretrain_steps"] > 0:
+        pre = pretrain(model, corpus, PretrainConfig(
+            epochs=1000, max_steps=opt["pretrain_steps"], batch_size=args.pretrain_batch, lr=args.pretrain_lr,
+            warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device, seed=args.seed))
+        pre.pop("config", None)
 
     valid = subsample(split.valid, opt["valid_events"], args.seed, "bench/valid_subset")
     test = subsample(split.test, opt["test_events"], args.seed, "bench/test_subset")
-    ev_kw = dict(ks=(5, 10, 20), exclude_seen=True, max_len=50, device=args.device, batch_size=128)
-    ev_valid, ev_test = Evaluator(valid, sci.n_items, **ev_kw), Evaluator(test, sci.n_items, **ev_kw)
+    ev_valid, ev_test = (Evaluator(es, sci.n_items, ks=(5, 10, 20), exclude_seen=True, max_len=50, device=args.device,
+                                   batch_size=128) for es in (valid, test))
 
     model.set_items(sci_tokens)
     t0 = time.perf_counter()

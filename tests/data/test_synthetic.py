@@ -4,6 +4,7 @@ content-only scorer can use on items never seen in training."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from modalrec.data.dataset import Dataset
+from modalrec.data.items import ItemTable
 from modalrec.data.sources.synthetic import (
     N_VALUES,
     SyntheticConfig,
@@ -22,6 +24,7 @@ from modalrec.data.sources.synthetic import (
 )
 from modalrec.data.sources.synthetic_text import ATTRIBUTE_NAMES, synonyms
 from modalrec.data.splits import global_temporal
+from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError
 
 
@@ -67,6 +70,7 @@ def test_shape_and_timestamps(demo: Dataset) -> None:
     lo, hi = demo.summary["timeline"]
     assert inter.ts.min() >= lo and inter.ts.max() < hi + 10_000
     assert sorted(inter.row.tolist()) == list(range(len(inter)))
+    json.dumps(demo.describe())  # the summary goes into reports: small and JSON-serialisable
     # no repeats: the evaluator masks history, so a repeated target could never be ranked
     for u in range(1, demo.n_users + 1):
         assert len(np.unique(inter.sequence(u))) == len(inter.sequence(u))
@@ -213,7 +217,7 @@ def test_content_scorer_ranks_cold_items(demo: Dataset) -> None:
     rank = (scores >= target_score[:, None]).sum(1)  # includes the target itself: 1-based, ties pessimistic
     ndcg = np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0).mean()
     random_ndcg = np.mean([1 / np.log2(r + 1) for r in range(1, 11)]) * 10 / demo.n_items
-    assert ndcg >= 0.1 and ndcg >= 10 * random_ndcg, ndcg
+    assert ndcg >= 0.1 and ndcg >= 10 * random_ndcg, (ndcg, random_ndcg)
 
 
 def test_bad_config_and_foreign_dataset() -> None:
@@ -229,3 +233,14 @@ def test_bad_config_and_foreign_dataset() -> None:
     foreign = Dataset("other", ds.interactions, ds.items, ds.user_vocab, {"source": "csv"})
     with pytest.raises(DataError, match="generator"):
         item_attributes(foreign)
+    # attributes follow raw ids, so a filtered / reordered vocabulary still lines up
+    ids = ds.item_vocab.raw_ids[::-2]
+    titles = [""] + [ds.items.fields["title"][ds.item_vocab.index(r)] for r in ids]
+    table = ItemTable(Vocabulary(ids), {"title": titles})
+    sub = Dataset("synthetic", ds.interactions, table, ds.user_vocab, ds.summary)
+    full = item_attributes(ds)
+    np.testing.assert_array_equal(item_attributes(sub)[1:], full[ds.item_vocab.indices(ids)])
+    bad_items = ItemTable(Vocabulary(["item00001", "x9"]))
+    bad = Dataset("synthetic", ds.interactions, bad_items, ds.user_vocab, ds.summary)
+    with pytest.raises(DataError, match="x9"):
+        item_launch_ts(bad)

@@ -133,7 +133,10 @@ def test_shards_then_finalise(tmp_path: Path) -> None:
     encode_catalogue(items, tmp_path / "ref", {"text": HashingText(32)}, **JOB)
     for k in range(3):
         part = encode_catalogue(items, tmp_path / "fs", {"text": HashingText(32)}, shard=(k, 3), **JOB)
-        assert part.mode == ("partial" if k < 2 else "create")
+        assert part.mode == "partial" and not part.finalised and part.modalities["text"].n_encoded == (14, 8, 8)[k]
+    final = encode_catalogue(items, tmp_path / "fs", {"text": HashingText(32)}, **JOB)
+    assert final.finalised and final.modalities["text"].n_encoded == 0
+    assert final.modalities["text"].n_resumed == 30
     assert tree_bytes(tmp_path / "ref") == tree_bytes(tmp_path / "fs")
 
 

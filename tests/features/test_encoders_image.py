@@ -140,3 +140,32 @@ def test_open_clip_when_installed(image_files: Callable[..., dict[str, str]]) ->
     assert out.features.shape == (2, enc.dim) and out.missing.tolist() == [False, True]
     hid = enc.encode_hidden([files["good0"]], [0, enc.hidden_layout().n_layers - 1])
     assert hid.features.shape == (1, 2, enc.hidden_layout().width)
+
+
+def test_clip_and_siglip_load_from_checkpoint_dirs(tmp_path, image_files: Callable[..., dict[str, str]]) -> None:
+    """The by-name loading path (from_pretrained on a full dual-encoder checkpoint), offline via save_pretrained."""
+    files = image_files(1)
+    text_cfg = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "vocab_size": 99}
+    vision_cfg = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                  "image_size": 32, "patch_size": 8}
+    clip = transformers.CLIPModel(transformers.CLIPConfig(text_config=text_cfg, vision_config=vision_cfg,
+                                                          projection_dim=16)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    enc = HFVisionEncoder(str(tmp_path / "clip"), local_files_only=True)
+    assert enc.kind == "clip" and enc.dim == 16 and enc.revision.startswith("local:")
+    px = enc._pixels([load_image(files["good0"])[0]])
+    with torch.no_grad():
+        want = clip.get_image_features(pixel_values=px)
+    want = getattr(want, "pooler_output", want)[0].numpy()  # a tensor, or an output object in newer versions
+    np.testing.assert_allclose(enc.encode([files["good0"]]).features[0], want, atol=1e-5)
+    full = HFVisionEncoder(transformers.CLIPConfig(text_config=text_cfg, vision_config=vision_cfg, projection_dim=8))
+    assert full.dim == 8  # a full config object: the vision tower plus its projection
+
+    siglip = transformers.SiglipModel(transformers.SiglipConfig(text_config=text_cfg, vision_config=vision_cfg)).eval()
+    siglip.save_pretrained(tmp_path / "siglip")
+    enc = HFVisionEncoder(str(tmp_path / "siglip"), local_files_only=True)
+    assert enc.kind == "siglip" and enc.pooling == "pooler" and enc.dim == 32
+    with torch.no_grad():
+        want = siglip.vision_model(pixel_values=enc._pixels([load_image(files["good0"])[0]])).pooler_output[0]
+    np.testing.assert_allclose(enc.encode([files["good0"]]).features[0], want.numpy(), atol=1e-5)

@@ -147,3 +147,14 @@ def test_real_minilm_matches_hf_path() -> None:
     # the last layer's mean-pooled state, normalised, is exactly the sentence embedding
     last = hidden.features[:, 1] / np.linalg.norm(hidden.features[:, 1], axis=1, keepdims=True)
     np.testing.assert_allclose(last, out.features[:2], atol=1e-4)
+
+
+def test_hf_text_loads_from_a_checkpoint_dir(tmp_path: Any, bert_tokenizer: Any) -> None:
+    """The by-name path (AutoModel / AutoTokenizer.from_pretrained), offline via save_pretrained."""
+    enc = _tiny_qwen(bert_tokenizer)
+    enc.module.save_pretrained(tmp_path / "qwen")
+    bert_tokenizer.save_pretrained(tmp_path / "tok")  # apart: AutoTokenizer would pick Qwen2's class from config.json
+    loaded = HFTextEncoder(str(tmp_path / "qwen"), str(tmp_path / "tok"), pooling="last", max_length=64,
+                           local_files_only=True)
+    assert loaded.revision.startswith("local:") and loaded.dim == 32
+    np.testing.assert_allclose(loaded.encode(TEXTS).features, enc.encode(TEXTS).features, atol=1e-5)

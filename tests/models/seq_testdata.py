@@ -23,8 +23,9 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def cyclic_interactions(n_items: int = 30, n_users: int = 60, min_len: int = 8, max_len: int = 16,
-                        seed: int = 0) -> Interactions:
+def cyclic_interactions(
+    n_items: int = 30, n_users: int = 60, min_len: int = 8, max_len: int = 16, seed: int = 0
+) -> Interactions:
     """Planted pattern: every user walks the catalogue in order, item i is followed by item i % n + 1."""
     rng = np.random.default_rng(seed)
     users, items = [], []
@@ -41,8 +42,13 @@ def cyclic_split(**kw: int) -> Split:
 
 
 def context(split: Split, seed: int = 0, max_len: int = 10) -> ModelContext:
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=max_len,
-                        train_item_counts=split.train.item_counts(), seed=seed)
+    return ModelContext(
+        n_items=split.n_items,
+        n_users=split.n_users,
+        max_len=max_len,
+        train_item_counts=split.train.item_counts(),
+        seed=seed,
+    )
 
 
 def random_batch(n_items: int, batch: int = 5, length: int = 8, seed: int = 0) -> SeqBatch:

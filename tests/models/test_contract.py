@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +13,12 @@ from seq_testdata import one_thread, random_batch  # noqa: F401
 
 from modalrec.models import MODELS
 from modalrec.models.base import ModelContext
+from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.lightgcn import LightGCN, LightGCNConfig
+from modalrec.models.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.vbpr import VBPR, VBPRConfig
 from modalrec.training.checkpoint import load_state, read_config, save_checkpoint
 from modalrec.types import SeqBatch
 
@@ -24,7 +29,20 @@ CASES: list[tuple[str, Callable[[ModelContext], torch.nn.Module]]] = [
     ("sasrec", lambda ctx: SASRec.build(SASRecConfig(dim=16, n_layers=2, n_heads=2, max_len=8), ctx)),
     ("sasrec-preln", lambda ctx: SASRec.build(SASRecConfig(dim=16, n_layers=1, max_len=8, norm="pre"), ctx)),
     ("gru4rec", lambda ctx: GRU4Rec.build(GRU4RecConfig(dim=16, hidden=24, max_len=8), ctx)),
+    ("bert4rec", lambda ctx: BERT4Rec.build(BERT4RecConfig(dim=16, n_layers=2, n_heads=2, max_len=8), ctx)),
+    ("lightgcn", lambda ctx: LightGCN.build(LightGCNConfig(dim=16, n_layers=2, max_len=8), ctx)),
+    ("mmgcn", lambda ctx: MMGCN.build(MMGCNConfig(dim=8, latent_dim=12, max_len=8), _with_features(ctx))),
+    ("vbpr", lambda ctx: VBPR.build(VBPRConfig(dim=8, content_dim=8, max_len=8), _with_features(ctx))),
 ]
+
+
+def _with_features(ctx: ModelContext) -> ModelContext:
+    """Fixed random text (10-d) and image (6-d) features for the content baselines (item 3 has no image)."""
+    g = torch.Generator().manual_seed(11)
+    feats = {"text": torch.randn(N_ITEMS + 1, 10, generator=g), "image": torch.rand(N_ITEMS + 1, 6, generator=g)}
+    missing = {m: torch.zeros(N_ITEMS + 1, dtype=torch.bool) for m in feats}
+    missing["image"][3] = True
+    return dataclasses.replace(ctx, item_features=feats, feature_missing=missing)
 
 
 def _ctx(seed: int = 0) -> ModelContext:
@@ -58,8 +76,14 @@ def test_batched_equals_single_rows(build: Callable) -> None:
     batch = random_batch(N_ITEMS, batch=6, length=8, seed=3)
     with torch.no_grad():
         full = model.score(batch)
-        rows = torch.cat([model.score(SeqBatch(batch.items[i : i + 1], batch.targets[i : i + 1],
-                                               batch.users[i : i + 1])) for i in range(6)])
+        rows = torch.cat(
+            [
+                model.score(
+                    SeqBatch(batch.items[i : i + 1], batch.targets[i : i + 1], batch.users[i : i + 1])
+                )
+                for i in range(6)
+            ]
+        )
     torch.testing.assert_close(full, rows, rtol=1e-5, atol=1e-5)
 
 
@@ -67,8 +91,11 @@ def test_extra_left_padding_changes_nothing(build: Callable) -> None:
     """PAD slots are not items: the same histories padded to a longer length score the same."""
     model = build(_ctx()).eval()
     short = random_batch(N_ITEMS, batch=4, length=5, seed=4)
-    longer = SeqBatch(torch.nn.functional.pad(short.items, (3, 0)), torch.nn.functional.pad(short.targets, (3, 0)),
-                      short.users)
+    longer = SeqBatch(
+        torch.nn.functional.pad(short.items, (3, 0)),
+        torch.nn.functional.pad(short.targets, (3, 0)),
+        short.users,
+    )
     with torch.no_grad():
         torch.testing.assert_close(model.score(short), model.score(longer), rtol=1e-5, atol=1e-5)
 
@@ -78,9 +105,11 @@ def test_pad_row_is_zero_and_pad_targets_are_ignored(build: Callable) -> None:
     assert torch.count_nonzero(model.item_embeddings()[0]) == 0
     batch = random_batch(N_ITEMS, batch=5, length=8, seed=5)
     model.eval()  # no dropout, so the two losses are comparable
-    with_pad_row = SeqBatch(torch.cat([batch.items, torch.zeros(1, 8, dtype=torch.long)]),
-                            torch.cat([batch.targets, torch.zeros(1, 8, dtype=torch.long)]),
-                            torch.arange(6))
+    with_pad_row = SeqBatch(
+        torch.cat([batch.items, torch.zeros(1, 8, dtype=torch.long)]),
+        torch.cat([batch.targets, torch.zeros(1, 8, dtype=torch.long)]),
+        torch.arange(6),
+    )
     torch.testing.assert_close(model.loss(batch), model.loss(with_pad_row))
 
 

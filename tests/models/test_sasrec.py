@@ -23,8 +23,15 @@ def split():  # type: ignore[no-untyped-def]
 def test_learns_next_item_pattern(split, loss: str) -> None:  # type: ignore[no-untyped-def]
     """Item i is always followed by i + 1: after a short training the next item ranks first on TEST."""
     ctx = context(split, max_len=10)
-    cfg = SASRecConfig(dim=32, n_layers=1, n_heads=2, dropout=0.1, max_len=10, loss=loss,
-                       n_negatives=20 if loss == "sampled" else None)
+    cfg = SASRecConfig(
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        dropout=0.1,
+        max_len=10,
+        loss=loss,
+        n_negatives=20 if loss == "sampled" else None,
+    )
     model = SASRec.build(cfg, ctx)
     before = evaluate(model, split, part="test")
     train = TrainConfig(epochs=30, patience=4, monitor="hr@1", batch_size=32, lr=1e-2, progress=False)

@@ -76,7 +76,7 @@ class ItemTable:
                 return template.format(**rec).strip()
             except KeyError as exc:
                 raise DataError(f"template names unknown item field {exc.args[0]!r}; have {self.field_names}") from None
-        return ". ".join(f"{k}: {v}" for k, v in rec.items() if v).strip()
+        return ". ".join(f"{k}: {v.strip().rstrip('.')}" for k, v in rec.items() if v.strip()).strip()
 
     def texts(self, template: str | None = None) -> list[str]:
         """Texts for indices 0..n (index 0, PAD, is the empty string)."""

@@ -118,10 +118,11 @@ def encode_catalogue(
     encoders: {modality: encoder | spec}; default {"text": "minilm"}. See `build_encoder` for specs.
     text / image: shorthand for encoders={"text": text, "image": image} (None entries dropped).
     template: str.format template over item fields for text encoders (or {modality: template}).
-    shard: (index, count) to split chunks across processes (e.g. one per GPU under torchrun); a
-    sharded call only encodes its chunks; call again without `shard` to finalise.
+    shard: (index, count) splits chunks across processes (one per GPU under torchrun): a sharded call
+    only encodes its chunks; one plain call afterwards (e.g. rank 0 after a barrier) finalises.
     """
-    encoders = _merge(encoders, text, image)
+    extra = {k: v for k, v in (("text", text), ("image", image)) if v is not None}
+    encoders = {**dict(encoders or {}), **extra} or None
     return _encode(FeatureStore, "features", items, out_dir, encoders, template=template, layers=None,
                    batch_size=batch_size, device=device, precision=precision, dtype=dtype, chunk_size=chunk_size,
                    resume=resume, progress=progress, overwrite=overwrite, shard=shard)
@@ -154,12 +155,6 @@ def encode_hidden_cache(
                    resume=resume, progress=progress, overwrite=overwrite, shard=shard)
 
 
-def _merge(encoders: Mapping[str, EncoderSpec] | None, text: EncoderSpec | None,
-           image: EncoderSpec | None) -> dict[str, EncoderSpec] | None:
-    extra = {k: v for k, v in (("text", text), ("image", image)) if v is not None}
-    return {**dict(encoders or {}), **extra} or None
-
-
 @dataclass
 class _Task:
     modality: str
@@ -175,9 +170,8 @@ def _tasks(kind: str, encoders: Mapping[str, EncoderSpec], template: Any, layers
     tasks = []
     for modality, spec in encoders.items():
         enc = spec if isinstance(spec, Encoder) else build_encoder(spec, device=device, precision=precision)
-        tmpl = (template.get(modality) if isinstance(template, Mapping) else template) if enc.input_kind == "text" \
-            else None
-        info = {**enc.info(), "template": tmpl}
+        tmpl = template.get(modality) if isinstance(template, Mapping) else template
+        info = {**enc.info(), "template": tmpl if enc.input_kind == "text" else None}
         if kind == "features":
             tasks.append(_Task(modality, enc, info, (enc.dim,), enc.encode, {}))
             continue
@@ -187,16 +181,11 @@ def _tasks(kind: str, encoders: Mapping[str, EncoderSpec], template: Any, layers
         chosen = select_layers(layout.n_layers, (layers.get(modality) if isinstance(layers, Mapping) else layers) or "all")
         info["layers"] = chosen
         extra = {"layers": chosen, "layer_dims": [layout.dims[j] for j in chosen],
-                 "layer_names": [layout.names[j] for j in chosen], "n_encoder_layers": layout.n_layers}
+                 "layer_names": [layout.names[j] for j in chosen], "n_encoder_layers": layout.n_layers,
+                 "layer_pooling": "mean over tokens (attention-masked) / spatial positions"}
         run = functools.partial(enc.encode_hidden, layers=chosen)
         tasks.append(_Task(modality, enc, info, (len(chosen), layout.width), run, extra))
     return tasks
-
-
-def _inputs(items: ItemTable, task: _Task, indices: np.ndarray) -> list[Any]:
-    if task.encoder.input_kind == "image":
-        return [items.image_path(int(i)) for i in indices]
-    return [items.text(int(i), task.info["template"]) for i in indices]
 
 
 def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | Path,
@@ -243,7 +232,7 @@ def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | P
         fp = _fingerprint(kind, t, vocab.hash, indices, hashes, chunk_size, batch_size, dtype)
         chunks[t.modality], summary.modalities[t.modality] = _run_task(
             t, items, indices, part, fp, chunk_size, batch_size, dtype, resume, progress, shard)
-    if not all(p.is_file() for ps in chunks.values() for p in ps):  # other shards are still working
+    if shard is not None:  # finalising is left to one plain call after all shards are done (no races)
         summary.mode, summary.seconds = "partial", time.perf_counter() - start
         return summary
     _finalise(cls, existing, items, out_dir, tasks, chunks, dtype, first, hashes, overwrite)
@@ -267,8 +256,8 @@ def _check_compatible(existing: ArrayStore, tasks: list[_Task]) -> None:
 
 
 def _announce(kind: str, tasks: list[_Task], n: int, nbytes: int, progress: bool) -> None:
-    shapes = ", ".join(f"{t.modality}={list(t.tail)}" for t in tasks)
-    msg = f"encoding {n} items ({kind}: {shapes}); output about {human_bytes(nbytes)}"
+    msg = (f"encoding {n} items ({kind}: {', '.join(f'{t.modality}={list(t.tail)}' for t in tasks)}); "
+           f"output about {human_bytes(nbytes)}")
     logger.info(msg)
     if progress and kind == "hidden":  # the cache can be large: say so before spending the time
         print(msg, file=sys.stderr, flush=True)
@@ -298,7 +287,8 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
     write_json_atomic(job, fp)
-    inputs = _inputs(items, t, indices)
+    inputs = ([items.image_path(int(i)) for i in indices] if t.encoder.input_kind == "image"
+              else [items.text(int(i), t.info["template"]) for i in indices])
     keys = np.asarray([t.encoder.sort_key(x) for x in inputs], dtype=np.int64)
     order = np.lexsort((indices, -keys))  # longest first, ties by item index: deterministic
     n_chunks = (len(order) + chunk_size - 1) // chunk_size
@@ -308,7 +298,7 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
     done = {c for c in mine if _chunk_ok(paths[c])}
     problems: dict[int, str] = {}
     for c in sorted(done):
-        marker = json.loads(paths[c].with_suffix(".done.json").read_text())
+        marker = json.loads(_marker(paths[c]).read_text())
         ms.n_resumed += int(marker["n"])
         problems.update({int(i): r for i, r in marker["problems"]})
         ms.n_missing += int(marker["n_missing"])
@@ -340,7 +330,7 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
                     logger.warning("%s: item %r has no usable input: %s", t.modality, items.vocab.raw(i), reason)
                 problems[i] = reason
     except BaseException:
-        kept = sum(paths[c].is_file() for c in mine)
+        kept = sum(_marker(paths[c]).is_file() for c in mine)
         logger.warning("%s: interrupted; %d of %d chunks are kept in %s, rerun to resume", t.modality, kept, len(mine), part)
         raise
     finally:
@@ -359,17 +349,20 @@ def _write_chunk(path: Path, idx: np.ndarray, feats: np.ndarray, miss: np.ndarra
     np.savez(buf, indices=idx, features=feats, missing=miss)
     data = buf.getvalue()
     write_bytes_atomic(path, data)
-    write_json_atomic(path.with_suffix(".done.json"), {
+    write_json_atomic(_marker(path), {  # written last: its presence means the chunk is complete
         "n": len(idx), "n_missing": int(miss.sum()), "sha256": hashlib.sha256(data).hexdigest(),
         "problems": [[i, r] for i, r in problems],
     })
 
 
+def _marker(path: Path) -> Path:
+    return path.with_suffix(".done.json")
+
+
 def _chunk_ok(path: Path) -> bool:
     """A chunk counts as done only with its marker and a matching checksum."""
-    marker = path.with_suffix(".done.json")
     try:
-        return json.loads(marker.read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        return json.loads(_marker(path).read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     except (OSError, ValueError, KeyError):
         return False
 

@@ -46,7 +46,7 @@ def _check_dtype(dtype: str) -> str:
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
+    np.save(buf, arr, allow_pickle=False)  # plain .npy, never pickled objects
     write_bytes_atomic(path, buf.getvalue())
 
 
@@ -88,7 +88,7 @@ class ArrayStore:
     """Shared reader for per-modality memmaps aligned with an item vocabulary."""
 
     FORMAT: ClassVar[str] = "modalrec.array_store"
-    KIND: ClassVar[str] = "array store"
+    KIND: ClassVar[str] = "array store"  # used in messages
 
     def __init__(self, directory: Path, meta: dict[str, Any]):
         self.directory = Path(directory)
@@ -96,7 +96,6 @@ class ArrayStore:
         self._arrays: dict[str, np.memmap] = {}
         self._missing: dict[str, np.ndarray] = {}
 
-    # ---- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | Path, vocab: Vocabulary | None):
         """Open read-only. `vocab` must be the vocabulary the store was built for (hash check);
@@ -182,7 +181,7 @@ class ArrayStore:
 
     def array(self, name: str) -> np.memmap:
         """Read-only memmap [n_items + 1, *tail] in the stored dtype."""
-        self._get(name)
+        self._get(name)  # a clear error for an unknown modality
         return self._arrays[name]
 
     def missing(self, name: str) -> np.ndarray:
@@ -214,8 +213,7 @@ class ArrayStore:
         return feats, miss
 
     def describe(self) -> dict[str, Any]:
-        mods = {m: {k: v for k, v in self.meta["modalities"][m].items() if k not in ("file", "missing_file")}
-                for m in self.modalities}
+        mods = {m: {k: v for k, v in info.items() if "file" not in k} for m, info in self.meta["modalities"].items()}
         return {"kind": self.KIND, "directory": str(self.directory), "n_items": self.n_items,
                 "vocab_hash": self.vocab_hash, "modalities": mods}
 

@@ -10,15 +10,23 @@ from typing import Any
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
+from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.lightgcn import LightGCN, LightGCNConfig
+from modalrec.models.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
 from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.vbpr import VBPR, VBPRConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "pop": (Pop, PopConfig),
     "recent_pop": (RecentPop, RecentPopConfig),
     "sasrec": (SASRec, SASRecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "bert4rec": (BERT4Rec, BERT4RecConfig),
+    "lightgcn": (LightGCN, LightGCNConfig),
+    "mmgcn": (MMGCN, MMGCNConfig),
+    "vbpr": (VBPR, VBPRConfig),
 }
 
 

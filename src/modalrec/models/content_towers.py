@@ -46,8 +46,8 @@ class ContentOptions:
     layernorm: bool = False  # LayerNorm on each modality's projected vector
     center: bool = True  # subtract the train items' mean feature (whiten / moe: initial bias)
     l2_input: bool = True  # L2-normalise raw features first (encoders differ wildly in scale)
-    normalize: bool = False  # L2-normalise the item vector and multiply by `scale` (cosine scoring)
-    scale: float = 1.0
+    normalize: bool = True  # L2-normalise the item vector, times `scale`: popular items cannot win by norm
+    scale: float = 3.0
     # hybrid only
     content: str = "auto"  # content part of a hybrid tower: "text" | "image" | "text+image" | "auto"
     cold_default: str = "zero"  # ID part for cold items: "zero" | "learned"

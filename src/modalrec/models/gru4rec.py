@@ -46,8 +46,9 @@ class GRU4Rec(SequentialRecommender):
         self.input_drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, hidden, num_layers=cfg.n_layers, batch_first=True)
         self.proj = nn.Linear(hidden, cfg.dim) if hidden != cfg.dim else nn.Identity()
-        self.criterion = NextItemLoss(cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives,
-                                      ctx.train_item_counts, seed=ctx.seed)
+        self.criterion = NextItemLoss(
+            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed
+        )
         gen = torch_generator(ctx.seed, "init/gru4rec")
         init_weights(self, cfg.init_std, gen)
         with torch.no_grad():
@@ -64,7 +65,7 @@ class GRU4Rec(SequentialRecommender):
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] left-padded -> states [B, L, d]; PAD slots get zero states."""
         items = items[:, -self.cfg.max_len :]  # [B, L]
-        b, L = items.shape
+        L = items.shape[1]
         # An empty history runs one PAD step (a zero vector), so it still gets a (learned-bias) state.
         lengths = (items > 0).sum(1).clamp_min(1)  # [B]
         shift = L - lengths  # [B] number of leading slots that stay PAD

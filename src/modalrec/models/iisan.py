@@ -262,7 +262,8 @@ def _build_iisan_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTo
     cfg = tcfg.options.get("cfg")
     if not isinstance(cfg, IISANConfig):
         raise ConfigError("the 'iisan' item tower is built by models.iisan.IISAN (it needs cached hidden states)")
-    return IISANItemTower(tcfg.options.get("states") or resolve_states(cfg.modalities, ctx, None), cfg, dim)
+    states = tcfg.options["states"] if "states" in tcfg.options else resolve_states(cfg.modalities, ctx, None)
+    return IISANItemTower(states, cfg, dim)
 
 
 def states_from_cache(cache: HiddenStateCache, modalities: Sequence[str] = ("text", "image")) -> dict[str, LayerStates]:

@@ -115,6 +115,8 @@ class FrozenBackboneTower(ItemTower):
 
 
 class FrozenBackbone(SASRec):
+    """Frozen-backbone baseline: SASRec over FrozenBackboneTower (same cache as IISAN, last layer only)."""
+
     def __init__(self, cfg: FrozenBackboneConfig, ctx: ModelContext, states: dict[str, LayerStates] | None = None):
         states = resolve_states(cfg.modalities, ctx, states)
         inner = dataclasses.replace(cfg, tower=TowerConfig(kind="frozen_cache", options={"states": states}))

@@ -12,7 +12,7 @@ user sequence; score = cosine / temperature. Pretraining and two-stage finetunin
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,14 @@ from modalrec.data.items import ItemTable
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext, SequentialRecommender
 from modalrec.models.recformer_input import (
-    ItemTokens, RecInputs, build_inputs, build_item_inputs, default_tokenizer_path, histories_from_batch,
-    load_tokenizer, mlm_mask,
+    ItemTokens,
+    RecInputs,
+    build_inputs,
+    build_item_inputs,
+    default_tokenizer_path,
+    histories_from_batch,
+    load_tokenizer,
+    mlm_mask,
 )
 from modalrec.seeding import derive_seed
 from modalrec.types import SeqBatch
@@ -36,7 +42,7 @@ log = logging.getLogger(__name__)
 # hidden, layers, heads, feed-forward width, Longformer attention window
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (32, 2, 2, 64, 16),  # tests
-    "mini": (256, 6, 4, 1024, 64),  # Recformer-mini
+    "mini": (256, 6, 4, 1024, 32),  # Recformer-mini (window 32: a [CLS] + 31-token item is one window)
     "minilm": (384, 6, 12, 1536, 64),  # MiniLM-L6's shape: can start from the packaged MiniLM weights
     "base": (768, 12, 12, 3072, 64),  # Recformer-base (Longformer-base shape)
 }
@@ -53,7 +59,7 @@ class RecformerConfig:
     attention_window: int | None = None
     dropout: float = 0.1
     max_tokens: int = 256  # token budget of a user sequence (incl. CLS)
-    max_item_tokens: int = 32  # per item
+    max_item_tokens: int = 31  # per item ([CLS] + 31 = 32 tokens: no Longformer window padding at window 32)
     max_attr_tokens: int = 32  # per attribute value
     max_items: int = 50  # items of history read at most
     temperature: float = 0.05
@@ -126,11 +132,12 @@ class _GivenEmbeddings(nn.Module):
 
 def _build_backbone(cfg: RecformerConfig) -> nn.Module:
     h, n_l, n_h, ffn, win = cfg.dims()
-    common = dict(
-        vocab_size=4, hidden_size=h, num_hidden_layers=n_l, num_attention_heads=n_h, intermediate_size=ffn,
-        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout, pad_token_id=0,
-        max_position_embeddings=cfg.max_tokens + 2, type_vocab_size=1, layer_norm_eps=1e-12,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": 4, "hidden_size": h, "num_hidden_layers": n_l, "num_attention_heads": n_h,
+        "intermediate_size": ffn, "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
+        "pad_token_id": 0, "max_position_embeddings": cfg.max_tokens + 2, "type_vocab_size": 1,
+        "layer_norm_eps": 1e-12,
+    }
     if cfg.backbone == "longformer":
         from transformers import LongformerConfig, LongformerModel
 
@@ -141,13 +148,13 @@ def _build_backbone(cfg: RecformerConfig) -> nn.Module:
         model = BertModel(BertConfig(**common), add_pooling_layer=False)
     else:
         raise ConfigError(f"recformer.backbone must be 'longformer' or 'bert', got {cfg.backbone!r}")
-    model.embeddings = _GivenEmbeddings(h)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing:  # before the swap below: HF hooks the original word embeddings here
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable({"use_reentrant": False})
         else:  # transformers < 5
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.embeddings = _GivenEmbeddings(h)
     return model
 
 
@@ -189,7 +196,8 @@ class RecformerModel(SequentialRecommender):
         """Fill the vocabulary facts from the tokenizer, build, optionally tokenise `table` and load
         `cfg.init_from`. Returns (model, tokenizer)."""
         tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer_path)
-        cfg.vocab_size, cfg.cls_id, cfg.pad_id, cfg.mask_id = len(tok), tok.cls_token_id, tok.pad_token_id, tok.mask_token_id
+        cfg = replace(cfg, vocab_size=len(tok), cls_id=tok.cls_token_id, pad_id=tok.pad_token_id,
+                      mask_id=tok.mask_token_id)
         model = cls(cfg)
         if cfg.init_from is not None:
             from modalrec.models.recformer_train import load_bert_weights
@@ -201,7 +209,9 @@ class RecformerModel(SequentialRecommender):
 
     @classmethod
     def build(cls, cfg: RecformerConfig, ctx: ModelContext, items: ItemTable | None = None) -> RecformerModel:
-        """Registry entry point. Recformer needs item *texts*: pass the ItemTable here or call `set_items`."""
+        """Registry entry point. Recformer needs item *texts*: the ItemTable given here, else
+        `ctx.item_table` when the context carries one, else call `set_items` before scoring."""
+        items = items if items is not None else getattr(ctx, "item_table", None)
         model, _ = cls.create(cfg, table=items)
         if items is not None and items.n_items != ctx.n_items:
             raise ConfigError(f"item table has {items.n_items} items, the data has {ctx.n_items}")
@@ -297,17 +307,23 @@ class RecformerModel(SequentialRecommender):
         self.refresh_item_vectors()
         self._vecs_frozen = True
 
+    def set_item_vectors(self, vectors: torch.Tensor, frozen: bool = True) -> None:
+        """Use given unit item vectors [n + 1, H] (e.g. the ones a checkpoint was validated with)."""
+        if self.items is not None and len(vectors) != len(self.items):
+            raise ValueError(f"{len(vectors)} item vectors for an item table of {len(self.items)} rows")
+        self._item_vecs, self._vecs_stale, self._vecs_frozen = vectors.to(self.device), False, frozen
+
     def unfreeze_item_vectors(self) -> None:
-        self._vecs_frozen, self._vecs_stale = False, True
+        self._vecs_frozen = False  # scoring re-encodes only if the encoder changed since the last encoding
 
     @property
     def item_vectors_frozen(self) -> bool:
         return self._vecs_frozen
 
     def mark_encoder_changed(self) -> None:
-        """Called after a parameter update: scoring must re-encode items unless they are frozen."""
-        if not self._vecs_frozen:
-            self._vecs_stale = True
+        """Called after a parameter update: the cached item vectors no longer match the encoder (they are
+        still used while frozen, and re-encoded on the next scoring otherwise)."""
+        self._vecs_stale = True
 
     def reset_state(self) -> None:
         """Epoch start (the shared training loop calls this): stage 1 re-encodes the item table."""

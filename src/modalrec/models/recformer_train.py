@@ -154,7 +154,7 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
         curve.append({"step": steps, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}})
     model.eval()
     return {
-        "steps": steps, "epochs_run": len(epoch_times), "pairs_per_epoch": int(len(seq_idx)),
+        "steps": steps, "epochs_run": len(epoch_times), "pairs_per_epoch": len(seq_idx),
         "time_s": time.perf_counter() - start, "time_per_epoch_s": epoch_times,
         "time_per_step_s": (time.perf_counter() - start) / max(1, steps),
         "first": first, "curve": curve, "corpus": corpus.describe(), "config": asdict(cfg),
@@ -231,7 +231,7 @@ def finetune(
         if stage == 2:
             if best is not None and best[3] == 1:  # the best stage-1 model and the vectors it was validated with
                 model.load_state_dict(best[1])
-                model._item_vecs, model._vecs_stale, model._vecs_frozen = best[2].to(model.device), False, True
+                model.set_item_vectors(best[2])
             else:
                 model.freeze_item_vectors()
         else:
@@ -273,7 +273,7 @@ def finetune(
                 break
     if best is not None:
         model.load_state_dict(best[1])
-        model._item_vecs, model._vecs_stale, model._vecs_frozen = best[2].to(model.device), False, True
+        model.set_item_vectors(best[2])
     model.stage = None
     model.eval()
     return {"history": history, "best": None if best is None else
@@ -287,8 +287,11 @@ def save_recformer(directory: str | Path, model: RecformerModel, extra: Mapping[
     d = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(d / "model.safetensors", save(state))
-    if model.item_vectors_frozen and model._item_vecs is not None:
-        write_bytes_atomic(d / "item_vectors.safetensors", save({"item_vectors": model._item_vecs.cpu().contiguous()}))
+    if model.item_vectors_frozen:
+        vecs = model.item_embeddings().cpu().contiguous()
+        write_bytes_atomic(d / "item_vectors.safetensors", save({"item_vectors": vecs}))
+    else:  # vectors follow from the weights; never leave an older run's frozen vectors beside new weights
+        (d / "item_vectors.safetensors").unlink(missing_ok=True)
     write_json_atomic(d / "config.json", {"model": "recformer", "config": model.config_dict(), "extra": dict(extra or {})})
 
 
@@ -304,7 +307,7 @@ def load_recformer(directory: str | Path, items: ItemTokens | None = None) -> Re
     if vec_path.is_file() and items is not None:
         vecs = load_file(str(vec_path))["item_vectors"]
         if len(vecs) == len(items):
-            model._item_vecs, model._vecs_stale, model._vecs_frozen = vecs, False, True
+            model.set_item_vectors(vecs)
     return model.eval()
 
 

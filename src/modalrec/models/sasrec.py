@@ -42,7 +42,9 @@ class SASRecConfig:
 class SelfAttentionBlock(nn.Module):
     """Multi-head self-attention + position-wise feed-forward, each with a residual and LayerNorm."""
 
-    def __init__(self, dim: int, n_heads: int, ffn_dim: int, dropout: float, attn_dropout: float, pre_norm: bool):
+    def __init__(
+        self, dim: int, n_heads: int, ffn_dim: int, dropout: float, attn_dropout: float, pre_norm: bool
+    ):
         super().__init__()
         self.n_heads, self.attn_dropout, self.pre_norm = n_heads, attn_dropout, pre_norm
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -54,7 +56,9 @@ class SelfAttentionBlock(nn.Module):
 
     def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, L, d = x.shape
-        q, k, v = self.qkv(x).view(b, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, L, dh]
+        q, k, v = (
+            self.qkv(x).view(b, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        )  # 3 x [B, H, L, dh]
         p = self.attn_dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, L, dh]
         return self.drop(self.out(a.transpose(1, 2).reshape(b, L, d)))  # [B, L, d]
@@ -78,12 +82,15 @@ class SASRec(SequentialRecommender):
         self.input_drop = nn.Dropout(cfg.dropout)
         attn_p = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
         self.blocks = nn.ModuleList(
-            SelfAttentionBlock(cfg.dim, cfg.n_heads, cfg.ffn_dim or 4 * cfg.dim, cfg.dropout, attn_p, cfg.norm == "pre")
+            SelfAttentionBlock(
+                cfg.dim, cfg.n_heads, cfg.ffn_dim or 4 * cfg.dim, cfg.dropout, attn_p, cfg.norm == "pre"
+            )
             for _ in range(cfg.n_layers)
         )
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8) if cfg.norm == "pre" else nn.Identity()
-        self.criterion = NextItemLoss(cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives,
-                                      ctx.train_item_counts, seed=ctx.seed)
+        self.criterion = NextItemLoss(
+            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed
+        )
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
     @classmethod

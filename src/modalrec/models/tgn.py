@@ -16,7 +16,9 @@ with nothing but `reset_state()` and `loss(batch)`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +46,7 @@ class TGNConfig:
     updater: str = "gru"  # gru | rnn
     use_memory: bool = True
     item_features: str = "content"  # content | id | random
-    fusion: str = "concat"  # concat | gated | film (content only)
+    fusion: str = "mlp"  # mlp (concat + MLP) | gated | film | sum, shared models.fusion (content only)
     random_dim: int = 128  # width of the fixed random item vectors ("random")
     user_film: bool = False  # user memory modulates the item side of the score
     loss: str = "bpr"  # bpr | bce
@@ -57,7 +59,7 @@ class TGNConfig:
         choices = {
             "embedding": ("attn", "identity", "time"), "message": ("mlp", "identity"), "aggregator": ("last", "mean"),
             "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
-            "fusion": ("concat", "gated", "film"), "loss": ("bpr", "bce"),
+            "fusion": ("mlp", "concat", "gated", "film", "sum"), "loss": ("bpr", "bce"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -103,6 +105,28 @@ class TGN(nn.Module):
                 nn.init.zeros_(self.film.bias)
         self.neighbors = NeighborBuffer(n_nodes, cfg.n_neighbors, cfg.edge_dim)
         self.n_observed = 0  # running event index (edge idx in the neighbour buffer)
+        self._feat_cache: torch.Tensor | None = None  # x(n) for all nodes, only in eval mode without grad
+
+    # Weights can only change through training, loading or moving: each drops the eval-time feature cache.
+    def train(self, mode: bool = True) -> TGN:
+        self._feat_cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._feat_cache = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> TGN:
+        self._feat_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def node_features(self, nodes: torch.Tensor) -> torch.Tensor:
+        """x(nodes) [..., d]; in eval mode without grad from a table computed once."""
+        if self.training or torch.is_grad_enabled():
+            return self.features(nodes)
+        if self._feat_cache is None:
+            self._feat_cache = self.features(torch.arange(self.n_nodes, device=self.device))  # [N, d]
+        return self._feat_cache[nodes]
 
     @classmethod
     def build(cls, cfg: TGNConfig, ctx: ModelContext) -> TGN:
@@ -177,7 +201,7 @@ class TGN(nn.Module):
         """z(nodes, t): [B] node ids, [B] float64 times -> [B, d]."""
 
         def h0(n: torch.Tensor) -> torch.Tensor:
-            x = self.features(n)  # [B, d]
+            x = self.node_features(n)  # [B, d]
             return x + ctx.memory[n] if self.cfg.use_memory else x
 
         return self.embedding(h0, self._neighbors, ctx.last_update, nodes, t)

@@ -147,43 +147,25 @@ class GraphEmbedding(nn.Module):
 
 
 class ContentFusion(nn.Module):
-    """Per-modality LayerNorm + projection, a learned vector for a missing modality, then fusion:
-    "concat" (concat + MLP), "gated" (softmax gate over modalities) or "film" (first modality modulated
-    by the mean of the others)."""
+    """Per-modality LayerNorm + projection to `dim`, then the shared fusion (models.fusion.make_fusion:
+    "mlp" = concat + MLP, "gated", "film" = first modality (text) modulates the others, "sum"); a missing
+    modality contributes nothing."""
 
     def __init__(self, dims: dict[str, int], dim: int, fusion: str, dropout: float) -> None:
+        from modalrec.models.fusion import make_fusion
+
         super().__init__()
-        if fusion not in ("concat", "gated", "film"):
-            raise ConfigError(f"fusion must be 'concat', 'gated' or 'film', got {fusion!r}")
-        self.names, self.fusion = list(dims), fusion
-        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Dropout(dropout), nn.Linear(d, dim)) for m, d in dims.items()})
-        self.missing = nn.Parameter(torch.zeros(len(dims), dim))
-        n = len(dims)
-        if fusion == "concat":
-            self.out = mlp(n * dim, dim, dim, dropout)
-        elif fusion == "gated":
-            self.gate = nn.Linear(n * dim, n)
-        else:
-            self.film = nn.Linear(dim, 2 * dim)
-            with torch.no_grad():
-                self.film.weight.zero_()
-                self.film.bias.zero_()
+        self.names = list(dims)
+        self.proj = nn.ModuleDict(
+            {m: nn.Sequential(nn.LayerNorm(d), nn.Dropout(dropout), nn.Linear(d, dim)) for m, d in dims.items()}
+        )
+        kind = "mlp" if fusion == "concat" else fusion
+        self.fuse = make_fusion(kind, dim, len(dims)) if len(dims) > 1 or kind != "film" else make_fusion("sum", dim, 1)
 
     def forward(self, feats: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> torch.Tensor:
         # feats[m] [M, d_m], missing[m] [M] bool -> [M, dim]
-        parts = []
-        for j, m in enumerate(self.names):
-            p = self.proj[m](feats[m])  # [M, dim]
-            parts.append(torch.where(missing[m].unsqueeze(-1), self.missing[j].expand_as(p), p))
-        if self.fusion == "concat":
-            return self.out(torch.cat(parts, dim=-1))
-        if self.fusion == "gated":
-            g = torch.softmax(self.gate(torch.cat(parts, dim=-1)), dim=-1)  # [M, n]
-            return (torch.stack(parts, dim=-1) * g.unsqueeze(1)).sum(-1)  # [M, dim]
-        if len(parts) == 1:
-            return parts[0]
-        gamma, beta = self.film(torch.stack(parts[1:]).mean(0)).chunk(2, dim=-1)  # [M, dim] each
-        return parts[0] * (1.0 + gamma) + beta
+        xs = [self.proj[m](feats[m]) for m in self.names]  # M x [M, dim]
+        return self.fuse(xs, [~missing[m] for m in self.names])
 
 
 class NodeFeatures(nn.Module):
@@ -212,7 +194,7 @@ class NodeFeatures(nn.Module):
         elif mode == "content":
             if not features:
                 raise ConfigError("item_features='content' needs ModelContext.item_features (a FeatureStore)")
-            self.modalities = sorted(features)
+            self.modalities = sorted(features, key=lambda m: (m != "text", m))  # text first: FiLM conditioner
             self.set_content(features, missing)
             self.fuse = ContentFusion({m: int(features[m].shape[1]) for m in self.modalities}, dim, fusion, dropout)
         else:
@@ -271,5 +253,6 @@ class NodeFeatures(nn.Module):
         is_item = uniq > self.n_users
         out = self.user(torch.where(is_item, torch.zeros_like(uniq), uniq))  # [U, dim]
         if bool(is_item.any()):
-            out = out.index_copy(0, is_item.nonzero().squeeze(1), self.items(uniq[is_item] - self.n_users))
+            items = self.items(uniq[is_item] - self.n_users)  # [I, dim]
+            out = out.to(items.dtype).index_copy(0, is_item.nonzero().squeeze(1), items)
         return out[inv].view(*nodes.shape, -1)

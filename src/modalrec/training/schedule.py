@@ -56,8 +56,12 @@ class LRSchedule:
             self.plateau_bad = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step_count": self.step_count, "plateau_mult": self.plateau_mult, "plateau_bad": self.plateau_bad,
-                "current_lr": self.current_lr}
+        return {
+            "step_count": self.step_count,
+            "plateau_mult": self.plateau_mult,
+            "plateau_bad": self.plateau_bad,
+            "current_lr": self.current_lr,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])

@@ -17,11 +17,10 @@ group (not averaged per batch).
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ import torch
 from modalrec.data.events import EventStream, random_negatives
 from modalrec.evaluation.metrics import METRIC_DEFINITIONS, compute_metrics, ranks_from_scores
 from modalrec.seeding import torch_generator
+from modalrec.training.loop import History, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,19 @@ def evaluate_stream(
     for lo, hi in stream.spans(cfg.batch_size):
         batch = stream.batch(lo, hi)
         ctx = model.context()  # pending messages of earlier batches applied; nothing of this batch
+        cands = [batch.items.unsqueeze(1)]
         for kind in cfg.negatives:
             if kind == "random":
-                negs = random_negatives(batch.items, stream.n_items, n_neg, gen)
+                cands.append(random_negatives(batch.items, stream.n_items, n_neg, gen))
             elif kind == "historical":
-                negs, fb = stream.historical_negatives(lo, hi, n_neg, gen)
-                fallback[lo:hi] = fb
+                negs, fallback[lo:hi] = stream.historical_negatives(lo, hi, n_neg, gen)
+                cands.append(negs)
             else:
                 raise ValueError(f"unknown negative kind {kind!r}; use 'random' or 'historical'")
-            s = model.pair_scores(batch, torch.cat([batch.items.unsqueeze(1), negs], 1), ctx).float().cpu()  # [B, 1 + n]
-            pos_s[kind][lo:hi], neg_s[kind][lo:hi] = s[:, 0], s[:, 1:]
+        if cfg.negatives:  # one call: the user side is embedded once for the positive and all negatives
+            s = model.pair_scores(batch, torch.cat(cands, 1), ctx).float().cpu()  # [B, 1 + n * kinds]
+            for j, kind in enumerate(cfg.negatives):
+                pos_s[kind][lo:hi], neg_s[kind][lo:hi] = s[:, 0], s[:, 1 + j * n_neg : 1 + (j + 1) * n_neg]
         if cfg.full_ranking:
             tr = time.perf_counter()
             scores = model.score(batch, ctx=ctx)  # [B, n_items + 1]
@@ -155,78 +158,30 @@ def evaluate_stream(
     }
 
 
-@dataclass
-class TGNTrainConfig:
-    epochs: int = 20
-    batch_size: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 5.0
-    patience: int = 3  # epochs without improvement on valid before stopping
-    monitor: str = "mrr"  # a key of the overall group of evaluate_stream (higher is better)
-    plateau_factor: float = 0.5
-    plateau_patience: int = 1
-    min_lr: float = 1e-5
-    seed: int = 0
-    device: str = "cpu"
-    max_seconds: float | None = None  # stop after the epoch that crosses this budget
-    eval: StreamEvalConfig = field(default_factory=StreamEvalConfig)
+def stream_validator(
+    valid: EventStream, cfg: StreamEvalConfig | None = None, group: str = "overall"
+) -> Callable[[Any], dict[str, float]]:
+    """`validate(model)` for `training.loop.fit`: streams VALID in time order from the end-of-epoch
+    training memory (scored before observed), restores that memory exactly, and returns the numeric
+    metrics of `group` (e.g. "mrr", "ndcg@10", "ap_random")."""
+
+    def validate(model: Any) -> dict[str, float]:
+        rep = evaluate_stream(model, valid, cfg, observe=True, restore=True, name="valid")
+        return {k: float(v) for k, v in rep["groups"][group].items() if isinstance(v, (int, float))}
+
+    return validate
 
 
-def train_epoch(model: Any, stream: EventStream, opt: torch.optim.Optimizer, cfg: TGNTrainConfig, epoch: int) -> float:
-    """One chronological pass: reset state, then per batch loss -> step -> observe. Returns mean loss."""
-    model.train()
-    model.reset_state()
-    total, n = 0.0, 0
-    for batch in stream.batches(cfg.batch_size, cfg.seed, epoch):
-        batch = batch.to(cfg.device)
-        loss = model.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if not model.cfg.observe_in_loss:
-            model.observe(batch)
-        model.detach_state()
-        total += float(loss.detach()) * len(batch)
-        n += len(batch)
-    return total / max(n, 1)
-
-
-def fit_tgn(model: Any, train: EventStream, valid: EventStream, cfg: TGNTrainConfig) -> list[dict[str, Any]]:
-    """Adam + ReduceLROnPlateau + early stopping on VALID `monitor`; best weights are restored.
-    Validation continues from the end-of-epoch training memory and restores it afterwards."""
-    model.to(cfg.device)
-    train = train.with_negatives(model.cfg.n_negatives)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
-    )
-    best, best_state, bad, history = -math.inf, copy.deepcopy(model.state_dict()), 0, []
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        loss = train_epoch(model, train, opt, cfg, epoch)
-        train_s = time.perf_counter() - t0
-        rep = evaluate_stream(model, valid, cfg.eval, observe=True, restore=True, name="valid")
-        value = rep["groups"]["overall"].get(cfg.monitor)
-        if value is None or not math.isfinite(value):
-            raise ValueError(f"monitor {cfg.monitor!r} is not available in the validation report")
-        sched.step(value)
-        improved = value > best
-        if improved:
-            best, best_state, bad = value, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-        row = {"epoch": epoch, "train_loss": loss, f"valid_{cfg.monitor}": value, "lr": opt.param_groups[0]["lr"],
-               "train_seconds": train_s, "valid_seconds": rep["meta"]["seconds"], "improved": improved}
-        history.append(row)
-        log.info("tgn epoch %d: %s", epoch, row)
-        if bad > cfg.patience or (cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds):
-            break
-    model.load_state_dict(best_state)
-    return history
+def fit_tgn(model: Any, train: EventStream, valid: EventStream, cfg: TrainConfig | None = None,
+            eval_cfg: StreamEvalConfig | None = None) -> History:
+    """Train with the shared loop (`training.loop.fit`): it calls `reset_state()` at every epoch start and
+    `loss(batch)` per chronological batch (the model observes each batch right after its loss), selects
+    on VALID with early stopping / ReduceLROnPlateau (`cfg.scheduler="plateau"`) and restores the best
+    weights. Memory is not part of the weights; rebuild it with `run_protocol` before testing."""
+    if not model.cfg.observe_in_loss:
+        raise ValueError("fit_tgn needs TGNConfig.observe_in_loss=True (the shared loop never calls observe)")
+    cfg = cfg or TrainConfig(scheduler="plateau", monitor="mrr", progress=False)
+    return fit(model, train.with_negatives(model.cfg.n_negatives), cfg, stream_validator(valid, eval_cfg))
 
 
 @torch.no_grad()

@@ -10,12 +10,12 @@ How the data is made (each step has its own seeded generator, see `modalrec.seed
    (`synthetic_text`); pictures follow colour / shape / texture / background (`synthetic_images`).
 2. **Users.** Each user prefers a few categories, colours, a style, a material and a price band;
    preferences drift from a start profile to an end profile over the user's active window.
-3. **Sequences.** At each event the next item is drawn (Gumbel-max, vectorised over users) from
-   logits = user preference (at that time) + similarity to the last few items (shared attributes,
-   decaying with lag) + hidden item popularity + a novelty boost for freshly launched items. Only
-   launched, not-yet-consumed items can be drawn. Attribute effects are visible to content models;
-   popularity and novelty are not (a fair split: IDs can learn popularity of warm items, only content
-   can place an unseen item).
+3. **Sequences.** At each event the next item is drawn (vectorised over users) with probability
+   proportional to exp(user preference at that time + similarity to the last few items (shared
+   attributes, decaying with lag) + hidden item popularity) x (1 + a novelty boost that fades after
+   launch). Only launched, not-yet-consumed items can be drawn. Attribute effects are visible to
+   content models; popularity and novelty are not (a fair split: IDs can learn the popularity of warm
+   items, only content can place an unseen item).
 
 Timestamps are integer unix seconds, strictly increasing per user. The generator's latent state can
 be recovered with `item_attributes(ds)` / `item_launch_ts(ds)` (recomputed from the seed, so the
@@ -362,21 +362,28 @@ def config_of(ds: Dataset) -> SyntheticConfig:
     return SyntheticConfig.from_dict(ds.summary["config"])
 
 
-def _catalogue_of(ds: Dataset) -> Catalogue:
-    cfg = config_of(ds)
-    if ds.n_items != cfg.n_items:
-        raise DataError(f"dataset has {ds.n_items} items, its generator config {cfg.n_items}", field="items")
-    return build_catalogue(cfg)
+def _generator_rows(ds: Dataset, cfg: SyntheticConfig) -> np.ndarray:
+    """[n_items + 1] generator row of each vocabulary index (0 for PAD). Raw ids are `item<row>`, so this
+    survives filtering or reordering of the vocabulary."""
+    rows = np.zeros(len(ds.item_vocab), dtype=np.int64)
+    for idx, raw in enumerate(ds.item_vocab.raw_ids, start=1):
+        if not (raw.startswith("item") and raw[4:].isdigit() and 1 <= int(raw[4:]) <= cfg.n_items):
+            raise DataError(f"item id {raw!r} was not made by {GENERATOR} (n_items={cfg.n_items})",
+                            field="item")
+        rows[idx] = int(raw[4:])
+    return rows
 
 
 def item_attributes(ds: Dataset) -> np.ndarray:
     """[n_items + 1, 5] int64 latent attributes (columns ATTRIBUTE_NAMES; row 0 = PAD = -1)."""
-    return _catalogue_of(ds).attrs
+    cfg = config_of(ds)
+    return build_catalogue(cfg).attrs[_generator_rows(ds, cfg)]
 
 
 def item_launch_ts(ds: Dataset) -> np.ndarray:
     """[n_items + 1] int64 launch time (unix seconds) of each item; row 0 = 0."""
     cfg = config_of(ds)
-    out = cfg.start_ts + np.floor(_catalogue_of(ds).launch * cfg.timeline_days * _DAY).astype(np.int64)
+    launch = build_catalogue(cfg).launch[_generator_rows(ds, cfg)]
+    out = cfg.start_ts + np.floor(launch * cfg.timeline_days * _DAY).astype(np.int64)
     out[0] = 0
     return out

@@ -8,7 +8,6 @@ object (random weights, seeded: used by tests and for smoke runs; recorded as su
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,16 @@ def dir_fingerprint(path: str | Path) -> str:
 
 
 def _revision_of(model: Any, source: Any, seed: int) -> str:
-    if not isinstance(source, (str, Path)):
+    """Hub commit hash, a local directory fingerprint, or the seed of a random initialisation."""
+    from transformers import PretrainedConfig
+
+    if isinstance(source, PretrainedConfig):
         return f"random-init(seed={seed})"
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    if commit:
-        return str(commit)
-    return f"local:{dir_fingerprint(source)}" if Path(source).is_dir() else "unknown"
+    config = getattr(model, "config", None)
+    if getattr(config, "_commit_hash", None):
+        return str(config._commit_hash)
+    path = source if isinstance(source, (str, Path)) else getattr(config, "_name_or_path", "")
+    return f"local:{dir_fingerprint(path)}" if path and Path(path).is_dir() else "unknown"
 
 
 def _dtype_kwargs(dtype: Any) -> dict[str, Any]:
@@ -177,7 +180,11 @@ def load_hf_vision(
         cls, mean, std, crop = tf.AutoModel, IMAGENET_MEAN, IMAGENET_STD, True
     if isinstance(model, (str, Path)):
         kwargs = {"revision": revision or "main", "local_files_only": local_files_only}
+        if cls is tf.CLIPVisionModelWithProjection and vision_config is not config:
+            # a full CLIP checkpoint: its vision config lacks the projection size (defaults to 512)
+            kwargs["config"] = _clip_vision_with_projection(config)
         module = cls.from_pretrained(str(model), **kwargs, **_dtype_kwargs(dtype))
+        kwargs.pop("config", None)
         mean, std, crop = _processor_norm(str(model), kwargs, (mean, std, crop))
     elif isinstance(model, tf.PretrainedConfig):
         if kind == "clip" and cls is tf.CLIPVisionModelWithProjection and vision_config is not config:
@@ -196,7 +203,10 @@ def load_hf_vision(
 
 
 def _clip_vision_with_projection(config: Any) -> Any:
-    vc = config.vision_config
+    """The vision part of a full CLIPConfig, carrying the joint-space projection size (a copy)."""
+    import copy
+
+    vc = copy.deepcopy(config.vision_config)
     vc.projection_dim = config.projection_dim
     return vc
 
@@ -234,6 +244,3 @@ def describe_config(config: Any) -> dict[str, Any]:
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
     return {k: getattr(config, k) for k in keys if hasattr(config, k)}
 
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

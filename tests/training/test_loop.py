@@ -1,0 +1,176 @@
+"""The shared training loop: early stopping, best-weight restore, exact resume, schedules, logs."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from train_testdata import context, cyclic_split, one_thread  # noqa: F401
+
+from modalrec.data.sequences import TrainWindows
+from modalrec.errors import ConfigError
+from modalrec.evaluation.evaluator import Evaluator
+from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.training.loop import TrainConfig, fit
+
+
+@dataclass
+class XY:
+    x: torch.Tensor  # [B, 3]
+    y: torch.Tensor  # [B]
+
+    def to(self, device: str | torch.device) -> XY:
+        return XY(self.x.to(device), self.y.to(device))
+
+
+class Regression:
+    """A minimal batch source: y = x . w_true, in fixed batches (no TrainWindows)."""
+
+    def __init__(self, n: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5])
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[XY]:
+        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            yield XY(self.x[idx], self.y[idx])
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self.x) // batch_size)
+
+
+class Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.resets = 0
+
+    def reset_state(self) -> None:
+        self.resets += 1
+
+    def loss(self, batch: XY) -> torch.Tensor:
+        return (self.lin(batch.x).squeeze(-1) - batch.y).pow(2).mean()
+
+
+def _quiet(**kw: object) -> TrainConfig:
+    return TrainConfig(progress=False, **kw)  # type: ignore[arg-type]
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    model, snapshots = Linear(), []
+    scripted = iter([0.1, 0.5, 0.3, 0.2, 0.9, 0.9])
+
+    def validate(m: Linear) -> dict[str, float]:
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"ndcg@10": next(scripted), "hr@10": 0.0}
+
+    hist = fit(model, Regression(), _quiet(epochs=10, patience=2, batch_size=16, lr=0.05), validate)
+    assert hist.epochs == 4 and hist.stopped_early
+    assert hist.best_epoch == 2 and hist.best_metric == 0.5
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
+    assert not torch.equal(model.lin.weight, snapshots[3]["lin.weight"])
+    assert model.resets == 4  # reset_state at every epoch start
+    assert hist.valid[1] == {"ndcg@10": 0.5, "hr@10": 0.0}
+    assert 0 < hist.seconds_to_best <= hist.total_seconds
+    assert hist.trainable_params == 4 and hist.peak_memory_bytes > 0 and hist.steps == 16
+
+
+def test_monitor_errors_numbers_and_refusals() -> None:
+    with pytest.raises(ConfigError, match="mrr"):
+        fit(Linear(), Regression(), _quiet(epochs=1, monitor="mrr"), lambda m: {"ndcg@10": 1.0})
+    hist = fit(Linear(), Regression(), _quiet(epochs=2, monitor="score", monitor_mode="min"), lambda m: 1.0)
+    assert hist.best_epoch == 1 and hist.valid[1] == {"score": 1.0}
+    frozen = Linear().requires_grad_(False)
+    with pytest.raises(TypeError, match="no trainable parameters"):
+        fit(frozen, Regression(), _quiet(epochs=1))
+    bad = Linear()
+    with torch.no_grad():
+        bad.lin.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        fit(bad, Regression(), _quiet(epochs=1))
+    with pytest.raises(ConfigError, match="scheduler"):
+        fit(Linear(), Regression(), _quiet(epochs=1, scheduler="step"))
+
+
+def test_schedules_warmup_cosine_plateau_and_step_limit() -> None:
+    h = fit(
+        Linear(), Regression(), _quiet(epochs=4, batch_size=16, lr=0.1, scheduler="cosine", warmup_steps=2)
+    )
+    assert h.steps == 16 and h.lr[0] < 0.1 and h.lr[-1] < h.lr[1] < 0.1  # warmup then decay
+    flat = iter([0.5, 0.4, 0.4, 0.4, 0.4])
+    h = fit(
+        Linear(),
+        Regression(),
+        _quiet(epochs=5, lr=0.1, scheduler="plateau", plateau_patience=2, patience=0, max_steps_per_epoch=1),
+        lambda m: {"ndcg@10": next(flat)},
+    )
+    assert h.steps == 5
+    assert h.lr == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05])  # halved after the 2nd bad validation
+
+
+def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | None = None):  # type: ignore[no-untyped-def]
+    model = SASRec.build(
+        SASRecConfig(dim=16, n_layers=1, dropout=0.3, max_len=10, loss="sampled", n_negatives=10),
+        context(split),
+    )
+    evaluator = Evaluator(split.valid, split.n_items, ks=(10,), max_len=10)
+    calls = {"n": 0}
+
+    def validate(m: nn.Module):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return evaluator.run(m, name="valid")
+
+    cfg = _quiet(
+        epochs=4,
+        batch_size=16,
+        lr=5e-3,
+        scheduler="cosine",
+        warmup_steps=3,
+        seed=7,
+        checkpoint_dir=str(ckpt),
+        log_dir=str(log_dir) if log_dir else None,
+    )
+    hist = fit(model, TrainWindows(split.train, 10), cfg, validate)
+    return model, hist
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+    split = cyclic_split(n_items=20, n_users=30)
+    ref_model, ref_hist = _sasrec_run(split, tmp_path / "ref", tmp_path / "ref_logs")
+    with pytest.raises(KeyboardInterrupt):
+        _sasrec_run(split, tmp_path / "run", fail_at=3)  # dies while validating epoch 3
+    model, hist = _sasrec_run(split, tmp_path / "run", tmp_path / "run_logs")
+    assert hist.resumed_from == 2
+    assert hist.train_loss == ref_hist.train_loss and hist.best_epoch == ref_hist.best_epoch
+    ref_state = ref_model.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in model.state_dict().items())
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert "trainer.json" in files and len([f for f in files if f.startswith("state-")]) == 1
+    rows = list(csv.DictReader((tmp_path / "run_logs" / "train_log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and "valid/ndcg@10" in rows[0]
+    # A finished run is not retrained: rerunning only restores its best weights.
+    again, hist2 = _sasrec_run(split, tmp_path / "run")
+    assert hist2.resumed_from == 4 and hist2.epochs == 4
+    assert all(torch.equal(v, ref_state[k]) for k, v in again.state_dict().items())
+
+
+def test_same_seed_same_weights_other_seed_differs() -> None:
+    split = cyclic_split(n_items=20, n_users=30)
+
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        model = SASRec.build(SASRecConfig(dim=16, n_layers=1, dropout=0.3, max_len=10), context(split))
+        fit(model, TrainWindows(split.train, 10), _quiet(epochs=2, batch_size=16, seed=seed))
+        return model.state_dict()
+
+    a, b, c = run(1), run(1), run(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
