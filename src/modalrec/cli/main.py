@@ -17,6 +17,7 @@ COMMANDS = {
     "encode": ("modalrec.cli.encode", "encode item text/images into a FeatureStore (resumable)"),
     "train": ("modalrec.cli.train", "train a model; select on VALID, evaluate TEST once; write a run directory"),
     "evaluate": ("modalrec.cli.evaluate", "evaluate a trained run directory on VALID or TEST"),
+    "ablate": ("modalrec.cli.ablate", "run a grid of experiments (tower x fusion x model x loss) into one table"),
 }
 
 
