@@ -15,8 +15,12 @@ are exported by the driver), which doubles as an independent check of RecBole's 
 
 "Epoch" differs: RecBole's is one pass over every (prefix -> next item) sample, one per training target
 (only the last position is trained); modalrec's is one pass over next-item windows of up to max_len
-targets each (every position is trained). Both see every training target once per epoch; a batch
-is `batch_size` sequences on both sides. Wall time to the best-validation checkpoint is reported too.
+targets each (every position is trained). Both see every training target once per epoch. By default
+(--batch-unit targets) a modalrec step takes as many windows as hold --batch-size targets on average, so
+both make about the same number of updates per epoch of about the same number of targets each, and the
+shared epoch cap and patience mean the same thing; --batch-unit sequences gives modalrec --batch-size
+windows (~max_len times more targets per step, ~max_len times fewer steps). Wall time to the
+best-validation checkpoint is reported too.
 
     nice -n 10 python benchmarks/recbole_side_by_side.py --epochs 30 --out benchmarks/results/recbole_side_by_side.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
@@ -50,7 +54,10 @@ def add_hparams(p: argparse.ArgumentParser, epochs: int = 30, patience: int = 5)
     """Hyperparameters shared by both libraries (and by id_sasrec_amazon.py)."""
     p.add_argument("--epochs", type=int, default=epochs, help="epoch cap")
     p.add_argument("--patience", type=int, default=patience, help="validations without improvement before stopping")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per training step")
+    p.add_argument("--batch-size", type=int, default=256, help="training targets (RecBole samples) per step")
+    p.add_argument("--batch-unit", choices=("targets", "sequences"), default="targets",
+                   help="targets: modalrec takes as many windows per step as give --batch-size targets on average "
+                        "(the same number of updates per epoch as RecBole); sequences: --batch-size windows")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--ffn-dim", type=int, default=256)
@@ -129,7 +136,11 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
 
     valid_ev = evaluator("valid", exclude_seen)
     prep_s = time.perf_counter() - t_prep
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.0, grad_clip=0.0,
+    n_targets = int(sum(min(e - s - 1, args.max_len) for s, e in zip(windows.starts, windows.ends)))
+    batch_size = args.batch_size
+    if args.batch_unit == "targets":  # windows per step so that a step holds ~batch_size targets
+        batch_size = max(1, round(args.batch_size * len(windows) / max(n_targets, 1)))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=0.0, grad_clip=0.0,
                       patience=args.patience, monitor="ndcg@10", seed=args.seed, device=args.device,
                       progress=False, scheduler="none", amp="off")
     source = TimedSource(windows)
@@ -147,7 +158,6 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
             "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0}
     selected = "history_masked" if exclude_seen else "no_history_mask"
     other = "no_history_mask" if exclude_seen else "history_masked"
-    n_targets = int(sum(min(e - s - 1, args.max_len) for s, e in zip(windows.starts, windows.ends)))
     best = hist.best_epoch
     return {
         "library": "modalrec",
@@ -159,7 +169,8 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         "counts": {"users": split.n_users, "items": split.n_items, "train_events": len(split.train),
                    "train_windows": len(windows), "train_targets": n_targets,
                    "valid_events": len(split.valid), "test_events": len(split.test),
-                   "train_steps_per_epoch": windows.num_batches(args.batch_size),
+                   "windows_per_step": batch_size, "targets_per_step_mean": n_targets / windows.num_batches(batch_size),
+                   "train_steps_per_epoch": windows.num_batches(batch_size),
                    "trainable_params": hist.trainable_params},
         "epochs_run": hist.epochs,
         "best_epoch": best,
@@ -222,6 +233,19 @@ def write_atomic_inter(data_dir: Path, out_dir: Path, name: str = "ml-100k") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def subset_data(data_dir: Path, out_dir: Path, max_users: int) -> Path:
+    """A MovieLens folder with only users 1..max_users in u.data (smoke runs); other files linked."""
+    from modalrec.io import write_bytes_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in (data_dir / "u.data").read_text().splitlines() if r.strip() and int(r.split("\t")[0]) <= max_users]
+    write_bytes_atomic(out_dir / "u.data", ("\n".join(rows) + "\n").encode())
+    for name in ("u.item", "u.genre"):
+        if not (out_dir / name).exists():
+            (out_dir / name).symlink_to((data_dir / name).resolve())
+    return out_dir
 
 
 def run_recbole(python: Path, work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -328,6 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-recbole", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--keep-tmp", type=Path, default=None, help="write RecBole's files here instead of a temp dir")
+    p.add_argument("--max-users", type=int, default=None, help="only users 1..N on both sides (smoke runs)")
     add_hparams(p)
     return p.parse_args(argv)
 
@@ -346,26 +371,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "recbole_side_by_side", "dataset": "ml-100k", "data": str(args.data),
                               "machine": machine_info(args.threads), "load": {"start": machine_state()},
-                              "hparams": {k: getattr(args, k) for k in HP_KEYS},
+                              "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, "batch_unit": args.batch_unit},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
-    ds = load_movielens(args.data, plots=False, posters=False)
-    split = leave_one_out(ds.interactions)
-    mr = train_modalrec_sasrec(split, args, exclude_seen=False)
-    mr.pop("model")
-    result["load"]["after_modalrec"] = machine_state()
-    result["modalrec"] = mr
-    if not args.skip_recbole:
-        python = setup_venv(args.recbole_python, args.setup)
-        with tempfile.TemporaryDirectory(prefix="recbole_sbs_") as tmp:
-            work = args.keep_tmp or Path(tmp)
-            write_atomic_inter(args.data, work)
+    python = None if args.skip_recbole else setup_venv(args.recbole_python, args.setup)
+    with tempfile.TemporaryDirectory(prefix="recbole_sbs_") as tmp:
+        work = args.keep_tmp or Path(tmp)
+        data = subset_data(args.data, work / "subset", args.max_users) if args.max_users else args.data
+        ds = load_movielens(data, plots=False, posters=False)
+        split = leave_one_out(ds.interactions)
+        result["dataset_summary"] = {k: v for k, v in ds.describe().items() if k in ("hash", "users", "items", "interactions")}
+        mr = train_modalrec_sasrec(split, args, exclude_seen=False)
+        mr.pop("model")
+        result["load"]["after_modalrec"] = machine_state()
+        result["modalrec"] = mr
+        if python is not None:
+            write_atomic_inter(data, work)
             rb, exported = run_recbole(python, work, args)
-        result["load"]["after_recbole"] = machine_state()
-        result["protocol_check"] = cross_check(ds, split, rb, exported, args.max_len)
-        rb.pop("valid_targets")
-        result["recbole"] = rb
-        result["summary"] = summarize(mr, rb)
+            result["load"]["after_recbole"] = machine_state()
+            result["protocol_check"] = cross_check(ds, split, rb, exported, args.max_len)
+            rb.pop("valid_targets")
+            result["recbole"] = rb
+            result["summary"] = summarize(mr, rb)
     result["seconds_total"] = time.perf_counter() - started
     text = json.dumps(result, indent=2, default=str)
     print(text)

@@ -35,6 +35,7 @@ class FeaturesConfig:
     text: str | None = None  # e.g. "minilm", "hashing", or any sentence-transformers / HF model name
     image: str | None = None  # e.g. "efficientnet-lite0", "stats", "clip:NAME", "siglip:NAME"
     template: str | None = None  # item text template, e.g. "{title}. {genres}"
+    hidden: str | None = None  # HiddenStateCache directory (per-layer states) for adapter models such as IISAN
     cache_dir: str = ".cache/features"
     device: str = "cpu"
     batch_size: int = 64

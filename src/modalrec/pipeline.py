@@ -86,12 +86,22 @@ def load_features(ds: Dataset, cfg: FeaturesConfig) -> tuple[dict[str, torch.Ten
     return store.tensors()
 
 
-def model_context(split: Split, features: tuple[dict, dict], max_len: int, seed: int) -> ModelContext:
+def model_context(split: Split, features: tuple[dict, dict], max_len: int, seed: int,
+                  hidden_states: Any = None) -> ModelContext:
     return ModelContext(
         n_items=split.n_items, n_users=split.n_users, max_len=max_len,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
-        seed=seed,
+        seed=seed, hidden_states=hidden_states,
     )
+
+
+def load_hidden_states(ds: Dataset, cfg: FeaturesConfig) -> Any:
+    """The per-layer hidden-state cache named by `features.hidden` (vocabulary-checked), or None."""
+    if not cfg.hidden:
+        return None
+    from modalrec.features.hidden_cache import HiddenStateCache
+
+    return HiddenStateCache.open(cfg.hidden, ds.item_vocab)
 
 
 def build_model(name: str, params: dict[str, Any], ctx: ModelContext) -> Any:
@@ -134,7 +144,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
     split = make_split(ds, cfg.split, cfg.seed)
     features = load_features(ds, cfg.features)
     max_len = int(cfg.model.params.get("max_len", 50))
-    ctx = model_context(split, features, max_len, cfg.seed)
+    ctx = model_context(split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     run_dir = Path(cfg.output_dir) / cfg.name if write else None
 
@@ -169,6 +179,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
                      "selection": "best VALID epoch; TEST evaluated once"},
         "wall_time_s": wall,
         "peak_memory_mb": peak_memory_mb(cfg.train.device),
+        "efficiency": _efficiency(model, history, cfg),
         "history": history.to_dict() if history is not None and hasattr(history, "to_dict") else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
     }
@@ -184,6 +195,23 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
                             {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
                              "experiment": to_dict(cfg)})
     return RunResult(test_report, valid_report, history, manifest, model, run_dir)
+
+
+def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Cost of the run: trainable parameters, seconds per epoch, peak memory, size of the caches it read."""
+    epoch_s = list(getattr(history, "epoch_seconds", []) or [])
+    caches = [p for p in (cfg.features.store, cfg.features.hidden) if p]
+    return {
+        "trainable_parameters": _trainable(model),
+        "seconds_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
+        "seconds_to_best": getattr(history, "seconds_to_best", None),
+        "peak_memory_mb": peak_memory_mb(cfg.train.device),
+        "cache_mb": {p: round(_dir_bytes(Path(p)) / 2**20, 2) for p in caches},
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def _trainable(model: Any) -> int:
@@ -222,7 +250,8 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     split = make_split(ds, cfg.split, cfg.seed)
     max_len = int(cfg.model.params.get("max_len", 50))
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(split, load_features(ds, cfg.features), max_len, cfg.seed))
+                           model_context(split, load_features(ds, cfg.features), max_len, cfg.seed,
+                                         load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
     elif hasattr(model, "fit_counts"):

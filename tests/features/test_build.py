@@ -131,13 +131,19 @@ def test_changed_settings_restart_the_partial_run(tmp_path: Path, caplog: pytest
 def test_shards_then_finalise(tmp_path: Path) -> None:
     items = make_items(30)
     encode_catalogue(items, tmp_path / "ref", {"text": HashingText(32)}, **JOB)
-    for k in range(3):
+    for k in range(3):  # shard 0 first: it cannot finalise (others unfinished), a plain call does
         part = encode_catalogue(items, tmp_path / "fs", {"text": HashingText(32)}, shard=(k, 3), **JOB)
         assert part.mode == "partial" and not part.finalised and part.modalities["text"].n_encoded == (14, 8, 8)[k]
     final = encode_catalogue(items, tmp_path / "fs", {"text": HashingText(32)}, **JOB)
     assert final.finalised and final.modalities["text"].n_encoded == 0
     assert final.modalities["text"].n_resumed == 30
     assert tree_bytes(tmp_path / "ref") == tree_bytes(tmp_path / "fs")
+    waits: list[int] = []
+    for k in (2, 1, 0):  # as under torchrun: each shard waits at the barrier, shard 0 finalises
+        res = encode_catalogue(items, tmp_path / "fs2", {"text": HashingText(32)}, shard=(k, 3),
+                               barrier=lambda k=k: waits.append(k), **JOB)
+        assert res.finalised == (k == 0)
+    assert waits == [2, 1, 0] and tree_bytes(tmp_path / "ref") == tree_bytes(tmp_path / "fs2")
 
 
 class _NaNAt(HashingText):

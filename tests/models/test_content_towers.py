@@ -23,6 +23,15 @@ N, DIM = 12, 16
 CONTENT = ("text", "image", "text+image", "hybrid")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two, and much faster on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _features(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     feats = {"text": torch.randn(n + 1, 10, generator=g), "image": torch.rand(n + 1, 6, generator=g)}

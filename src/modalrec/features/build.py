@@ -5,8 +5,7 @@ shows at once) and cut into chunks of `chunk_size`. Each finished chunk is writt
 `<out_dir>.partial/<modality>/` with a checksummed done-marker; a rerun after a crash or Ctrl-C skips
 finished chunks, and since chunks are computed identically either way a resumed store is
 byte-identical to an uninterrupted one. Finalisation assembles the chunks in item order in a temporary
-directory renamed into place. A store for a prefix of the catalogue is extended: only new items are
-encoded and appended.
+directory renamed into place. A store for a prefix of the catalogue is extended with the new items only.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ class ModalitySummary:
 class EncodeSummary:
     out_dir: str
     kind: str  # "features" | "hidden"
-    mode: str  # "create" | "append" | "up-to-date" | "partial" (a shard finished its chunks)
+    mode: str  # "create" | "append" | "up-to-date" | "partial" (a shard finished its chunks, not finalised)
     n_items: int
     seconds: float
     finalised: bool
@@ -110,6 +109,7 @@ def encode_catalogue(
     progress: bool = True,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
+    barrier: Callable[[], None] | None = None,
     text: EncoderSpec | None = None,
     image: EncoderSpec | None = None,
 ) -> EncodeSummary:
@@ -118,14 +118,15 @@ def encode_catalogue(
     encoders: {modality: encoder | spec}; default {"text": "minilm"}. See `build_encoder` for specs.
     text / image: shorthand for encoders={"text": text, "image": image} (None entries dropped).
     template: str.format template over item fields for text encoders (or {modality: template}).
-    shard: (index, count) splits chunks across processes (one per GPU under torchrun): a sharded call
-    only encodes its chunks; one plain call afterwards (e.g. rank 0 after a barrier) finalises.
+    shard: (index, count) splits chunks across processes (one per GPU under torchrun); each sharded
+    call encodes its chunks, then waits at `barrier` (e.g. torch.distributed.barrier) if given, and
+    shard 0 finalises once every chunk is done; otherwise a later plain call finalises.
     """
     extra = {k: v for k, v in (("text", text), ("image", image)) if v is not None}
     encoders = {**dict(encoders or {}), **extra} or None
     return _encode(FeatureStore, "features", items, out_dir, encoders, template=template, layers=None,
                    batch_size=batch_size, device=device, precision=precision, dtype=dtype, chunk_size=chunk_size,
-                   resume=resume, progress=progress, overwrite=overwrite, shard=shard)
+                   resume=resume, progress=progress, overwrite=overwrite, shard=shard, barrier=barrier)
 
 
 def encode_hidden_cache(
@@ -144,6 +145,7 @@ def encode_hidden_cache(
     progress: bool = True,
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
+    barrier: Callable[[], None] | None = None,
 ) -> EncodeSummary:
     """Cache mean-pooled hidden states of the selected layers ([n+1, L, W] per modality).
 
@@ -152,7 +154,7 @@ def encode_hidden_cache(
     """
     return _encode(HiddenStateCache, "hidden", items, out_dir, encoders, template=template, layers=layers,
                    batch_size=batch_size, device=device, precision=precision, dtype=dtype, chunk_size=chunk_size,
-                   resume=resume, progress=progress, overwrite=overwrite, shard=shard)
+                   resume=resume, progress=progress, overwrite=overwrite, shard=shard, barrier=barrier)
 
 
 @dataclass
@@ -191,7 +193,7 @@ def _tasks(kind: str, encoders: Mapping[str, EncoderSpec], template: Any, layers
 def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | Path,
             encoders: Mapping[str, EncoderSpec] | None, *, template: Any, layers: Any, batch_size: int,
             device: str | None, precision: str, dtype: str, chunk_size: int, resume: bool, progress: bool,
-            overwrite: bool, shard: tuple[int, int] | None) -> EncodeSummary:
+            overwrite: bool, shard: tuple[int, int] | None, barrier: Callable[[], None] | None) -> EncodeSummary:
     start = time.perf_counter()
     out_dir, dtype, device = Path(out_dir), _check_dtype(dtype), resolve_device(device)
     if batch_size < 1 or chunk_size < 1:
@@ -213,8 +215,8 @@ def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | P
         else:
             existing.check_vocab(vocab)  # raises MismatchError with the precise reason
         _check_compatible(existing, tasks)
-    summary = EncodeSummary(str(out_dir), kind, mode, vocab.size, 0.0, mode == "up-to-date", device=device)
-    summary.stale_items = len(existing.stale_items(hashes)) if existing is not None else 0
+    summary = EncodeSummary(str(out_dir), kind, mode, vocab.size, 0.0, mode == "up-to-date", device=device,
+                            stale_items=len(existing.stale_items(hashes)) if existing is not None else 0)
     if summary.stale_items:
         logger.warning("%d items changed content since %s was built; their rows are kept (use overwrite=True "
                        "to re-encode everything)", summary.stale_items, out_dir)
@@ -223,16 +225,18 @@ def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | P
         return summary
     indices = np.arange(first, vocab.size + 1, dtype=np.int64)
     part_root = out_dir.with_name(f"{out_dir.name}.partial")
-    for t in tasks:
-        summary.estimated_bytes += estimate_bytes(len(indices), int(np.prod(t.tail[:-1])), t.tail[-1], dtype)
+    summary.estimated_bytes = sum(estimate_bytes(len(indices), int(np.prod(t.tail[:-1])), t.tail[-1], dtype)
+                                  for t in tasks)
     _announce(kind, tasks, len(indices), summary.estimated_bytes, progress)
     chunks: dict[str, list[Path]] = {}
     for t in tasks:
-        part = part_root / t.modality
         fp = _fingerprint(kind, t, vocab.hash, indices, hashes, chunk_size, batch_size, dtype)
         chunks[t.modality], summary.modalities[t.modality] = _run_task(
-            t, items, indices, part, fp, chunk_size, batch_size, dtype, resume, progress, shard)
-    if shard is not None:  # finalising is left to one plain call after all shards are done (no races)
+            t, items, indices, part_root / t.modality, fp, chunk_size, batch_size, dtype, resume, progress, shard)
+    if shard is not None and barrier is not None:
+        barrier()  # every shard has finished its chunks
+    # Only shard 0 finalises, and only when every chunk is done: no two processes race on the store.
+    if shard is not None and (shard[0] != 0 or not all(_marker(p).is_file() for ps in chunks.values() for p in ps)):
         summary.mode, summary.seconds = "partial", time.perf_counter() - start
         return summary
     _finalise(cls, existing, items, out_dir, tasks, chunks, dtype, first, hashes, overwrite)
@@ -266,9 +270,7 @@ def _announce(kind: str, tasks: list[_Task], n: int, nbytes: int, progress: bool
 def _fingerprint(kind: str, t: _Task, vocab_hash: str, indices: np.ndarray, hashes: list[str], chunk_size: int,
                  batch_size: int, dtype: str) -> dict[str, Any]:
     """Everything that determines chunk contents; a partial run is only resumed when it matches."""
-    h = hashlib.sha256(indices.tobytes())
-    for i in indices:
-        h.update(hashes[int(i) - 1].encode())
+    h = hashlib.sha256(indices.tobytes() + "".join(hashes[int(i) - 1] for i in indices).encode())
     fp = {"kind": kind, "encoder": t.info, "vocab_hash": vocab_hash, "items": h.hexdigest()[:16],
           "chunk_size": chunk_size, "batch_size": batch_size, "dtype": dtype, "tail": list(t.tail)}
     return json.loads(json.dumps(fp, default=str))  # normalised as it will read back from job.json
@@ -336,8 +338,8 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
     finally:
         bar.close()
     ms.seconds = time.perf_counter() - t0
-    ms.items_per_s = ms.n_encoded / ms.seconds if ms.seconds > 0 else 0.0
-    if len(problems) > MAX_REPORTED:
+    ms.items_per_s = ms.n_encoded / max(ms.seconds, 1e-9)
+    if len(problems) > MAX_REPORTED:  # only the first MAX_REPORTED were logged one by one
         logger.warning("%s: %d items in total had no usable input", t.modality, len(problems))
     ms.problems = [{"item": items.vocab.raw(i), "reason": r} for i, r in sorted(problems.items())[:MAX_REPORTED]]
     return paths, ms

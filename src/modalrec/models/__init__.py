@@ -12,6 +12,8 @@ from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
 from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.iisan import IISAN, IISANConfig
+from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 from modalrec.models.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
@@ -27,6 +29,8 @@ MODELS: dict[str, tuple[type, type]] = {
     "lightgcn": (LightGCN, LightGCNConfig),
     "mmgcn": (MMGCN, MMGCNConfig),
     "vbpr": (VBPR, VBPRConfig),
+    "iisan": (IISAN, IISANConfig),
+    "iisan_frozen": (FrozenBackbone, FrozenBackboneConfig),
 }
 
 

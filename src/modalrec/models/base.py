@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ class ModelContext:
     item_features: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_missing: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
+    hidden_states: Any = None  # features.hidden_cache.HiddenStateCache for adapter models (IISAN)
 
 
 class SequentialRecommender(nn.Module):

@@ -35,7 +35,7 @@ class VBPRConfig:
     normalize_features: bool = True  # L2-normalise each modality (encoders differ wildly in scale)
     reg: float = 1e-4  # L2 on the batch's gamma, theta, beta rows (VBPR's lambda_theta)
     reg_content: float = 0.0  # L2 on E and beta' (VBPR's lambda_E), per batch
-    init_std: float = 0.01
+    init_std: float = 0.1  # with Adam, a tiny init leaves the bilinear theta . E f term slow to start
     n_negatives: int = 1
     max_len: int = 50  # history items averaged for cold users
 
