@@ -25,3 +25,11 @@ def shard_of_this_process() -> Iterator[tuple[int, int] | None]:
         yield None
         return
     yield rank_and_world()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    if is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()

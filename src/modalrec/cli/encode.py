@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from modalrec.cli.common import experiment_config, print_json
     from modalrec.errors import ConfigError
     from modalrec.features.build import encode_catalogue, encode_hidden_cache
-    from modalrec.parallel import shard_of_this_process
+    from modalrec.parallel import barrier, shard_of_this_process
     from modalrec.pipeline import load_data
 
     cfg = experiment_config(args)
@@ -45,10 +45,11 @@ def run(args: argparse.Namespace) -> int:
         if args.hidden:
             encoders = {k: v for k, v in (("text", args.text), ("image", args.image)) if v}
             summary = encode_hidden_cache(ds.items, args.out, encoders, layers=_layers(args.layers), shard=shard,
+                                          barrier=barrier if shard else None,
                                           **common)
         else:
             summary = encode_catalogue(ds.items, args.out, text=args.text, image=args.image, dtype=args.dtype,
-                                       shard=shard, **common)
+                                       shard=shard, barrier=barrier if shard else None, **common)
     print(summary)
     print_json(summary.to_dict())
     return 0

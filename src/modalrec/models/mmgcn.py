@@ -120,10 +120,11 @@ class MMGCN(UserItemRecommender):
         if g is None or n_rows == self.n_items + 1:
             return g
         size = self.n_users + 1 + n_rows
-        grow = lambda m: torch.sparse_csr_tensor(  # noqa: E731 - same CSR, extra empty rows / columns
-            torch.cat([m.crow_indices(), m.crow_indices()[-1:].expand(size - m.shape[0])]),
-            m.col_indices(), m.values(), (size, size),
-        )
+
+        def grow(m: torch.Tensor) -> torch.Tensor:  # the same CSR with extra empty rows / columns
+            crow = torch.cat([m.crow_indices(), m.crow_indices()[-1:].expand(size - m.shape[0])])
+            return torch.sparse_csr_tensor(crow, m.col_indices(), m.values(), (size, size), check_invariants=True)
+
         return Graph(grow(g.matrix), grow(g.transpose), g.n_users, n_rows - 1)
 
     def live_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
