@@ -67,8 +67,13 @@ def make_split(ds: Dataset, cfg: SplitConfig, seed: int = 0) -> Split:
     return split
 
 
-def load_features(ds: Dataset, cfg: FeaturesConfig) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Feature tensors for the dataset's items: from an existing store, or encoded once and cached."""
+def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | None = None,
+                  barrier: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Feature tensors for the dataset's items: from an existing store, or encoded once and cached.
+
+    shard / barrier (under a process group): each rank encodes its chunks, rank 0 finalises, and every
+    rank opens the finished store after a second barrier.
+    """
     from modalrec.features.store import FeatureStore
 
     if cfg.store:
@@ -81,8 +86,11 @@ def load_features(ds: Dataset, cfg: FeaturesConfig) -> tuple[dict[str, torch.Ten
     out_dir = Path(cfg.cache_dir) / key
     store = encode_catalogue(
         ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
-        batch_size=cfg.batch_size, device=cfg.device, resume=True,
+        batch_size=cfg.batch_size, device=cfg.device, resume=True, shard=shard, barrier=barrier,
     )
+    if shard is not None and barrier is not None:  # distributed: wait for rank 0's finalisation
+        barrier()
+        return FeatureStore.open(out_dir, ds.item_vocab).tensors()
     return store.tensors()
 
 
@@ -132,8 +140,12 @@ class RunResult:
     run_dir: Path | None
 
 
-def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
-    """Train on TRAIN, select on VALID, evaluate TEST once; write config, manifest, report and weights."""
+def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any = None) -> RunResult:
+    """Train on TRAIN, select on VALID, evaluate TEST once; write config, manifest, report and weights.
+
+    distributed: a `training.distributed.DistributedTraining` (DDP under torchrun): features are
+    encoded sharded, training is data-parallel, evaluations are sharded, and only rank 0 writes.
+    """
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.training.checkpoint import save_checkpoint
@@ -142,11 +154,21 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
     started = time.perf_counter()
     ds = load_data(cfg.data, cfg.seed)
     split = make_split(ds, cfg.split, cfg.seed)
-    features = load_features(ds, cfg.features)
+    # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
+    if distributed is not None and distributed.world_size > 1:
+        from modalrec.parallel import barrier
+
+        features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
+    else:
+        features = load_features(ds, cfg.features)
     max_len = int(cfg.model.params.get("max_len", 50))
     ctx = model_context(split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
-    run_dir = Path(cfg.output_dir) / cfg.name if write else None
+    out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
+    run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
+
+    def run_eval(ev: Evaluator, m: Any, name: str) -> Any:
+        return ev.run(m, name=name) if distributed is None else distributed.evaluate(ev, m, name)
 
     def evaluator(part: str) -> Evaluator:
         es = split.valid if part == "valid" else split.test
@@ -159,12 +181,13 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
         model.fit_counts(split)
     else:
         train_cfg = cfg.train
-        if run_dir is not None and train_cfg.checkpoint_dir is None:
-            train_cfg = _replace(train_cfg, checkpoint_dir=str(run_dir / "train_state"))
+        if out_dir is not None and train_cfg.checkpoint_dir is None:
+            train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
         source = model.training_source(split) if hasattr(model, "training_source") else TrainWindows(split.train, max_len)
-        history = fit(model, source, train_cfg, validate=lambda m: valid_eval.run(m, name="valid"))
-    valid_report = valid_eval.run(model, name="valid")
-    test_report = evaluator("test").run(model, name="test")
+        history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
+                      **({"distributed": distributed} if distributed is not None else {}))
+    valid_report = run_eval(valid_eval, model, "valid")
+    test_report = run_eval(evaluator("test"), model, "test")
     wall = time.perf_counter() - started
     manifest = {
         "name": cfg.name,
@@ -183,6 +206,9 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True) -> RunResult:
         "history": history.to_dict() if history is not None and hasattr(history, "to_dict") else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
     }
+    if distributed is not None:
+        manifest["distributed"] = {"world_size": distributed.world_size, "accumulate": distributed.accumulate,
+                                   "global_batch": cfg.train.batch_size * distributed.accumulate}
     test_report.meta.update({k: manifest[k] for k in ("dataset", "split", "seed", "wall_time_s", "peak_memory_mb")})
     test_report.meta["model"] = manifest["model"]
     if run_dir is not None:

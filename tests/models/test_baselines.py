@@ -24,7 +24,7 @@ from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
 from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
-from modalrec.models.item_towers import TOWERS, TowerConfig
+from modalrec.models.item_towers import TowerConfig
 from modalrec.models.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.vbpr import VBPR, VBPRConfig
@@ -327,7 +327,6 @@ def test_bert4rec_eval_loss_is_the_next_item_cross_entropy() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)  # masks follow the seed (no dropout here)
 
 
-@pytest.mark.skipif("text" not in TOWERS, reason="content towers are not registered yet")
 def test_bert4rec_with_a_content_tower_scores_appended_items(block_split: Split) -> None:
     ctx = block_context(block_split)
     cfg = BERT4RecConfig(dim=16, n_layers=1, max_len=6, tower=TowerConfig(kind="text"))
@@ -367,8 +366,14 @@ def test_registry_and_config_errors(block_split: Split) -> None:
 
 
 def test_pipeline_trains_through_training_source_and_reloads(tmp_path: Path) -> None:
-    from modalrec.experiment import (DataConfig, EvalConfig, ExperimentConfig, FeaturesConfig, ModelSpec,
-                                     SplitConfig)
+    from modalrec.experiment import (
+        DataConfig,
+        EvalConfig,
+        ExperimentConfig,
+        FeaturesConfig,
+        ModelSpec,
+        SplitConfig,
+    )
     from modalrec.pipeline import evaluate_run, run_experiment
 
     cfg = ExperimentConfig(

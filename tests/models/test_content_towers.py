@@ -194,9 +194,9 @@ def test_config_errors() -> None:
         tower_from_config(TowerConfig(kind="hybrid"), dataclasses.replace(_ctx(), train_item_counts=None), DIM)
 
 
-@pytest.mark.parametrize("loss", ["inbatch", "sampled"])
-def test_partial_losses_embed_only_the_items_they_need(loss: str) -> None:
-    """In-batch / sampled losses must not run the content adaptor over the whole catalogue."""
+@pytest.mark.parametrize("loss", ["inbatch", "sampled", "bpr", "ce"])
+def test_losses_with_content_towers(loss: str) -> None:
+    """Every loss trains a content tower; in-batch / sampled / BPR never embed the whole catalogue."""
     n = 200
     ctx = _ctx(n)
     model = SASRec(SASRecConfig(dim=DIM, n_layers=1, n_heads=2, max_len=6, loss=loss, n_negatives=5,
@@ -211,4 +211,10 @@ def test_partial_losses_embed_only_the_items_they_need(loss: str) -> None:
     loss_value = model.loss(batch)
     loss_value.backward()
     assert torch.isfinite(loss_value)
-    assert max(rows) <= 11 and sum(rows) < 40  # never n + 1 = 201 rows
+    assert tower.projectors[0].adaptor.linear.weight.grad.abs().sum() > 0
+    if loss == "ce":  # full softmax: the whole catalogue, once
+        assert max(rows) == n + 1
+    elif loss == "inbatch":  # the batch's own items (inputs, then distinct targets) only
+        assert max(rows) <= 11 and sum(rows) < 25
+    else:  # plus the sampled negatives (5 shared, or 5 per position for BPR)
+        assert max(rows) < 60 and n + 1 not in rows

@@ -16,6 +16,7 @@ from modalrec.training.losses import (
     batch_candidates,
     bce,
     bpr,
+    chunked_softmax_ce,
     full_softmax_ce,
     inbatch_debiased_ce,
     sampled_softmax_ce,
@@ -41,6 +42,23 @@ def test_full_softmax_ce_ignores_pad_targets_and_pad_column() -> None:
     assert no_pad.item() == pytest.approx(got.item(), rel=1e-6)
     zero = full_softmax_ce(logits.requires_grad_(), torch.zeros(2, 2, dtype=torch.long))
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_chunked_softmax_ce_equals_full_softmax_in_value_and_gradient() -> None:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 8, generator=g, dtype=torch.float64, requires_grad=True)  # [M, d]
+    table = torch.randn(51, 8, generator=g, dtype=torch.float64, requires_grad=True)  # [N + 1, d]
+    targets = torch.randint(1, 51, (300,), generator=g)
+    chunked = chunked_softmax_ce(h, table[1:], targets, budget=64 * 50)  # 5 chunks of 64 rows
+    full = full_softmax_ce(h @ table.T, targets)
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-12)
+    g_chunked = torch.autograd.grad(3.0 * chunked, (h, table))
+    g_full = torch.autograd.grad(3.0 * full, (h, table))
+    for a, b in zip(g_chunked, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.count_nonzero(g_chunked[1][0]) == 0  # PAD row never gets a gradient
+    with torch.no_grad():
+        assert chunked_softmax_ce(h, table[1:], targets).item() == pytest.approx(full.item(), rel=1e-12)
 
 
 def test_sampled_softmax_ce_matches_hand_computation_with_logq_and_accidental_hit() -> None:

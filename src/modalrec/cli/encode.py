@@ -26,9 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored dtype")
     parser.add_argument("--no-resume", action="store_true", help="discard finished chunks of an earlier run")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"],
+                        help="torch.distributed backend under torchrun (auto: nccl on CUDA, gloo on CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from modalrec.parallel import distributed_session, launch_from_env
+
+    # Under torchrun: one process group for the job (the CLI is the entry point and may read the env).
+    with distributed_session(launch_from_env(os.environ), backend=args.backend, device=args.device) as session:
+        if session is not None:
+            args.device = session.device  # "cuda" / "auto" -> this rank's GPU
+        return _run(args, is_main=session is None or session.is_main)
+
+
+def _run(args: argparse.Namespace, is_main: bool = True) -> int:
     from modalrec.cli.common import experiment_config, print_json
     from modalrec.errors import ConfigError
     from modalrec.features.build import encode_catalogue, encode_hidden_cache
@@ -40,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --text and/or --image")
     ds = load_data(cfg.data, cfg.seed)
     common = dict(template=args.template, batch_size=args.batch_size, device=args.device,
-                  precision=args.precision, resume=not args.no_resume, progress=not args.no_progress)
+                  precision=args.precision, resume=not args.no_resume, progress=not args.no_progress and is_main)
     with shard_of_this_process() as shard:
         if args.hidden:
             encoders = {k: v for k, v in (("text", args.text), ("image", args.image)) if v}
@@ -50,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary = encode_catalogue(ds.items, args.out, text=args.text, image=args.image, dtype=args.dtype,
                                        shard=shard, barrier=barrier if shard else None, **common)
+        if shard is not None:
+            barrier()  # every rank returns once rank 0 has finalised the store
+    if not is_main:
+        return 0
     print(summary)
     print_json(summary.to_dict())
     return 0

@@ -196,6 +196,12 @@ class ContentTower(ItemTower):
         self.fusion = make_fusion(fusion, dim, len(self.modalities)) if len(self.modalities) > 1 else None
         self._store(feats, missing)
 
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """(Re)initialise every adaptor and the fusion from `generator` (sequence models pass theirs)."""
+        for m in self.modules():
+            if m is not self and callable(getattr(m, "init_weights", None)):
+                m.init_weights(generator)
+
     def _checked(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor],
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         feats = [features[m] for m in self.modalities]
@@ -287,6 +293,7 @@ class HybridTower(ItemTower):
         return self.content.n_items
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
+        self.content.init_weights(generator)
         with torch.no_grad():
             nn.init.normal_(self.id_embedding.weight, 0.0, self.opts.id_init_std, generator=generator)
             self.id_embedding.weight[0].zero_()
@@ -318,12 +325,9 @@ class HybridTower(ItemTower):
         return self.embed(uniq)[inv]
 
 
-def _initialise(tower: nn.Module, seed: int) -> nn.Module:
-    """Deterministic init of every sub-module that defines `init_weights` (sequence models redo this)."""
-    gen = torch_generator(seed, "init/content_tower")
-    for m in tower.modules():
-        if callable(getattr(m, "init_weights", None)):
-            m.init_weights(gen)
+def _initialise(tower: ContentTower | HybridTower, seed: int) -> ItemTower:
+    """Deterministic init without the global RNG (a sequence model may redo it with its own generator)."""
+    tower.init_weights(torch_generator(seed, "init/content_tower"))
     return tower
 
 

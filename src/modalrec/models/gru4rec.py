@@ -90,6 +90,9 @@ class GRU4Rec(SequentialRecommender):
         table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
         return state @ table.T  # [B, N + 1] or [B, M]
 
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        self.tower.set_item_features(features, missing)
+
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         if batch.targets.dim() != 2:
             raise ValueError("GRU4Rec.loss needs training batches with [B, L] targets (TrainWindows)")

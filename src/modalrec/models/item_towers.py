@@ -1,12 +1,16 @@
 """Item towers: how an item index becomes a d-dim vector. Sequence models take any tower.
 
-Only the ID tower lives here. Content towers ("text", "image", "text+image", "hybrid") are added by
-registering a builder, without touching this file's logic:
+The ID tower lives here; content towers ("text", "image", "text+image", "hybrid") live in
+`content_towers` and are listed in `TOWERS` below. Other modules add kinds with a decorator:
 
-    @register_tower("text")
-    def _build_text(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower: ...
+    @register_tower("my_kind")
+    def _build(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower: ...
 
-and importing that module from `modalrec.models` so the registration runs.
+(the module must be imported, e.g. from `modalrec.models`, for the registration to run).
+Weight init: a sequence model draws every trainable Linear / Embedding of the whole model (tower
+included) from N(0, init_std) with its seeded generator, then calls `init_weights(generator)` on
+each submodule that defines it (towers override there). Frozen weights are left as loaded.
+Row 0 (PAD) of `all()` must be zero.
 """
 
 from __future__ import annotations
@@ -20,20 +24,20 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ItemTower, ModelContext
+from modalrec.models.content_towers import build_content_tower, build_hybrid_tower
 
 
 @dataclass
 class TowerConfig:
     """Which tower a sequence model uses; nested in the model config (e.g. `model.tower.kind`)."""
 
-    kind: str = "id"  # "id"; content kinds are available once their builder is registered
+    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid" | any registered kind
     fusion: str = "mlp"  # how content towers fuse modalities (ignored by "id")
     dropout: float = 0.0  # dropout on content projections (ignored by "id")
     options: dict[str, Any] = field(default_factory=dict)  # builder-specific extras
 
 
 TowerBuilder = Callable[[ModelContext, int, TowerConfig], ItemTower]
-TOWERS: dict[str, TowerBuilder] = {}
 
 
 def register_tower(kind: str) -> Callable[[TowerBuilder], TowerBuilder]:
@@ -85,9 +89,18 @@ class IDTower(ItemTower):
         return self.embedding(items)
 
 
-@register_tower("id")
 def _build_id(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
     unknown = set(cfg.options) - {"init_std"}
     if unknown:
         raise ConfigError(f"item tower 'id' has no option(s) {sorted(unknown)}; known: ['init_std']")
     return IDTower(ctx.n_items, dim, **cfg.options)
+
+
+# Every tower kind, by name. Other modules may add kinds with `register_tower`.
+TOWERS: dict[str, TowerBuilder] = {
+    "id": _build_id,
+    "text": build_content_tower,
+    "image": build_content_tower,
+    "text+image": build_content_tower,
+    "hybrid": build_hybrid_tower,
+}

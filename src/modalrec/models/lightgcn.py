@@ -12,6 +12,8 @@ models: `score(batch)` reads `batch.users` (user indices). Conventions of the ba
 - Cold users (no training event, PAD, or an index beyond the trained users) are represented by the
   mean of their history items' final embeddings (`batch.items`, the last `max_len`); with an empty
   history the score is 0 for every item. Warm users use their own embedding (history ignored).
+- LightGCN is ID-only: an item without training events keeps its untrained initial embedding (it
+  is never a positive, and negatives are drawn from training items only), so it cannot be placed.
 - Graph models save their propagated tables in the state dict (refreshed whenever `state_dict()` is
   taken while the graph is attached), so a model loaded from a checkpoint scores without the graph.
   Before a graph was ever attached, propagation runs over an empty graph (no edges).
@@ -104,7 +106,7 @@ class UserItemRecommender(SequentialRecommender):
         if self.training and torch.is_grad_enabled():
             raise RuntimeError(f"{type(self).__name__} was loaded without its training graph; call "
                                "attach(train) or training_source(split) before training it further")
-        users, items = self.live_tables()  # items beyond the saved rows (appended later) have no edges
+        _, items = self.live_tables()  # items beyond the saved rows (appended later) have no edges
         n = self.saved_items.shape[0]
         return self.saved_users, torch.cat([self.saved_items, items[n:]])
 

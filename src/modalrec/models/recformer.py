@@ -102,10 +102,8 @@ class RecformerEmbeddings(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def summed(self, inp: RecInputs) -> torch.Tensor:  # [B, T, H] before LayerNorm
-        return (
-            self.token(inp.input_ids) + self.position(inp.position_ids)
-            + self.token_type(inp.token_type_ids) + self.item_position(inp.item_position_ids)
-        )
+        return (self.token(inp.input_ids) + self.position(inp.position_ids)
+                + self.token_type(inp.token_type_ids) + self.item_position(inp.item_position_ids))
 
     def forward(self, inp: RecInputs) -> torch.Tensor:  # [B, T, H]
         return self.drop(self.norm(self.summed(inp)))
@@ -219,8 +217,8 @@ class RecformerModel(SequentialRecommender):
 
     def tokenize_table(self, table: ItemTable, tokenizer: Any, cache_dir: str | Path | None = None,
                        key_names: dict[str, str] | None = None) -> ItemTokens:
-        return ItemTokens.from_table(table, tokenizer, self.cfg.max_item_tokens, self.cfg.max_attr_tokens,
-                                     key_names=key_names, cache_dir=cache_dir)
+        c = self.cfg
+        return ItemTokens.from_table(table, tokenizer, c.max_item_tokens, c.max_attr_tokens, key_names, cache_dir=cache_dir)
 
     def set_items(self, items: ItemTokens) -> None:
         """Score against this item table from now on (e.g. a new domain, or a catalogue with new items)."""
@@ -293,6 +291,7 @@ class RecformerModel(SequentialRecommender):
                     continue
                 out[torch.from_numpy(sel).to(self.device)] = vecs
                 lo += len(sel)
+                log.debug("encoded %d / %d items", lo, len(order))
         finally:
             self.train(was_training)
         return out

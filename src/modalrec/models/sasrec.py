@@ -149,19 +149,21 @@ def _check(cfg: SASRecConfig) -> None:
 def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:
     """Deterministic init from one generator (no global RNG): N(0, std) linears/embeddings, unit norms.
 
-    Modules with their own `init_weights(generator)` (item towers) run it afterwards, overriding.
+    Submodules with their own `init_weights(generator)` (item towers, adapters) run it afterwards and
+    may override. Frozen weights (requires_grad=False, e.g. pretrained parts) are never touched.
     """
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
+            if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.requires_grad:
                 nn.init.normal_(m.weight, 0.0, std, generator=generator)
                 if isinstance(m, nn.Linear) and m.bias is not None:
                     m.bias.zero_()
                 if isinstance(m, nn.Embedding) and m.padding_idx is not None:
                     m.weight[m.padding_idx].zero_()
-            elif isinstance(m, nn.LayerNorm):
+            elif isinstance(m, nn.LayerNorm) and m.weight is not None and m.weight.requires_grad:
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         for m in model.modules():
             if m is not model and callable(getattr(m, "init_weights", None)):
                 m.init_weights(generator)

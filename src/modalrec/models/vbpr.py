@@ -107,7 +107,7 @@ class VBPR(UserItemRecommender):
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         """Swap in a (typically larger) feature table; appended items are scored by content only."""
-        mods, feats, present = select_features(features, missing, self.modalities, "vbpr")
+        _, feats, present = select_features(features, missing, self.modalities, "vbpr")
         dims = [int(f.shape[1]) for f in feats]
         if dims != self.feature_dims:
             raise MismatchError(f"vbpr: new features are {dims}-d, the model was trained on {self.feature_dims}-d")

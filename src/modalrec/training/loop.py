@@ -127,13 +127,19 @@ def fit(
     source: BatchSource,
     cfg: TrainConfig | None = None,
     validate: Callable[[torch.nn.Module], Any] | None = None,
+    distributed: Any = None,
 ) -> History:
     """Train `model` (which has `.loss(batch)`) on batches from `source`; returns the History.
 
     `validate(model)` returns a Report (anything with `.metric(name)`), a dict of metrics, or a number;
     it is called under `torch.no_grad()` with the model in eval mode. Without it the final weights are kept.
+    `distributed`: a `training.distributed.DistributedTraining` for DDP / gradient accumulation.
     """
     cfg = cfg or TrainConfig()
+    # --- distributed hook (training/distributed.py): sharded batches, DDP step, rank-0 writes ---
+    if distributed is not None:
+        source, validate = distributed.prepare(source, validate)
+    writer = distributed is None or distributed.is_main
     _check_trainable(model)
     device = torch.device(cfg.device)
     model.to(device)
@@ -153,6 +159,8 @@ def fit(
         schedule=LRSchedule(cfg, steps * cfg.epochs),
         hist=History(monitor=cfg.monitor, trainable_params=_trainable_params(model)),
     )
+    if distributed is not None:
+        distributed.attach(t)
     ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt is not None and cfg.resume and ckpt.exists():
         saved = ckpt.load(model, t.optimizer, t.scaler, t.schedule, cfg)
@@ -160,7 +168,7 @@ def fit(
         t.hist.resumed_from = t.hist.epochs
         t.hist.trainable_params = _trainable_params(model)
         log.info("resumed from %s after epoch %d", ckpt.dir, t.hist.epochs)
-    logger = EpochLogger(cfg.log_dir) if cfg.log_dir else None
+    logger = EpochLogger(cfg.log_dir) if cfg.log_dir and writer else None
     if logger is not None:
         logger.replace([t.hist.row(e) for e in range(1, t.hist.epochs + 1)])
     if device.type == "cuda":
@@ -173,7 +181,7 @@ def fit(
                 if t.done:
                     break
                 t.run_epoch(epoch)
-                if ckpt is not None:
+                if ckpt is not None and writer:
                     ckpt.save(epoch, t)
                 if logger is not None:
                     logger.log_epoch(t.hist.row(epoch))

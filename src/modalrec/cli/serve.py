@@ -1,0 +1,44 @@
+"""`modalrec serve`: the HTTP service (FastAPI + uvicorn) over a serving artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifact", required=True, help="artifact directory (made by `modalrec export`)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require this key in X-API-Key for write endpoints")
+    parser.add_argument("--api-key-file", help="read the API key from this file (keeps it out of `ps`)")
+    parser.add_argument("--image-root", help="directory that image paths of new items must resolve into")
+    parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], help="override the artifact's index kind")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--read-only", action="store_true",
+                        help="keep added / removed items in memory only (the artifact is not modified)")
+    parser.add_argument("--max-history", type=int, default=500)
+    parser.add_argument("--max-k", type=int, default=200)
+    parser.add_argument("--max-new-items", type=int, default=1000, help="most items one POST /items may add")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from modalrec.errors import ConfigError
+    from modalrec.serving.app import serve
+    from modalrec.serving.recommender import Recommender
+
+    key = args.api_key
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text().strip()
+        if not key:
+            raise ConfigError(f"--api-key-file {args.api_key_file} is empty")
+    if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may add items")
+    rec = Recommender.load(args.artifact, device=args.device, index={"kind": args.index} if args.index else None,
+                           persist=not args.read_only)
+    serve(rec, host=args.host, port=args.port, log_level=args.log_level, api_key=key,
+          image_root=args.image_root, max_history=args.max_history, max_k=args.max_k,
+          max_new_items=args.max_new_items)
+    return 0

@@ -1,0 +1,312 @@
+"""Serving artifact: one self-contained directory with everything needed to answer requests.
+
+Layout:
+    artifact.json            format, model name + params, max_len, hashes (vocabulary, training vocabulary,
+                             weights, dataset), encoder specs + template of the FeatureStore, index config,
+                             removed item ids
+    model/                   the training checkpoint (config.json, model.safetensors, item_vocab_hash.json, ...)
+    vocab.json               the item vocabulary, grown by `Recommender.add_items`
+    items.json               item table (text fields, image paths) aligned with vocab.json (row 0 = PAD)
+    users.json               the user vocabulary
+    users.safetensors        every known user's chronological history (CSR: offsets [n_users + 2], items)
+                             and the training item counts [n_train_items + 1]
+    features/                a copy of the FeatureStore (appendable), absent for ID-only models
+
+`load_artifact` checks that the pieces agree (vocabulary vs items vs FeatureStore vs checkpoint vs weights)
+and refuses a mismatch with a MismatchError that says which two disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modalrec.data.items import ItemTable
+from modalrec.data.vocab import Vocabulary
+from modalrec.errors import ConfigError, DataError, MismatchError
+from modalrec.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = "modalrec.artifact"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact. `meta` is artifact.json; arrays are in memory, the store is an open FeatureStore."""
+
+    directory: Path
+    meta: dict[str, Any]
+    vocab: Vocabulary
+    items: ItemTable
+    user_vocab: Vocabulary
+    user_offsets: np.ndarray  # [n_users + 2] int64 CSR offsets by user index
+    user_items: np.ndarray  # [E] int64 item indices, chronological per user
+    train_item_counts: np.ndarray  # [n_train_items + 1] int64
+    store: Any = None  # FeatureStore | None
+    removed: set[str] = field(default_factory=set)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta["model"]["name"])
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        return dict(self.meta["model"]["params"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.meta["max_len"])
+
+    @property
+    def n_train_items(self) -> int:
+        return int(self.meta["n_train_items"])
+
+    @property
+    def encoders(self) -> dict[str, str]:
+        return dict(self.meta.get("features", {}).get("encoders") or {})
+
+    def history(self, user_id: str) -> np.ndarray:
+        """Item indices of a known user, oldest first (raises UnknownIdError for an unknown user)."""
+        u = self.user_vocab.index(user_id)
+        return self.user_items[self.user_offsets[u] : self.user_offsets[u + 1]]
+
+    def save_catalogue(self, vocab: Vocabulary, items: ItemTable, removed: set[str]) -> None:
+        """Persist a grown / pruned catalogue (the FeatureStore was appended before this is called)."""
+        _write_items(self.directory / "items.json", items)
+        vocab.save(self.directory / "vocab.json")
+        meta = dict(self.meta)
+        meta["vocab_hash"], meta["n_items"], meta["removed"] = vocab.hash, vocab.size, sorted(removed)
+        write_json_atomic(self.directory / "artifact.json", meta)
+        self.meta, self.vocab, self.items, self.removed = meta, vocab, items, set(removed)
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+
+def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, str] | None = None,
+                    index: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Build an artifact from a training run directory (or a `pipeline.RunResult` with a run_dir).
+
+    encoders: {modality: spec} used to encode new items; default: the run's `features.text` / `features.image`
+    (needed explicitly when the run read a prebuilt `features.store`; the spec is checked against the store).
+    index: {"kind": "exact" | "hnsw" | "ivf", **options} recorded for `Recommender.load` (default exact).
+    """
+    from modalrec.config import from_dict
+    from modalrec.experiment import ExperimentConfig
+    from modalrec.pipeline import load_data, make_split
+
+    run_dir = Path(source.run_dir) if hasattr(source, "run_dir") else Path(source)
+    if hasattr(source, "run_dir") and source.run_dir is None:
+        raise ConfigError("the run result has no run directory (run_experiment(write=False)); nothing to export")
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    cfg = from_dict(ExperimentConfig, manifest["config"])
+    ckpt = run_dir / "model"
+    if not (ckpt / "model.safetensors").is_file():
+        raise ConfigError(f"{run_dir} has no model weights (model {cfg.model.name!r}); only trained neural "
+                          "models can be exported")
+    if cfg.features.hidden:
+        raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
+                          "yet: new items would need their hidden states encoded")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ConfigError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
+
+    ds = load_data(cfg.data, cfg.seed)
+    if ds.content_hash() != manifest["dataset"]["hash"]:
+        raise MismatchError(f"dataset hash {ds.content_hash()} differs from the one the run was trained on "
+                            f"({manifest['dataset']['hash']}); the data files changed since training")
+    ckpt_vocab_hash = json.loads((ckpt / "item_vocab_hash.json").read_text())
+    if ckpt_vocab_hash != ds.item_vocab.hash:
+        raise MismatchError(f"checkpoint {ckpt} was trained on item vocabulary {ckpt_vocab_hash}, the data gives "
+                            f"{ds.item_vocab.hash}")
+    split = make_split(ds, cfg.split, cfg.seed)
+    specs = {m: s for m, s in (("text", cfg.features.text), ("image", cfg.features.image)) if s}
+    specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        shutil.copytree(ckpt, tmp / "model")
+        ds.item_vocab.save(tmp / "vocab.json")
+        _write_items(tmp / "items.json", ds.items)
+        ds.user_vocab.save(tmp / "users.json")
+        inter = ds.interactions  # every observed event: a known user's history is all of it
+        from safetensors.numpy import save_file
+
+        save_file({"offsets": inter.offsets.astype(np.int64), "items": inter.item.astype(np.int64),
+                   "train_item_counts": split.train.item_counts().astype(np.int64)},
+                  str(tmp / "users.safetensors"))
+        store_info = _export_features(ds, cfg.features, tmp / "features")
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "source_run": str(run_dir.resolve()),
+            "model": {"name": cfg.model.name, "params": cfg.model.params},
+            "max_len": int(cfg.model.params.get("max_len", 50)),
+            "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
+            "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
+            "user_vocab_hash": ds.user_vocab.hash, "dataset_hash": ds.content_hash(),
+            "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
+            "features": {"store": store_info, "encoders": specs, "template": cfg.features.template},
+            "index": dict(index or {"kind": "exact"}),
+            "removed": [],
+        }
+        write_json_atomic(tmp / "artifact.json", meta)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported artifact %s (%d items, model %s)", out_dir, ds.n_items, cfg.model.name)
+    return out_dir
+
+
+def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
+    """Copy the run's FeatureStore into the artifact (re-encode when the run's cache is gone)."""
+    from modalrec.features.store import FeatureStore
+
+    if fcfg.store:
+        src: Path | None = Path(fcfg.store)
+    elif fcfg.text or fcfg.image:
+        key = f"{ds.name}-{ds.item_vocab.hash}-{fcfg.text or 'none'}-{fcfg.image or 'none'}"  # as pipeline names it
+        src = Path(fcfg.cache_dir) / key.replace("/", "_").replace(":", "_")
+    else:
+        return None
+    if (src / "meta.json").is_file():
+        FeatureStore.open(src, ds.item_vocab)  # the vocabulary check, before copying
+        shutil.copytree(src, dest)
+    elif fcfg.store:
+        raise ConfigError(f"features.store {src} of the run does not exist any more")
+    else:
+        from modalrec.features.build import encode_catalogue
+
+        log.warning("feature cache %s is gone; re-encoding the catalogue into the artifact", src)
+        encode_catalogue(ds.items, dest, text=fcfg.text, image=fcfg.image, template=fcfg.template,
+                         batch_size=fcfg.batch_size, device=fcfg.device, progress=False)
+        shutil.rmtree(dest.with_name(f"{dest.name}.partial"), ignore_errors=True)
+    store = FeatureStore.open(dest, ds.item_vocab)
+    return {"modalities": store.modalities, "n_items": store.n_items}
+
+
+def _write_items(path: Path, items: ItemTable) -> None:
+    write_json_atomic(path, {"vocab_hash": items.vocab.hash, "fields": items.fields,
+                             "image_paths": items.image_paths, "image_root": items.image_root})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---- load --------------------------------------------------------------------------------------
+
+
+def load_artifact(directory: str | Path) -> Artifact:
+    """Open an artifact, checking that vocabulary, items, FeatureStore, checkpoint and weights agree."""
+    from safetensors.numpy import load_file
+
+    from modalrec.features.store import FeatureStore
+
+    d = Path(directory)
+    meta_path = d / "artifact.json"
+    if not meta_path.is_file():
+        raise DataError("not a modalrec serving artifact (artifact.json missing)", path=d)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"corrupt artifact.json: {exc}", path=meta_path) from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"not a serving artifact (format {meta.get('format')!r})", path=meta_path, field="format")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise DataError(f"artifact format {meta['format_version']} is newer than this modalrec ({FORMAT_VERSION})",
+                        path=meta_path, field="format_version")
+    vocab = Vocabulary.load(d / "vocab.json")
+    if vocab.hash != meta["vocab_hash"] or vocab.size != int(meta["n_items"]):
+        raise MismatchError(f"{d}: vocab.json (hash {vocab.hash}, {vocab.size} items) does not match artifact.json "
+                            f"(hash {meta['vocab_hash']}, {meta['n_items']} items)")
+    n_train = int(meta["n_train_items"])
+    train_hash = Vocabulary(vocab.raw_ids[:n_train]).hash
+    ckpt_hash = json.loads((d / "model" / "item_vocab_hash.json").read_text())
+    if not (train_hash == meta["train_vocab_hash"] == ckpt_hash):
+        raise MismatchError(f"{d}: the model checkpoint was trained on item vocabulary {ckpt_hash}, but the first "
+                            f"{n_train} items of vocab.json hash to {train_hash} (artifact.json says "
+                            f"{meta['train_vocab_hash']}); the vocabulary was rebuilt or reordered")
+    weights = _sha256(d / "model" / "model.safetensors")
+    if weights != meta["weights_sha256"]:
+        raise MismatchError(f"{d}: model/model.safetensors has hash {weights}, artifact.json expects "
+                            f"{meta['weights_sha256']} (weights replaced or corrupt)")
+    items = _read_items(d / "items.json", vocab)
+    user_vocab = Vocabulary.load(d / "users.json")
+    if user_vocab.hash != meta["user_vocab_hash"]:
+        raise MismatchError(f"{d}: users.json hash {user_vocab.hash} differs from artifact.json "
+                            f"({meta['user_vocab_hash']})")
+    arrays = load_file(str(d / "users.safetensors"))
+    offsets, user_items = arrays["offsets"], arrays["items"]
+    if len(offsets) != len(user_vocab) + 1 or int(offsets[-1]) != len(user_items):
+        raise MismatchError(f"{d}: users.safetensors has {len(offsets) - 2} users' offsets, users.json "
+                            f"{user_vocab.size} users")
+    store = None
+    if (d / "features" / "meta.json").is_file():
+        store = FeatureStore.open(d / "features", vocab)  # MismatchError names the store and both hashes
+    elif meta["features"].get("store"):
+        raise MismatchError(f"{d}: artifact.json records a FeatureStore but features/ is missing")
+    return Artifact(d, meta, vocab, items, user_vocab, offsets.astype(np.int64), user_items.astype(np.int64),
+                    arrays["train_item_counts"].astype(np.int64), store, set(meta.get("removed", [])))
+
+
+def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:
+    payload = json.loads(path.read_text())
+    if payload.get("vocab_hash") != vocab.hash:
+        raise MismatchError(f"{path} belongs to item vocabulary {payload.get('vocab_hash')}, vocab.json is {vocab.hash}")
+    return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"))
+
+
+def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bool]:
+    """Rebuild the trained model from the artifact; returns (model in eval mode, scores content features).
+
+    The model is built for the training catalogue (its parameter shapes), its weights loaded, then given
+    the whole (possibly grown) feature table so items added after training are scored too.
+    """
+    from modalrec.models.base import ModelContext
+    from modalrec.pipeline import build_model as build
+    from modalrec.training.checkpoint import load_state
+
+    feats: dict[str, torch.Tensor] = {}
+    missing: dict[str, torch.Tensor] = {}
+    if art.store is not None:
+        feats, missing = art.store.tensors()
+    n = art.n_train_items
+    ctx = ModelContext(n_items=n, n_users=int(art.meta["n_users"]), max_len=art.max_len,
+                       train_item_counts=art.train_item_counts,
+                       item_features={m: f[: n + 1] for m, f in feats.items()},
+                       feature_missing={m: f[: n + 1] for m, f in missing.items()}, seed=0)
+    model, _ = build(art.model_name, art.model_params, ctx)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model {art.model_name!r} is not a neural model; it cannot be served from weights")
+    load_state(art.directory / "model", model)
+    content = False
+    if feats:
+        try:
+            model.set_item_features(feats, missing)  # the full (possibly grown) table
+            content = True
+        except TypeError:  # an ID-only model: it ranks the training catalogue only
+            content = False
+    return model.to(device).eval(), content

@@ -1,0 +1,301 @@
+"""DistributedDataParallel training through the shared loop: `fit(..., distributed=DistributedTraining(...))`.
+
+Data: `cfg.batch_size` stays the GLOBAL batch. Every rank walks the same seeded permutation of the
+training windows (the source's own per-epoch shuffle) and, of each global batch, takes its disjoint
+contiguous slice (rows [B*r/W, B*(r+1)/W)). TrainWindows collates only that slice; any other source's
+batches are sliced along dim 0. With `accumulate=k`, k consecutive global batches make one optimizer
+step (gradients of the first k-1 stay local under DDP's `no_sync`), so one step sees the rows a
+single process sees with batch_size * k.
+
+Gradients: each rank's mean loss is scaled by w_r * W / sum(w) before backward, where w_r is the
+number of loss terms in its rows (next-item targets for [B, L] SeqBatch targets, `model.loss_weight`
+when a model defines it, else rows). DDP averages over the W ranks, so the step's gradient is the
+gradient of the mean over all terms of the global batch -- what single-process training computes --
+even when ranks hold different numbers of targets. Reported losses are all-reduced the same way.
+
+Decisions: the validation result is broadcast from rank 0 (as JSON), so every rank takes the same
+improved / early-stop / plateau decision from the same numbers. Only rank 0 writes checkpoints and
+logs (the loop asks `is_main`); every rank reads a checkpoint to resume, and ranks that disagree on
+the epoch (a checkpoint_dir not shared by all nodes) stop with an error instead of hanging.
+
+Randomness: with W > 1 each rank reseeds dropout (the global torch RNG) and the model's samplers
+(`reseed`) from (seed, epoch, rank), so ranks draw independent masks and negatives. Stateful,
+event-ordered models (TGN: `observe`) are not data-parallel and are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from modalrec.errors import ConfigError
+from modalrec.parallel import all_reduce, broadcast_json, is_distributed, rank_and_world
+from modalrec.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistributedTraining:
+    """The distributed side of one `fit` call (also usable with world_size 1 for `accumulate` alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    accumulate: int = 1  # global batches per optimizer step
+    find_unused_parameters: bool = False  # DDP option: models whose loss skips some parameters
+    broadcast_buffers: bool = False  # buffers here are data (feature tables), identical on all ranks
+    step_losses: list[float] = field(default_factory=list)  # global loss of each optimizer step
+    _net: Any = field(default=None, init=False, repr=False)
+    _net_model: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.accumulate < 1:
+            raise ConfigError(f"accumulate must be >= 1, got {self.accumulate}")
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.world_size > 1 and rank_and_world() != (self.rank, self.world_size):
+            raise ConfigError(f"rank {self.rank} of {self.world_size} needs an initialised process group of "
+                              f"that size (got {rank_and_world()}); see modalrec.parallel.init_process_group")
+
+    @classmethod
+    def from_process_group(cls, **options: Any) -> DistributedTraining:
+        """Rank and world size of the initialised process group (1 process when there is none)."""
+        rank, world = rank_and_world()
+        return cls(rank=rank, world_size=world, **options)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- hooks the loop calls ---------------------------------------------------------------------
+    def prepare(self, source: Any, validate: Callable[[nn.Module], Any] | None) -> tuple[Any, Any]:
+        """(sharded source yielding one list of local micro-batches per optimizer step, agreeing validate)."""
+        sharded = ShardedSource(source, self.rank, self.world_size, self.accumulate)
+        agreeing = functools.partial(_agreed_validation, validate) if validate and self.world_size > 1 else validate
+        return sharded, agreeing
+
+    def attach(self, trainer: Any) -> None:
+        """Route the trainer's epochs through `train_epoch` (an instance attribute shadows the method)."""
+        if callable(getattr(trainer.model, "observe", None)):
+            raise ConfigError(f"{type(trainer.model).__name__} is stateful (event-ordered memory) and cannot be "
+                              "trained data-parallel; train it in one process")
+        trainer.train_epoch = functools.partial(self.train_epoch, trainer)
+
+    def evaluate(self, evaluator: Any, model: Any, name: str = "test") -> Any:
+        """The evaluator's Report with its events sharded over the ranks (identical on every rank)."""
+        from modalrec.evaluation.distributed import evaluate_sharded
+
+        return evaluate_sharded(evaluator, model, name, rank=self.rank, world=self.world_size)
+
+    # --- the epoch ----------------------------------------------------------------------------------
+    def train_epoch(self, t: Any, epoch: int) -> float:
+        """One epoch of `t` (the loop's _Trainer); returns the mean over steps of the global step loss."""
+        cfg, model, device, opt, scaler = t.cfg, t.model, t.device, t.optimizer, t.scaler
+        lo, hi = all_reduce([epoch, -epoch], "max")
+        if lo != -hi:
+            raise ConfigError(f"ranks are at different epochs ({int(-hi)}..{int(lo)}): checkpoint_dir must be "
+                              "on a filesystem that every rank reads")
+        if self.world_size > 1:
+            rank_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}/rank{self.rank}")
+            torch.manual_seed(rank_seed)
+            if callable(getattr(model, "reseed", None)):
+                model.reseed(rank_seed)
+        net = self._network(model, device)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        amp = t.amp_dtype
+        total, n = 0.0, 0
+        groups = t.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
+        bar = tqdm(groups, total=t.steps, desc=f"epoch {epoch}", disable=not (cfg.progress and self.is_main),
+                   leave=False, file=sys.stderr)
+        for group in bar:
+            if n >= t.steps:
+                break
+            group = [b.to(device) for b in group]
+            weights = [loss_weight(model, b) for b in group]
+            (w_total,) = all_reduce([sum(weights)])
+            t.schedule.apply(opt)
+            opt.zero_grad(set_to_none=True)
+            local, bad = 0.0, 0.0
+            for i, (batch, w) in enumerate(zip(group, weights)):
+                last = i == len(group) - 1
+                sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        loss = net(batch)
+                    scaled = loss * (w * self.world_size / w_total if w_total > 0 else 0.0)
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                value = float(loss.detach())
+                bad += 0.0 if math.isfinite(value) else 1.0
+                local += value * w if w else 0.0
+            loss_sum, n_bad = all_reduce([local, bad])
+            if n_bad:  # every rank raises together, before the step: the weights stay finite
+                raise FloatingPointError(f"non-finite training loss on {int(n_bad)} rank(s) at epoch {epoch}, "
+                                         f"step {n + 1}")
+            if scaler is not None:
+                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            t.schedule.step()
+            step_loss = loss_sum / w_total if w_total > 0 else 0.0
+            self.step_losses.append(step_loss)
+            total += step_loss
+            n += 1
+            if cfg.progress and self.is_main and n % 10 == 0:
+                bar.set_postfix(loss=f"{total / n:.4f}")
+        bar.close()
+        return total / max(n, 1)
+
+    def _network(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module whose forward is the loss: DDP-wrapped when W > 1 (built once per model)."""
+        if self._net is not None and self._net_model is model:
+            return self._net
+        net: nn.Module = LossModule(model)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # Non-persistent buffers are data derived identically on every rank (feature tables, caches):
+            # broadcasting them from rank 0 at wrap time would only cost time and memory.
+            persistent = set(model.state_dict())
+            ignore = [f"model.{k}" for k, _ in model.named_buffers() if k not in persistent]
+            DDP._set_params_and_buffers_to_ignore_for_model(net, ignore)
+            ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else None
+            net = DDP(net, device_ids=ids, find_unused_parameters=self.find_unused_parameters,
+                      broadcast_buffers=self.broadcast_buffers)
+        self._net, self._net_model = net, model
+        return net
+
+
+class LossModule(nn.Module):
+    """forward(batch) = model.loss(batch): DDP hooks `forward`, and the loop's models expose `loss`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.model.loss(batch)
+
+
+def loss_weight(model: nn.Module, batch: Any) -> float:
+    """Number of terms the model's (mean) loss averages over in `batch`."""
+    fn = getattr(model, "loss_weight", None)
+    if callable(fn):
+        return float(fn(batch))
+    targets = getattr(batch, "targets", None)
+    if isinstance(targets, torch.Tensor) and targets.dim() == 2:
+        return float((targets > 0).sum())  # next-item targets of [B, L] training windows
+    return float(_rows(batch))
+
+
+class ShardedSource:
+    """This rank's share of `source`'s global batches, grouped `accumulate` per optimizer step.
+
+    `num_batches(batch_size)` counts optimizer steps, so the loop's schedule and max_steps_per_epoch
+    mean steps. `batches(...)` yields lists of local micro-batches.
+    """
+
+    def __init__(self, source: Any, rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
+        self.source, self.rank, self.world_size, self.accumulate = source, rank, world_size, accumulate
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.source.num_batches(batch_size) // self.accumulate)
+
+    def part(self, n: int) -> slice:
+        """This rank's rows of a global batch of n rows."""
+        return slice(n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size)
+
+    def local_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Any]:
+        """One local batch per global batch, in the source's (seeded, per-epoch) order."""
+        if self.world_size == 1:
+            yield from self.source.batches(batch_size, seed=seed, epoch=epoch)
+            return
+        from modalrec.data.sequences import TrainWindows
+
+        if isinstance(self.source, TrainWindows):
+            # TrainWindows.batches collates each global batch with self.batch(idx): a view whose batch()
+            # collates only this rank's slice of idx walks the very same permutation.
+            view = copy.copy(self.source)
+            view.batch = lambda idx: type(self.source).batch(view, idx[self.part(len(idx))])  # type: ignore[method-assign]
+            n_total = len(self.source)
+            for k, batch in enumerate(view.batches(batch_size, seed=seed, epoch=epoch)):
+                rows = min(batch_size, n_total - k * batch_size)
+                expect = self.part(rows)
+                if len(batch) != expect.stop - expect.start:
+                    raise RuntimeError("TrainWindows.batches no longer collates through batch(idx); "
+                                       "update ShardedSource")
+                yield batch
+            return
+        for batch in self.source.batches(batch_size, seed=seed, epoch=epoch):
+            yield slice_rows(batch, self.part(_rows(batch)))
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[list[Any]]:
+        group: list[Any] = []
+        for batch in self.local_batches(batch_size, seed, epoch):
+            group.append(batch)
+            if len(group) == self.accumulate:
+                yield group
+                group = []
+        if group:
+            yield group
+
+
+def _rows(batch: Any) -> int:
+    if hasattr(batch, "__len__"):
+        return len(batch)
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor) and value.dim():
+            return int(value.shape[0])
+    raise TypeError(f"cannot tell the number of rows of a {type(batch).__name__}")
+
+
+def slice_rows(batch: Any, rows: slice) -> Any:
+    """The same batch dataclass with every per-row tensor cut to `rows`."""
+    n = _rows(batch)
+    changes = {f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)
+               if isinstance(getattr(batch, f.name), torch.Tensor) and getattr(batch, f.name).dim()
+               and getattr(batch, f.name).shape[0] == n}
+    return dataclasses.replace(batch, **changes)
+
+
+def _agreed_validation(validate: Callable[[nn.Module], Any], model: nn.Module) -> Any:
+    """Run `validate` on every rank (sharded evaluators need them all), then use rank 0's result."""
+    result = validate(model)
+    rank, _ = rank_and_world()
+    payload = broadcast_json(_payload(result)) if is_distributed() else _payload(result)
+    return result if rank == 0 else _from_payload(payload)
+
+
+def _payload(result: Any) -> dict[str, Any]:
+    if callable(getattr(result, "to_dict", None)) and hasattr(result, "overall"):
+        return {"kind": "report", "value": result.to_dict()}
+    if isinstance(result, dict):
+        return {"kind": "dict", "value": {str(k): float(v) for k, v in result.items() if isinstance(v, (int, float))}}
+    return {"kind": "number", "value": float(result)}
+
+
+def _from_payload(payload: dict[str, Any]) -> Any:
+    if payload["kind"] == "report":
+        from modalrec.evaluation.report import Report
+
+        return Report.from_dict(payload["value"])
+    return payload["value"]
