@@ -95,11 +95,11 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
 
 
 def model_context(split: Split, features: tuple[dict, dict], max_len: int, seed: int,
-                  hidden_states: Any = None) -> ModelContext:
+                  hidden_states: Any = None, item_table: Any = None) -> ModelContext:
     return ModelContext(
         n_items=split.n_items, n_users=split.n_users, max_len=max_len,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
-        seed=seed, hidden_states=hidden_states,
+        seed=seed, hidden_states=hidden_states, item_table=item_table,
     )
 
 
@@ -162,7 +162,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     else:
         features = load_features(ds, cfg.features)
     max_len = int(cfg.model.params.get("max_len", 50))
-    ctx = model_context(split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features))
+    ctx = model_context(split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features), ds.items)
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
     run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
@@ -277,7 +277,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     max_len = int(cfg.model.params.get("max_len", 50))
     model, _ = build_model(cfg.model.name, cfg.model.params,
                            model_context(split, load_features(ds, cfg.features), max_len, cfg.seed,
-                                         load_hidden_states(ds, cfg.features)))
+                                         load_hidden_states(ds, cfg.features), ds.items))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
     elif hasattr(model, "fit_counts"):

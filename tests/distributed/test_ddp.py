@@ -2,7 +2,7 @@
 
 Tolerance of the loss-curve comparison: 1e-5 relative. DDP computes the same global-batch loss as
 one process, but sums per-rank partial means in a different order (and all-reduces gradients), so
-float32 rounding differs at the ~1e-7 level; with dropout 0, deterministic algorithms and one thread
+float32 rounding differs at the ~1e-7 level; with dropout 0 and one thread (deterministic CPU kernels)
 the curves agree far inside 1e-5 over a few steps. Final weights are compared with atol 1e-5: Adam
 divides by sqrt(v), so a parameter whose gradient is ~0 turns 1e-7 rounding into ~1e-6 steps.
 Encoding and evaluation must be exact.
@@ -24,6 +24,7 @@ from ddp_workers import (
     GLOBAL_BATCH,
     build_model,
     cyclic_split,
+    deterministic,
     evaluators,
     free_port,
     run_worker,
@@ -51,12 +52,10 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
-    n, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    n = torch.get_num_threads()
+    deterministic()
     yield
     torch.set_num_threads(n)
-    torch.use_deterministic_algorithms(det)
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +120,26 @@ def test_checkpoints_written_by_rank_zero_only(ddp_run: tuple[Path, list[dict[st
 
 
 @pytest.mark.parametrize("name", ["b7_sampled", "b1000"])
-def test_sharded_evaluation_equals_single_process(ddp_run: tuple[Path, list[dict[str, Any]]], name: str) -> None:
+@pytest.mark.parametrize("weights", ["trained", "untrained"])
+def test_sharded_evaluation_equals_single_process(ddp_run: tuple[Path, list[dict[str, Any]]], name: str,
+                                                  weights: str) -> None:
     from safetensors.torch import load_file
 
     out, ranks = ddp_run
     split = cyclic_split()
     model = build_model(split)
-    model.load_state_dict(load_file(str(out / "ddp.safetensors")))  # the very weights the ranks evaluated
+    if weights == "trained":  # the very weights the ranks evaluated
+        model.load_state_dict(load_file(str(out / "ddp.safetensors")))
     single = evaluators(split)[name].run(model, name="test").to_dict(include_ranks=True)
     for r in ranks:
-        got = r["eval"][name]
+        got = r["eval" if weights == "trained" else "eval_init"][name]
         assert got["ranks"] == single["ranks"], "identical per-event ranks, in original event order"
         assert got["overall"] == single["overall"] and got["groups"] == single["groups"]
         assert got["counts"] == single["counts"]
         assert got["meta"]["distributed"]["world_size"] == WORLD
     assert any(k.startswith("sampled_") for k in single["overall"]) == (name == "b7_sampled")
-    assert max(single["ranks"]) > 1 and min(single["ranks"]) == 1, "a non-trivial ranking"
+    if weights == "untrained":  # a spread of ranks (the trained model ranks nearly every target first)
+        assert len(set(single["ranks"])) > 10
 
 
 def test_sharded_source_slices_the_same_permutation() -> None:

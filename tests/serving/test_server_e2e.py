@@ -95,7 +95,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server: Any) -> None:
     too_many = {"items": [{"id": f"m{i}", "fields": {"title": "t"}} for i in range(51)]}  # max_new_items = 50
     assert c.post("/items", json=too_many, headers=WRITE).status_code == 422
     # Still serving, nothing half-added, and the errors were counted.
-    assert c.get("/health").json() | {} == c.get("/health").json() and c.get("/health").json()["items"] == 120
+    assert c.get("/health").json()["items"] == 120
     assert len(c.post("/recommend", json={"history": ["item00001"], "k": 5}).json()["items"]) == 5
     assert c.delete("/items/item00002", headers=WRITE).json() == {"removed": ["item00002"]}
     metrics = c.get("/metrics").json()["endpoints"]

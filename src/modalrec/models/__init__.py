@@ -17,6 +17,7 @@ from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 from modalrec.models.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
+from modalrec.models.recformer import RecformerConfig, RecformerModel
 from modalrec.models.sasrec import SASRec, SASRecConfig
 from modalrec.models.vbpr import VBPR, VBPRConfig
 
@@ -31,6 +32,7 @@ MODELS: dict[str, tuple[type, type]] = {
     "vbpr": (VBPR, VBPRConfig),
     "iisan": (IISAN, IISANConfig),
     "iisan_frozen": (FrozenBackbone, FrozenBackboneConfig),
+    "recformer": (RecformerModel, RecformerConfig),
 }
 
 

@@ -29,6 +29,7 @@ class ModelContext:
     feature_missing: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
     hidden_states: Any = None  # features.hidden_cache.HiddenStateCache for adapter models (IISAN)
+    item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
 
 
 class SequentialRecommender(nn.Module):
