@@ -6,7 +6,7 @@ It never imports modalrec (RecBole's pins may conflict with ours). Input: a data
 item (rows = test users, columns = RecBole item ids) plus the raw tokens needed to map them back, so
 that the caller can re-rank RecBole's scores under modalrec's protocol and check the split event by event.
 
-    .venv-recbole/bin/python benchmarks/_recbole_driver.py --data-path DIR --dataset ml-100k \
+    .venv-recbole/bin/python benchmarks/_recbole_driver.py --data-path DIR --dataset ml100k_udata \
         --out r.json --scores-out r.npz --epochs 5 --patience 3
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", required=True, help="folder containing <dataset>/<dataset>.inter")
-    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--dataset", required=True, help="not 'ml-100k': RecBole then loads its bundled copy instead")
     p.add_argument("--out", required=True)
     p.add_argument("--scores-out", required=True)
     p.add_argument("--checkpoint-dir", default=None, help="default: <data-path>/saved")
@@ -65,6 +65,7 @@ def recbole_config(args: argparse.Namespace) -> dict[str, Any]:
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
         "metrics": ["NDCG", "Hit", "MRR"],
         "topk": [10],
+        "metric_decimal_place": 6,
         "valid_metric": "NDCG@10",
         "train_neg_sample_args": None,
         "loss_type": "CE",
@@ -180,6 +181,8 @@ def _r(xs: list[float], nd: int = 3) -> list[float]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.dataset == "ml-100k":
+        raise SystemExit("dataset name 'ml-100k' makes RecBole 1.2.1 ignore data_path; use another name")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     init_seed(config["seed"], config["reproducibility"])
     torch.set_num_threads(args.threads)  # init_seed does not touch it, but be explicit after RecBole's setup
     dataset = create_dataset(config)
+    n_inter = int(dataset.inter_num)  # before data_preparation, which augments / splits in place
     train_data, valid_data, test_data = data_preparation(config, dataset)
     prep_s = time.perf_counter() - started
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "counts": {
             "users": int(dataset.user_num - 1),  # RecBole counts its [PAD] user/item too
             "items": int(dataset.item_num - 1),
-            "interactions": int(dataset.inter_num),
+            "interactions": n_inter,
             "train_samples": int(len(train_ds)),  # one (prefix -> next item) sample per training target
             "valid_events": int(len(valid_data._dataset)),
             "test_events": int(len(test_data._dataset)),

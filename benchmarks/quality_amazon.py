@@ -10,7 +10,7 @@ Datasets (paths are arguments; defaults point at ../shared/data beside the proje
 
 Protocol: full ranking over every item, history items excluded, pessimistic ties; every model is
 trained on TRAIN with early stopping on VALID NDCG@10 (best weights restored) and TEST is evaluated
-once. Content variants (text, text-whiten, text-moe, hybrid) run in order until `--budget-s` is spent;
+once. Content variants (text, text-whiten, text-moe, hybrid, text-dot) run in order until `--budget-s` is spent;
 the best content model is the one with the best VALID NDCG@10 (never chosen on TEST).
 The FeatureStore is cached under --cache-dir (resumable), so only the first run encodes titles.
 
@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "text-whiten": {"kind": "text", "options": {"adaptor": "whiten"}},
     "text-moe": {"kind": "text", "options": {"adaptor": "moe", "n_experts": 8}},
     "hybrid": {"kind": "hybrid", "options": {"content": "text", "id_dropout": 0.2}},
+    "text-dot": {"kind": "text", "options": {"normalize": False}},  # plain dot product (no cosine scaling)
 }
 log = logging.getLogger("quality_amazon")
 

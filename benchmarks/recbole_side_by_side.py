@@ -1,6 +1,6 @@
 """ID SASRec on MovieLens-100K trained by modalrec and by RecBole 1.2.1 in the same run, same data.
 
-Both sides read the same 100,000 rows of `u.data` (RecBole through an atomic `ml-100k.inter` written
+Both sides read the same 100,000 rows of `u.data` (RecBole through an atomic `ml100k_udata.inter` written
 to a temp dir, in the file's row order, so equal timestamps break ties identically), split leave-one-out
 (valid = second-last, test = last event per user, time order), rank the full catalogue, and train the
 same architecture (post-norm SASRec, GELU, learned positions, full-softmax CE) with the same
@@ -46,6 +46,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 DRIVER = Path(__file__).resolve().parent / "_recbole_driver.py"
+# Not "ml-100k": for that name RecBole 1.2.1 ignores data_path and loads its bundled copy (configurator.py).
+RB_DATASET = "ml100k_udata"
 RECBOLE_PINS = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "scipy<1.18", "pandas<3.1"]  # see setup_venv
 HP_KEYS = ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers", "heads", "dropout", "max_len", "seed")
 
@@ -222,13 +224,20 @@ def setup_venv(python: Path, setup: bool) -> Path:
     return python
 
 
-def write_atomic_inter(data_dir: Path, out_dir: Path, name: str = "ml-100k") -> Path:
-    """u.data rows -> RecBole atomic `<name>/<name>.inter`, same rows, same order, no filtering."""
+def write_atomic_inter(data_dir: Path, out_dir: Path, name: str = RB_DATASET) -> Path:
+    """u.data rows -> RecBole atomic `<name>/<name>.inter`: the same rows and values, no filtering.
+
+    RecBole stores `:float` fields as float32, which rounds ML-100K's unix timestamps (~8.8e8 s) to
+    multiples of 64 s and creates ties its stable sorts then break by file position. The rows are
+    therefore written in (user, timestamp, original row) order, the order modalrec uses, so both
+    libraries see the same sequences and the same valid/test targets (float32 rounding is monotone).
+    """
     from modalrec.io import write_bytes_atomic
 
-    rows = (data_dir / "u.data").read_text().splitlines()
+    rows = [r.split("\t")[:4] for r in (data_dir / "u.data").read_text().splitlines() if r.strip()]
+    order = sorted(range(len(rows)), key=lambda i: (int(rows[i][0]), int(rows[i][3]), i))
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    lines += ["\t".join(r.split("\t")[:4]) for r in rows if r.strip()]
+    lines += ["\t".join(rows[i]) for i in order]
     path = out_dir / name / f"{name}.inter"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
@@ -250,7 +259,7 @@ def subset_data(data_dir: Path, out_dir: Path, max_users: int) -> Path:
 
 def run_recbole(python: Path, work: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     out, scores = work / "recbole.json", work / "recbole_scores.npz"
-    cmd = [str(python), str(DRIVER), "--data-path", str(work), "--dataset", "ml-100k", "--out", str(out),
+    cmd = [str(python), str(DRIVER), "--data-path", str(work), "--dataset", RB_DATASET, "--out", str(out),
            "--scores-out", str(scores), "--threads", str(args.threads)]
     for key in HP_KEYS:
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -294,6 +303,13 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
     row_of_user = np.full(uv.size + 1, -1, dtype=np.int64)
     row_of_user[uv.indices(exported["user_tokens"].tolist())] = np.arange(len(scores))
     scorer = PrecomputedScores(scores, row_of_user)
+    # The last max_len history items RecBole fed its model for each test event vs modalrec's (raw tokens).
+    item_tok = exported["item_tokens"]
+    theirs_in = {u: tuple(item_tok[w[w > 0]].tolist()) for u, w in zip(exported["user_tokens"].tolist(),
+                                                                       exported["input_window"])}
+    same_inputs = all(
+        theirs_in.get(uv.raw(u)) == tuple(iv.raw(i) for i in split.test.history(e)[-max_len:])
+        for e, u in enumerate(split.test.user))
     reranked = {}
     for masked in (False, True):
         rep = Evaluator(split.test, split.n_items, ks=(10, 20), exclude_seen=masked, max_len=max_len).run(scorer)
@@ -304,10 +320,13 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
         "same_users": rc["users"] == split.n_users,
         "same_items": rc["items"] == split.n_items,
         "same_interactions": rc["interactions"] == len(ds.interactions),
+        "inter_file_order": "rows written sorted by (user, timestamp, u.data row): RecBole keeps float fields as "
+                            "float32 (timestamps rounded to 64 s), so file order must break its ties",
         "same_test_events": rc["test_events"] == len(split.test) and ours_test == theirs_test,
         "same_valid_events": rc["valid_events"] == len(split.valid) and ours_valid == theirs_valid,
         "test_pairs_only_in_modalrec": len(ours_test - theirs_test),
         "test_pairs_only_in_recbole": len(theirs_test - ours_test),
+        "same_test_input_windows": bool(same_inputs),
         "same_train_targets": rc["train_samples"] == int(sum(np.maximum(split.train.seq_lengths()[1:] - 1, 0))),
         "recbole_test_scores_ranked_by_modalrec_evaluator": reranked,
         "test_targets_in_history": int(sum(

@@ -27,10 +27,23 @@ ENCODE = {"chunk_size": 8, "batch_size": 4, "progress": False, "device": "cpu"}
 ENCODERS = {"text": "hashing:64", "image": "stats"}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (all sockets held open until every port is known)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def encode_cli_args(root: Path, out: Path) -> list[str]:
+    """`modalrec encode` on the small synthetic catalogue (hashing text + colour/texture stats images)."""
+    return ["encode", "data.source=synthetic", "data.options.n_users=20", "data.options.n_items=45",
+            f"data.options.image_dir={root / 'images'}", "data.options.image_size=16", "--text", "hashing:64",
+            "--image", "stats", "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(out)]
 
 
 def cyclic_split(n_items: int = 30, n_users: int = 50, seed: int = 0) -> Split:
@@ -55,7 +68,8 @@ def build_model(split: Split) -> SASRec:
 def train_config(**kw: Any) -> Any:
     from modalrec.training.loop import TrainConfig
 
-    base = dict(epochs=3, batch_size=GLOBAL_BATCH, lr=5e-3, patience=0, progress=False, seed=0, device="cpu")
+    base = {"epochs": 3, "batch_size": GLOBAL_BATCH, "lr": 5e-3, "patience": 0, "progress": False, "seed": 0,
+            "device": "cpu"}
     return TrainConfig(**{**base, **kw})
 
 
@@ -80,9 +94,15 @@ def synthetic_items(image_dir: Path) -> Any:
     return load_dataset("synthetic", n_users=20, n_items=45, image_dir=str(image_dir), image_size=16).items
 
 
-def run_worker(rank: int, world: int, port: int, out: str) -> None:
+def run_worker(rank: int, world: int, ports: list[int], out: str) -> None:
+    import contextlib
+    import io
+    import os
+    import time
+
     from safetensors.torch import save_file
 
+    from modalrec.cli.main import main
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.distributed import evaluate_sharded
     from modalrec.features.build import encode_catalogue
@@ -90,8 +110,6 @@ def run_worker(rank: int, world: int, port: int, out: str) -> None:
     from modalrec.training.distributed import DistributedTraining
     from modalrec.training.loop import fit
     from modalrec.training.resume import TrainerCheckpoint
-
-    import time
 
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -102,8 +120,16 @@ def run_worker(rank: int, world: int, port: int, out: str) -> None:
 
     deterministic()
     root = Path(out)
+    result: dict[str, Any] = {"rank": rank}
+    # 0. `modalrec encode` as torchrun starts it: the variables torchrun sets, env:// rendezvous
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(ports[1]), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world)})
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        result["cli_encode"] = {"rc": main(encode_cli_args(root, root / "store_cli")), "stdout": stdout.getvalue()}
+    lap("cli_encode")
     init_process_group(Launch(rank, world, rank, world), backend="gloo", device="cpu",
-                       init_method=f"tcp://127.0.0.1:{port}", timeout_s=120)
+                       init_method=f"tcp://127.0.0.1:{ports[0]}", timeout_s=120)
     lap("init")
     saves: list[int] = []
     original_save = TrainerCheckpoint.save
@@ -114,7 +140,6 @@ def run_worker(rank: int, world: int, port: int, out: str) -> None:
 
     TrainerCheckpoint.save = counting_save  # type: ignore[method-assign]
     try:
-        result: dict[str, Any] = {"rank": rank}
         # 1. sharded encoding: each rank its chunks, rank 0 finalises after the barrier
         summary = encode_catalogue(synthetic_items(root / "images"), root / "store_ddp", ENCODERS,
                                    shard=(rank, world), barrier=barrier, **ENCODE)

@@ -25,8 +25,9 @@ from ddp_workers import (
     build_model,
     cyclic_split,
     deterministic,
+    encode_cli_args,
     evaluators,
-    free_port,
+    free_ports,
     run_worker,
     synthetic_items,
     train_config,
@@ -63,7 +64,11 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> tu
     """One 2-process gloo group runs every workload once; returns (directory, per-rank results)."""
     out = tmp_path_factory.mktemp("ddp")
     synthetic_items(out / "images")  # write the pictures once, before the workers read them
-    torch.multiprocessing.spawn(run_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
+    # fork: the children inherit the imported torch (a spawn re-imports it, ~5-15 s on a busy 2-core box);
+    # they run with one OpenMP thread, which keeps a fork after OpenMP use in the parent safe.
+    method = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else "spawn"
+    torch.multiprocessing.start_processes(run_worker, args=(WORLD, free_ports(2), str(out)), nprocs=WORLD,
+                                          join=True, start_method=method)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -88,6 +93,18 @@ def test_sharded_encoding_is_byte_identical(ddp_run: tuple[Path, list[dict[str, 
     got, want = tree_bytes(out / "store_ddp"), tree_bytes(tmp_path / "store_single")
     assert sorted(got) == sorted(want) and got == want
     assert not (out / "store_ddp.partial").exists(), "shard chunks are cleaned up after finalisation"
+
+
+def test_encode_cli_under_torchrun_variables(ddp_run: tuple[Path, list[dict[str, Any]]], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`modalrec encode` reads RANK / WORLD_SIZE / ..., joins the group, and rank 0 alone reports."""
+    from modalrec.cli.main import main
+
+    out, ranks = ddp_run
+    assert main(encode_cli_args(out, tmp_path / "store_single")) == 0
+    assert [r["cli_encode"]["rc"] for r in ranks] == [0, 0]
+    assert '"finalised": true' in ranks[0]["cli_encode"]["stdout"] and ranks[1]["cli_encode"]["stdout"] == ""
+    assert tree_bytes(out / "store_cli") == tree_bytes(tmp_path / "store_single")
 
 
 @pytest.mark.parametrize("run", ["ddp", "ddp_accum2"])

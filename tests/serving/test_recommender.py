@@ -99,7 +99,7 @@ def test_add_items_encodes_like_the_store_and_persists(artifact_copy: Path, imag
     assert {r.item_id for r in out} == {"twin", top}  # identical content -> identical score, both on top
     assert rec.similar_items("twin", k=1)[0].item_id == top
     # The model scores the new item from the appended features exactly like any other item.
-    ids, scores = _reference(rec, HIST, 2)
+    ids, _ = _reference(rec, HIST, 2)
     assert set(ids) == {rec.vocab.index("twin"), src}
     # Persisted: a fresh load sees the item, its store row equals the source item's encoding.
     again = Recommender.load(artifact_copy)
@@ -164,3 +164,16 @@ def test_concurrent_reads_during_adds(artifact_copy: Path) -> None:
         t.join()
     assert not errors, errors[0]
     assert rec.n_items == 120 + 15
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_serves_the_same_top_items(content_artifact: Path, rec: Recommender, kind: str) -> None:
+    pytest.importorskip("faiss")
+    opts = {"kind": kind, **({"nlist": 4, "nprobe": 4} if kind == "ivf" else {})}  # small catalogue: probe all
+    ann = Recommender.load(content_artifact, index=opts, persist=False)
+    for hist in (HIST, ["item00050"], ["item00100", "item00007"]):
+        assert [r.item_id for r in ann.recommend(history=hist, k=5)] == [r.item_id for r in rec.recommend(history=hist, k=5)]
+    top = ann.recommend(history=HIST, k=1)[0].item_id
+    src = ann.vocab.index(top)
+    ann.add_items([{"id": "twin", **ann.items.record(src), "image": ann.items.image_path(src)}])
+    assert {r.item_id for r in ann.recommend(history=HIST, k=2)} == {"twin", top}

@@ -13,8 +13,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from modalrec.serving.app import RunningServer, create_app  # noqa: E402
-from modalrec.serving.recommender import Recommender  # noqa: E402
+from modalrec.serving.app import RunningServer, create_app
+from modalrec.serving.recommender import Recommender
 
 KEY = "test-key"
 WRITE = {"X-API-Key": KEY}
@@ -25,9 +25,8 @@ def server(artifact_copy: Path, image_root: Path) -> Any:
     rec = Recommender.load(artifact_copy)
     app = create_app(rec, api_key=KEY, image_root=image_root, max_history=20, max_k=200, max_new_items=50,
                      max_body_bytes=64_000)
-    with RunningServer(app, host="127.0.0.1", port=0) as srv:
-        with httpx.Client(base_url=srv.url, timeout=30) as client:
-            yield client
+    with RunningServer(app, host="127.0.0.1", port=0) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client
 
 
 def _same_category_history(client: Any, n: int = 5) -> list[str]:

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-history", type=int, default=500)
     parser.add_argument("--max-k", type=int, default=200)
     parser.add_argument("--max-new-items", type=int, default=1000, help="most items one POST /items may add")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads per request (default 1: concurrent requests use the cores; "
+                             "0 = torch's default)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -29,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from modalrec.serving.app import serve
     from modalrec.serving.recommender import Recommender
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     key = args.api_key
     if args.api_key_file:
         key = Path(args.api_key_file).read_text().strip()

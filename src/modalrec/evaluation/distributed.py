@@ -82,7 +82,7 @@ def evaluate_sharded(evaluator: Evaluator, model: Scorer, name: str = "test", ke
                 if negatives is not None:
                     neg = torch.from_numpy(negatives[lo:hi]).to(dev)  # [B, n]
                     s_local.append(sampled_ranks(scores, t_score, neg).cpu())
-    except Exception as exc:  # raised below on every rank, after the others learnt of it
+    except Exception as exc:  # noqa: BLE001 - re-raised below on every rank, once all know of it
         error = exc
     finally:
         if is_module and was_training:

@@ -231,10 +231,10 @@ class RunningServer:
         self.thread.join(timeout)
         self.sock.close()
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> "RunningServer":  # noqa: PYI034
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

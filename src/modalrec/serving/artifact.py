@@ -33,13 +33,19 @@ import torch
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
-from modalrec.errors import ConfigError, DataError, MismatchError
+from modalrec.errors import ConfigError, DataError, MismatchError, ModalrecError
 from modalrec.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 FORMAT = "modalrec.artifact"
 FORMAT_VERSION = 1
+# Encoder info keys that must agree with the store's record before new rows are encoded and appended.
+_IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
+
+
+class NotSupportedError(ModalrecError, TypeError):
+    """The served model / artifact cannot do this (e.g. an ID-only model asked to rank new items)."""
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Artifact:
     train_item_counts: np.ndarray  # [n_train_items + 1] int64
     store: Any = None  # FeatureStore | None
     removed: set[str] = field(default_factory=set)
+    _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def model_name(self) -> str:
@@ -81,6 +88,43 @@ class Artifact:
         """Item indices of a known user, oldest first (raises UnknownIdError for an unknown user)."""
         u = self.user_vocab.index(user_id)
         return self.user_items[self.user_offsets[u] : self.user_offsets[u + 1]]
+
+    def encoder(self, modality: str, device: str = "cpu") -> Any:
+        """The store's encoder for `modality`, built once from the recorded spec and identity-checked."""
+        enc = self._encoders.get(modality)
+        if enc is not None:
+            return enc
+        from modalrec.features.encoders import build_encoder
+
+        spec = self.encoders.get(modality)
+        if not spec:
+            raise NotSupportedError(f"the artifact does not record which encoder built its {modality!r} features; "
+                                    "re-export it with encoders={'" + modality + "': SPEC}")
+        enc = build_encoder(spec, device=device)
+        have, want = enc.info(), self.store.encoder_info(modality)
+        diff = [key for key in _IDENTITY if have.get(key) != want.get(key)]
+        if diff:
+            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features "
+                                f"({', '.join(f'{key}: {have.get(key)!r} vs {want.get(key)!r}' for key in diff)})")
+        self._encoders[modality] = enc
+        return enc
+
+    def encode_items(self, items: ItemTable, idx: np.ndarray, device: str = "cpu", batch_size: int = 64,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Encode items `idx` of `items` for every store modality, exactly as the store was built (same
+        encoder, same text template): ({modality: [k, d_m] float32}, {modality: [k] bool missing})."""
+        values, missing = {}, {}
+        for m in self.store.modalities:
+            enc = self.encoder(m, device)
+            template = self.store.encoder_info(m).get("template")
+            inputs = ([items.image_path(int(i)) for i in idx] if enc.input_kind == "image"
+                      else [items.text(int(i), template) for i in idx])
+            outs = [enc.encode(inputs[lo : lo + batch_size]) for lo in range(0, len(inputs), batch_size)]
+            values[m] = np.concatenate([o.features for o in outs]).astype(np.float32)  # [k, d_m]
+            missing[m] = np.concatenate([o.missing for o in outs]).astype(bool)  # [k]
+            if not np.isfinite(values[m]).all():
+                raise DataError(f"the {m} encoder produced NaN / inf for a new item", field=m)
+        return values, missing
 
     def save_catalogue(self, vocab: Vocabulary, items: ItemTable, removed: set[str]) -> None:
         """Persist a grown / pruned catalogue (the FeatureStore was appended before this is called)."""

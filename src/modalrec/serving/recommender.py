@@ -21,18 +21,13 @@ import torch
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
-from modalrec.errors import DataError, MismatchError, ModalrecError, UnknownIdError
-from modalrec.serving.artifact import Artifact, build_model, load_artifact
-from modalrec.serving.index import ExactIndex, index_from_config
+from modalrec.errors import DataError, MismatchError, UnknownIdError
+from modalrec.serving.artifact import Artifact, NotSupportedError, build_model, load_artifact
+from modalrec.serving.index import index_from_config
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image"
-_IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
-
-
-class NotSupportedError(ModalrecError, TypeError):
-    """The served model cannot do this (e.g. an ID-only model asked to rank new items)."""
 
 
 class DuplicateIdError(DataError):
@@ -104,7 +99,6 @@ class Recommender:
         self.items: ItemTable = artifact.items
         self.index_config = dict(index or artifact.meta.get("index") or {"kind": "exact"})
         self._lock, self._write_mutex, self._sim_lock = RWLock(), threading.Lock(), threading.Lock()
-        self._encoders: dict[str, Any] = {}
         self._feats: dict[str, torch.Tensor] = {}
         self._missing: dict[str, torch.Tensor] = {}
         if artifact.store is not None:
@@ -112,18 +106,34 @@ class Recommender:
         removed = torch.zeros(len(self.vocab), dtype=torch.bool)  # [n + 1]
         removed[torch.as_tensor([self.vocab.index(r) for r in artifact.removed], dtype=torch.long)] = True
         self._removed = removed
-        self._embeddable = callable(getattr(model, "item_embeddings", None)) and callable(getattr(model, "forward", None))
         self._emb: torch.Tensor | None = None
-        self._index: Any = None
+        self._index: Any = None  # None: rank with model.score (exact, no index)
         self._sim_index: Any = None
-        if self._embeddable:
+        if callable(getattr(model, "item_embeddings", None)):
             with torch.no_grad():
                 self._emb = model.item_embeddings().detach().float()  # [n + 1, d]
             if self._emb.shape[0] != len(self.vocab):
                 raise MismatchError(f"the model scores {self._emb.shape[0] - 1} items, the vocabulary has "
                                     f"{self.vocab.size}; an ID-only model cannot serve items added after training")
-            self._index = index_from_config(self._emb, self.index_config, "ip", device)
+            if self._dot_product_scores():
+                self._index = index_from_config(self._emb, self.index_config, "ip", device)
+            else:
+                log.warning("model %s does not score by state . item embedding; ranking with model.score "
+                            "(exact, no index)", artifact.model_name)
         self._columns: dict[str, np.ndarray] = {}
+
+    def _dot_product_scores(self) -> bool:
+        """Whether model.score(h) == forward(h) @ item_embeddings().T (then an index can rank)."""
+        from modalrec.data.sequences import history_batch
+
+        probe = history_batch([np.arange(1, min(4, self.vocab.size) + 1)], self.artifact.max_len).to(self.device)
+        with torch.no_grad():
+            want = self.model.score(probe).float()  # [1, n + 1]
+            try:
+                got = self.model.forward(probe).float() @ self._emb.T  # [1, n + 1]
+            except Exception:  # noqa: BLE001 - a forward with another signature: not a state model
+                return False
+        return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", index: Mapping[str, Any] | None = None,
@@ -208,11 +218,13 @@ class Recommender:
             fmask = self._filter_mask(filters)
             if fmask is not None:
                 allowed &= fmask
-            scores, ids = self._rank(hist, allowed, int(k))
+            user = self.artifact.user_vocab.index(str(user_id)) if user_id is not None else 0
+            scores, ids = self._rank(hist, allowed, int(k), user)
             return [Recommendation(self.vocab.raw(int(i)), float(s), self.title(int(i)))
                     for s, i in zip(scores.tolist(), ids.tolist()) if i > 0]
 
-    def _rank(self, hist: np.ndarray, allowed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rank(self, hist: np.ndarray, allowed: torch.Tensor, k: int, user: int = 0,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         from modalrec.data.sequences import history_batch
 
         if len(hist) == 0:  # no history: most popular training items (items added later count 0)
@@ -220,7 +232,9 @@ class Recommender:
             train = torch.from_numpy(self.artifact.train_item_counts).float()
             counts[: len(train)] = train
             return _masked_topk(counts, allowed, k)
-        batch = history_batch([hist], self.artifact.max_len).to(self.device)
+        batch = history_batch([hist], self.artifact.max_len)
+        batch.users[0] = user  # user-item models (LightGCN, VBPR) read it; sequence models ignore it
+        batch = batch.to(self.device)
         with torch.no_grad():
             if self._index is not None:
                 state = self.model.forward(batch).float()  # [1, d]
@@ -275,7 +289,7 @@ class Recommender:
             vocab = self.vocab.extended(list(recs))
             items = self.items.extended(recs, image_field=IMAGE_KEY)
             n_old, new = self.vocab.size, np.arange(self.vocab.size + 1, vocab.size + 1)
-            values, missing = self._encode(items, new)
+            values, missing = self.artifact.encode_items(items, new, self.device)
             store = self.artifact.store
             if self.persist:
                 hashes = [items.content_hash(int(i)) for i in new]
@@ -323,7 +337,7 @@ class Recommender:
             extra = set(rec) - fields - {"id", IMAGE_KEY}
             if extra:
                 raise DataError(f"item {rid!r}: unknown field(s) {sorted(extra)}; item fields are "
-                                f"{sorted(fields)} and {IMAGE_KEY!r}", field=sorted(extra)[0])
+                                f"{sorted(fields)} and {IMAGE_KEY!r}", field=min(extra))
             if not any(str(rec.get(f) or "").strip() for f in fields) and not rec.get(IMAGE_KEY):
                 raise DataError(f"item {rid!r} has neither text nor an image; it could not be ranked", field="id")
             if rid in out:
@@ -334,41 +348,6 @@ class Recommender:
         if clash:
             raise DuplicateIdError(f"item id(s) already exist: {clash[:20]}", field="id")
         return out
-
-    def _encoder(self, modality: str) -> Any:
-        """The store's encoder for `modality`, built once from the recorded spec and identity-checked."""
-        enc = self._encoders.get(modality)
-        if enc is not None:
-            return enc
-        from modalrec.features.encoders import build_encoder
-
-        spec = self.artifact.encoders.get(modality)
-        if not spec:
-            raise NotSupportedError(f"the artifact does not record which encoder built its {modality!r} features; "
-                              "re-export it with encoders={'" + modality + "': SPEC}")
-        enc = build_encoder(spec, device=self.device)
-        have, want = enc.info(), self.artifact.store.encoder_info(modality)
-        diff = [key for key in _IDENTITY if have.get(key) != want.get(key)]
-        if diff:
-            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features "
-                                f"({', '.join(f'{key}: {have.get(key)!r} vs {want.get(key)!r}' for key in diff)})")
-        self._encoders[modality] = enc
-        return enc
-
-    def _encode(self, items: ItemTable, new: np.ndarray, batch_size: int = 64,
-                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        values, missing = {}, {}
-        for m in self.artifact.store.modalities:
-            enc = self._encoder(m)
-            template = self.artifact.store.encoder_info(m).get("template")
-            inputs = ([items.image_path(int(i)) for i in new] if enc.input_kind == "image"
-                      else [items.text(int(i), template) for i in new])
-            outs = [enc.encode(inputs[lo : lo + batch_size]) for lo in range(0, len(inputs), batch_size)]
-            values[m] = np.concatenate([o.features for o in outs]).astype(np.float32)  # [k, d_m]
-            missing[m] = np.concatenate([o.missing for o in outs]).astype(bool)  # [k]
-            if not np.isfinite(values[m]).all():
-                raise DataError(f"the {m} encoder produced NaN / inf for a new item", field=m)
-        return values, missing
 
 
 def _masked_topk(scores: torch.Tensor, allowed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

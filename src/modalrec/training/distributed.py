@@ -29,6 +29,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import inspect
 import logging
 import math
 import sys
@@ -178,8 +179,11 @@ class DistributedTraining:
             DDP._set_params_and_buffers_to_ignore_for_model(net, ignore)
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
+            # torch >= 2.13 renamed broadcast_buffers (per-forward buffer sync) to forward_sync_buffers.
+            sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters \
+                else "broadcast_buffers"
             net = DDP(net, device_ids=ids, find_unused_parameters=self.find_unused_parameters,
-                      broadcast_buffers=self.broadcast_buffers)
+                      **{sync: self.broadcast_buffers})
         self._net, self._net_model = net, model
         return net
 
