@@ -38,11 +38,12 @@ def base_config(args: argparse.Namespace) -> Any:
         "features": {"text": "minilm", "image": "efficientnet-lite0", "template": "{title}. Genres: {genres}. {plot}",
                      "cache_dir": args.cache_dir, "device": args.device, "batch_size": 64, "store": args.store},
         "model": {"name": "sasrec", "params": {
-            "dim": args.dim, "n_layers": 2, "n_heads": 2, "max_len": 50, "dropout": args.dropout,
+            "dim": args.dim, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": args.dropout,
             "loss": args.loss, "n_negatives": args.n_negatives,
             "negatives": "popularity" if args.loss in ("sampled", "bpr", "bce") else "uniform",
             "tower": {"dropout": args.tower_dropout}}},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
+                  "eval_every": args.eval_every,
                   "device": args.device, "progress": False, "seed": args.seed},
         "eval": {"ks": [10, 20], "device": args.device},
     })
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=Path("runs/ablation-ml100k"), help="runs + results (resumable)")
     p.add_argument("--table", type=Path, default=None, help="also write the markdown table here (for the README)")
     p.add_argument("--cache-dir", default=".cache/features")
-    p.add_argument("--store", default=None, help="an existing FeatureStore with text + image for ML-100K (skips encoding)")
+    p.add_argument("--store", default=None,
+                   help="an existing FeatureStore with text + image for ML-100K (skips encoding)")
     p.add_argument("--towers", nargs="+", default=["id", "text", "image", "text+image"])
     p.add_argument("--fusions", nargs="+", default=["mlp", "film", "gated"])
     p.add_argument("--models", nargs="+", default=["sasrec"], help="e.g. sasrec gru4rec")
@@ -62,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one loss for every tower (sampled = softmax over popularity negatives, logQ-corrected)")
     p.add_argument("--n-negatives", type=int, default=256)
     p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--patience", type=int, default=5, help="validations without improvement before stopping")
+    p.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (VALID has ~15k events)")
+    p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dim", type=int, default=64)

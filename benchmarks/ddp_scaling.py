@@ -107,6 +107,7 @@ def main() -> None:
         runs.append({**run(w, args), "wall_s_incl_startup": round(time.perf_counter() - started, 1)})
     full = {r["world_size"]: r["samples_per_s"] for r in runs
             if r["threads_per_process"] == max(1, cores // r["world_size"])}  # runs using every core
+    one = next((r["samples_per_s"] for r in runs if r["world_size"] == 1 and r["threads_per_process"] == 1), None)
     payload = {
         "benchmark": "ddp_scaling",
         "model": f"SASRec dim {a.dim}, 2 layers, full-softmax CE, max_len {a.max_len}",
@@ -118,7 +119,9 @@ def main() -> None:
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
+        # vs 1 process on all cores, and vs 1 process on one thread (the 2-process run's per-process compute)
         "speedup_2_vs_1": round(full[2] / full[1], 3) if 1 in full and 2 in full else None,
+        "speedup_2_vs_1x1": round(full[2] / one, 3) if 2 in full and one else None,
     }
     text = json.dumps(payload, indent=2)
     print(text)

@@ -70,7 +70,8 @@ def load(name: str, args: argparse.Namespace) -> tuple[Any, Any, str]:
     inter = ds.interactions
     if args.max_users and args.max_users < ds.n_users:
         keep = np.zeros(ds.n_users + 1, dtype=bool)
-        keep[numpy_rng(args.seed, "bench/users").choice(np.arange(1, ds.n_users + 1), args.max_users, replace=False)] = True
+        chosen = numpy_rng(args.seed, "bench/users").choice(np.arange(1, ds.n_users + 1), args.max_users, replace=False)
+        keep[chosen] = True
         inter = inter.subset(keep[inter.user])  # all items stay rankable: same catalogue, fewer users
     return ds, leave_one_out(inter), "{title}"
 
@@ -105,7 +106,8 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     cfg = SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, dropout=args.dropout,
                        max_len=args.max_len, loss=loss, n_negatives=args.n_negatives,
                        negatives="popularity" if loss in ("sampled", "bpr") else "uniform",
-                       tower=TowerConfig(kind=tower["kind"], dropout=args.tower_dropout, options=dict(tower["options"])))
+                       tower=TowerConfig(kind=tower["kind"], dropout=args.tower_dropout,
+                                         options=dict(tower["options"])))
     model = SASRec(cfg, ctx)
     ev = {part: Evaluator(getattr(split, part), split.n_items, ks=(10, 20), max_len=args.max_len, device=args.device)
           for part in ("valid", "test")}
@@ -120,7 +122,8 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     return {"tower": tower, "loss": loss, "test_pct": pct,
             "valid_best_ndcg@10_pct": round(100 * float(hist.best_metric or 0.0), 3),
             "epochs_run": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early,
-            "seconds_fit": round(fit_s, 1), "seconds_per_epoch": round(sum(hist.epoch_seconds) / max(1, hist.epochs), 1),
+            "seconds_fit": round(fit_s, 1),
+            "seconds_per_epoch": round(sum(hist.epoch_seconds) / max(1, hist.epochs), 1),
             "trainable_params": hist.trainable_params}
 
 
@@ -128,7 +131,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     ds, split, template = load(name, args)
     feats, missing, feat_info = features(ds, template, args)
-    out: dict[str, Any] = {"dataset": {k: ds.describe().get(k) for k in ("name", "hash", "users", "items", "interactions")},
+    desc = ds.describe()
+    out: dict[str, Any] = {"dataset": {k: desc.get(k) for k in ("name", "hash", "users", "items", "interactions")},
                            "split": split.describe(), "features": feat_info,
                            "bounded": bool(args.max_users and name != "unisrec" and args.max_users < ds.n_users)}
     log.info("%s: %s", name, out["split"])

@@ -319,7 +319,7 @@ def _write(res: AblationResult, base: ExperimentConfig, grid: Mapping[str, Seque
     chart = None
     if res.reports and "ndcg@10" in next(iter(res.reports.values())).overall:
         chart = bar_chart(res.reports, "ndcg@10", chart_groups, out / "ndcg10_warm_vs_cold.png",
-                          title="NDCG@10: warm vs cold-item test events")
+                          title="NDCG@10 by test group")
     first = next(iter(res.reports.values()), None)
     meta = first.meta if first is not None else {}
     lines = [f"# Ablation: {base.name}", ""]
@@ -328,8 +328,9 @@ def _write(res: AblationResult, base: ExperimentConfig, grid: Mapping[str, Seque
         lines.append(f"Dataset `{ds.get('name')}` (hash {ds.get('hash')}): {ds.get('users')} users, "
                      f"{ds.get('items')} items, {ds.get('interactions')} interactions.")
     if meta.get("split"):
-        sp = meta["split"]
-        lines.append(f"Split `{sp.get('name')}`; test events: {sp.get('test')}.")
+        sp, t = meta["split"], meta["split"].get("test") or {}
+        groups_txt = ", ".join(f"{g.replace('_', ' ')} {t[g]}" for g in ("warm", "cold_item", "cold_user") if g in t)
+        lines.append(f"Split `{sp.get('name')}`; {t.get('events')} test events ({groups_txt}).")
     lines += ["Full ranking over the catalogue, pessimistic ties, history excluded; best VALID epoch, TEST once.",
               "", res.table, ""]
     if chart is not None:

@@ -190,6 +190,10 @@ def test_config_errors() -> None:
         _tower("text", adaptor="pca")
     with pytest.raises(ConfigError, match="fusion"):
         _tower("text+image", "concat")
+    feats, missing = _features(N + 3)
+    with pytest.raises(MismatchError, match="another catalogue"):
+        tower_from_config(TowerConfig(kind="text"), dataclasses.replace(_ctx(), item_features=feats,
+                                                                         feature_missing=missing), DIM)
     with pytest.raises(ConfigError, match="train_item_counts"):
         tower_from_config(TowerConfig(kind="hybrid"), dataclasses.replace(_ctx(), train_item_counts=None), DIM)
 

@@ -184,9 +184,13 @@ class ContentTower(ItemTower):
         self.normalize, self.scale = opts.normalize, float(opts.scale)
         for m in self.modalities:
             if m not in ctx.item_features:
-                raise ConfigError(f"item tower needs {m!r} features but the model context has "
-                                  f"{sorted(ctx.item_features) or 'none'}; set features.{m} (an encoder) or features.store")
+                have = sorted(ctx.item_features) or "none"
+                raise ConfigError(f"item tower needs {m!r} features but the model context has {have}; "
+                                  f"set features.{m} (an encoder) or features.store")
         feats, missing = self._checked(ctx.item_features, ctx.feature_missing)
+        if feats[0].shape[0] != ctx.n_items + 1:
+            raise MismatchError(f"item features have {feats[0].shape[0]} rows but the data has {ctx.n_items} items "
+                                "(+1 PAD row): was the FeatureStore built for another catalogue?")
         self.n_items = feats[0].shape[0] - 1
         self.projectors = nn.ModuleList(
             ModalityProjector(f.shape[1], dim, opts, dropout,

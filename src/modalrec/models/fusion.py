@@ -139,7 +139,8 @@ class FiLMFusion(Fusion):
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gamma, beta) [N, M-1, dim] for conditioner vectors [N, dim] (for inspection / tests)."""
         n = cond.shape[0]
-        return 1.0 + self.gamma(cond).view(n, self.n_modalities - 1, -1), self.beta(cond).view(n, self.n_modalities - 1, -1)
+        m1 = self.n_modalities - 1
+        return 1.0 + self.gamma(cond).view(n, m1, -1), self.beta(cond).view(n, m1, -1)
 
 
 class GatedFusion(Fusion):

@@ -49,6 +49,8 @@ class TGNConfig:
     fusion: str = "mlp"  # mlp (concat + MLP) | gated | film | sum, shared models.fusion (content only)
     random_dim: int = 128  # width of the fixed random item vectors ("random")
     user_film: bool = False  # user memory modulates the item side of the score
+    item_bias: bool = True  # score += b(z_i): a user-independent term (popularity / recency from memory)
+    user_init_std: float = 0.01  # small: a user never seen in training starts near zero, not as noise
     loss: str = "bpr"  # bpr | bce
     n_negatives: int = 1  # negatives per event drawn by EventStream for training
     edge_dim: int = 0
@@ -93,12 +95,13 @@ class TGN(nn.Module):
             torch.manual_seed(derive_seed(seed, "tgn/init"))
             self.features = NodeFeatures(
                 n_users, n_items, cfg.dim, cfg.item_features, cfg.fusion, item_features or {}, feature_missing or {},
-                cfg.random_dim, cfg.dropout, seed,
+                cfg.random_dim, cfg.dropout, seed, cfg.user_init_std,
             )
             self.memory = TGNMemory(n_nodes, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.message, cfg.aggregator, cfg.updater)
             self.embedding = GraphEmbedding(
                 cfg.embedding, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.n_layers, cfg.n_heads, cfg.dropout
             )
+            self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
             if cfg.user_film:
                 self.film = nn.Linear(cfg.dim, 2 * cfg.dim)
                 nn.init.zeros_(self.film.weight)
@@ -215,6 +218,9 @@ class TGN(nn.Module):
         gamma, beta = self.film(state).chunk(2, dim=-1)  # item' = z_i * (1 + gamma) + beta
         return z * (1.0 + gamma), (z * beta).sum(-1)
 
+    def _bias(self, z_i: torch.Tensor) -> torch.Tensor:  # [..., d] -> [...]
+        return self.bias(z_i).squeeze(-1) if self.bias is not None else z_i.new_zeros(z_i.shape[:-1])
+
     # ---- scoring ------------------------------------------------------------------------------------
     def pair_scores(self, batch: EventBatch, items: torch.Tensor, ctx: NodeContext | None = None) -> torch.Tensor:
         """Scores of each event's user against `items` ([B, M]) at the event's own time -> [B, M]."""
@@ -226,7 +232,7 @@ class TGN(nn.Module):
             ctx = self.context(torch.cat([users, i_nodes.reshape(-1)]))
         w, off = self._user_side(ctx, users, ts)  # [B, d], [B]
         z_i = self.embed(ctx, i_nodes.reshape(-1), ts.repeat_interleave(m)).view(b, m, -1)  # [B, M, d]
-        return torch.einsum("bd,bmd->bm", w, z_i) + off.unsqueeze(1)
+        return torch.einsum("bd,bmd->bm", w, z_i) + off.unsqueeze(1) + self._bias(z_i)
 
     def loss(self, batch: EventBatch) -> torch.Tensor:
         """BPR (or BCE) of each event's item against `batch.negatives`; observes the batch afterwards when
@@ -268,9 +274,10 @@ class TGN(nn.Module):
         w, off = self._user_side(ctx, users, ts)  # [B, d], [B]
         t_ref = ts.max()
         if items is not None:
-            return w @ self.item_table(ctx, t_ref, items.to(self.device)).T + off.unsqueeze(1)  # [B, M]
+            table = self.item_table(ctx, t_ref, items.to(self.device))  # [M, d]
+            return w @ table.T + off.unsqueeze(1) + self._bias(table).unsqueeze(0)  # [B, M]
         table = self.item_table(ctx, t_ref)  # [n_items, d]
-        scores = w @ table.T + off.unsqueeze(1)  # [B, n_items]
+        scores = w @ table.T + off.unsqueeze(1) + self._bias(table).unsqueeze(0)  # [B, n_items]
         pad = scores.new_full((scores.shape[0], 1), float("-inf"))
         return torch.cat([pad, scores], dim=1)  # [B, n_items + 1]
 

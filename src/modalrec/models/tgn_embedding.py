@@ -175,12 +175,12 @@ class NodeFeatures(nn.Module):
 
     def __init__(
         self, n_users: int, n_items: int, dim: int, mode: str, fusion: str, features: dict[str, torch.Tensor],
-        missing: dict[str, torch.Tensor], random_dim: int, dropout: float, seed: int,
+        missing: dict[str, torch.Tensor], random_dim: int, dropout: float, seed: int, user_init_std: float = 0.01,
     ) -> None:
         super().__init__()
         self.n_users, self.n_items, self.mode, self.random_dim, self.seed = n_users, n_items, mode, random_dim, seed
         self.user = nn.Embedding(n_users + 1, dim, padding_idx=0)
-        nn.init.normal_(self.user.weight, 0.0, 1.0 / math.sqrt(dim))
+        nn.init.normal_(self.user.weight, 0.0, user_init_std)
         with torch.no_grad():
             self.user.weight[0].zero_()
         if mode == "id":

@@ -52,7 +52,7 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
         user_id: Id | None = Field(None, description="a user known to the artifact (their stored history)")
         k: int = Field(10, ge=1, le=max_k)
         exclude_seen: bool = True
-        filters: dict[Id, Text | list[Text]] | None = Field(
+        filters: dict[Id, Text | Annotated[list[Text], Field(max_length=1000)]] | None = Field(
             None, max_length=16, description="keep items whose field equals the value (or one of the values)")
 
     class ScoredItem(BaseModel):
