@@ -233,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
             "users": int(dataset.user_num - 1),  # RecBole counts its [PAD] user/item too
             "items": int(dataset.item_num - 1),
             "interactions": n_inter,
-            "train_samples": int(len(train_ds)),  # one (prefix -> next item) sample per training target
-            "valid_events": int(len(valid_data._dataset)),
-            "test_events": int(len(test_data._dataset)),
+            "train_samples": len(train_ds),  # one (prefix -> next item) sample per training target
+            "valid_events": len(valid_data._dataset),
+            "test_events": len(test_data._dataset),
             "train_steps_per_epoch": int((len(train_ds) + args.batch_size - 1) // args.batch_size),
             "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         },

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark script holds the shared trainer
 
-from recbole_side_by_side import add_hparams, machine_info, machine_state, train_modalrec_sasrec  # noqa: E402
+from recbole_side_by_side import add_hparams, machine_info, machine_state, train_modalrec_sasrec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IISAN_FILES = ("am_Industrial_and_Scientific_users.tsv", "Industrial_and_Scientific_items.tsv")

@@ -48,7 +48,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 DRIVER = Path(__file__).resolve().parent / "_recbole_driver.py"
 # Not "ml-100k": for that name RecBole 1.2.1 ignores data_path and loads its bundled copy (configurator.py).
 RB_DATASET = "ml100k_udata"
-RECBOLE_PINS = ["torch==2.13.0", "recbole==1.2.1", "numpy<2", "scipy<1.18", "pandas<3.1"]  # see setup_venv
+RECBOLE_PINS = ["torch==2.13.0", "recbole==1.2.1", "numpy<2"]  # see setup_venv
+log = logging.getLogger("recbole_side_by_side")
 HP_KEYS = ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers", "heads", "dropout", "max_len", "seed")
 
 
@@ -207,8 +208,11 @@ def _r(xs: list[Any], nd: int = 3) -> list[Any]:
 def setup_venv(python: Path, setup: bool) -> Path:
     """Return the RecBole venv's python; with `setup`, create the venv when it is missing.
 
-    Pins: torch 2.13.0 (CPU wheel, like the main venv), recbole 1.2.1, numpy < 2 (RecBole 1.2.1 uses
-    removed numpy aliases such as np.float_ paths / ray pickles built for numpy 1).
+    Pins: torch 2.13.0 (the CPU wheel, as in the main venv), recbole 1.2.1, numpy < 2 (RecBole 1.2.1's
+    configurator assigns np.float = np.float_, which numpy 2 removed). RecBole requires ray <= 2.6.3,
+    which has wheels only up to Python 3.11, so run this with a Python <= 3.11 interpreter. pandas 3 works
+    for this benchmark (its copy-on-write turns RecBole's fillna(inplace=True) into a no-op, which
+    matters only for missing values; u.data has none).
     """
     if python.exists():
         return python
@@ -216,7 +220,7 @@ def setup_venv(python: Path, setup: bool) -> Path:
         raise SystemExit(f"RecBole python {python} not found; rerun with --setup to create the venv, or pass "
                          "--recbole-python PATH")
     venv = python.parent.parent
-    logging.info("creating %s (RecBole 1.2.1 + pins %s)", venv, RECBOLE_PINS)
+    log.info("creating %s (RecBole 1.2.1 + pins %s)", venv, RECBOLE_PINS)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(pip + [RECBOLE_PINS[0]], check=True)  # torch first, so recbole does not pull another build

@@ -36,6 +36,7 @@ from modalrec.types import EventBatch
 class TGNConfig:
     dim: int = 64  # memory = node feature = embedding size
     time_dim: int = 32
+    time_encoding: str = "log"  # log: cos(w log1p(dt) + b) | raw: cos(w dt + b) (TGAT grid)
     n_neighbors: int = 10
     n_layers: int = 1
     n_heads: int = 2
@@ -59,7 +60,7 @@ class TGNConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "embedding": ("attn", "identity", "time"), "message": ("mlp", "identity"), "aggregator": ("last", "mean"),
+            "embedding": ("attn", "identity", "time"), "time_encoding": ("log", "raw"), "message": ("mlp", "identity"), "aggregator": ("last", "mean"),
             "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
             "fusion": ("mlp", "concat", "gated", "film", "sum"), "loss": ("bpr", "bce"),
         }
@@ -97,9 +98,12 @@ class TGN(nn.Module):
                 n_users, n_items, cfg.dim, cfg.item_features, cfg.fusion, item_features or {}, feature_missing or {},
                 cfg.random_dim, cfg.dropout, seed, cfg.user_init_std,
             )
-            self.memory = TGNMemory(n_nodes, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.message, cfg.aggregator, cfg.updater)
+            self.memory = TGNMemory(
+                n_nodes, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.message, cfg.aggregator, cfg.updater, cfg.time_encoding
+            )
             self.embedding = GraphEmbedding(
-                cfg.embedding, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.n_layers, cfg.n_heads, cfg.dropout
+                cfg.embedding, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.n_layers, cfg.n_heads, cfg.dropout,
+                cfg.time_encoding,
             )
             self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
             if cfg.user_film:

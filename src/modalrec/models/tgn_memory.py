@@ -92,13 +92,13 @@ class TGNMemory(nn.Module):
 
     def __init__(
         self, n_nodes: int, dim: int, time_dim: int, edge_dim: int = 0, message: str = "mlp",
-        aggregator: str = "last", updater: str = "gru",
+        aggregator: str = "last", updater: str = "gru", time_encoding: str = "log",
     ) -> None:
         super().__init__()
         if aggregator not in ("last", "mean"):
             raise ConfigError(f"aggregator must be 'last' or 'mean', got {aggregator!r}")
         self.aggregator, self.dim, self.edge_dim = aggregator, int(dim), int(edge_dim)
-        self.time_enc = TimeEncoder(time_dim)
+        self.time_enc = TimeEncoder(time_dim, time_encoding)
         raw_dim = 2 * dim + edge_dim + time_dim  # [m_self, m_other, e, phi(dt)]
         if message == "mlp":
             self.msg_fn: nn.Module = mlp(raw_dim, dim, dim)
