@@ -59,7 +59,8 @@ def features(ds: Any, cache_root: Path, device: str) -> tuple[dict, dict, dict[s
 
 def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argparse.Namespace) -> dict[str, Any]:
     cfg = TGNConfig(dim=args.dim, n_layers=args.n_layers, n_neighbors=args.n_neighbors, embedding=args.embedding,
-                    item_features=variant, fusion=args.fusion, dropout=args.dropout, user_film=args.user_film)
+                    item_features=variant, fusion=args.fusion, n_negatives=args.n_negatives, dropout=args.dropout,
+                    user_film=args.user_film)
     model = TGN(cfg, split.n_users, split.n_items, feats if variant == "content" else None,
                 missing if variant == "content" else None, seed=args.seed)
     train = EventStream.from_interactions(split.train)
@@ -147,6 +148,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=1)
     p.add_argument("--n-neighbors", type=int, default=10)
+    p.add_argument("--n-negatives", type=int, default=5, help="BPR negatives per training event")
     p.add_argument("--embedding", default="attn", choices=["attn", "identity", "time"])
     p.add_argument("--fusion", default="mlp", choices=["mlp", "gated", "film", "sum"])
     p.add_argument("--dropout", type=float, default=0.1)

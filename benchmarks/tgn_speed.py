@@ -47,7 +47,7 @@ def load_split(data_dir: Path) -> tuple[Split, str]:
 
 def measure(split: Split, device: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = TGNConfig(dim=args.dim, n_layers=args.n_layers, embedding=args.embedding, n_neighbors=args.n_neighbors,
-                    item_features=args.item_features)
+                    item_features=args.item_features, n_negatives=args.n_negatives)
     feats, missing = {}, {}
     if args.item_features == "content":
         gen = torch.Generator().manual_seed(0)
@@ -57,7 +57,7 @@ def measure(split: Split, device: str, args: argparse.Namespace) -> dict[str, An
     train = EventStream.from_interactions(split.train)
     test = EventStream.from_evalset(split.test, split.n_items)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=device, progress=False, amp="off")
-    hist = fit(model, train, tc)  # no validation: pure training time per epoch
+    hist = fit(model, train.with_negatives(cfg.n_negatives), tc)  # no validation: pure training time per epoch
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     model.eval()
@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=1)
     p.add_argument("--n-neighbors", type=int, default=10)
+    p.add_argument("--n-negatives", type=int, default=5, help="BPR negatives per training event")
     p.add_argument("--embedding", default="attn", choices=["attn", "identity", "time"])
     p.add_argument("--item-features", default="random", choices=["random", "id", "content"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared machine)")

@@ -275,3 +275,14 @@ def test_event_batch_from_training_stream_is_chronological() -> None:
     assert all(torch.equal(a.negatives, b) for a, b in zip(seen, again))
     with pytest.raises(ValueError, match="chronological"):
         next(s.batches(64, seed=1, epoch=0, shuffle=True))
+
+
+def test_bad_config_is_a_clear_error() -> None:
+    from modalrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aggregator"):
+        TGNConfig(aggregator="max")
+    with pytest.raises(ConfigError, match="item_features='content' needs"):
+        TGN(TGNConfig(item_features="content"), N_USERS, N_ITEMS)
+    with pytest.raises(ValueError, match="negatives"):
+        model().loss(stream().batch(0, 3))

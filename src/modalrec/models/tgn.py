@@ -5,8 +5,9 @@ has a memory (tgn_memory.TGNMemory) and a most-recent-neighbour buffer; embeddin
 graph attention (tgn_embedding.GraphEmbedding) over raw node states h0(n) = memory(n) + x(n), where x
 are learnable user vectors and, for items, fused FeatureStore vectors (or the ID / random ablations).
 
-Scores are dot products z_u(t) . z_i(t) (optionally with a user-state FiLM on the item side), so full
-ranking over the catalogue is one matrix product per batch.
+Scores are z_u(t) . z_i(t) + b(z_i(t)) (optionally with a user-state FiLM on the item side), so full
+ranking over the catalogue is one matrix product per batch; b is a linear item term through which
+memory can express popularity / recency for any item, new ones included.
 
 No leakage: `loss(batch)` / `score(batch)` read only state built from earlier batches; `observe(batch)`
 then commits the batch (messages + neighbours). With `observe_in_loss=True` (default) `loss` observes
@@ -60,8 +61,8 @@ class TGNConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "embedding": ("attn", "identity", "time"), "time_encoding": ("log", "raw"), "message": ("mlp", "identity"), "aggregator": ("last", "mean"),
-            "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
+            "embedding": ("attn", "identity", "time"), "time_encoding": ("log", "raw"),
+            "message": ("mlp", "identity"), "aggregator": ("last", "mean"), "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
             "fusion": ("mlp", "concat", "gated", "film", "sum"), "loss": ("bpr", "bce"),
         }
         for key, allowed in choices.items():
@@ -70,8 +71,8 @@ class TGNConfig:
         for key in ("dim", "time_dim", "n_neighbors", "n_heads", "n_negatives", "rank_chunk"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tgn.{key} must be >= 1, got {getattr(self, key)}")
-        if self.n_layers < 0 or self.edge_dim < 0:
-            raise ConfigError("tgn.n_layers and tgn.edge_dim must be >= 0")
+        if self.n_layers < 0 or self.edge_dim < 0 or self.user_init_std < 0 or not 0 <= self.dropout < 1:
+            raise ConfigError("tgn.n_layers, tgn.edge_dim and tgn.user_init_std must be >= 0, tgn.dropout in [0, 1)")
 
 
 @dataclass
