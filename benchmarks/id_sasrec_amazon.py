@@ -50,6 +50,14 @@ def load(name: str, args: argparse.Namespace) -> tuple[Any, Any]:
     return ds, leave_one_out(ds.interactions)
 
 
+def repeat_stats(es: Any) -> dict[str, float]:
+    """Share of events whose target the user already consumed (stays a candidate under exclude_seen)."""
+    in_hist = [t in set(es.history(e).tolist()) for e, t in enumerate(es.target)]
+    is_last = [len(es.history(e)) > 0 and es.history(e)[-1] == t for e, t in enumerate(es.target)]
+    return {"target_in_history": float(sum(in_hist)) / max(len(es), 1),
+            "target_is_last_item": float(sum(is_last)) / max(len(es), 1)}
+
+
 def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     ds, split = load(name, args)
@@ -63,6 +71,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "source_summary": {k: v for k, v in desc.items() if k in ("source", "files", "filters", "history_truncation",
                                                                     "presplit_rows", "kept_items", "dropped_items")},
         "split": split.describe(),
+        "repeat_consumption": {"valid": repeat_stats(split.valid), "test": repeat_stats(split.test)},
         "protocol": "full ranking over all items; exclude_seen=True (history items other than the target are "
                     "not candidates); pessimistic ties; checkpoint selected on VALID ndcg@10",
         "test": {k: res["test"][k] for k in ("hr@10", "ndcg@10", "mrr")},

@@ -95,6 +95,22 @@ def _groups(ranks: np.ndarray, es: EvalSet) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_pop(split: Split) -> dict[str, Any]:
+    """Reference: rank by training popularity (same masking and tie rule as every model here)."""
+    from modalrec.evaluation.metrics import ranks_from_scores
+
+    es = split.test
+    stream = EventStream.from_evalset(es, split.n_items)
+    counts = torch.from_numpy(split.train.item_counts()).double()  # [n_items + 1]
+    ranks = np.zeros(len(es), dtype=np.int64)
+    for lo, hi in stream.spans(1000):
+        cand = ~stream.history_mask(lo, hi)
+        cand[:, 0] = False
+        r = ranks_from_scores(counts.expand(hi - lo, -1), torch.from_numpy(stream.items[lo:hi]), cand)
+        ranks[stream.source_index[lo:hi]] = r.numpy()  # back to EvalSet order
+    return {"model": "Pop (training counts)", "test": _groups(ranks, es)}
+
+
 def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argparse.Namespace) -> dict[str, Any]:
     """SASRec with an ID tower or a text+image content tower, shared loop + shared Evaluator."""
     from modalrec.data.sequences import TrainWindows
@@ -174,12 +190,13 @@ def main() -> None:
                                                             "inductive": "new user or new item"},
                      "tgn_stream": "train -> valid -> test in time order; each batch scored before it is observed"},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "tgn": {}, "sasrec": {},
+        "tgn": {}, "sasrec": {}, "pop": None,
     }
     for variant in [v for v in args.variants.split(",") if v]:
         log.info("MM-TGN %s", variant)
         result["tgn"][variant] = run_tgn(split, variant, feats, missing, args)
         log.info("%s: %s", variant, json.dumps(result["tgn"][variant]["test"]["overall"]))
+    result["pop"] = run_pop(split)
     for kind in [k for k in args.sasrec.split(",") if k and k != "none"]:
         log.info("SASRec %s", kind)
         try:
@@ -193,6 +210,8 @@ def main() -> None:
                            for g in ("overall", "transductive", "inductive")} for v, r in result["tgn"].items()},
         **{f"SASRec {k}": {g: {m: r["test"][g].get(m) for m in ("ndcg@10", "mrr")} for g in
                            ("overall", "transductive", "inductive")} for k, r in result["sasrec"].items() if "test" in r},
+        "Pop": {g: {m: result["pop"]["test"][g].get(m) for m in ("ndcg@10", "mrr")}
+                for g in ("overall", "transductive", "inductive")},
     }
     result["total_seconds"] = time.perf_counter() - t_start
     print(json.dumps(result["table"], indent=2))

@@ -47,7 +47,7 @@ def _features(n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str,
 def _ctx(n: int = N) -> ModelContext:
     feats, missing = _features(n)
     counts = np.zeros(n + 1, dtype=np.int64)
-    counts[1:9] = np.arange(1, 9)  # items 1..8 warm, 9..12 never seen in training
+    counts[1 : n - 3] = np.arange(1, n - 3)  # the last 4 items (9..12 when n = 12) never seen in training
     return ModelContext(n_items=n, n_users=5, max_len=6, train_item_counts=counts, item_features=feats,
                         feature_missing=missing, seed=0)
 

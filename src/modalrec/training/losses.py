@@ -217,6 +217,10 @@ class NegativeSampler:
             if float(w.sum()) <= 0:
                 raise ConfigError("popularity negatives: every train item count is zero")
             self.probs = w / w.sum()
+        elif counts is not None:  # uniform over the training catalogue: items absent from training did not
+            w = torch.as_tensor(np.asarray(counts[1 : n_items + 1]) > 0, dtype=torch.float64)  # exist yet
+            if 0 < float(w.sum()) < n_items:
+                self.probs = w / w.sum()
 
     def reseed(self, seed: int) -> None:
         self.generator.manual_seed(derive_seed(seed, "negatives"))
@@ -276,6 +280,16 @@ class NextItemLoss(nn.Module):
         self.sampler = NegativeSampler(n_items, negatives, counts, seed=seed)
         # Not persistent: derived from the training data, so it is not part of the model's weights.
         self.register_buffer("log_q", frequency_log_q(counts, n_items), persistent=False)  # [N + 1]
+        # Full softmax runs over the *training catalogue*: items with no training event (e.g. launched
+        # later) never appear as negatives, otherwise a content tower learns to push "new-looking"
+        # items down and cold-start ranking collapses. class_of maps item -> 1-based class (0 = not a class).
+        classes = torch.arange(1, n_items + 1)
+        if counts is not None and (np.asarray(counts[1 : n_items + 1]) > 0).any():
+            classes = torch.as_tensor(np.flatnonzero(np.asarray(counts[1 : n_items + 1]) > 0) + 1)
+        class_of = torch.zeros(n_items + 1, dtype=torch.int64)
+        class_of[classes] = torch.arange(1, len(classes) + 1)
+        self.register_buffer("classes", classes, persistent=False)  # [C]
+        self.register_buffer("class_of", class_of, persistent=False)  # [N + 1]
 
     def reseed(self, seed: int) -> None:
         self.sampler.reseed(seed)
@@ -288,7 +302,10 @@ class NextItemLoss(nn.Module):
         if t.numel() == 0:
             return states.sum() * 0.0
         if self.kind == "ce":
-            return chunked_softmax_ce(h, tower.all()[1:], t)  # over items 1..N: PAD is never a class
+            cls = self.class_of[t]  # [M]
+            if bool((cls == 0).any()):
+                raise ValueError("a training target has no training events: pass the training split's item counts")
+            return chunked_softmax_ce(h, tower.all()[self.classes], cls)  # PAD and unseen items are never classes
         if self.kind == "inbatch":
             items, col = batch_candidates(t)  # [U], [M]
             return inbatch_debiased_ce(h @ tower(items).T, col, self.log_q[items])  # logits [M, U]
