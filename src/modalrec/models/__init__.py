@@ -13,9 +13,9 @@ from modalrec.models.base import ModelContext
 from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from modalrec.models.iisan import IISAN, IISANConfig
-from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 from modalrec.models.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.mmgcn import MMGCN, MMGCNConfig
+from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
 from modalrec.models.recformer import RecformerConfig, RecformerModel
 from modalrec.models.sasrec import SASRec, SASRecConfig

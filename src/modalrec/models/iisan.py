@@ -28,7 +28,7 @@ from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.hidden_cache import HiddenStateCache
 from modalrec.models.base import ItemTower, ModelContext
 from modalrec.models.iisan_adapters import AdapterBlock, InterSAN, IntraSAN, select_layers
-from modalrec.models.item_towers import TowerConfig, register_tower
+from modalrec.models.item_towers import TowerConfig
 from modalrec.models.sasrec import SASRec, SASRecConfig
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,7 @@ def resolve_states(
     return states
 
 
-@register_tower("iisan")
-def _build_iisan_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
+def build_iisan_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
     cfg = tcfg.options.get("cfg")
     if not isinstance(cfg, IISANConfig):
         raise ConfigError("the 'iisan' item tower is built by models.iisan.IISAN (it needs cached hidden states)")

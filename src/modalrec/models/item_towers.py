@@ -1,12 +1,9 @@
 """Item towers: how an item index becomes a d-dim vector. Sequence models take any tower.
 
 The ID tower lives here; content towers ("text", "image", "text+image", "hybrid") live in
-`content_towers` and are listed in `TOWERS` below. Other modules add kinds with a decorator:
-
-    @register_tower("my_kind")
-    def _build(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower: ...
-
-(the module must be imported, e.g. from `modalrec.models`, for the registration to run).
+`content_towers`; adapter towers ("iisan", "frozen_cache", "hf_encoder") live with their models.
+Every kind is listed in `TOWERS` at the bottom; to add one, write a builder
+`(ctx, dim, cfg) -> ItemTower` and add an entry there.
 Weight init: a sequence model draws every trainable Linear / Embedding of the whole model (tower
 included) from N(0, init_std) with its seeded generator, then calls `init_weights(generator)` on
 each submodule that defines it (towers override there). Frozen weights are left as loaded.
@@ -31,25 +28,13 @@ from modalrec.models.content_towers import build_content_tower, build_hybrid_tow
 class TowerConfig:
     """Which tower a sequence model uses; nested in the model config (e.g. `model.tower.kind`)."""
 
-    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid" | any registered kind
+    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid" | "iisan" | "frozen_cache" | "hf_encoder"
     fusion: str = "mlp"  # how content towers fuse modalities (ignored by "id")
     dropout: float = 0.0  # dropout on content projections (ignored by "id")
     options: dict[str, Any] = field(default_factory=dict)  # builder-specific extras
 
 
 TowerBuilder = Callable[[ModelContext, int, TowerConfig], ItemTower]
-
-
-def register_tower(kind: str) -> Callable[[TowerBuilder], TowerBuilder]:
-    """Decorator: make `build_item_tower(kind, ...)` call this builder."""
-
-    def deco(fn: TowerBuilder) -> TowerBuilder:
-        if kind in TOWERS and TOWERS[kind] is not fn:
-            raise ValueError(f"item tower {kind!r} is already registered")
-        TOWERS[kind] = fn
-        return fn
-
-    return deco
 
 
 def build_item_tower(kind: str, ctx: ModelContext, dim: int, **opts: Any) -> ItemTower:
@@ -96,11 +81,32 @@ def _build_id(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
     return IDTower(ctx.n_items, dim, **cfg.options)
 
 
-# Every tower kind, by name. Other modules may add kinds with `register_tower`.
+def _build_iisan(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
+    from modalrec.models.iisan import build_iisan_tower  # deferred: iisan imports TowerConfig from here
+
+    return build_iisan_tower(ctx, dim, cfg)
+
+
+def _build_frozen_cache(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
+    from modalrec.models.peft_baselines import build_frozen_cache_tower  # deferred, as above
+
+    return build_frozen_cache_tower(ctx, dim, cfg)
+
+
+def _build_hf_encoder(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
+    from modalrec.models.peft_baselines import build_hf_encoder_tower  # deferred, as above
+
+    return build_hf_encoder_tower(ctx, dim, cfg)
+
+
+# Every tower kind, by name.
 TOWERS: dict[str, TowerBuilder] = {
     "id": _build_id,
     "text": build_content_tower,
     "image": build_content_tower,
     "text+image": build_content_tower,
     "hybrid": build_hybrid_tower,
+    "iisan": _build_iisan,
+    "frozen_cache": _build_frozen_cache,
+    "hf_encoder": _build_hf_encoder,
 }

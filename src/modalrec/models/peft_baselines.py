@@ -24,7 +24,7 @@ from torch import nn
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ItemTower, ModelContext
 from modalrec.models.iisan import LayerStates, resolve_states
-from modalrec.models.item_towers import TowerConfig, register_tower
+from modalrec.models.item_towers import TowerConfig
 from modalrec.models.sasrec import SASRec, SASRecConfig
 
 
@@ -129,8 +129,7 @@ class FrozenBackbone(SASRec):
         return cls(cfg, ctx, states)
 
 
-@register_tower("frozen_cache")
-def _build_frozen(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
+def build_frozen_cache_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
     if "states" not in tcfg.options:
         raise ConfigError("the 'frozen_cache' tower is built by models.peft_baselines.FrozenBackbone")
     return FrozenBackboneTower(tcfg.options["states"], dim)
@@ -235,8 +234,7 @@ class EncoderFinetune(SASRec):
         return cls(cfg, ctx, encoder, input_ids, attention_mask)
 
 
-@register_tower("hf_encoder")
-def _build_encoder_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
+def build_hf_encoder_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
     o = tcfg.options
     if "input_ids" not in o:
         raise ConfigError("the 'hf_encoder' tower is built by models.peft_baselines.EncoderFinetune")
