@@ -41,17 +41,23 @@ TEMPLATE = "{title}. Genres: {genres}. {plot}"
 KS = (5, 10, 20)
 
 
-def features(ds: Any, cache_root: Path, device: str) -> tuple[dict, dict, dict[str, Any]]:
-    """MiniLM text + EfficientNet-Lite0 poster features from a FeatureStore (built once, then reused)."""
+def features(ds: Any, cache_root: Path, device: str, store_dir: Path | None = None) -> tuple[dict, dict, dict[str, Any]]:
+    """MiniLM text + EfficientNet-Lite0 poster features from a FeatureStore: `store_dir` when given (e.g. made
+    by `modalrec encode`; opening checks its vocabulary), else built once under `cache_root`, then reused."""
     from modalrec.features.build import encode_catalogue
+    from modalrec.features.store import FeatureStore
 
-    out_dir = cache_root / f"{ds.name}-{ds.item_vocab.hash}-minilm-effnetlite0"
     t0 = time.perf_counter()
-    enc = encode_catalogue(ds.items, out_dir, text="minilm", image="efficientnet-lite0", template={"text": TEMPLATE},
-                           device=device, dtype="float32", progress=False)
-    store = enc.open(ds.item_vocab)
+    if store_dir is not None:
+        out_dir, mode = store_dir, "existing"
+        store = FeatureStore.open(store_dir, ds.item_vocab)
+    else:
+        out_dir = cache_root / f"{ds.name}-{ds.item_vocab.hash}-minilm-effnetlite0"
+        enc = encode_catalogue(ds.items, out_dir, text="minilm", image="efficientnet-lite0",
+                               template={"text": TEMPLATE}, device=device, dtype="float32", progress=False)
+        store, mode = enc.open(ds.item_vocab), enc.mode
     feats, missing = store.tensors()
-    info = {"dir": str(out_dir), "seconds": time.perf_counter() - t0, "mode": enc.mode,
+    info = {"dir": str(out_dir), "seconds": time.perf_counter() - t0, "mode": mode,
             "modalities": {m: {"dim": int(feats[m].shape[1]), "missing": int(missing[m][1:].sum())} for m in feats},
             "text_template": TEMPLATE}
     return feats, missing, info
@@ -153,6 +159,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--cache-root", type=Path, default=Path(".cache/features"))
+    p.add_argument("--store", type=Path, default=None,
+                   help="an existing ML-100K FeatureStore with text + image (e.g. from `modalrec encode`); skips encoding")
     p.add_argument("--variants", default="content,random", help="comma list of content, random, id")
     p.add_argument("--sasrec", default="id,content", help="comma list of id, content, or none")
     p.add_argument("--epochs", type=int, default=10)
@@ -182,7 +190,7 @@ def main() -> None:
     t_start = time.perf_counter()
     ds = load_movielens(args.data_dir)
     split = global_temporal(ds.interactions)
-    feats, missing, finfo = features(ds, args.cache_root, args.device)
+    feats, missing, finfo = features(ds, args.cache_root, args.device, args.store)
     result: dict[str, Any] = {
         "benchmark": "tgn_ml100k", "dataset": ds.describe(), "split": split.describe(), "features": finfo,
         "protocol": {"split": "global_temporal 70/15/15 by (ts, row)", "ranking": "all items, user's earlier items "
