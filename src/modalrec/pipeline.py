@@ -183,7 +183,10 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         train_cfg = cfg.train
         if out_dir is not None and train_cfg.checkpoint_dir is None:
             train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
-        source = model.training_source(split) if hasattr(model, "training_source") else TrainWindows(split.train, max_len)
+        if hasattr(model, "training_source"):
+            source = model.training_source(split)
+        else:
+            source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
         history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                       **({"distributed": distributed} if distributed is not None else {}))
     valid_report = run_eval(valid_eval, model, "valid")

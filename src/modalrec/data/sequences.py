@@ -28,37 +28,60 @@ def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
 class TrainWindows:
     """Next-item training windows cut from each user's training sequence.
 
-    A sequence of n events gives windows ending at n, n - max_len, n - 2*max_len, ... so every event
+    A sequence of n events gives windows ending at n, n - stride, n - 2*stride, ... so every event
     (except each user's first) is a prediction target exactly once, and long histories are not
     thrown away. Window w has inputs seq[s:e-1] and targets seq[s+1:e].
+
+    `stride` (default max_len: windows do not overlap) trades compute for context. With non-overlapping
+    windows a target near the start of an earlier window sees only the few items before it in that
+    window, while at evaluation every event sees up to max_len items. With stride < max_len windows
+    overlap and each window trains only its last `stride` targets (the others are trained, with more
+    context, by a later window; they are PAD in `targets`), so every target sees at least
+    max_len - stride earlier items, or its whole history if shorter. stride = 1 is RecBole-style
+    prefix augmentation (one target per window, full context). Compute per epoch grows ~max_len / stride.
     """
 
     train: Interactions
     max_len: int
+    stride: int | None = None
 
     def __post_init__(self) -> None:
+        stride = self.max_len if self.stride is None else int(self.stride)
+        if not 1 <= stride <= self.max_len:
+            raise ValueError(f"TrainWindows stride must be in [1, max_len={self.max_len}], got {self.stride}")
         lengths = self.train.seq_lengths()
-        starts, ends, users = [], [], []
+        starts, ends, first_targets, users = [], [], [], []
         for u in np.flatnonzero(lengths >= 2):
             lo, hi = int(self.train.offsets[u]), int(self.train.offsets[u + 1])
             end = hi
             while end - lo >= 2:
                 start = max(lo, end - self.max_len - 1)
+                # Trained targets: the last `stride` of the window, or all of it when it reaches the user's start.
+                first = start + 1 if start == lo else max(start + 1, end - stride)
                 starts.append(start)
                 ends.append(end)
+                first_targets.append(first)
                 users.append(u)
-                end = start + 1  # the next window's last target is this window's first input
+                end = first  # the next window ends where this window's trained targets begin
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
+        self.first_targets = np.asarray(first_targets, dtype=np.int64)  # absolute row of the first trained target
         self.users = np.asarray(users, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.starts)
 
+    @property
+    def n_targets(self) -> int:
+        """Trained targets in one epoch (= training events minus each user's first)."""
+        return int((self.ends - self.first_targets).sum())
+
     def batch(self, idx: np.ndarray) -> SeqBatch:
         item, ts = self.train.item, self.train.ts
         inputs = [item[s : e - 1] for s, e in zip(self.starts[idx], self.ends[idx])]
-        targets = [item[s + 1 : e] for s, e in zip(self.starts[idx], self.ends[idx])]
+        targets = [item[s + 1 : e].copy() for s, e in zip(self.starts[idx], self.ends[idx])]
+        for t, s, f in zip(targets, self.starts[idx], self.first_targets[idx]):
+            t[: f - s - 1] = 0  # targets trained by a later (more context) window are PAD here
         times = [ts[s : e - 1] for s, e in zip(self.starts[idx], self.ends[idx])]
         target_times = [ts[s + 1 : e] for s, e in zip(self.starts[idx], self.ends[idx])]
         return SeqBatch(

@@ -40,6 +40,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
+    window_stride: int | None = None  # sequence models: TrainWindows stride (None = max_len, no overlap)
     patience: int = 5  # validations without improvement before stopping; 0 = never stop early
     monitor: str = "ndcg@10"
     monitor_mode: str = "max"  # "max" for ranking metrics, "min" for losses

@@ -1,0 +1,52 @@
+"""TrainWindows: every training target exactly once, with the context the stride promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modalrec.data.interactions import Interactions
+from modalrec.data.sequences import TrainWindows
+
+MAX_LEN = 8
+
+
+def _log(lengths: list[int]) -> Interactions:
+    user = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+    item = np.arange(1, len(user) + 1)  # every event a distinct item, so targets identify events
+    ts = np.arange(len(user))
+    return Interactions.from_arrays(user, item, ts, n_users=len(lengths), n_items=len(user))
+
+
+@pytest.mark.parametrize("stride", [1, 3, MAX_LEN // 2, MAX_LEN, None])
+def test_each_target_once_with_promised_context(stride: int | None) -> None:
+    inter = _log([1, 2, 5, 9, 30])
+    windows = TrainWindows(inter, MAX_LEN, stride=stride)
+    batch = windows.batch(np.arange(len(windows)))
+    items, targets = batch.items.numpy(), batch.targets.numpy()
+    trained = targets[targets > 0]
+    # Targets are every event except each user's first, each exactly once.
+    firsts = inter.item[inter.offsets[1:-1][inter.seq_lengths()[1:] > 0]]
+    expected = np.setdiff1d(inter.item, firsts)
+    assert sorted(trained.tolist()) == sorted(expected.tolist())
+    assert windows.n_targets == len(expected)
+    # Context of a trained target = non-PAD inputs up to and including its position.
+    s = MAX_LEN if stride is None else stride
+    for row in range(len(items)):
+        for pos in np.flatnonzero(targets[row] > 0):
+            context = int((items[row, : pos + 1] > 0).sum())
+            event = int(targets[row, pos]) - 1  # row index of the target event
+            u = int(inter.user[event])
+            seen = event - int(inter.offsets[u])  # the user's earlier events
+            assert context == min(seen, MAX_LEN) or context >= MAX_LEN - s + 1
+            assert context >= min(seen, MAX_LEN - s + 1)
+
+
+def test_default_is_non_overlapping_and_bad_stride_refused() -> None:
+    inter = _log([30])
+    assert len(TrainWindows(inter, MAX_LEN)) == len(TrainWindows(inter, MAX_LEN, stride=MAX_LEN)) == 4
+    # stride 1: one window per target, except the window at the user's start, which trains all MAX_LEN of its own
+    assert len(TrainWindows(inter, MAX_LEN, stride=1)) == 29 - MAX_LEN + 1
+    for bad in (0, MAX_LEN + 1):
+        with pytest.raises(ValueError, match="stride"):
+            TrainWindows(inter, MAX_LEN, stride=bad)
