@@ -52,7 +52,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except Exception:
+    except yaml.YAMLError:  # not YAML (e.g. an unquoted string with ': '): keep the raw text
         value = raw
     return key.strip().split("."), value
 

@@ -53,8 +53,9 @@ def _run(args: argparse.Namespace, is_main: bool = True) -> int:
     if not (args.text or args.image):
         raise ConfigError("give --text and/or --image")
     ds = load_data(cfg.data, cfg.seed)
-    common = dict(template=args.template, batch_size=args.batch_size, device=args.device,
-                  precision=args.precision, resume=not args.no_resume, progress=not args.no_progress and is_main)
+    common = {"template": args.template, "batch_size": args.batch_size, "device": args.device,
+              "precision": args.precision, "resume": not args.no_resume,
+              "progress": not args.no_progress and is_main}
     with shard_of_this_process() as shard:
         if args.hidden:
             encoders = {k: v for k, v in (("text", args.text), ("image", args.image)) if v}

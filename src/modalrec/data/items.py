@@ -101,9 +101,9 @@ class ItemTable:
         images = list(self.image_paths)
         for raw in new_ids:
             rec = records[raw]
-            for name in fields:
+            for name, column in fields.items():
                 value = rec.get(name)
-                fields[name].append("" if value is None else str(value))
+                column.append("" if value is None else str(value))
             images.append(str(rec[image_field]) if image_field and rec.get(image_field) else None)
         return ItemTable(vocab, fields, images, self.image_root)
 

@@ -152,8 +152,8 @@ def global_temporal(inter: Interactions, ratios: tuple[float, float, float] = (0
         raise ValueError(f"ratios must be non-negative and sum to 1, got {ratios}")
     order = np.lexsort((inter.row, inter.ts))
     n = len(order)
-    n_train = int(round(ratios[0] * n))
-    n_valid = int(round(ratios[1] * n))
+    n_train = round(ratios[0] * n)
+    n_valid = round(ratios[1] * n)
     part = np.empty(n, dtype=np.int8)
     part[order[:n_train]] = 0
     part[order[n_train : n_train + n_valid]] = 1
@@ -176,7 +176,7 @@ def cold_items(split: Split, fraction: float = 0.1, seed: int = 0) -> Split:
         raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     rng = numpy_rng(seed, "cold_items")
     present = np.flatnonzero(split.train.item_counts() > 0)
-    n_cold = int(round(fraction * len(present)))
+    n_cold = round(fraction * len(present))
     cold = np.zeros(split.n_items + 1, dtype=bool)
     cold[rng.choice(present, size=n_cold, replace=False)] = True
     train = split.train.subset(~cold[split.train.item])
