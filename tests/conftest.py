@@ -1,12 +1,14 @@
-"""Shared fixtures. Real-data tests read ../shared/data (beside the project root) and skip when it is absent."""
+"""Shared fixtures. Real-data tests read $MODALREC_SHARED_DATA, else ../shared/data beside the project root,
+and skip when neither exists."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
