@@ -13,6 +13,7 @@ that the caller can re-rank RecBole's scores under modalrec's protocol and check
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -114,6 +115,13 @@ def make_trainer_class(base: type) -> type:
             self.epoch_cpu.append(time.process_time() - c0)
             return out
 
+        def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+            # Keep the best weights in memory too, so they are restored without unpickling RecBole's checkpoint
+            # file (it stores a Config object, so torch.load would need weights_only=False).
+            super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_other = copy.deepcopy(self.model.other_parameter())
+
         def _valid_epoch(self, valid_data: Any, show_progress: bool = False):
             t0, c0 = time.perf_counter(), time.process_time()
             score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
@@ -210,9 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(train_data, valid_data, saved=True, show_progress=False, verbose=False)
     fit_s = time.perf_counter() - t0
 
-    checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.load_state_dict(trainer.best_state)
+    model.load_other_parameter(trainer.best_other)
     t1, c1 = time.perf_counter(), time.process_time()
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     test_s, test_cpu = time.perf_counter() - t1, time.process_time() - c1
