@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from _output import emit_json
 
 from modalrec.data.pairs import random_split
 from modalrec.data.splits import EvalSet, Split, global_temporal, leave_one_out
 from modalrec.evaluation.evaluator import Evaluator
-from modalrec.io import write_json_atomic
 from modalrec.models import MODELS
 from modalrec.models.base import ModelContext
 from modalrec.training.loop import TrainConfig, fit
@@ -208,9 +208,7 @@ def main() -> None:
         log.info("part %s", part)
         result[part] = parts[part](ds, args)
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        write_json_atomic(args.out, result)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import platform
 import tempfile
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _output import emit_json
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
 from modalrec.features.build import encode_catalogue
 from modalrec.features.encoders.base import Encoder, resolve_device
-from modalrec.io import write_json_atomic
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -132,9 +131,7 @@ def main() -> None:
                                           "batch_size": args.image_batch, "load_seconds": round(load_s, 2),
                                           "encoder_items_per_s": round(rate, 1), "missing": missing,
                                           **job_rate(posters, "image", effnet, args.image_batch, device, None)}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        write_json_atomic(args.out, result)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,17 @@ and the evaluator's overhead (batch building + ranking + masking) on top of it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
+from _output import emit_json
 from torch import nn
 
 from modalrec.data.sequences import eval_batch
 from modalrec.data.splits import EvalSet
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.evaluation.sampled import SampledConfig
-from modalrec.io import write_json_atomic
 from modalrec.seeding import numpy_rng, torch_generator
 from modalrec.types import SeqBatch
 
@@ -118,9 +117,7 @@ def main() -> None:
         draw = time.perf_counter() - t0
         rep = ev.run(model, keep_ranks=False)
         result["sampled"] = {"n": args.sampled, "draw_s": round(draw, 3), "run_s": rep.meta["wall_time_s"]}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        write_json_atomic(args.out, result)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ machine's load average, since timings on a shared machine depend on it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark script holds the shared trainer
 
+from _output import emit_json
 from recbole_side_by_side import add_hparams, machine_info, machine_state, train_modalrec_sasrec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -106,7 +106,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from modalrec.io import write_json_atomic
 
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": {name: run_one(name, args) for name in args.datasets},
     }
     result["seconds_total"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        write_json_atomic(args.out, json.loads(text))
+    emit_json(result, args.out)
     return result
 
 

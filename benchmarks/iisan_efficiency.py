@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import emit_json
 from iisan_scientific import DEFAULT_DATA, FILES, context, prepare
-
-from modalrec.io import write_json_atomic
 
 log = logging.getLogger("iisan_bench")
 METHODS = ("iisan", "frozen", "fft", "lora")
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"},
         "results": results, "ratios": ratios,
     }
-    print(json.dumps(out, indent=2))
-    if args.out:
-        write_json_atomic(args.out, out)
+    emit_json(out, args.out)
     return out
 
 

@@ -16,7 +16,6 @@ IISAN-VS 6.83 / 4.14 — our data has titles only, so numbers are not directly c
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from modalrec.io import write_json_atomic
+from _output import emit_json
 
 log = logging.getLogger("iisan_bench")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-iisan"
@@ -166,9 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown model {name!r}; choose from iisan, frozen")
         out["results"][name] = train_and_test(model, prep, args)
         log.info("%s: %s", name, out["results"][name]["test"])
-    print(json.dumps(out, indent=2))
-    if args.out:
-        write_json_atomic(args.out, out)
+    emit_json(out, args.out)
     return out
 
 

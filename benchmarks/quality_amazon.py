@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _output import emit_json
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IISAN_FILES = {
     "scientific": ("am_Industrial_and_Scientific_users.tsv", "Industrial_and_Scientific_items.tsv"),
@@ -216,10 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json_atomic(args.out, json.loads(json.dumps(result, default=str)))
     result["seconds_total"] = round(time.perf_counter() - started, 1)
     result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        write_json_atomic(args.out, json.loads(text))
+    emit_json(result, args.out)
     return result
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _output import emit_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -410,7 +411,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return {}
     from modalrec.data.sources.movielens import load_movielens
     from modalrec.data.splits import leave_one_out
-    from modalrec.io import write_json_atomic
 
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "recbole_side_by_side", "dataset": "ml-100k", "data": str(args.data),
@@ -441,10 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif args.recbole_from:
             reuse_recbole(result, args)
     result["seconds_total"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        write_json_atomic(args.out, json.loads(text))
+    emit_json(result, args.out)
     return result
 
 

@@ -13,7 +13,6 @@ evaluation events, labelled in the JSON); on CUDA larger budgets and every event
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -22,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from _output import emit_json
 
 from modalrec.data.items import ItemTable
 from modalrec.data.sources.amazon_iisan import load_amazon_iisan
 from modalrec.data.sources.recbole import load_recbole
 from modalrec.data.splits import EvalSet, from_presplit
 from modalrec.evaluation.evaluator import Evaluator
-from modalrec.io import write_json_atomic
 from modalrec.models.recformer import RecformerConfig, RecformerModel
 from modalrec.models.recformer_input import ItemTokens
 from modalrec.models.recformer_train import (
@@ -191,10 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     final = peak_memory_mb(args.device)
     result["peak_memory_mb"] = max([pre["peak_memory_mb"], final["peak_memory_mb"], *[e["peak_memory_mb"] for e in epochs]])
     result["memory_kind"] = final["memory_kind"] + " (max over pretraining, finetuning epochs and the end)"
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.out:
-        write_json_atomic(args.out, json.loads(text))
+    emit_json(result, args.out)
     return result
 
 

@@ -11,7 +11,6 @@ synthetic 384 + 1280-d vectors. Runs on CPU and, when available, CUDA. Prints JS
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
@@ -20,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from _output import emit_json
 
 from modalrec.data.events import EventStream
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split, global_temporal
-from modalrec.io import write_json_atomic
 from modalrec.models.tgn import TGN, TGNConfig
 from modalrec.training.loop import TrainConfig, fit
 from modalrec.training.tgn_eval import StreamEvalConfig, evaluate_stream, stream_through
@@ -113,9 +112,7 @@ def main() -> None:
                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "runs": [measure(split, d, args) for d in devices],
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        write_json_atomic(args.out, result)
+    emit_json(result, args.out)
 
 
 if __name__ == "__main__":
