@@ -132,7 +132,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
                        train_item_counts=split.train.item_counts(), seed=args.seed)
     model = SASRec(SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn_dim,
                                 dropout=args.dropout, attn_dropout=args.dropout, max_len=args.max_len,
-                                norm="post", loss="ce"), ctx)
+                                norm="post", loss="ce", positions=args.positions), ctx)
 
     def evaluator(part: str, masked: bool) -> Evaluator:
         return Evaluator(getattr(split, part), split.n_items, ks=(5, 10, 20), exclude_seen=masked,
@@ -395,6 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--window-stride", type=int, default=None,
                    help="modalrec side: TrainWindows stride (default max_len = non-overlapping windows; smaller "
                         "strides give every target >= max_len - stride items of context, as RecBole's prefixes do)")
+    p.add_argument("--positions", choices=("from_start", "from_end"), default="from_end",
+                   help="modalrec side: SASRec position numbering (from_start = RecBole's: 0 at the first item)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--keep-tmp", type=Path, default=None, help="write RecBole's files here instead of a temp dir")
     p.add_argument("--max-users", type=int, default=None, help="only users 1..N on both sides (smoke runs)")
@@ -416,7 +418,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "recbole_side_by_side", "dataset": "ml-100k", "data": str(args.data),
                               "machine": machine_info(args.threads), "load": {"start": machine_state()},
                               "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, "batch_unit": args.batch_unit,
-                                          "modalrec_window_stride": args.window_stride or args.max_len},
+                                          "modalrec_window_stride": args.window_stride or args.max_len,
+                                          "modalrec_positions": args.positions},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
     python = None if args.skip_recbole or args.recbole_from else setup_venv(args.recbole_python, args.setup)

@@ -66,3 +66,26 @@ def test_longer_histories_are_truncated_to_max_len() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model.score(batch), model.score(cut))
     assert torch.isfinite(model.loss(batch))
+
+
+@pytest.mark.parametrize("positions", ["from_start", "from_end"])
+def test_prefix_state_in_a_training_window_matches_evaluation(positions: str) -> None:
+    """from_start: the state after item j of a full training window equals the state an evaluation batch
+    computes for that prefix alone (left-padded); from_end numbers slots from the right, so it does not."""
+    split = cyclic_split(n_items=20, n_users=5)
+    cfg = SASRecConfig(dim=16, n_layers=2, max_len=8, positions=positions)
+    model = SASRec.build(cfg, context(split)).eval()
+    window = torch.tensor([[3, 7, 1, 9, 4, 12, 5, 2]])  # [1, 8] a full window
+    with torch.no_grad():
+        in_window = model.encode(window)[0]  # [8, d]
+        for j in (1, 4, 6):
+            prefix = torch.zeros(1, 8, dtype=torch.long)
+            prefix[0, 8 - (j + 1) :] = window[0, : j + 1]  # [1, 8] left-padded prefix items[: j + 1]
+            alone = model.encode(prefix)[0, -1]
+            same = torch.allclose(in_window[j], alone, atol=1e-5)
+            assert same == (positions == "from_start"), (positions, j)
+
+
+def test_unknown_position_numbering_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="positions"):
+        build_model("sasrec", SASRecConfig(positions="middle"), context(cyclic_split(n_items=10, n_users=5)))

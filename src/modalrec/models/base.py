@@ -64,6 +64,45 @@ class SequentialRecommender(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+class CausalTowerRecommender(SequentialRecommender):
+    """A causal sequence model over an item tower (SASRec, GRU4Rec): `encode` maps left-padded items
+    [B, L] to per-position states [B, L, d] (state t has seen items[:, :t + 1]); training scores every
+    position against the next item through `self.criterion` (a training.losses.NextItemLoss).
+
+    Subclasses set `self.tower`, `self.criterion` and `self.cfg` (with `max_len`) and implement `encode`.
+    """
+
+    tower: ItemTower
+    criterion: nn.Module
+    cfg: Any
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, d]
+        raise NotImplementedError
+
+    def reseed(self, seed: int) -> None:
+        self.criterion.reseed(seed)
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d] state after the last item
+        return self.encode(batch.items)[:, -1]
+
+    def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
+        return self.tower.all()
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        state = self.forward(batch)  # [B, d]
+        table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
+        return state @ table.T  # [B, N + 1] or [B, M]
+
+    def loss(self, batch: SeqBatch) -> torch.Tensor:
+        if batch.targets.dim() != 2:
+            raise ValueError(f"{type(self).__name__}.loss needs training batches with [B, L] targets (TrainWindows)")
+        L = min(batch.items.shape[1], self.cfg.max_len)
+        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        self.tower.set_item_features(features, missing)
+
+
 class ItemTower(nn.Module):
     """Maps item indices to d-dim vectors. Row 0 (PAD) must be all zeros.
 

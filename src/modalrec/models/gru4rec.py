@@ -13,12 +13,11 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext, SequentialRecommender
+from modalrec.models.base import CausalTowerRecommender, ModelContext
 from modalrec.models.item_towers import TowerConfig, tower_from_config
 from modalrec.models.sasrec import init_weights
 from modalrec.seeding import torch_generator
 from modalrec.training.losses import NextItemLoss
-from modalrec.types import SeqBatch
 
 
 @dataclass
@@ -35,7 +34,7 @@ class GRU4RecConfig:
     tower: TowerConfig = field(default_factory=TowerConfig)
 
 
-class GRU4Rec(SequentialRecommender):
+class GRU4Rec(CausalTowerRecommender):
     def __init__(self, cfg: GRU4RecConfig, ctx: ModelContext) -> None:
         super().__init__()
         if cfg.n_layers < 1 or cfg.max_len < 1:
@@ -59,9 +58,6 @@ class GRU4Rec(SequentialRecommender):
     def build(cls, cfg: GRU4RecConfig, ctx: ModelContext) -> GRU4Rec:
         return cls(cfg, ctx)
 
-    def reseed(self, seed: int) -> None:
-        self.criterion.reseed(seed)
-
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] left-padded -> states [B, L, d]; PAD slots get zero states."""
         items = items[:, -self.cfg.max_len :]  # [B, L]
@@ -78,23 +74,3 @@ class GRU4Rec(SequentialRecommender):
         out = out.gather(1, left_idx[:, :, None].expand(-1, -1, out.shape[-1]))  # [B, L, h]
         out = out * (ar[None, :] >= shift[:, None])[:, :, None]  # [B, L, h] PAD slots: zero state
         return self.proj(out)
-
-    def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d]
-        return self.encode(batch.items)[:, -1]
-
-    def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
-        return self.tower.all()
-
-    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
-        state = self.forward(batch)  # [B, d]
-        table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
-        return state @ table.T  # [B, N + 1] or [B, M]
-
-    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
-        self.tower.set_item_features(features, missing)
-
-    def loss(self, batch: SeqBatch) -> torch.Tensor:
-        if batch.targets.dim() != 2:
-            raise ValueError("GRU4Rec.loss needs training batches with [B, L] targets (TrainWindows)")
-        L = min(batch.items.shape[1], self.cfg.max_len)
-        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)

@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext, SequentialRecommender
+from modalrec.models.base import CausalTowerRecommender, ModelContext
 from modalrec.models.item_towers import TowerConfig, tower_from_config
 from modalrec.seeding import torch_generator
 from modalrec.training.losses import NextItemLoss
-from modalrec.types import SeqBatch
 
 
 @dataclass
@@ -32,6 +31,7 @@ class SASRecConfig:
     attn_dropout: float | None = None  # None = dropout
     max_len: int = 50
     norm: str = "post"  # "post" (original SASRec / RecBole) or "pre" (more stable when deep)
+    positions: str = "from_end"  # "from_end": slot from the right; "from_start": count from the first real item
     loss: str = "ce"  # "ce" | "sampled" | "bce" | "bpr" | "inbatch"
     n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
     negatives: str = "uniform"  # "uniform" | "popularity"
@@ -71,7 +71,7 @@ class SelfAttentionBlock(nn.Module):
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
-class SASRec(SequentialRecommender):
+class SASRec(CausalTowerRecommender):
     def __init__(self, cfg: SASRecConfig, ctx: ModelContext) -> None:
         super().__init__()
         _check(cfg)
@@ -97,16 +97,13 @@ class SASRec(SequentialRecommender):
     def build(cls, cfg: SASRecConfig, ctx: ModelContext) -> SASRec:
         return cls(cfg, ctx)
 
-    def reseed(self, seed: int) -> None:
-        self.criterion.reseed(seed)
-
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] left-padded -> states [B, L, d] (state t has seen items[:, :t + 1])."""
         items = items[:, -self.cfg.max_len :]  # [B, L] keep the most recent max_len
         L = items.shape[1]
-        x = self.tower(items) + self.positions.weight[self.cfg.max_len - L :]  # [B, L, d]
-        x = self.input_drop(self.input_norm(x))
         valid = items > 0  # [B, L]
+        x = self.tower(items) + self._position_embeddings(valid)  # [B, L, d]
+        x = self.input_drop(self.input_norm(x))
         causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril_()  # [L, L]
         eye = torch.eye(L, dtype=torch.bool, device=items.device)  # [L, L]
         # Real queries see earlier real items; a PAD query sees only itself (no all-masked row -> no NaN).
@@ -116,25 +113,20 @@ class SASRec(SequentialRecommender):
             x = block(x, mask)
         return self.final_norm(x)
 
-    def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d] state after the last item
-        return self.encode(batch.items)[:, -1]
+    def _position_embeddings(self, valid: torch.Tensor) -> torch.Tensor:
+        """[B, L] real-item mask -> position embeddings, [L, d] (from_end) or [B, L, d] (from_start).
 
-    def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
-        return self.tower.all()
-
-    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
-        state = self.forward(batch)  # [B, d]
-        table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
-        return state @ table.T  # [B, N + 1] or [B, M]
-
-    def loss(self, batch: SeqBatch) -> torch.Tensor:
-        if batch.targets.dim() != 2:
-            raise ValueError("SASRec.loss needs training batches with [B, L] targets (TrainWindows)")
-        L = min(batch.items.shape[1], self.cfg.max_len)
-        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
-
-    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
-        self.tower.set_item_features(features, missing)
+        from_start numbers items 0, 1, ... from the first real item of the row, so the state after the
+        k-th item of a training window sees the same positions as an evaluation history of k items (the
+        RecBole / original SASRec convention). from_end gives the most recent slot a fixed position, which
+        makes a prefix at slot j in a long training window look different from the same prefix at
+        evaluation, where the history always ends in the last slot.
+        """
+        L = valid.shape[1]
+        if self.cfg.positions == "from_end":
+            return self.positions.weight[self.cfg.max_len - L :]
+        idx = (valid.long().cumsum(1) - 1).clamp_(min=0)  # [B, L] PAD slots -> 0 (they are masked as keys)
+        return self.positions(idx)
 
 
 def _check(cfg: SASRecConfig) -> None:
@@ -142,6 +134,8 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError(f"sasrec: dim ({cfg.dim}) must be divisible by n_heads ({cfg.n_heads})")
     if cfg.norm not in ("pre", "post"):
         raise ConfigError(f"sasrec: norm must be 'pre' or 'post', got {cfg.norm!r}")
+    if cfg.positions not in ("from_end", "from_start"):
+        raise ConfigError(f"sasrec: positions must be 'from_end' or 'from_start', got {cfg.positions!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
 

@@ -285,18 +285,8 @@ class _Trainer:
                 raise FloatingPointError(f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
                                          f"step {n + 1}")  # fmt: skip
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            optimizer_step(opt, scaler, params, cfg.grad_clip)
             self.schedule.step()
             total += loss.detach().float()
             n += 1
@@ -392,3 +382,16 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
+
+
+def optimizer_step(opt: torch.optim.Optimizer, scaler: Any, params: list[torch.nn.Parameter], grad_clip: float) -> None:
+    """One update after backward: unscale (AMP) so clipping sees the true gradients, clip, step."""
+    if scaler is not None:
+        scaler.unscale_(opt)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
