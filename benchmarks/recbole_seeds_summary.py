@@ -40,10 +40,16 @@ def load(paths: list[Path], side: str) -> dict[int, tuple[Path, dict[str, Any]]]
     return out
 
 
+def hparams(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's hyperparameters, with the defaults of modalrec options older runs did not record yet."""
+    hp = run["hparams"]
+    return {"modalrec_window_stride": hp["max_len"], "modalrec_positions": "from_end", "batch_unit": "targets", **hp}
+
+
 def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -> None:
     p0, r0 = runs[0]
     for p, run in runs[1:]:
-        differ = [k for k in keys if run["hparams"].get(k) != r0["hparams"].get(k)]
+        differ = [k for k in keys if hparams(run).get(k) != hparams(r0).get(k)]
         if differ or run.get("dataset_summary") != r0.get("dataset_summary"):
             raise SystemExit(f"{p}: hyperparameters {differ} or data differ from {p0}")
 
@@ -74,7 +80,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
     check_same([mr[s] for s in seeds] + [rb[s] for s in seeds], SHARED_KEYS)
     check_same([mr[s] for s in seeds], MODALREC_KEYS)
     rows = [seed_row(s, *mr[s], *rb[s]) for s in seeds]
-    first = mr[seeds[0]][1]["hparams"]
+    first = hparams(mr[seeds[0]][1])
     side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "seconds_per_epoch_mean",
                                                                  "seconds_per_valid_eval_mean", "seconds_to_best")}
             for lib in ("modalrec", "recbole")}

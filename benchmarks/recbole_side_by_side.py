@@ -22,7 +22,15 @@ shared epoch cap and patience mean the same thing; --batch-unit sequences gives 
 windows (~max_len times more targets per step, ~max_len times fewer steps). Wall time to the
 best-validation checkpoint is reported too.
 
+--window-stride 1 makes modalrec train every target with up to max_len items of context, as RecBole's
+prefix samples do (about max_len times the compute of the default windows).
+
+Test NDCG@10 moves by several thousandths between seeds (early stopping on 943 VALID events), more than
+the two libraries differ, so compare seeds: run one process per seed (two at a time on two cores) and
+combine them with recbole_seeds_summary.py.
+
     nice -n 10 python benchmarks/recbole_side_by_side.py --epochs 30 --out benchmarks/results/recbole_side_by_side.json
+    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 10 --out runs/sbs_s3.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
 """
 

@@ -53,7 +53,9 @@ def test_serve_command_answers_on_loopback(content_artifact: Path, tmp_path: Pat
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.terminate()  # before reading: a live server never closes its stdout
+                pytest.fail(f"server not ready within 60 s: {proc.communicate(timeout=10)[0].decode()}")
             time.sleep(0.2)
         r = httpx.post(f"{url}/recommend", json={"history": ["item00003"], "k": 4})
         assert r.status_code == 200 and len(r.json()["items"]) == 4

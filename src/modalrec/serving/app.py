@@ -29,6 +29,11 @@ from modalrec.serving.metrics import Metrics, MetricsMiddleware
 from modalrec.serving.recommender import DuplicateIdError, NotSupportedError, Recommender
 
 log = logging.getLogger(__name__)
+# HTTP status of each library error a request can raise (a subclass listed separately gets its own status).
+ERROR_STATUS: dict[type[Exception], int] = {
+    UnknownIdError: 404, DuplicateIdError: 409, NotSupportedError: 400, DataError: 422, ConfigError: 422,
+    MismatchError: 500,  # the artifact and its feature files disagree: the server's fault, not the request's
+}
 
 MAX_ID_CHARS = 256
 
@@ -110,33 +115,15 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
     metrics = Metrics()
     app.state.metrics, app.state.recommender = metrics, recommender
 
-    def error(status: int, exc: Exception, **extra: Any) -> JSONResponse:
+    def error_response(_: Request, exc: Exception) -> JSONResponse:
+        status = next(ERROR_STATUS[c] for c in type(exc).__mro__ if c in ERROR_STATUS)  # most specific class
+        if status >= 500:
+            log.error("artifact mismatch: %s", exc)
+        extra = {"unknown_ids": list(getattr(exc, "ids", []))} if isinstance(exc, UnknownIdError) else {}
         return JSONResponse({"detail": str(exc), **extra}, status_code=status)
 
-    @app.exception_handler(UnknownIdError)
-    async def _unknown(_: Request, exc: UnknownIdError) -> JSONResponse:
-        return error(404, exc, unknown_ids=list(getattr(exc, "ids", [])))
-
-    @app.exception_handler(DuplicateIdError)
-    async def _duplicate(_: Request, exc: DuplicateIdError) -> JSONResponse:
-        return error(409, exc)
-
-    @app.exception_handler(NotSupportedError)
-    async def _unsupported(_: Request, exc: NotSupportedError) -> JSONResponse:
-        return error(400, exc)
-
-    @app.exception_handler(DataError)
-    async def _data(_: Request, exc: DataError) -> JSONResponse:
-        return error(422, exc)
-
-    @app.exception_handler(ConfigError)
-    async def _config(_: Request, exc: ConfigError) -> JSONResponse:
-        return error(422, exc)
-
-    @app.exception_handler(MismatchError)
-    async def _mismatch(_: Request, exc: MismatchError) -> JSONResponse:
-        log.error("artifact mismatch: %s", exc)
-        return error(500, exc)
+    for exc_class in ERROR_STATUS:
+        app.add_exception_handler(exc_class, error_response)
 
     @app.post("/recommend", response_model=RecommendResponse)
     def recommend(req: RecommendRequest) -> dict[str, Any]:
