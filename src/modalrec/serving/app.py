@@ -115,10 +115,10 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
     metrics = Metrics()
     app.state.metrics, app.state.recommender = metrics, recommender
 
-    def error_response(_: Request, exc: Exception) -> JSONResponse:
+    async def error_response(_: Request, exc: Exception) -> JSONResponse:  # async: no thread-pool hop
         status = next(ERROR_STATUS[c] for c in type(exc).__mro__ if c in ERROR_STATUS)  # most specific class
         if status >= 500:
-            log.error("artifact mismatch: %s", exc)
+            log.error("%s: %s", type(exc).__name__, exc)
         extra = {"unknown_ids": list(getattr(exc, "ids", []))} if isinstance(exc, UnknownIdError) else {}
         return JSONResponse({"detail": str(exc), **extra}, status_code=status)
 
