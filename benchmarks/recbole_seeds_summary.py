@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from _output import emit_json
+from recbole_side_by_side import HP_KEYS
 
 # Shared by both libraries in every file (the seed is what varies) / modalrec-only, same in every --modalrec file.
-SHARED_KEYS = ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers", "heads", "dropout", "max_len")
+SHARED_KEYS = tuple(k for k in HP_KEYS if k != "seed")
 MODALREC_KEYS = ("batch_unit", "modalrec_window_stride", "modalrec_positions")
+# Per-seed values kept from each side's result, besides test NDCG@10 / HR@10; the timings are also averaged.
+TIMINGS = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
 
 
 def load(paths: list[Path], side: str) -> dict[int, tuple[Path, dict[str, Any]]]:
@@ -54,17 +57,15 @@ def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -
             raise SystemExit(f"{p}: hyperparameters {differ} or data differ from {p0}")
 
 
+def side_row(result: dict[str, Any], hr_key: str) -> dict[str, Any]:
+    test = result["test"]
+    return {"ndcg@10": test["ndcg@10"], "hr@10": test[hr_key], "best_epoch": result["best_epoch"],
+            **{k: result[k] for k in TIMINGS}}
+
+
 def seed_row(seed: int, mr_file: Path, mr_run: dict[str, Any], rb_file: Path, rb_run: dict[str, Any]) -> dict[str, Any]:
-    mr, rb = mr_run["modalrec"], rb_run["recbole"]
-    return {
-        "seed": seed, "modalrec_file": str(mr_file), "recbole_file": str(rb_file),
-        "modalrec": {"ndcg@10": mr["test"]["ndcg@10"], "hr@10": mr["test"]["hr@10"], "best_epoch": mr["best_epoch"],
-                     "seconds_per_epoch_mean": mr["seconds_per_epoch_mean"], "seconds_to_best": mr["seconds_to_best"],
-                     "seconds_per_valid_eval_mean": mr["seconds_per_valid_eval_mean"]},
-        "recbole": {"ndcg@10": rb["test"]["ndcg@10"], "hr@10": rb["test"]["hit@10"], "best_epoch": rb["best_epoch"],
-                    "seconds_per_epoch_mean": rb["seconds_per_epoch_mean"], "seconds_to_best": rb["seconds_to_best"],
-                    "seconds_per_valid_eval_mean": rb["seconds_per_valid_eval_mean"]},
-    }
+    return {"seed": seed, "modalrec_file": str(mr_file), "recbole_file": str(rb_file),
+            "modalrec": side_row(mr_run["modalrec"], "hr@10"), "recbole": side_row(rb_run["recbole"], "hit@10")}
 
 
 def spread(xs: list[float]) -> dict[str, float]:
@@ -81,8 +82,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
     check_same([mr[s] for s in seeds], MODALREC_KEYS)
     rows = [seed_row(s, *mr[s], *rb[s]) for s in seeds]
     first = hparams(mr[seeds[0]][1])
-    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "seconds_per_epoch_mean",
-                                                                 "seconds_per_valid_eval_mean", "seconds_to_best")}
+    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10") + TIMINGS}
             for lib in ("modalrec", "recbole")}
     diff = [r["modalrec"]["ndcg@10"] - r["recbole"]["ndcg@10"] for r in rows]
     d = spread(diff)
@@ -97,8 +97,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
         "ndcg10_modalrec_minus_recbole": {**d, "paired_t": d["mean"] / (d["sd"] / len(diff) ** 0.5) if d["sd"] else None,
                                           "seeds_modalrec_ahead": sum(x >= 0 for x in diff)},
         "ratios_recbole_over_modalrec_of_means": {
-            m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"]
-            for m in ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")},
+            m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"] for m in TIMINGS},
         "acceptance": {"modalrec_mean_test_ndcg10_ge_recbole_mean":
                        side["modalrec"]["ndcg@10"]["mean"] >= side["recbole"]["ndcg@10"]["mean"]},
     }
