@@ -27,7 +27,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark script holds the shared trainer
 
 from _output import emit_json
-from recbole_side_by_side import add_hparams, machine_info, machine_state, train_modalrec_sasrec
+from recbole_side_by_side import (
+    add_hparams,
+    add_modalrec_options,
+    machine_info,
+    machine_state,
+    train_modalrec_sasrec,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IISAN_FILES = ("am_Industrial_and_Scientific_users.tsv", "Industrial_and_Scientific_items.tsv")
@@ -100,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iisan-dir", type=Path, default=SHARED / "amazon-iisan")
     p.add_argument("--out", type=Path, default=None)
     add_hparams(p, epochs=20, patience=5)
+    add_modalrec_options(p)
     return p.parse_args(argv)
 
 
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "id_sasrec_amazon", "model": "ID SASRec (modalrec), full-softmax CE",
         "hparams": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers",
-                                                  "heads", "dropout", "max_len", "seed")},
+                                                  "heads", "dropout", "max_len", "seed", "window_stride",
+                                                  "positions", "grad_clip")},
         "machine": machine_info(args.threads), "load_start": machine_state(),
         "results": {name: run_one(name, args) for name in args.datasets},
     }

@@ -4,8 +4,9 @@ Both sides read the same 100,000 rows of `u.data` (RecBole through an atomic `ml
 to a temp dir, in the file's row order, so equal timestamps break ties identically), split leave-one-out
 (valid = second-last, test = last event per user, time order), rank the full catalogue, and train the
 same architecture (post-norm SASRec, GELU, learned positions, full-softmax CE) with the same
-hyperparameters: Adam (no weight decay), no gradient clipping, lr, batch size, epoch cap and early
-stopping on VALID NDCG@10 (modalrec patience P = RecBole stopping_step P - 1). No filtering on either side.
+hyperparameters: Adam (no weight decay), lr, batch size, epoch cap and early stopping on VALID NDCG@10
+(modalrec patience P = RecBole stopping_step P - 1), no gradient clipping (RecBole's SASRec default;
+--grad-clip 1 gives modalrec its own default, a global norm of 1.0). No filtering on either side.
 
 Protocol difference that matters: for sequential models RecBole 1.2.1 masks NO history items in full
 ranking (only PAD); modalrec's default (exclude_seen) masks every history item except the target. The
@@ -31,6 +32,7 @@ combine them with recbole_seeds_summary.py.
 
     nice -n 10 python benchmarks/recbole_side_by_side.py --epochs 30 --out benchmarks/results/recbole_side_by_side.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 10 --out runs/sbs_s3.json
+    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --grad-clip 1 --skip-recbole --out runs/mr_s3.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
 """
 
@@ -51,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 from _output import emit_json
+
+from modalrec.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -80,6 +84,18 @@ def add_hparams(p: argparse.ArgumentParser, epochs: int = 30, patience: int = 5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads, both sides")
     p.add_argument("--device", default="cpu", help="modalrec side only")
+
+
+def add_modalrec_options(p: argparse.ArgumentParser) -> None:
+    """Options of the modalrec side only (RecBole has no counterpart)."""
+    p.add_argument("--window-stride", type=int, default=None,
+                   help="modalrec side: TrainWindows stride (default max_len = non-overlapping windows; smaller "
+                        "strides give every target >= max_len - stride items of context, as RecBole's prefixes do)")
+    p.add_argument("--positions", choices=("from_start", "from_end"), default="from_end",
+                   help="modalrec side: SASRec position numbering (from_start = RecBole's: 0 at the first item)")
+    p.add_argument("--grad-clip", type=float, default=0.0,
+                   help="modalrec side: max global gradient norm (default 0 = no clipping, RecBole's SASRec recipe; "
+                        f"modalrec's own default is {TrainConfig.grad_clip})")
 
 
 def machine_state() -> dict[str, Any]:
@@ -131,7 +147,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.models.base import ModelContext
     from modalrec.models.sasrec import SASRec, SASRecConfig
-    from modalrec.training.loop import TrainConfig, fit
+    from modalrec.training.loop import fit
 
     torch.set_num_threads(args.threads)
     t_prep = time.perf_counter()
@@ -152,7 +168,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     batch_size = args.batch_size
     if args.batch_unit == "targets":  # windows per step so that a step holds ~batch_size targets
         batch_size = max(1, round(args.batch_size * len(windows) / max(n_targets, 1)))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=0.0, grad_clip=0.0,
+    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=0.0, grad_clip=args.grad_clip,
                       patience=args.patience, monitor="ndcg@10", seed=args.seed, device=args.device,
                       progress=False, scheduler="none", amp="off")
     source = TimedSource(windows)
@@ -400,15 +416,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recbole-from", type=Path, default=None,
                    help="reuse the RecBole side of an earlier JSON of this script (same hyperparameters and data, "
                         "checked) instead of rerunning RecBole; recorded in the output")
-    p.add_argument("--window-stride", type=int, default=None,
-                   help="modalrec side: TrainWindows stride (default max_len = non-overlapping windows; smaller "
-                        "strides give every target >= max_len - stride items of context, as RecBole's prefixes do)")
-    p.add_argument("--positions", choices=("from_start", "from_end"), default="from_end",
-                   help="modalrec side: SASRec position numbering (from_start = RecBole's: 0 at the first item)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--keep-tmp", type=Path, default=None, help="write RecBole's files here instead of a temp dir")
     p.add_argument("--max-users", type=int, default=None, help="only users 1..N on both sides (smoke runs)")
     add_hparams(p)
+    add_modalrec_options(p)
     return p.parse_args(argv)
 
 
@@ -427,7 +439,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "machine": machine_info(args.threads), "load": {"start": machine_state()},
                               "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, "batch_unit": args.batch_unit,
                                           "modalrec_window_stride": args.window_stride or args.max_len,
-                                          "modalrec_positions": args.positions},
+                                          "modalrec_positions": args.positions,
+                                          "modalrec_grad_clip": args.grad_clip},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
     python = None if args.skip_recbole or args.recbole_from else setup_venv(args.recbole_python, args.setup)

@@ -1,0 +1,79 @@
+"""The benchmark scripts: each parses its command line, the shared SASRec trainer runs under the defaults of
+every script that uses it, and the seed summary pairs seeds and refuses runs that differ."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_"))
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+
+from train_testdata import cyclic_split
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_imports_and_prints_help(name, monkeypatch, capsys):
+    module = importlib.import_module(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["recbole_side_by_side", "id_sasrec_amazon"])
+def test_shared_sasrec_trainer_runs_with_each_scripts_defaults(name):
+    """train_modalrec_sasrec reads options from the script's namespace: every script that calls it must define them."""
+    from recbole_side_by_side import train_modalrec_sasrec
+
+    args = importlib.import_module(name).parse_args(["--threads", "1", "--epochs", "8", "--max-len", "10",
+                                                     "--dim", "32", "--ffn-dim", "64", "--dropout", "0.0"])
+    assert args.grad_clip == 0.0  # RecBole's recipe unless --grad-clip is given
+    out = train_modalrec_sasrec(cyclic_split(), args, exclude_seen=False)
+    assert out["test"]["ndcg@10"] > 0.5  # the planted "next item = i + 1" pattern is learned
+    assert out["epochs_run"] >= out["best_epoch"] >= 1
+
+
+def _run(seed: int, mr: float | None, rb: float | None, grad_clip: float = 1.0) -> dict:
+    hp = {"epochs": 30, "patience": 5, "batch_size": 256, "lr": 1e-3, "dim": 64, "ffn_dim": 256, "layers": 2,
+          "heads": 2, "dropout": 0.2, "max_len": 50, "seed": seed, "modalrec_grad_clip": grad_clip}
+    timings = {"seconds_per_epoch_mean": 1.0, "seconds_per_valid_eval_mean": 0.1, "seconds_to_best": 10.0}
+    run: dict = {"hparams": hp, "dataset_summary": {"hash": "x"}}
+    if mr is not None:
+        run["modalrec"] = {"test": {"ndcg@10": mr, "hr@10": 0.1}, "best_epoch": 3, **timings}
+    if rb is not None:
+        run["recbole"] = {"test": {"ndcg@10": rb, "hit@10": 0.1}, "best_epoch": 4,
+                          **{k: 40 * v for k, v in timings.items()}}
+    return run
+
+
+def test_seed_summary_pairs_seeds_and_refuses_mixed_recipes(tmp_path):
+    from recbole_seeds_summary import summarise
+
+    def write(name: str, run: dict) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(run))
+        return path
+
+    mr = [write(f"mr{s}.json", _run(s, m, None)) for s, m in ((0, 0.060), (1, 0.050), (2, 0.058))]
+    rb = [write(f"rb{s}.json", _run(s, None, r)) for s, r in ((1, 0.052), (0, 0.059), (2, 0.058))]
+    out = summarise(mr, rb)
+    assert out["seeds"] == [0, 1, 2]
+    diff = out["ndcg10_modalrec_minus_recbole"]
+    assert diff["mean"] == pytest.approx((0.001 - 0.002 + 0.0) / 3)
+    assert diff["seeds_modalrec_ahead"] == 2
+    assert out["acceptance"]["modalrec_mean_test_ndcg10_ge_recbole_mean"] is False
+    assert out["ratios_recbole_over_modalrec_of_means"]["seconds_per_epoch_mean"] == pytest.approx(40.0)
+
+    mixed = mr[:2] + [write("mr2_noclip.json", _run(2, 0.058, None, grad_clip=0.0))]
+    with pytest.raises(SystemExit, match="modalrec_grad_clip"):
+        summarise(mixed, rb)
+    with pytest.raises(SystemExit, match="seeds differ"):
+        summarise(mr[:2], rb)
