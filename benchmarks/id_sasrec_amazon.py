@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "id_sasrec_amazon", "model": "ID SASRec (modalrec), full-softmax CE",
         "hparams": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers",
                                                   "heads", "dropout", "max_len", "seed", "window_stride",
-                                                  "positions", "grad_clip")},
+                                                  "positions", "grad_clip", "label_smoothing")},
         "machine": machine_info(args.threads), "load_start": machine_state(),
         "results": {name: run_one(name, args) for name in args.datasets},
     }

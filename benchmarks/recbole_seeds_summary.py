@@ -24,7 +24,8 @@ from recbole_side_by_side import HP_KEYS
 
 # Shared by both libraries in every file (the seed is what varies) / modalrec-only, same in every --modalrec file.
 SHARED_KEYS = tuple(k for k in HP_KEYS if k != "seed")
-MODALREC_KEYS = ("batch_unit", "modalrec_window_stride", "modalrec_positions", "modalrec_grad_clip")
+MODALREC_KEYS = ("batch_unit", "modalrec_window_stride", "modalrec_positions", "modalrec_grad_clip",
+                 "modalrec_label_smoothing")
 # Per-seed values kept from each side's result, besides test NDCG@10 / HR@10; the timings are also averaged.
 TIMINGS = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
 
@@ -47,7 +48,7 @@ def hparams(run: dict[str, Any]) -> dict[str, Any]:
     """The run's hyperparameters, with the defaults of modalrec options older runs did not record yet."""
     hp = run["hparams"]
     return {"modalrec_window_stride": hp["max_len"], "modalrec_positions": "from_end", "batch_unit": "targets",
-            "modalrec_grad_clip": 0.0, **hp}
+            "modalrec_grad_clip": 0.0, "modalrec_label_smoothing": 0.0, **hp}
 
 
 def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -> None:
@@ -60,7 +61,8 @@ def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -
 
 def side_row(result: dict[str, Any], hr_key: str) -> dict[str, Any]:
     test = result["test"]
-    return {"ndcg@10": test["ndcg@10"], "hr@10": test[hr_key], "best_epoch": result["best_epoch"],
+    return {"ndcg@10": test["ndcg@10"], "hr@10": test[hr_key], "valid_ndcg@10": result["valid_best"]["ndcg@10"],
+            "best_epoch": result["best_epoch"],
             **{k: result[k] for k in TIMINGS}}
 
 
@@ -83,10 +85,13 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
     check_same([mr[s] for s in seeds], MODALREC_KEYS)
     rows = [seed_row(s, *mr[s], *rb[s]) for s in seeds]
     first = hparams(mr[seeds[0]][1])
-    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10") + TIMINGS}
+    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "valid_ndcg@10") + TIMINGS}
             for lib in ("modalrec", "recbole")}
     diff = [r["modalrec"]["ndcg@10"] - r["recbole"]["ndcg@10"] for r in rows]
     d = spread(diff)
+    # VALID picks recipes (TEST is looked at once per recipe), so its gap is reported next to TEST's.
+    vdiff = [r["modalrec"]["valid_ndcg@10"] - r["recbole"]["valid_ndcg@10"] for r in rows]
+    valid_diff = {**spread(vdiff), "seeds_modalrec_ahead": sum(x >= 0 for x in vdiff)}
     return {
         "benchmark": "recbole_side_by_side over seeds",
         "hparams": {k: first.get(k) for k in SHARED_KEYS + MODALREC_KEYS},
@@ -97,6 +102,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
         "recbole": side["recbole"],
         "ndcg10_modalrec_minus_recbole": {**d, "paired_t": d["mean"] / (d["sd"] / len(diff) ** 0.5) if d["sd"] else None,
                                           "seeds_modalrec_ahead": sum(x >= 0 for x in diff)},
+        "valid_ndcg10_modalrec_minus_recbole": valid_diff,
         "ratios_recbole_over_modalrec_of_means": {
             m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"] for m in TIMINGS},
         "acceptance": {"modalrec_mean_test_ndcg10_ge_recbole_mean":

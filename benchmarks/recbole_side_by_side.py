@@ -24,7 +24,8 @@ windows (~max_len times more targets per step, ~max_len times fewer steps). Wall
 best-validation checkpoint is reported too.
 
 --window-stride 1 makes modalrec train every target with up to max_len items of context, as RecBole's
-prefix samples do (about max_len times the compute of the default windows).
+prefix samples do (about max_len times the compute of the default windows). --label-smoothing gives
+modalrec's full-softmax CE label smoothing, which RecBole 1.2.1's SASRec loss does not offer.
 
 Test NDCG@10 moves by several thousandths between seeds (early stopping on 943 VALID events), more than
 the two libraries differ, so compare seeds: run one process per seed (two at a time on two cores) and
@@ -33,6 +34,8 @@ combine them with recbole_seeds_summary.py.
     nice -n 10 python benchmarks/recbole_side_by_side.py --epochs 30 --out benchmarks/results/recbole_side_by_side.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 10 --out runs/sbs_s3.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --grad-clip 1 --skip-recbole --out runs/mr_s3.json
+    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 1 --label-smoothing 0.3 \
+        --recbole-from runs/sbs_s3.json --out runs/mr_ls_s3.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
 """
 
@@ -96,6 +99,9 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, default=0.0,
                    help="modalrec side: max global gradient norm (default 0 = no clipping, RecBole's SASRec recipe; "
                         f"modalrec's own default is {TrainConfig.grad_clip})")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="modalrec side: label smoothing of the full-softmax CE (default 0 = RecBole's loss; "
+                        "RecBole 1.2.1's SASRec has no such option)")
 
 
 def machine_state() -> dict[str, Any]:
@@ -156,7 +162,8 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
                        train_item_counts=split.train.item_counts(), seed=args.seed)
     model = SASRec(SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn_dim,
                                 dropout=args.dropout, attn_dropout=args.dropout, max_len=args.max_len,
-                                norm="post", loss="ce", positions=args.positions), ctx)
+                                norm="post", loss="ce", positions=args.positions,
+                                label_smoothing=args.label_smoothing), ctx)
 
     def evaluator(part: str, masked: bool) -> Evaluator:
         return Evaluator(getattr(split, part), split.n_items, ks=(5, 10, 20), exclude_seen=masked,
@@ -440,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, "batch_unit": args.batch_unit,
                                           "modalrec_window_stride": args.window_stride or args.max_len,
                                           "modalrec_positions": args.positions,
-                                          "modalrec_grad_clip": args.grad_clip},
+                                          "modalrec_grad_clip": args.grad_clip,
+                                          "modalrec_label_smoothing": args.label_smoothing},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
     python = None if args.skip_recbole or args.recbole_from else setup_venv(args.recbole_python, args.setup)

@@ -47,9 +47,10 @@ def _run(seed: int, mr: float | None, rb: float | None, grad_clip: float = 1.0) 
     timings = {"seconds_per_epoch_mean": 1.0, "seconds_per_valid_eval_mean": 0.1, "seconds_to_best": 10.0}
     run: dict = {"hparams": hp, "dataset_summary": {"hash": "x"}}
     if mr is not None:
-        run["modalrec"] = {"test": {"ndcg@10": mr, "hr@10": 0.1}, "best_epoch": 3, **timings}
+        run["modalrec"] = {"test": {"ndcg@10": mr, "hr@10": 0.1}, "valid_best": {"ndcg@10": mr + 0.010},
+                           "best_epoch": 3, **timings}
     if rb is not None:
-        run["recbole"] = {"test": {"ndcg@10": rb, "hit@10": 0.1}, "best_epoch": 4,
+        run["recbole"] = {"test": {"ndcg@10": rb, "hit@10": 0.1}, "valid_best": {"ndcg@10": rb + 0.012}, "best_epoch": 4,
                           **{k: 40 * v for k, v in timings.items()}}
     return run
 
@@ -69,6 +70,8 @@ def test_seed_summary_pairs_seeds_and_refuses_mixed_recipes(tmp_path):
     diff = out["ndcg10_modalrec_minus_recbole"]
     assert diff["mean"] == pytest.approx((0.001 - 0.002 + 0.0) / 3)
     assert diff["seeds_modalrec_ahead"] == 2
+    assert out["valid_ndcg10_modalrec_minus_recbole"]["mean"] == pytest.approx(diff["mean"] - 0.002)
+    assert out["valid_ndcg10_modalrec_minus_recbole"]["seeds_modalrec_ahead"] == 0
     assert out["acceptance"]["modalrec_mean_test_ndcg10_ge_recbole_mean"] is False
     assert out["ratios_recbole_over_modalrec_of_means"]["seconds_per_epoch_mean"] == pytest.approx(40.0)
 

@@ -19,7 +19,7 @@ def split():  # type: ignore[no-untyped-def]
     return cyclic_split(n_items=30, n_users=60)
 
 
-@pytest.mark.parametrize("loss", ["ce", "sampled", "bce", "bpr", "inbatch"])
+@pytest.mark.parametrize("loss", ["ce", "ce+smoothing", "sampled", "bce", "bpr", "inbatch"])
 def test_learns_next_item_pattern(split, loss: str) -> None:  # type: ignore[no-untyped-def]
     """Item i is always followed by i + 1: after a short training the next item ranks first on TEST."""
     ctx = context(split, max_len=10)
@@ -29,8 +29,9 @@ def test_learns_next_item_pattern(split, loss: str) -> None:  # type: ignore[no-
         n_heads=2,
         dropout=0.1,
         max_len=10,
-        loss=loss,
+        loss=loss.split("+")[0],
         n_negatives=20 if loss == "sampled" else None,
+        label_smoothing=0.3 if loss == "ce+smoothing" else 0.0,
     )
     model = SASRec.build(cfg, ctx)
     before = evaluate(model, split, part="test")
@@ -52,6 +53,8 @@ def test_build_through_registry_and_bad_configs() -> None:
         build_model("sasrec", SASRecConfig(dim=10, n_heads=3), context(split))
     with pytest.raises(ConfigError, match="loss"):
         build_model("sasrec", SASRecConfig(loss="hinge"), context(split))
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        build_model("sasrec", SASRecConfig(loss="bpr", label_smoothing=0.1), context(split))
     with pytest.raises(ConfigError, match="tower"):
         build_model("sasrec", SASRecConfig(tower=TowerConfig(kind="pixels")), context(split))
     with pytest.raises(ConfigError, match="unknown model"):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from modalrec.errors import ConfigError
 from modalrec.models.item_towers import IDTower
@@ -59,6 +60,28 @@ def test_chunked_softmax_ce_equals_full_softmax_in_value_and_gradient() -> None:
     assert torch.count_nonzero(g_chunked[1][0]) == 0  # PAD row never gets a gradient
     with torch.no_grad():
         assert chunked_softmax_ce(h, table[1:], targets).item() == pytest.approx(full.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_chunked_softmax_ce_label_smoothing_equals_torch_cross_entropy(eps: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(200, 8, generator=g, dtype=torch.float64, requires_grad=True)  # [M, d]
+    table = torch.randn(40, 8, generator=g, dtype=torch.float64, requires_grad=True)  # [N, d], no PAD row
+    targets = torch.randint(1, 41, (200,), generator=g)
+    chunked = chunked_softmax_ce(h, table, targets, budget=64 * 40, label_smoothing=eps)  # 4 chunks
+    ref = F.cross_entropy(h @ table.T, targets - 1, label_smoothing=eps)
+    plain = chunked_softmax_ce(h, table, targets)
+    assert chunked.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert chunked.item() > plain.item()  # smoothing penalises confident (low-entropy) predictions
+    for a, b in zip(torch.autograd.grad(chunked, (h, table)), torch.autograd.grad(ref, (h, table)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_next_item_loss_label_smoothing_is_checked() -> None:
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        NextItemLoss("ce", 10, label_smoothing=1.0)
+    with pytest.raises(ConfigError, match="'ce' only"):
+        NextItemLoss("sampled", 10, label_smoothing=0.1)
 
 
 def test_sampled_softmax_ce_matches_hand_computation_with_logq_and_accidental_hit() -> None:

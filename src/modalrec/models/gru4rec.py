@@ -30,6 +30,7 @@ class GRU4RecConfig:
     loss: str = "ce"  # "ce" | "sampled" | "bce" | "bpr" | "inbatch"
     n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
     negatives: str = "uniform"  # "uniform" | "popularity"
+    label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -46,7 +47,8 @@ class GRU4Rec(CausalTowerRecommender):
         self.gru = nn.GRU(cfg.dim, hidden, num_layers=cfg.n_layers, batch_first=True)
         self.proj = nn.Linear(hidden, cfg.dim) if hidden != cfg.dim else nn.Identity()
         self.criterion = NextItemLoss(
-            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed
+            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed,
+            label_smoothing=cfg.label_smoothing,
         )
         gen = torch_generator(ctx.seed, "init/gru4rec")
         init_weights(self, cfg.init_std, gen)

@@ -35,6 +35,7 @@ class SASRecConfig:
     loss: str = "ce"  # "ce" | "sampled" | "bce" | "bpr" | "inbatch"
     n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
     negatives: str = "uniform"  # "uniform" | "popularity"
+    label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -89,7 +90,8 @@ class SASRec(CausalTowerRecommender):
         )
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8) if cfg.norm == "pre" else nn.Identity()
         self.criterion = NextItemLoss(
-            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed
+            cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed,
+            label_smoothing=cfg.label_smoothing,
         )
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 

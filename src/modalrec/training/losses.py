@@ -47,14 +47,17 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     """Full-catalogue softmax CE computed in row chunks, gradients formed during the forward pass.
 
     Never materialises the [M, N] logits: each chunk's softmax becomes its gradient right away
-    (d loss / d logits = softmax - onehot), so memory is one chunk and the big [M, N] buffers (logits,
-    log-probs, their gradients) are never allocated. About 2x faster on CPU than autograd through
-    `full_softmax_ce`, and it makes catalogues of 10^5+ items trainable.
+    (d loss / d logits = softmax - target distribution), so memory is one chunk and the big [M, N]
+    buffers (logits, log-probs, their gradients) are never allocated. About 2x faster on CPU than
+    autograd through `full_softmax_ce`, and it makes catalogues of 10^5+ items trainable.
+    With label smoothing eps the target distribution is (1 - eps) * onehot + eps / N, as in
+    `F.cross_entropy(label_smoothing=eps)`.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, table: torch.Tensor, cols: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
-        m = h.shape[0]  # h [M, d], table [N, d], cols [M] in 0..N-1
+    def forward(ctx, h: torch.Tensor, table: torch.Tensor, cols: torch.Tensor, chunk: int,  # type: ignore[override]
+                smoothing: float) -> torch.Tensor:
+        m, n = h.shape[0], table.shape[0]  # h [M, d], table [N, d], cols [M] in 0..N-1
         want_grad = any(ctx.needs_input_grad[:2])
         grad_h = torch.empty_like(h) if want_grad else None  # [M, d]
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 softmax under AMP, fp64 stays fp64
@@ -65,10 +68,14 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             hc, cc = h[lo : lo + chunk], cols[lo : lo + chunk]  # [C, d], [C]
             r = rows[: len(cc)]
             logp = torch.log_softmax((hc @ table.T).to(acc), dim=1)  # [C, N]
-            total -= logp[r, cc].sum()
+            total -= (1.0 - smoothing) * logp[r, cc].sum()
+            if smoothing:
+                total -= smoothing / n * logp.sum()
             if want_grad:
                 p = logp.exp_()  # softmax, in place  [C, N]
-                p[r, cc] -= 1.0  # d(-log p_target)/d logits = softmax - onehot
+                if smoothing:
+                    p -= smoothing / n
+                p[r, cc] -= 1.0 - smoothing  # d loss / d logits = softmax - target distribution
                 p = p.to(h.dtype)
                 grad_h[lo : lo + chunk] = p @ table  # [C, d]
                 grad_t.addmm_(p.T.to(grad_t.dtype), hc.to(grad_t.dtype))  # [N, d]
@@ -79,21 +86,26 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         grad_h, grad_t = ctx.saved_tensors
-        return grad_h * grad_out, grad_t * grad_out, None, None
+        return grad_h * grad_out, grad_t * grad_out, None, None, None
 
 
 def chunked_softmax_ce(
-    states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, budget: int = 2**20
+    states: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    budget: int = 2**20,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean CE of `targets` under softmax(states @ table.T), equal to `full_softmax_ce` on those logits.
 
     states [M, d], table [N, d] = vectors of items 1..N (no PAD row), targets [M] item indices in 1..N
-    (no PAD). Rows are processed in chunks of about `budget` logits.
+    (no PAD). Rows are processed in chunks of about `budget` logits. `label_smoothing` eps moves eps of
+    each target's probability mass evenly onto all N items (`F.cross_entropy`'s definition).
     """
     if targets.numel() == 0:
         return states.sum() * 0.0
     chunk = max(64, budget // max(table.shape[0], 1))
-    return _ChunkedSoftmaxCE.apply(states, table, targets - 1, chunk)
+    return _ChunkedSoftmaxCE.apply(states, table, targets - 1, chunk, float(label_smoothing))
 
 
 def sampled_softmax_ce(
@@ -268,10 +280,16 @@ class NextItemLoss(nn.Module):
         negatives: str = "uniform",
         counts: np.ndarray | None = None,
         seed: int = 0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {kind!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if label_smoothing and kind != "ce":
+            raise ConfigError(f"label_smoothing applies to the full-softmax loss 'ce' only, not {kind!r}")
+        self.label_smoothing = float(label_smoothing)
         if n_negatives is None:  # sampled softmax needs many; SASRec's BCE (and BPR) use one per position
             n_negatives = DEFAULT_NEGATIVES.get(kind, 0)
         if kind in ("sampled", "bce", "bpr") and n_negatives < 1:
@@ -305,7 +323,8 @@ class NextItemLoss(nn.Module):
             cls = self.class_of[t]  # [M]
             if bool((cls == 0).any()):
                 raise ValueError("a training target has no training events: pass the training split's item counts")
-            return chunked_softmax_ce(h, tower.all()[self.classes], cls)  # PAD and unseen items are never classes
+            # PAD and unseen items are never classes (nor smoothing targets)
+            return chunked_softmax_ce(h, tower.all()[self.classes], cls, label_smoothing=self.label_smoothing)
         if self.kind == "inbatch":
             items, col = batch_candidates(t)  # [U], [M]
             return inbatch_debiased_ce(h @ tower(items).T, col, self.log_q[items])  # logits [M, U]
