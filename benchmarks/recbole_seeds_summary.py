@@ -76,6 +76,14 @@ def spread(xs: list[float]) -> dict[str, float]:
             "min": min(xs), "max": max(xs)}
 
 
+def paired(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """modalrec - RecBole of `metric` per seed: spread, paired t and the seeds where modalrec is not behind."""
+    diff = [r["modalrec"][metric] - r["recbole"][metric] for r in rows]
+    d = spread(diff)
+    return {**d, "paired_t": d["mean"] / (d["sd"] / len(diff) ** 0.5) if d["sd"] else None,
+            "seeds_modalrec_ahead": sum(x >= 0 for x in diff)}
+
+
 def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str, Any]:
     mr, rb = load(modalrec_paths, "modalrec"), load(recbole_paths, "recbole")
     if set(mr) != set(rb):
@@ -87,11 +95,6 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
     first = hparams(mr[seeds[0]][1])
     side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "valid_ndcg@10") + TIMINGS}
             for lib in ("modalrec", "recbole")}
-    diff = [r["modalrec"]["ndcg@10"] - r["recbole"]["ndcg@10"] for r in rows]
-    d = spread(diff)
-    # VALID picks recipes (TEST is looked at once per recipe), so its gap is reported next to TEST's.
-    vdiff = [r["modalrec"]["valid_ndcg@10"] - r["recbole"]["valid_ndcg@10"] for r in rows]
-    valid_diff = {**spread(vdiff), "seeds_modalrec_ahead": sum(x >= 0 for x in vdiff)}
     return {
         "benchmark": "recbole_side_by_side over seeds",
         "hparams": {k: first.get(k) for k in SHARED_KEYS + MODALREC_KEYS},
@@ -100,9 +103,9 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
         "per_seed": rows,
         "modalrec": side["modalrec"],
         "recbole": side["recbole"],
-        "ndcg10_modalrec_minus_recbole": {**d, "paired_t": d["mean"] / (d["sd"] / len(diff) ** 0.5) if d["sd"] else None,
-                                          "seeds_modalrec_ahead": sum(x >= 0 for x in diff)},
-        "valid_ndcg10_modalrec_minus_recbole": valid_diff,
+        "ndcg10_modalrec_minus_recbole": paired(rows, "ndcg@10"),
+        # VALID picks recipes (TEST is looked at once per recipe), so its gap is reported next to TEST's.
+        "valid_ndcg10_modalrec_minus_recbole": paired(rows, "valid_ndcg@10"),
         "ratios_recbole_over_modalrec_of_means": {
             m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"] for m in TIMINGS},
         "acceptance": {"modalrec_mean_test_ndcg10_ge_recbole_mean":
