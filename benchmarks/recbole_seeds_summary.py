@@ -25,7 +25,8 @@ from recbole_side_by_side import HP_KEYS
 # Shared by both libraries in every file (the seed is what varies) / modalrec-only, same in every --modalrec file.
 SHARED_KEYS = tuple(k for k in HP_KEYS if k != "seed")
 MODALREC_KEYS = ("batch_unit", "modalrec_window_stride", "modalrec_positions", "modalrec_grad_clip",
-                 "modalrec_label_smoothing")
+                 "modalrec_label_smoothing", "modalrec_scheduler", "modalrec_weight_decay",
+                 "modalrec_ema_decay")
 # Per-seed values kept from each side's result, besides test NDCG@10 / HR@10; the timings are also averaged.
 TIMINGS = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
 
@@ -48,7 +49,8 @@ def hparams(run: dict[str, Any]) -> dict[str, Any]:
     """The run's hyperparameters, with the defaults of modalrec options older runs did not record yet."""
     hp = run["hparams"]
     return {"modalrec_window_stride": hp["max_len"], "modalrec_positions": "from_end", "batch_unit": "targets",
-            "modalrec_grad_clip": 0.0, "modalrec_label_smoothing": 0.0, **hp}
+            "modalrec_grad_clip": 0.0, "modalrec_label_smoothing": 0.0, "modalrec_scheduler": "none",
+            "modalrec_weight_decay": 0.0, "modalrec_ema_decay": 0.0, **hp}
 
 
 def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -> None:

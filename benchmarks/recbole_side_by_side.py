@@ -102,6 +102,14 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="modalrec side: label smoothing of the full-softmax CE (default 0 = RecBole's loss; "
                         "RecBole 1.2.1's SASRec has no such option)")
+    p.add_argument("--scheduler", choices=("none", "plateau", "cosine"), default="none",
+                   help="modalrec side: lr schedule (default none = RecBole's constant lr; plateau halves the lr "
+                        "after 2 validations without improvement)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="modalrec side: AdamW weight decay on matrices (default 0 = RecBole's SASRec recipe)")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="modalrec side: validate and keep an exponential moving average of the weights "
+                        "(default 0 = off, RecBole's recipe)")
 
 
 def machine_state() -> dict[str, Any]:
@@ -175,9 +183,10 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     batch_size = args.batch_size
     if args.batch_unit == "targets":  # windows per step so that a step holds ~batch_size targets
         batch_size = max(1, round(args.batch_size * len(windows) / max(n_targets, 1)))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=0.0, grad_clip=args.grad_clip,
+    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      grad_clip=args.grad_clip, ema_decay=args.ema_decay,
                       patience=args.patience, monitor="ndcg@10", seed=args.seed, device=args.device,
-                      progress=False, scheduler="none", amp="off")
+                      progress=False, scheduler=args.scheduler, amp="off")
     source = TimedSource(windows)
     v_wall: list[float] = []
     v_cpu: list[float] = []
@@ -448,7 +457,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           "modalrec_window_stride": args.window_stride or args.max_len,
                                           "modalrec_positions": args.positions,
                                           "modalrec_grad_clip": args.grad_clip,
-                                          "modalrec_label_smoothing": args.label_smoothing},
+                                          "modalrec_label_smoothing": args.label_smoothing,
+                                          "modalrec_scheduler": args.scheduler,
+                                          "modalrec_weight_decay": args.weight_decay,
+                                          "modalrec_ema_decay": args.ema_decay},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
     python = None if args.skip_recbole or args.recbole_from else setup_venv(args.recbole_python, args.setup)

@@ -115,7 +115,7 @@ def test_schedules_warmup_cosine_plateau_and_step_limit() -> None:
     assert h.lr == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05])  # halved after the 2nd bad validation
 
 
-def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | None = None):  # type: ignore[no-untyped-def]
+def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | None = None, ema: float = 0.0):  # type: ignore[no-untyped-def]
     model = SASRec.build(
         SASRecConfig(dim=16, n_layers=1, dropout=0.3, max_len=10, loss="sampled", n_negatives=10),
         context(split),
@@ -136,6 +136,7 @@ def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | N
         scheduler="cosine",
         warmup_steps=3,
         seed=7,
+        ema_decay=ema,
         checkpoint_dir=str(ckpt),
         log_dir=str(log_dir) if log_dir else None,
     )
@@ -143,12 +144,13 @@ def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | N
     return model, hist
 
 
-def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, ema: float) -> None:
     split = cyclic_split(n_items=20, n_users=30)
-    ref_model, ref_hist = _sasrec_run(split, tmp_path / "ref", tmp_path / "ref_logs")
+    ref_model, ref_hist = _sasrec_run(split, tmp_path / "ref", tmp_path / "ref_logs", ema=ema)
     with pytest.raises(KeyboardInterrupt):
-        _sasrec_run(split, tmp_path / "run", fail_at=3)  # dies while validating epoch 3
-    model, hist = _sasrec_run(split, tmp_path / "run", tmp_path / "run_logs")
+        _sasrec_run(split, tmp_path / "run", fail_at=3, ema=ema)  # dies while validating epoch 3
+    model, hist = _sasrec_run(split, tmp_path / "run", tmp_path / "run_logs", ema=ema)
     assert hist.resumed_from == 2
     assert hist.train_loss == ref_hist.train_loss and hist.best_epoch == ref_hist.best_epoch
     ref_state = ref_model.state_dict()
@@ -158,7 +160,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "run_logs" / "train_log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and "valid/ndcg@10" in rows[0]
     # A finished run is not retrained: rerunning only restores its best weights.
-    again, hist2 = _sasrec_run(split, tmp_path / "run")
+    again, hist2 = _sasrec_run(split, tmp_path / "run", ema=ema)
     assert hist2.resumed_from == 4 and hist2.epochs == 4
     assert all(torch.equal(v, ref_state[k]) for k, v in again.state_dict().items())
 
@@ -174,3 +176,54 @@ def test_same_seed_same_weights_other_seed_differs() -> None:
     a, b, c = run(1), run(1), run(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+class Recording(Regression):
+    """Regression batches that also record the model's weights after every optimizer step."""
+
+    def __init__(self, model: Linear) -> None:
+        super().__init__()
+        self.model, self.after_step = model, []
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[XY]:
+        for batch in super().batches(batch_size, seed, epoch):
+            yield batch
+            # The loop asks for the next batch only after it has stepped on this one.
+            self.after_step.append(self.model.lin.weight.detach().clone())
+
+
+def test_weight_average_is_validated_kept_and_resumable(tmp_path: Path) -> None:
+    decay = 0.8
+    model = Linear()
+    start = model.lin.weight.detach().clone()
+    source, seen = Recording(model), []
+    rising = iter([0.1, 0.2, 0.3])
+
+    def validate(m: Linear) -> float:
+        seen.append(m.lin.weight.detach().clone())
+        return next(rising)
+
+    fit(model, source, _quiet(epochs=3, batch_size=16, lr=0.05, ema_decay=decay, seed=3), validate)
+    expected, average = [], start.clone()
+    for k, live in enumerate(source.after_step):  # 4 steps per epoch
+        d = min(decay, (1 + k) / (10 + k))  # the ramp that lets the average forget the initialisation
+        average = d * average + (1 - d) * live
+        if (k + 1) % 4 == 0:
+            expected.append(average)
+    assert len(seen) == 3 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(seen, expected))
+    assert not torch.allclose(seen[-1], source.after_step[-1])  # the live weights were not the validated ones
+    assert torch.equal(model.lin.weight, seen[-1])  # fit returns the best validated (averaged) weights
+    # Without validation, fit returns the average too; the live weights go on training underneath.
+    torch.manual_seed(0)
+    plain = Linear()
+    fit(plain, Regression(), _quiet(epochs=2, batch_size=16, lr=0.05, ema_decay=decay, seed=3))
+    torch.manual_seed(0)
+    live = Linear()  # same start, same batches, no average
+    fit(live, Regression(), _quiet(epochs=2, batch_size=16, lr=0.05, seed=3))
+    assert not torch.allclose(plain.lin.weight, live.lin.weight)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+    # A checkpoint saved without an average cannot silently continue as a run that has one.
+    fit(Linear(), Regression(), _quiet(epochs=1, checkpoint_dir=str(tmp_path / "ck")))
+    with pytest.raises(ValueError, match="without train.ema_decay"):
+        fit(Linear(), Regression(), _quiet(epochs=2, ema_decay=0.5, checkpoint_dir=str(tmp_path / "ck")))

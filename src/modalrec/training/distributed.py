@@ -148,6 +148,8 @@ class DistributedTraining:
                                          f"step {n + 1}")
             optimizer_step(opt, scaler, params, cfg.grad_clip)
             t.schedule.step()
+            if t.ema is not None:
+                t.ema.update(model)
             step_loss = loss_sum / w_total if w_total > 0 else 0.0
             self.step_losses.append(step_loss)
             total += step_loss

@@ -9,6 +9,7 @@ uninterrupted run (every epoch reseeds dropout and negative sampling from (seed,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from modalrec.errors import ConfigError
 from modalrec.seeding import derive_seed
+from modalrec.training.ema import WeightAverage
 from modalrec.training.logging import EpochLogger
 from modalrec.training.resume import TrainerCheckpoint
 from modalrec.training.schedule import LRSchedule
@@ -40,6 +42,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
+    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off (ema.py)
     window_stride: int | None = None  # sequence models: TrainWindows stride (None = max_len, no overlap)
     patience: int = 5  # validations without improvement before stopping; 0 = never stop early
     monitor: str = "ndcg@10"
@@ -68,6 +71,8 @@ class TrainConfig:
             raise ConfigError(
                 "train: epochs >= 0, batch_size >= 1, eval_every >= 1 and patience >= 0 required"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
 
 
 class BatchSource(Protocol):
@@ -159,12 +164,13 @@ def fit(
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
         schedule=LRSchedule(cfg, steps * cfg.epochs),
         hist=History(monitor=cfg.monitor, trainable_params=_trainable_params(model)),
+        ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
     )
     if distributed is not None:
         distributed.attach(t)
     ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
     if ckpt is not None and cfg.resume and ckpt.exists():
-        saved = ckpt.load(model, t.optimizer, t.scaler, t.schedule, cfg)
+        saved = ckpt.load(model, t.optimizer, t.scaler, t.schedule, cfg, t.ema)
         t.hist, t.bad, t.done, t.best_state = History.from_dict(saved["history"]), *saved["loop"]
         t.hist.resumed_from = t.hist.epochs
         t.hist.trainable_params = _trainable_params(model)
@@ -192,6 +198,8 @@ def fit(
 
     if t.best_state is not None:
         _restore(model, t.best_state)
+    elif t.ema is not None:
+        t.ema.copy_to(model)
     hist = t.hist
     if validate is None and hist.epochs:
         hist.best_epoch, hist.seconds_to_best = hist.epochs, hist.total_seconds
@@ -218,6 +226,7 @@ class _Trainer:
     done: bool = False
     best_state: dict[str, torch.Tensor] | None = None
     best_changed: bool = False  # best_state was replaced in the epoch just finished
+    ema: WeightAverage | None = None  # validated and snapshotted instead of the live weights
 
     def run_epoch(self, epoch: int) -> None:
         cfg, model, hist = self.cfg, self.model, self.hist
@@ -239,18 +248,19 @@ class _Trainer:
         if self.validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             t1 = time.perf_counter()
             model.eval()
-            with torch.no_grad():
-                result = self.validate(model)
+            with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
+                with torch.no_grad():
+                    result = self.validate(model)
+                valid_s = time.perf_counter() - t1
+                metrics = _metrics_of(result, cfg.monitor)
+                value = _monitor_value(result, cfg.monitor)
+                hist.total_seconds += train_s + valid_s
+                improved = _improved(value, hist.best_metric, cfg.monitor_mode)
+                if improved:  # snapshot inside the block: the averaged weights are the ones validated
+                    hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
+                    self.best_state, self.bad, self.best_changed = _snapshot(model), 0, True
             model.train()
-            valid_s = time.perf_counter() - t1
-            metrics = _metrics_of(result, cfg.monitor)
-            value = _monitor_value(result, cfg.monitor)
-            hist.total_seconds += train_s + valid_s
-            improved = _improved(value, hist.best_metric, cfg.monitor_mode)
-            if improved:
-                hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
-                self.best_state, self.bad, self.best_changed = _snapshot(model), 0, True
-            else:
+            if not improved:
                 self.bad += 1
                 if cfg.patience and self.bad >= cfg.patience:
                     self.done = hist.stopped_early = True
@@ -288,6 +298,8 @@ class _Trainer:
             (scaler.scale(loss) if scaler is not None else loss).backward()
             optimizer_step(opt, scaler, params, cfg.grad_clip)
             self.schedule.step()
+            if self.ema is not None:
+                self.ema.update(model)
             total += loss.detach().float()
             n += 1
             if cfg.progress and n % 10 == 0:

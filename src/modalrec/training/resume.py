@@ -2,6 +2,7 @@
 
 Directory layout (`checkpoint_dir`):
   state-eNNNN.safetensors   model weights ("model." prefix) + optimizer tensors ("optim." prefix)
+                            + the weight average ("ema." prefix) when train.ema_decay is on
   best-eNNNN.safetensors    the best-on-valid weights so far
   trainer.json              epoch, history, optimizer hyperparameters, schedule, scaler, early-stopping state
 trainer.json is written last and atomically: it is the commit point. Files it does not name are stale.
@@ -51,6 +52,8 @@ class TrainerCheckpoint:
         state_file = f"state-e{epoch:04d}.safetensors"
         optim_tensors, optim_payload = optimizer_to_parts(t.optimizer)
         tensors = {f"model.{k}": v for k, v in t.model.state_dict().items()} | optim_tensors
+        if t.ema is not None:
+            tensors |= t.ema.tensors("ema.")
         save_tensors(self.dir / state_file, tensors)
         best_file = prev.get("best_file")
         if t.best_state is not None and (t.best_changed or best_file is None):
@@ -66,6 +69,7 @@ class TrainerCheckpoint:
             "optimizer": optim_payload,
             "schedule": t.schedule.state_dict(),
             "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+            "ema_updates": t.ema.updates if t.ema is not None else None,
             "config": dataclasses.asdict(t.cfg),
             "history": t.hist.to_dict(),
         }
@@ -75,7 +79,13 @@ class TrainerCheckpoint:
                 p.unlink(missing_ok=True)
 
     def load(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, schedule: Any, cfg: Any
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any,
+        schedule: Any,
+        cfg: Any,
+        ema: Any = None,
     ) -> dict[str, Any]:
         payload = json.loads(self.meta_path.read_text())
         if payload.get("format") != FORMAT:
@@ -96,5 +106,10 @@ class TrainerCheckpoint:
         schedule.load_state_dict(payload["schedule"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
+        if ema is not None:
+            if payload.get("ema_updates") is None:
+                raise ValueError(f"{self.meta_path}: this run was saved without train.ema_decay; resume it with "
+                                 "ema_decay=0 or start a new checkpoint_dir")
+            ema.load(tensors, payload["ema_updates"], "ema.")
         best = load_tensors(self.dir / payload["best_file"]) if payload.get("best_file") else None
         return {"history": payload["history"], "loop": (int(payload["bad"]), bool(payload["done"]), best)}
