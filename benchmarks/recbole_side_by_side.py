@@ -34,7 +34,7 @@ combine them with recbole_seeds_summary.py.
     nice -n 10 python benchmarks/recbole_side_by_side.py --epochs 30 --out benchmarks/results/recbole_side_by_side.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 10 --out runs/sbs_s3.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --grad-clip 1 --skip-recbole --out runs/mr_s3.json
-    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 1 --label-smoothing 0.3 \
+    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 1 --label-smoothing 0.5 \
         --recbole-from runs/sbs_s3.json --out runs/mr_ls_s3.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
 """
