@@ -41,12 +41,8 @@ class WeightAverage:
     @contextmanager
     def swapped_in(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """The model holds the averaged weights inside the block and its live weights again after it."""
-        live = {}
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in self.shadow:
-                    live[name] = p.detach().clone()
-                    p.copy_(self.shadow[name])
+        live = {name: p.detach().clone() for name, p in model.named_parameters() if name in self.shadow}
+        self.copy_to(model)
         try:
             yield model
         finally:

@@ -252,15 +252,17 @@ class _Trainer:
                 with torch.no_grad():
                     result = self.validate(model)
                 valid_s = time.perf_counter() - t1
-                metrics = _metrics_of(result, cfg.monitor)
                 value = _monitor_value(result, cfg.monitor)
-                hist.total_seconds += train_s + valid_s
                 improved = _improved(value, hist.best_metric, cfg.monitor_mode)
-                if improved:  # snapshot inside the block: the averaged weights are the ones validated
-                    hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
-                    self.best_state, self.bad, self.best_changed = _snapshot(model), 0, True
+                if improved:  # snapshot inside the block: the validated (averaged) weights are the ones kept
+                    self.best_state = _snapshot(model)
             model.train()
-            if not improved:
+            metrics = _metrics_of(result, cfg.monitor)
+            hist.total_seconds += train_s + valid_s
+            if improved:
+                hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
+                self.bad, self.best_changed = 0, True
+            else:
                 self.bad += 1
                 if cfg.patience and self.bad >= cfg.patience:
                     self.done = hist.stopped_early = True
