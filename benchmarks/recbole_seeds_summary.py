@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from _output import emit_json
-from recbole_side_by_side import HP_KEYS
+from recbole_side_by_side import HP_KEYS, modalrec_hparams, parse_args
 
 # Shared by both libraries in every file (the seed is what varies) / modalrec-only, same in every --modalrec file.
 SHARED_KEYS = tuple(k for k in HP_KEYS if k != "seed")
-MODALREC_KEYS = ("batch_unit", "modalrec_window_stride", "modalrec_positions", "modalrec_grad_clip",
-                 "modalrec_label_smoothing", "modalrec_scheduler", "modalrec_weight_decay",
-                 "modalrec_ema_decay")
+# The script's defaults stand in for options that older runs did not record yet.
+MODALREC_DEFAULTS = modalrec_hparams(parse_args([]))
+MODALREC_KEYS = tuple(MODALREC_DEFAULTS)
 # Per-seed values kept from each side's result, besides test NDCG@10 / HR@10; the timings are also averaged.
 TIMINGS = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
 
@@ -48,9 +48,7 @@ def load(paths: list[Path], side: str) -> dict[int, tuple[Path, dict[str, Any]]]
 def hparams(run: dict[str, Any]) -> dict[str, Any]:
     """The run's hyperparameters, with the defaults of modalrec options older runs did not record yet."""
     hp = run["hparams"]
-    return {"modalrec_window_stride": hp["max_len"], "modalrec_positions": "from_end", "batch_unit": "targets",
-            "modalrec_grad_clip": 0.0, "modalrec_label_smoothing": 0.0, "modalrec_scheduler": "none",
-            "modalrec_weight_decay": 0.0, "modalrec_ema_decay": 0.0, **hp}
+    return {**MODALREC_DEFAULTS, "modalrec_window_stride": hp["max_len"], **hp}
 
 
 def check_same(runs: list[tuple[Path, dict[str, Any]]], keys: tuple[str, ...]) -> None:

@@ -112,6 +112,14 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
                         "(default 0 = off, RecBole's recipe)")
 
 
+def modalrec_hparams(args: argparse.Namespace) -> dict[str, Any]:
+    """The modalrec-side options as recorded in the JSON's hparams (recbole_seeds_summary.py checks them)."""
+    return {"batch_unit": args.batch_unit, "modalrec_window_stride": args.window_stride or args.max_len,
+            "modalrec_positions": args.positions, "modalrec_grad_clip": args.grad_clip,
+            "modalrec_label_smoothing": args.label_smoothing, "modalrec_scheduler": args.scheduler,
+            "modalrec_weight_decay": args.weight_decay, "modalrec_ema_decay": args.ema_decay}
+
+
 def machine_state() -> dict[str, Any]:
     return {"loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -453,14 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"benchmark": "recbole_side_by_side", "dataset": "ml-100k", "data": str(args.data),
                               "machine": machine_info(args.threads), "load": {"start": machine_state()},
-                              "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, "batch_unit": args.batch_unit,
-                                          "modalrec_window_stride": args.window_stride or args.max_len,
-                                          "modalrec_positions": args.positions,
-                                          "modalrec_grad_clip": args.grad_clip,
-                                          "modalrec_label_smoothing": args.label_smoothing,
-                                          "modalrec_scheduler": args.scheduler,
-                                          "modalrec_weight_decay": args.weight_decay,
-                                          "modalrec_ema_decay": args.ema_decay},
+                              "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, **modalrec_hparams(args)},
                               "filtering": "none on either side (all 100,000 u.data rows; RecBole default "
                                            "[0,inf) user/item intervals, no rating threshold, no dedup)"}
     python = None if args.skip_recbole or args.recbole_from else setup_venv(args.recbole_python, args.setup)
