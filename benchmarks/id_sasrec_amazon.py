@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark sc
 
 from _output import emit_json
 from recbole_side_by_side import (
+    HP_KEYS,
     add_hparams,
     add_modalrec_options,
     machine_info,
     machine_state,
+    modalrec_hparams,
     train_modalrec_sasrec,
 )
 
@@ -117,9 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {
         "benchmark": "id_sasrec_amazon", "model": "ID SASRec (modalrec), full-softmax CE",
-        "hparams": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "lr", "dim", "ffn_dim", "layers",
-                                                  "heads", "dropout", "max_len", "seed", "window_stride",
-                                                  "positions", "grad_clip", "label_smoothing")},
+        "hparams": {**{k: getattr(args, k) for k in HP_KEYS}, **modalrec_hparams(args)},
         "machine": machine_info(args.threads), "load_start": machine_state(),
         "results": {name: run_one(name, args) for name in args.datasets},
     }
