@@ -131,6 +131,7 @@ def init_process_group(launch: Launch, backend: str = "auto", device: str = "aut
     kwargs: dict[str, Any] = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     dist.init_process_group(chosen, init_method=init_method, rank=launch.rank, world_size=launch.world_size,
                             **kwargs)
+    barrier()  # creating a group is not a synchronisation point: start work only once every rank is in
     log.info("process group: rank %d of %d, backend %s, device %s", launch.rank, launch.world_size, chosen, dev)
     return Session(launch, chosen, dev)
 
@@ -150,10 +151,13 @@ def distributed_session(launch: Launch | None, backend: str = "auto", device: st
         yield None
         return
     session = init_process_group(launch, backend, device, init_method, timeout_s)
-    try:
-        yield session
-    finally:
-        destroy_process_group()
+    yield session
+    # Only after a normal exit, and all ranks together: a rank that tears gloo down and exits while
+    # a peer is still working (rank 0 writing the run directory) can take the peer down with it, and
+    # a rank that failed must not block in teardown while the others wait in a collective (its
+    # exception ends the process; the launcher then stops the rest).
+    barrier()
+    destroy_process_group()
 
 
 def is_distributed() -> bool:
