@@ -152,10 +152,10 @@ def distributed_session(launch: Launch | None, backend: str = "auto", device: st
         return
     session = init_process_group(launch, backend, device, init_method, timeout_s)
     yield session
-    # Only after a normal exit, and all ranks together: a rank that tears gloo down and exits while
-    # a peer is still working (rank 0 writing the run directory) can take the peer down with it, and
-    # a rank that failed must not block in teardown while the others wait in a collective (its
-    # exception ends the process; the launcher then stops the rest).
+    # Only after a normal exit, and all ranks together: no rank closes its connections while a peer
+    # is still working (rank 0 writing the run directory), and a rank that failed does not block in
+    # teardown while the others wait in a collective (its exception ends the process; the launcher
+    # then stops the rest).
     barrier()
     destroy_process_group()
 
