@@ -44,7 +44,6 @@ from tqdm.auto import tqdm
 from modalrec.errors import ConfigError
 from modalrec.parallel import all_reduce, broadcast_json, is_distributed, rank_and_world
 from modalrec.seeding import derive_seed
-from modalrec.training.loop import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +145,7 @@ class DistributedTraining:
             if n_bad:  # every rank raises together, before the step: the weights stay finite
                 raise FloatingPointError(f"non-finite training loss on {int(n_bad)} rank(s) at epoch {epoch}, "
                                          f"step {n + 1}")
-            optimizer_step(opt, scaler, params, cfg.grad_clip)
-            t.schedule.step()
-            if t.ema is not None:
-                t.ema.update(model)
+            t.update(params)
             step_loss = loss_sum / w_total if w_total > 0 else 0.0
             self.step_losses.append(step_loss)
             total += step_loss

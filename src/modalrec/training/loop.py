@@ -228,6 +228,14 @@ class _Trainer:
     best_changed: bool = False  # best_state was replaced in the epoch just finished
     ema: WeightAverage | None = None  # validated and snapshotted instead of the live weights
 
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        """One optimizer step on the accumulated gradients, then what follows every step (single process
+        and DDP alike): the lr schedule and the weight average."""
+        optimizer_step(self.optimizer, self.scaler, params, self.cfg.grad_clip)
+        self.schedule.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def run_epoch(self, epoch: int) -> None:
         cfg, model, hist = self.cfg, self.model, self.hist
         epoch_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}")
@@ -298,10 +306,7 @@ class _Trainer:
                                          f"step {n + 1}")  # fmt: skip
             opt.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            optimizer_step(opt, scaler, params, cfg.grad_clip)
-            self.schedule.step()
-            if self.ema is not None:
-                self.ema.update(model)
+            self.update(params)
             total += loss.detach().float()
             n += 1
             if cfg.progress and n % 10 == 0:
