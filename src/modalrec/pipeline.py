@@ -21,7 +21,7 @@ from modalrec.data.splits import Split, cold_items, from_presplit, global_tempor
 from modalrec.errors import ConfigError
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
 from modalrec.io import write_json_atomic
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ModelContext, Training
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,13 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
 
     valid_eval = evaluator("valid")
     history = None
-    if hasattr(model, "fit_counts"):
+    if model.training_kind is Training.COUNTS:
         model.fit_counts(split)
     else:
         train_cfg = cfg.train
         if out_dir is not None and train_cfg.checkpoint_dir is None:
             train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
-        if hasattr(model, "training_source"):
+        if model.training_kind is Training.PAIRS:
             source = model.training_source(split)
         else:
             source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
@@ -283,7 +283,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
                                          load_hidden_states(ds, cfg.features), ds.items))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
-    elif hasattr(model, "fit_counts"):
+    elif model.training_kind is Training.COUNTS:
         model.fit_counts(split)
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,

@@ -15,6 +15,7 @@ from train_testdata import context, cyclic_split, one_thread  # noqa: F401
 from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError
 from modalrec.evaluation.evaluator import Evaluator
+from modalrec.models.base import Recommender, Training
 from modalrec.models.sasrec import SASRec, SASRecConfig
 from modalrec.training.loop import TrainConfig, fit
 
@@ -46,7 +47,9 @@ class Regression:
         return -(-len(self.x) // batch_size)
 
 
-class Linear(nn.Module):
+class Linear(Recommender):
+    training_kind = Training.WINDOWS  # trained by gradient steps on its own batches
+
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(3, 1)

@@ -1,15 +1,40 @@
-"""What every model shares: the build context and the sequential-recommender base class."""
+"""The model contract: what every model declares, and the build context it receives.
+
+A model *declares* what the rest of the library needs to know about it, as class attributes and
+properties of `Recommender`; the pipeline, trainer, evaluator and server read these declarations and
+never probe a model with `hasattr`:
+
+- `training_kind` (a `Training`): which data the trainer feeds it (windows, pairs, events, counts, staged);
+- `dot_product_scores`: whether `score(batch) == forward(batch) @ item_embeddings().T`, so serving may rank
+  with an (approximate) nearest-neighbour index over `item_embeddings()`;
+- `stateful`: whether scores depend on state built from earlier events (`reset_state` / `observe`);
+- `history_length`: how many of the user's most recent items it reads (evaluation and serving cut
+  histories to this);
+- `content_modalities(cfg)`: which FeatureStore modalities ("text", "image") a configuration reads, so
+  models that need none are built without encoding anything.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from modalrec.types import SeqBatch
+
+
+class Training(str, Enum):
+    """How a model learns; the pipeline chooses its training data (and the trainer its plan) from this."""
+
+    WINDOWS = "windows"  # next-item targets over TrainWindows of the training sequences: loss(SeqBatch)
+    PAIRS = "pairs"  # (user, positive, negatives) triples from training_data(split): loss(PairBatch)
+    EVENTS = "events"  # the time-ordered event stream (stateful temporal models): loss(EventBatch)
+    COUNTS = "counts"  # no gradient steps: fit_counts(split)
+    STAGED = "staged"  # a model-specific sequence of training stages (Recformer's two-stage finetuning)
 
 
 @dataclass
@@ -32,21 +57,92 @@ class ModelContext:
     item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
 
 
-class SequentialRecommender(nn.Module):
-    """Base class: encode a history into a state [B, d]; score = state . item_embeddings().T.
+ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
+
+
+def tower_modalities(kind: str, options: dict[str, Any] | None = None) -> frozenset[str]:
+    """FeatureStore modalities an item tower of this kind reads (towers over hidden-state caches or
+    live encoders read none)."""
+    if kind == "hybrid":
+        content = (options or {}).get("content", "auto")
+        return ANY_CONTENT if content == "auto" else frozenset(str(content).split("+"))
+    if kind in ("text", "image", "text+image"):
+        return frozenset(kind.split("+"))
+    return frozenset()
+
+
+class Recommender(nn.Module):
+    """The one model contract (see the module docstring). Subclasses set the class attributes and
+    implement `history_length`, `score` and, unless `training_kind` is COUNTS, `loss`."""
+
+    training_kind: ClassVar[Training]
+    dot_product_scores: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+
+    @property
+    def history_length(self) -> int:
+        """Most recent history items the model reads (0: it reads no history window)."""
+        raise NotImplementedError
+
+    @classmethod
+    def content_modalities(cls, cfg: Any) -> frozenset[str]:
+        """FeatureStore modalities this configuration reads; empty when it needs no content features."""
+        return frozenset()
+
+    def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
+        raise NotImplementedError
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} is not trained by gradient steps ({self.training_kind.value})")
+
+    def training_source(self, split: Any) -> Any:
+        """PAIRS models: the (user, positive, negatives) source over `split.train`. Others refuse."""
+        raise TypeError(f"{type(self).__name__} is trained from {self.training_kind.value}, not pairs")
+
+    def fit_counts(self, split: Any) -> Recommender:
+        """COUNTS models: set scores from the training data. Others refuse."""
+        raise TypeError(f"{type(self).__name__} is trained from {self.training_kind.value}, not fitted from counts")
+
+    def reseed(self, seed: int) -> None:
+        """Restart the model's own random streams (negatives, masks) for an epoch; default: none."""
+
+    def reset_state(self) -> None:
+        """Stateful models: forget all events (called before streaming events in time order)."""
+
+    def observe(self, batch: Any) -> None:
+        """Stateful models: commit events after they were scored. Stateless models ignore events."""
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        """Replace item features (e.g. after items were appended). ID-only models refuse."""
+        raise TypeError(f"{type(self).__name__} has no content features; it cannot score new items")
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class SequentialRecommender(Recommender):
+    """A history encoder: state [B, d] from a SeqBatch; score = state . item_embeddings().T.
 
     Subclasses implement `forward` (SeqBatch -> [B, d] state at the last position), `item_embeddings`
     ([n_items + 1, d]) and `loss`. Content models compute item embeddings from features, so an item
     added after training is scored the moment its features exist.
     """
 
+    training_kind = Training.WINDOWS
+    dot_product_scores = True
+
+    @property
+    def history_length(self) -> int:
+        return int(self.cfg.max_len)
+
+    @classmethod
+    def content_modalities(cls, cfg: Any) -> frozenset[str]:
+        return tower_modalities(cfg.tower.kind, cfg.tower.options)
+
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d]
         raise NotImplementedError
 
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
-        raise NotImplementedError
-
-    def loss(self, batch: SeqBatch) -> torch.Tensor:
         raise NotImplementedError
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,13 +151,6 @@ class SequentialRecommender(nn.Module):
         if items is not None:
             table = table[items]  # [M, d]
         return state @ table.T  # [B, N + 1] or [B, M]
-
-    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
-        """Replace item features (e.g. after items were appended). ID-only models refuse."""
-        raise TypeError(f"{type(self).__name__} has no content features; it cannot score new items")
-
-    def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
 class CausalTowerRecommender(SequentialRecommender):

@@ -33,7 +33,7 @@ from modalrec.data.interactions import Interactions
 from modalrec.data.pairs import Graph, PairBatch, PairSource, normalized_adjacency, sparse_propagate
 from modalrec.data.splits import Split
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext, SequentialRecommender
+from modalrec.models.base import ModelContext, SequentialRecommender, Training
 from modalrec.seeding import torch_generator
 from modalrec.training.losses import bpr
 from modalrec.types import SeqBatch
@@ -46,7 +46,12 @@ class UserItemRecommender(SequentialRecommender):
     gradients, and `regularizer(batch)`; graph models set `graph_norm` ("sym" / "mean").
     """
 
+    training_kind = Training.PAIRS
     graph_norm: str | None = None
+
+    @property
+    def history_length(self) -> int:
+        return self.max_len  # a user unseen in training is the mean of its last max_len items
 
     def __init__(self, ctx: ModelContext, max_len: int, n_negatives: int, out_dim: int) -> None:
         super().__init__()

@@ -23,7 +23,7 @@ from torch import nn
 
 from modalrec.data.pairs import Graph, PairBatch, sparse_propagate
 from modalrec.errors import ConfigError, MismatchError
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ANY_CONTENT, ModelContext
 from modalrec.models.lightgcn import UserItemRecommender
 from modalrec.models.vbpr import select_features
 from modalrec.seeding import torch_generator
@@ -65,6 +65,10 @@ class ModalityGCN(nn.Module):
 
 
 class MMGCN(UserItemRecommender):
+    @classmethod
+    def content_modalities(cls, cfg: object) -> frozenset[str]:
+        return ANY_CONTENT
+
     graph_norm = "mean"
 
     def __init__(self, cfg: MMGCNConfig, ctx: ModelContext) -> None:

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ModelContext, Recommender, Training
 from modalrec.types import SeqBatch
 
 
@@ -32,10 +31,14 @@ class RecentPopConfig:
     tie_break: bool = True  # break ties among recent counts by overall training counts
 
 
-class _CountScorer(nn.Module):
+class _CountScorer(Recommender):
     """Shared scorer: a [n_items + 1] buffer of scores (PAD = 0, never a real item) broadcast to every row."""
 
-    trainable = False  # `fit` is not for these; use fit_counts
+    training_kind = Training.COUNTS
+
+    @property
+    def history_length(self) -> int:
+        return 0  # one ranking for everyone
 
     def __init__(self, n_items: int) -> None:
         super().__init__()

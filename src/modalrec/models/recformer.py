@@ -23,7 +23,7 @@ from torch import nn
 
 from modalrec.data.items import ItemTable
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext, SequentialRecommender
+from modalrec.models.base import ModelContext, SequentialRecommender, Training
 from modalrec.models.recformer_input import (
     ItemTokens,
     RecInputs,
@@ -158,6 +158,17 @@ def _build_backbone(cfg: RecformerConfig) -> nn.Module:
 
 class RecformerModel(SequentialRecommender):
     """The Recformer encoder plus the item table it scores (token runs of items 0..n)."""
+
+    training_kind = Training.STAGED
+    dot_product_scores = True  # score = forward @ item_embeddings().T / temperature: the same ranking
+
+    @property
+    def history_length(self) -> int:
+        return int(self.cfg.max_items)
+
+    @classmethod
+    def content_modalities(cls, cfg: RecformerConfig) -> frozenset[str]:
+        return frozenset()  # reads item text itself (ModelContext.item_table), not the FeatureStore
 
     def __init__(self, cfg: RecformerConfig, items: ItemTokens | None = None):
         super().__init__()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ANY_CONTENT, ModelContext, Recommender, Training
 from modalrec.models.tgn_embedding import GraphEmbedding, Neighbors, NodeFeatures
 from modalrec.models.tgn_memory import NeighborBuffer, TGNMemory
 from modalrec.seeding import derive_seed
@@ -83,8 +83,19 @@ class NodeContext:
     last_update: torch.Tensor
 
 
-class TGN(nn.Module):
+class TGN(Recommender):
     """MM-TGN. Stateful: call `reset_state()` before streaming events in time order."""
+
+    training_kind = Training.EVENTS
+    stateful = True  # scores read memory built from earlier events; not a dot product with a fixed table
+
+    @property
+    def history_length(self) -> int:
+        return 0  # reads its memory and neighbour buffers, not a history window
+
+    @classmethod
+    def content_modalities(cls, cfg: TGNConfig) -> frozenset[str]:
+        return ANY_CONTENT if cfg.item_features == "content" else frozenset()
 
     def __init__(
         self, cfg: TGNConfig, n_users: int, n_items: int, item_features: dict[str, torch.Tensor] | None = None,

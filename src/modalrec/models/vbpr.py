@@ -22,7 +22,7 @@ from torch import nn
 
 from modalrec.data.pairs import PairBatch
 from modalrec.errors import ConfigError, MismatchError
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ANY_CONTENT, ModelContext
 from modalrec.models.lightgcn import UserItemRecommender
 from modalrec.seeding import torch_generator
 
@@ -68,6 +68,10 @@ def select_features(
 
 
 class VBPR(UserItemRecommender):
+    @classmethod
+    def content_modalities(cls, cfg: object) -> frozenset[str]:
+        return ANY_CONTENT
+
     def __init__(self, cfg: VBPRConfig, ctx: ModelContext) -> None:
         if cfg.dim < 0 or cfg.content_dim < 1 or cfg.reg < 0 or cfg.reg_content < 0:
             raise ConfigError("vbpr: dim >= 0, content_dim >= 1, reg >= 0 and reg_content >= 0 required")

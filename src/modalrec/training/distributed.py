@@ -89,7 +89,7 @@ class DistributedTraining:
 
     def attach(self, trainer: Any) -> None:
         """Route the trainer's epochs through `train_epoch` (an instance attribute shadows the method)."""
-        if callable(getattr(trainer.model, "observe", None)):
+        if trainer.model.stateful:
             raise ConfigError(f"{type(trainer.model).__name__} is stateful (event-ordered memory) and cannot be "
                               "trained data-parallel; train it in one process")
         trainer.train_epoch = functools.partial(self.train_epoch, trainer)
@@ -111,8 +111,7 @@ class DistributedTraining:
         if self.world_size > 1:
             rank_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}/rank{self.rank}")
             torch.manual_seed(rank_seed)
-            if callable(getattr(model, "reseed", None)):
-                model.reseed(rank_seed)
+            model.reseed(rank_seed)
         net = self._network(model, device)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modalrec.errors import ConfigError
+from modalrec.models.base import Recommender, Training
 from modalrec.seeding import derive_seed
 from modalrec.training.ema import WeightAverage
 from modalrec.training.logging import EpochLogger
@@ -240,10 +241,8 @@ class _Trainer:
         cfg, model, hist = self.cfg, self.model, self.hist
         epoch_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}")
         torch.manual_seed(epoch_seed)
-        if callable(getattr(model, "reset_state", None)):
-            model.reset_state()
-        if callable(getattr(model, "reseed", None)):
-            model.reseed(epoch_seed)
+        model.reset_state()
+        model.reseed(epoch_seed)
         t0 = time.perf_counter()
         loss = self.train_epoch(epoch)
         train_s = time.perf_counter() - t0
@@ -317,7 +316,9 @@ class _Trainer:
 
 def _check_trainable(model: torch.nn.Module) -> None:
     name = type(model).__name__
-    if not callable(getattr(model, "loss", None)):
+    if not isinstance(model, Recommender):
+        raise TypeError(f"{name} is not a modalrec model (models.base.Recommender)")
+    if model.training_kind is Training.COUNTS:
         raise TypeError(f"{name} has no loss(batch); count-based models are fitted with fit_counts(split)")
     if not any(p.requires_grad for p in model.parameters()):
         raise TypeError(f"{name} has no trainable parameters; nothing for fit() to train")
