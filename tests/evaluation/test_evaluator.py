@@ -182,12 +182,18 @@ def test_group_metrics_equal_metrics_on_the_subset() -> None:
     model = TableModel(random_table(200, n_items, seed=11))
     ev = Evaluator(es, n_items, ks=(5, 10))
     rep = ev.run(model)
+    nonempty = 0
     for g, mask in es.group_masks().items():
-        assert rep.counts[g] == int(mask.sum()) > 0
+        assert rep.counts[g] == int(mask.sum())
+        if not mask.any():
+            assert all(v is None for v in rep.groups[g].values())
+            continue
+        nonempty += 1
         sub = Evaluator(es.subset(mask), n_items, ks=(5, 10)).run(model)
         assert rep.groups[g] == pytest.approx(sub.overall)
         assert rep.groups[g] == pytest.approx(compute_metrics(torch.from_numpy(rep.ranks[mask]), (5, 10)))
     assert rep.counts["overall"] == 200
+    assert nonempty >= 7  # the cold groups, repeat / novel and several history buckets are populated
 
 
 def test_empty_group_reports_count_zero_and_no_nan() -> None:
@@ -288,3 +294,16 @@ def test_negative_draws_follow_the_requested_distribution(kind: str) -> None:
     freq = np.bincount(first, minlength=6)[1:5] / n_events
     expected = counts[1:5] / counts[1:5].sum() if kind == "popularity" else np.full(4, 0.25)
     np.testing.assert_allclose(freq, expected, atol=0.025)  # ~5 standard errors at 6000 draws
+
+
+def test_repeat_and_history_groups_match_a_naive_reference() -> None:
+    es = random_evalset(300, 25, seed=21, max_hist=30)
+    masks = es.group_masks()
+    for e in range(len(es)):
+        hist = es.history(e).tolist()
+        assert masks["repeat"][e] == (int(es.target[e]) in hist)
+        assert masks["novel"][e] == (int(es.target[e]) not in hist)
+        n = len(hist)
+        expected = "hist_0" if n == 0 else "hist_1" if n == 1 else "hist_2-4" if n <= 4 else "hist_5-19" if n <= 19 else "hist_20+"
+        assert [g for g in masks if g.startswith("hist_") and masks[g][e]] == [expected]
+    assert 0 < masks["repeat"].sum() < len(es)

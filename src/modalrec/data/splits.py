@@ -15,7 +15,17 @@ import numpy as np
 from modalrec.data.interactions import Interactions
 from modalrec.seeding import numpy_rng
 
-GROUPS = ("warm", "cold_item", "cold_user")
+COLD_GROUPS = ("warm", "cold_item", "cold_user")
+REPEAT_GROUPS = ("repeat", "novel")
+# (name, fewest, most) earlier events of the user before the evaluated event; most None = no bound.
+HISTORY_BUCKETS = (("hist_0", 0, 0), ("hist_1", 1, 1), ("hist_2-4", 2, 4), ("hist_5-19", 5, 19), ("hist_20+", 20, None))
+GROUPS = COLD_GROUPS + REPEAT_GROUPS + tuple(name for name, _, _ in HISTORY_BUCKETS)
+GROUP_DEFINITIONS = (
+    "warm = target seen in training and user has training events; cold_item = target unseen in training; "
+    "cold_user = user without training events (cold groups may overlap); repeat = target already in the user's "
+    "history (kept rankable even when history is masked), novel = not repeat; hist_A-B = the user has A..B "
+    "earlier events before the evaluated one"
+)
 
 
 @dataclass(frozen=True)
@@ -38,13 +48,31 @@ class EvalSet:
     def history(self, e: int) -> np.ndarray:
         return self.hist_items[self.hist_offsets[e] : self.hist_offsets[e + 1]]
 
+    def history_lengths(self) -> np.ndarray:  # [E] int64 earlier events per evaluated event
+        return np.diff(self.hist_offsets)
+
+    def repeat_mask(self) -> np.ndarray:
+        """[E] bool: the target already occurs in the event's history (a repeat consumption)."""
+        lengths = self.history_lengths()
+        owner = np.repeat(np.arange(len(self), dtype=np.int64), lengths)  # [H] event of each history entry
+        repeat = np.zeros(len(self), dtype=bool)
+        repeat[owner[self.hist_items == self.target[owner]]] = True
+        return repeat
+
     def group_masks(self) -> dict[str, np.ndarray]:
-        """warm = neither cold; cold_item and cold_user may overlap (an event can be both)."""
-        return {
+        """Every group of GROUP_DEFINITIONS. warm = neither cold; cold_item and cold_user may overlap;
+        repeat / novel and the history buckets each partition the events."""
+        repeat, lengths = self.repeat_mask(), self.history_lengths()
+        masks = {
             "warm": ~self.cold_item & ~self.cold_user,
             "cold_item": self.cold_item.copy(),
             "cold_user": self.cold_user.copy(),
+            "repeat": repeat,
+            "novel": ~repeat,
         }
+        for name, lo, hi in HISTORY_BUCKETS:
+            masks[name] = (lengths >= lo) & (lengths <= (hi if hi is not None else np.iinfo(np.int64).max))
+        return masks
 
     def subset(self, mask: np.ndarray) -> EvalSet:
         idx = np.flatnonzero(mask)

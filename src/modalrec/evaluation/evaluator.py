@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from modalrec.data.sequences import eval_batch
-from modalrec.data.splits import EvalSet
+from modalrec.data.splits import GROUP_DEFINITIONS, EvalSet
 from modalrec.evaluation.metrics import METRIC_DEFINITIONS, check_no_nan, compute_metrics
 from modalrec.evaluation.report import Report
 from modalrec.evaluation.sampled import SampledConfig, draw_negatives, sampled_ranks
@@ -33,7 +33,8 @@ from modalrec.types import Scorer
 
 log = logging.getLogger(__name__)
 
-EXCLUDE_SEEN_RULE = "exclude_seen: history items other than the target are removed from candidates"
+EXCLUDE_SEEN_RULE = ("exclude_seen: history items other than the target are removed from candidates; a repeat target "
+                     "(already in the history) stays rankable and is reported in the repeat group")
 NO_EXCLUDE_RULE = "exclude_seen=False: every item 1..n_items is a candidate, history included"
 
 
@@ -185,8 +186,7 @@ class Evaluator:
             "candidates": EXCLUDE_SEEN_RULE if self.exclude_seen else NO_EXCLUDE_RULE,
             "ties": "pessimistic",
             "metric_definitions": METRIC_DEFINITIONS,
-            "groups": "warm = target seen in training and user has training events; cold_item = target "
-            "unseen in training; cold_user = user without training events (cold groups may overlap)",
+            "groups": GROUP_DEFINITIONS,
             "max_len": self.max_len,
             "device": str(self.device),
             "batch_size": self.batch_size,

@@ -11,9 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from modalrec.data.splits import GROUPS
 from modalrec.io import write_bytes_atomic, write_json_atomic
 
-GROUP_ROWS = ("overall", "warm", "cold_item", "cold_user")
+GROUP_ROWS = ("overall", *GROUPS)
+SUMMARY_GROUPS = ("overall", "warm", "cold_item", "cold_user", "novel")  # the columns of comparison tables
 
 
 @dataclass
@@ -97,7 +99,7 @@ class Report:
 def compare_table(
     reports: Mapping[str, Report],
     metrics: Sequence[str] = ("ndcg@10", "hr@10"),
-    groups: Sequence[str] = GROUP_ROWS,
+    groups: Sequence[str] = SUMMARY_GROUPS,
 ) -> str:
     """Markdown table, one row per run, one column per (metric, group); event counts in the header."""
     names = list(reports)
