@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, port: int, args: dict[str, Any], out: str) ->
     from modalrec.data.sources import load_dataset
     from modalrec.data.splits import leave_one_out
     from modalrec.models.base import ModelContext
-    from modalrec.models.sasrec import SASRec, SASRecConfig
+    from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
     from modalrec.parallel import Launch, all_reduce, destroy_process_group, init_process_group
     from modalrec.training.distributed import DistributedTraining
     from modalrec.training.loop import TrainConfig, fit

@@ -38,8 +38,8 @@ METHODS = ("iisan", "frozen", "fft", "lora")
 
 
 def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.nn.Module:
-    from modalrec.models.iisan import IISAN, IISANConfig, states_from_cache
-    from modalrec.models.peft_baselines import (
+    from modalrec.models.iisan.model import IISAN, IISANConfig, states_from_cache
+    from modalrec.models.iisan.peft_baselines import (
         EncoderFinetune,
         EncoderFinetuneConfig,
         FrozenBackbone,
@@ -67,7 +67,7 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
 def worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time `--steps` optimizer steps of one method (after `--warmup` steps) and measure peak memory."""
     from modalrec.data.sequences import TrainWindows
-    from modalrec.models.iisan import PeakMemory, efficiency_report
+    from modalrec.models.iisan.model import PeakMemory, efficiency_report
 
     prep = prepare(args.data_dir, args.dataset, args.cache_root, args.max_users, "cpu", args.encode_batch, args.seed,
                    with_cache=method in ("iisan", "frozen"))

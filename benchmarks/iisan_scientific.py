@@ -72,7 +72,7 @@ def context(prep: dict[str, Any], max_len: int):
 def train_and_test(model: torch.nn.Module, prep: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.evaluator import Evaluator
-    from modalrec.models.iisan import PeakMemory, efficiency_report
+    from modalrec.models.iisan.model import PeakMemory, efficiency_report
     from modalrec.training.loop import TrainConfig, fit
 
     split = prep["split"]
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from modalrec.models.iisan import IISAN, IISANConfig, states_from_cache
-    from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
+    from modalrec.models.iisan.model import IISAN, IISANConfig, states_from_cache
+    from modalrec.models.iisan.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 
     prep = prepare(args.data_dir, args.dataset, args.cache_root, args.max_users, args.device, args.encode_batch,
                    args.seed)

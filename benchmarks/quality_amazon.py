@@ -98,8 +98,8 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.models.base import ModelContext
-    from modalrec.models.item_towers import TowerConfig
-    from modalrec.models.sasrec import SASRec, SASRecConfig
+    from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+    from modalrec.models.towers.item_towers import TowerConfig
     from modalrec.training.loop import TrainConfig, fit
 
     ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=args.max_len,

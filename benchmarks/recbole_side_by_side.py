@@ -168,7 +168,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.models.base import ModelContext
-    from modalrec.models.sasrec import SASRec, SASRecConfig
+    from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
     from modalrec.training.loop import fit
 
     torch.set_num_threads(args.threads)

@@ -28,9 +28,10 @@ from modalrec.data.sources.amazon_iisan import load_amazon_iisan
 from modalrec.data.sources.recbole import load_recbole
 from modalrec.data.splits import EvalSet, from_presplit
 from modalrec.evaluation.evaluator import Evaluator
-from modalrec.models.recformer import RecformerConfig, RecformerModel
-from modalrec.models.recformer_input import ItemTokens
-from modalrec.models.recformer_train import (
+from modalrec.models.recformer.input import ItemTokens
+from modalrec.models.recformer.model import RecformerConfig, RecformerModel
+from modalrec.seeding import numpy_rng
+from modalrec.training.recformer import (
     FinetuneConfig,
     PrefixPairs,
     PretrainConfig,
@@ -40,7 +41,6 @@ from modalrec.models.recformer_train import (
     pretrain,
     user_sequences,
 )
-from modalrec.seeding import numpy_rng
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 METRICS = ("ndcg@10", "recall@10", "hr@10", "mrr")

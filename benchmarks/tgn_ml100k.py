@@ -31,7 +31,7 @@ from modalrec.data.events import EventStream
 from modalrec.data.splits import EvalSet, Split, global_temporal
 from modalrec.evaluation.metrics import compute_metrics
 from modalrec.io import write_json_atomic
-from modalrec.models.tgn import TGN, TGNConfig
+from modalrec.models.tgn.model import TGN, TGNConfig
 from modalrec.training.loop import TrainConfig
 from modalrec.training.tgn_eval import StreamEvalConfig, fit_tgn, run_protocol, summary
 
@@ -123,7 +123,7 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.models import MODELS
     from modalrec.models.base import ModelContext
-    from modalrec.models.item_towers import TOWERS, TowerConfig
+    from modalrec.models.towers.item_towers import TOWERS, TowerConfig
     from modalrec.training.loop import fit
 
     if "sasrec" not in MODELS:
@@ -132,7 +132,7 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
     tower = TowerConfig(kind="id")
     if kind == "content":
         if "text+image" not in TOWERS:  # hook: content towers not registered yet -> register for this run
-            from modalrec.models.content_towers import build_content_tower
+            from modalrec.models.towers.content import build_content_tower
 
             TOWERS.setdefault("text+image", build_content_tower)
         tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp")

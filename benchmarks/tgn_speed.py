@@ -24,7 +24,7 @@ from _output import emit_json
 from modalrec.data.events import EventStream
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split, global_temporal
-from modalrec.models.tgn import TGN, TGNConfig
+from modalrec.models.tgn.model import TGN, TGNConfig
 from modalrec.training.loop import TrainConfig, fit
 from modalrec.training.tgn_eval import StreamEvalConfig, evaluate_stream, stream_through
 

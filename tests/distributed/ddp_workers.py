@@ -20,7 +20,7 @@ from modalrec.data.splits import Split, leave_one_out
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.evaluation.sampled import SampledConfig
 from modalrec.models.base import ModelContext
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 GLOBAL_BATCH = 16
 ENCODE = {"chunk_size": 8, "batch_size": 4, "progress": False, "device": "cpu"}

@@ -23,11 +23,11 @@ from modalrec.errors import ConfigError
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
-from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
-from modalrec.models.item_towers import TowerConfig
-from modalrec.models.lightgcn import LightGCN, LightGCNConfig
-from modalrec.models.mmgcn import MMGCN, MMGCNConfig
-from modalrec.models.vbpr import VBPR, VBPRConfig
+from modalrec.models.graph.lightgcn import LightGCN, LightGCNConfig
+from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
+from modalrec.models.graph.vbpr import VBPR, VBPRConfig
+from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
+from modalrec.models.towers.item_towers import TowerConfig
 from modalrec.training.checkpoint import load_state, save_checkpoint
 from modalrec.training.loop import TrainConfig, fit
 from modalrec.types import SeqBatch

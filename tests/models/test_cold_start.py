@@ -26,9 +26,9 @@ from modalrec.experiment import ExperimentConfig
 from modalrec.features.build import encode_catalogue
 from modalrec.features.store import FeatureStore
 from modalrec.models.base import ModelContext
-from modalrec.models.item_towers import TowerConfig
 from modalrec.models.popularity import Pop, PopConfig
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+from modalrec.models.towers.item_towers import TowerConfig
 from modalrec.training.loop import TrainConfig, fit
 
 MAX_LEN = 20

@@ -11,11 +11,11 @@ import torch
 from modalrec.data.sequences import history_batch
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ModelContext
-from modalrec.models.content_towers import ContentTower, HybridTower, Whitening
-from modalrec.models.fusion import FiLMFusion
-from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from modalrec.models.item_towers import TOWERS, TowerConfig, tower_from_config
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+from modalrec.models.towers.content import ContentTower, HybridTower, Whitening
+from modalrec.models.towers.fusion import FiLMFusion
+from modalrec.models.towers.item_towers import TOWERS, TowerConfig, tower_from_config
 from modalrec.training.checkpoint import load_state, save_checkpoint
 from modalrec.types import SeqBatch
 

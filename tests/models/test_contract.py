@@ -13,12 +13,12 @@ from seq_testdata import one_thread, random_batch  # noqa: F401
 
 from modalrec.models import MODELS
 from modalrec.models.base import ModelContext
-from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
-from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from modalrec.models.lightgcn import LightGCN, LightGCNConfig
-from modalrec.models.mmgcn import MMGCN, MMGCNConfig
-from modalrec.models.sasrec import SASRec, SASRecConfig
-from modalrec.models.vbpr import VBPR, VBPRConfig
+from modalrec.models.graph.lightgcn import LightGCN, LightGCNConfig
+from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
+from modalrec.models.graph.vbpr import VBPR, VBPRConfig
+from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
+from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.training.checkpoint import load_state, read_config, save_checkpoint
 from modalrec.types import SeqBatch
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modalrec.errors import ConfigError
-from modalrec.models.fusion import FUSIONS, FiLMFusion, GatedFusion, make_fusion
+from modalrec.models.towers.fusion import FUSIONS, FiLMFusion, GatedFusion, make_fusion
 
 DIM = 8
 

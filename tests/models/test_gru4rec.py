@@ -8,7 +8,7 @@ from seq_testdata import context, cyclic_split, evaluate, one_thread, random_bat
 
 from modalrec.data.sequences import TrainWindows
 from modalrec.models import build_model
-from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
 from modalrec.training.loop import TrainConfig, fit
 from modalrec.types import SeqBatch
 

@@ -10,9 +10,9 @@ from modalrec.data.interactions import Interactions
 from modalrec.data.sequences import TrainWindows, history_batch
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ModelContext
-from modalrec.models.iisan import IISAN, IISANConfig, LayerStates, PeakMemory, efficiency_report
-from modalrec.models.iisan_adapters import AdapterBlock, Gate, InterSAN, IntraSAN, select_layers
-from modalrec.models.peft_baselines import (
+from modalrec.models.iisan.adapters import AdapterBlock, Gate, InterSAN, IntraSAN, select_layers
+from modalrec.models.iisan.model import IISAN, IISANConfig, LayerStates, PeakMemory, efficiency_report
+from modalrec.models.iisan.peft_baselines import (
     EncoderFinetune,
     EncoderFinetuneConfig,
     FrozenBackbone,
@@ -194,7 +194,7 @@ def test_iisan_trains_on_cached_states_without_calling_encoders(tiny_encoders, t
     from modalrec.data.vocab import Vocabulary
     from modalrec.features.build import encode_hidden_cache
     from modalrec.features.hidden_cache import HiddenStateCache
-    from modalrec.models.iisan import states_from_cache
+    from modalrec.models.iisan.model import states_from_cache
 
     text_enc, image_enc, paths = tiny_encoders
     n = 24

@@ -15,8 +15,8 @@ from modalrec.data.interactions import Interactions
 from modalrec.data.items import ItemTable
 from modalrec.data.splits import leave_one_out
 from modalrec.data.vocab import Vocabulary
-from modalrec.models.recformer import RecformerConfig, RecformerModel
-from modalrec.models.recformer_input import (
+from modalrec.models.recformer.checkpoint import load_recformer, save_recformer
+from modalrec.models.recformer.input import (
     TYPE_CLS,
     TYPE_KEY,
     TYPE_VALUE,
@@ -26,15 +26,14 @@ from modalrec.models.recformer_input import (
     load_tokenizer,
     mlm_mask,
 )
-from modalrec.models.recformer_train import (
+from modalrec.models.recformer.model import RecformerConfig, RecformerModel
+from modalrec.training.recformer import (
     FinetuneConfig,
     PrefixPairs,
     PretrainConfig,
     PretrainCorpus,
     finetune,
-    load_recformer,
     pretrain,
-    save_recformer,
 )
 from modalrec.types import SeqBatch
 
@@ -107,7 +106,7 @@ def test_minilm_init_reproduces_the_text_encoder(tok, backbone: str) -> None:
     position 0-init, all token types = BERT type 0; Longformer's window covers the short input)."""
     from transformers import BertModel
 
-    from modalrec.models.recformer_input import default_tokenizer_path
+    from modalrec.models.recformer.input import default_tokenizer_path
 
     cfg = RecformerConfig(size="minilm", backbone=backbone, init_from="minilm", max_tokens=64, max_item_tokens=16)
     model = RecformerModel.create(cfg, tok)[0].eval()

@@ -9,8 +9,8 @@ from seq_testdata import context, cyclic_split, evaluate, one_thread, random_bat
 from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError
 from modalrec.models import build_model
-from modalrec.models.item_towers import TowerConfig
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+from modalrec.models.towers.item_towers import TowerConfig
 from modalrec.training.loop import TrainConfig, fit
 
 

@@ -9,8 +9,8 @@ import torch
 from modalrec.data.events import EventStream, random_negatives
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import global_temporal
-from modalrec.models.tgn import TGN, TGNConfig
-from modalrec.models.tgn_memory import NeighborBuffer
+from modalrec.models.tgn.memory import NeighborBuffer
+from modalrec.models.tgn.model import TGN, TGNConfig
 from modalrec.seeding import torch_generator
 from modalrec.training.loop import TrainConfig
 from modalrec.training.tgn_eval import (

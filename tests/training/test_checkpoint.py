@@ -10,7 +10,7 @@ from torch import nn
 from train_testdata import context, cyclic_split, one_thread  # noqa: F401
 
 from modalrec.errors import MismatchError
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.training.checkpoint import (
     bytes_to_tensors,
     load_state,

@@ -16,7 +16,7 @@ from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models.base import Recommender, Training
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.training.loop import TrainConfig, fit
 
 

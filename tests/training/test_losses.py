@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.errors import ConfigError
-from modalrec.models.item_towers import IDTower
-from modalrec.training.losses import (
+from modalrec.models.losses import (
     NegativeSampler,
     NextItemLoss,
     batch_candidates,
@@ -22,6 +21,7 @@ from modalrec.training.losses import (
     inbatch_debiased_ce,
     sampled_softmax_ce,
 )
+from modalrec.models.towers.item_towers import IDTower
 
 
 def _sig(x: float) -> float:

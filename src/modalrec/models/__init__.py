@@ -10,16 +10,16 @@ from typing import Any
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
-from modalrec.models.bert4rec import BERT4Rec, BERT4RecConfig
-from modalrec.models.gru4rec import GRU4Rec, GRU4RecConfig
-from modalrec.models.iisan import IISAN, IISANConfig
-from modalrec.models.lightgcn import LightGCN, LightGCNConfig
-from modalrec.models.mmgcn import MMGCN, MMGCNConfig
-from modalrec.models.peft_baselines import FrozenBackbone, FrozenBackboneConfig
+from modalrec.models.graph.lightgcn import LightGCN, LightGCNConfig
+from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
+from modalrec.models.graph.vbpr import VBPR, VBPRConfig
+from modalrec.models.iisan.model import IISAN, IISANConfig
+from modalrec.models.iisan.peft_baselines import FrozenBackbone, FrozenBackboneConfig
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
-from modalrec.models.recformer import RecformerConfig, RecformerModel
-from modalrec.models.sasrec import SASRec, SASRecConfig
-from modalrec.models.vbpr import VBPR, VBPRConfig
+from modalrec.models.recformer.model import RecformerConfig, RecformerModel
+from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
+from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "pop": (Pop, PopConfig),

@@ -26,11 +26,11 @@ from torch import nn
 
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.fusion import FUSIONS, make_fusion
+from modalrec.models.towers.fusion import FUSIONS, make_fusion
 from modalrec.seeding import torch_generator
 
 if TYPE_CHECKING:  # item_towers imports this module; only the type is needed here
-    from modalrec.models.item_towers import TowerConfig
+    from modalrec.models.towers.item_towers import TowerConfig
 
 ADAPTORS = ("linear", "whiten", "moe")
 CONTENT_KINDS: dict[str, tuple[str, ...]] = {"text": ("text",), "image": ("image",), "text+image": ("text", "image")}

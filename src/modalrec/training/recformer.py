@@ -8,14 +8,12 @@ are computed once from the best stage-1 model and frozen; only the sequence side
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,9 +22,9 @@ import torch
 from modalrec.data.interactions import Interactions
 from modalrec.data.sequences import left_pad
 from modalrec.errors import ConfigError
-from modalrec.io import write_bytes_atomic, write_json_atomic
-from modalrec.models.recformer import RecformerConfig, RecformerModel
-from modalrec.models.recformer_input import ItemTokens
+from modalrec.models.recformer.checkpoint import save_recformer
+from modalrec.models.recformer.input import ItemTokens
+from modalrec.models.recformer.model import RecformerModel
 from modalrec.seeding import numpy_rng, torch_generator
 from modalrec.types import SeqBatch
 
@@ -278,72 +276,3 @@ def finetune(
     model.eval()
     return {"history": history, "best": None if best is None else
             {"stage": best[3], "epoch": best[4], cfg.monitor: best[0]}, "config": asdict(cfg)}
-
-
-def save_recformer(directory: str | Path, model: RecformerModel, extra: Mapping[str, Any] | None = None) -> None:
-    """config.json + model.safetensors (+ item_vectors.safetensors when the vectors are frozen)."""
-    from safetensors.torch import save
-
-    d = Path(directory)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes_atomic(d / "model.safetensors", save(state))
-    if model.item_vectors_frozen:
-        vecs = model.item_embeddings().cpu().contiguous()
-        write_bytes_atomic(d / "item_vectors.safetensors", save({"item_vectors": vecs}))
-    else:  # vectors follow from the weights; never leave an older run's frozen vectors beside new weights
-        (d / "item_vectors.safetensors").unlink(missing_ok=True)
-    write_json_atomic(d / "config.json", {"model": "recformer", "config": model.config_dict(), "extra": dict(extra or {})})
-
-
-def load_recformer(directory: str | Path, items: ItemTokens | None = None) -> RecformerModel:
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    meta = json.loads((d / "config.json").read_text())
-    cfg = RecformerConfig(**{**meta["config"], "init_from": None})
-    model = RecformerModel(cfg, items)
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
-    vec_path = d / "item_vectors.safetensors"
-    if vec_path.is_file() and items is not None:
-        vecs = load_file(str(vec_path))["item_vectors"]
-        if len(vecs) == len(items):
-            model.set_item_vectors(vecs)
-    return model.eval()
-
-
-def load_bert_weights(model: RecformerModel, path: Path) -> None:
-    """Start from a BERT-style checkpoint (e.g. the packaged MiniLM): word / position embeddings and their
-    LayerNorm into our embeddings, transformer layers into the backbone. For Longformer the global
-    query/key/value projections start as copies of the local ones (as Longformer was made from RoBERTa)."""
-    from safetensors.torch import load_file
-
-    sd = {k.removeprefix("bert."): v for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
-    emb = model.embeddings
-    word = sd["embeddings.word_embeddings.weight"]
-    if word.shape != emb.token.weight.shape:
-        raise ConfigError(f"{path}: word embeddings {tuple(word.shape)} do not fit {tuple(emb.token.weight.shape)}"
-                          " (tokenizer vocabulary and hidden size must match the checkpoint)")
-    with torch.no_grad():
-        emb.token.weight.copy_(word)
-        pos = sd["embeddings.position_embeddings.weight"]
-        n = min(len(pos), len(emb.position.weight))
-        emb.position.weight[:n].copy_(pos[:n])
-        emb.token_type.weight.copy_(sd["embeddings.token_type_embeddings.weight"][0].expand_as(emb.token_type.weight))
-        emb.item_position.weight.zero_()  # start exactly as the text encoder; item positions are learnt
-        emb.norm.weight.copy_(sd["embeddings.LayerNorm.weight"])
-        emb.norm.bias.copy_(sd["embeddings.LayerNorm.bias"])
-    layers = {k: v for k, v in sd.items() if k.startswith("encoder.layer.")}
-    if model.cfg.backbone == "longformer":
-        for k, v in list(layers.items()):
-            for proj in ("query", "key", "value"):
-                if f".attention.self.{proj}." in k:
-                    layers[k.replace(f".{proj}.", f".{proj}_global.")] = v
-    own = model.backbone.state_dict()
-    missing = [k for k in own if k not in layers]
-    wrong = [k for k in layers if k in own and layers[k].shape != own[k].shape]
-    if missing or wrong or len(layers) != len(own):
-        raise ConfigError(f"{path}: checkpoint layers do not fit the backbone (missing {missing[:3]}, "
-                          f"shape mismatch {wrong[:3]}, {len(layers)} vs {len(own)} tensors)")
-    model.backbone.load_state_dict(layers)
-    model.mark_encoder_changed()
-    log.info("recformer initialised from %s", path)

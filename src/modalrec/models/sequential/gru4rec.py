@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import CausalTowerRecommender, ModelContext
-from modalrec.models.item_towers import TowerConfig, tower_from_config
-from modalrec.models.sasrec import init_weights
+from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.losses import NextItemLoss
+from modalrec.models.sequential.sasrec import init_weights
+from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
-from modalrec.training.losses import NextItemLoss
 
 
 @dataclass
@@ -36,13 +36,14 @@ class GRU4RecConfig:
 
 
 class GRU4Rec(CausalTowerRecommender):
-    def __init__(self, cfg: GRU4RecConfig, ctx: ModelContext) -> None:
+    def __init__(self, cfg: GRU4RecConfig, ctx: ModelContext, tower: ItemTower | None = None) -> None:
         super().__init__()
         if cfg.n_layers < 1 or cfg.max_len < 1:
             raise ConfigError("gru4rec: n_layers and max_len must be >= 1")
         self.cfg, self.n_items = cfg, ctx.n_items
         hidden = cfg.hidden or cfg.dim
-        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim)
+        # a caller may hand in a prebuilt tower (IISAN, the PEFT baselines); else cfg.tower names one
+        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim) if tower is None else checked_tower(tower, cfg.dim)
         self.input_drop = nn.Dropout(cfg.dropout)
         self.gru = nn.GRU(cfg.dim, hidden, num_layers=cfg.n_layers, batch_first=True)
         self.proj = nn.Linear(hidden, cfg.dim) if hidden != cfg.dim else nn.Identity()

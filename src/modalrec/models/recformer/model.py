@@ -24,7 +24,7 @@ from torch import nn
 from modalrec.data.items import ItemTable
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext, SequentialRecommender, Training
-from modalrec.models.recformer_input import (
+from modalrec.models.recformer.input import (
     ItemTokens,
     RecInputs,
     build_inputs,
@@ -34,6 +34,7 @@ from modalrec.models.recformer_input import (
     load_tokenizer,
     mlm_mask,
 )
+from modalrec.models.recformer.weights import load_bert_weights
 from modalrec.seeding import derive_seed
 from modalrec.types import SeqBatch
 
@@ -209,8 +210,6 @@ class RecformerModel(SequentialRecommender):
                       mask_id=tok.mask_token_id)
         model = cls(cfg)
         if cfg.init_from is not None:
-            from modalrec.models.recformer_train import load_bert_weights
-
             load_bert_weights(model, default_tokenizer_path() if cfg.init_from == "minilm" else Path(cfg.init_from))
         if table is not None:
             model.set_items(model.tokenize_table(table, tok, cache_dir=cache_dir))

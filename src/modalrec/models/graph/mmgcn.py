@@ -10,7 +10,7 @@ Per modality m (following the authors' code, "add" combination, mean aggregation
 score(u, i) = sum_m x_m[u] . x_m[i] (a sum of per-modality scores), trained with BPR plus L2 on the
 batch's ID and preference rows. A cold item (no training event, or appended after training) has no
 edges and no ID, so its features alone pass through the modality transforms and it still gets a score.
-Cold users and checkpoints follow `UserItemRecommender` (see models/lightgcn.py).
+Cold users and checkpoints follow `UserItemRecommender` (see models/graph/lightgcn.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from torch import nn
 from modalrec.data.pairs import Graph, PairBatch, sparse_propagate
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ANY_CONTENT, ModelContext
-from modalrec.models.lightgcn import UserItemRecommender
-from modalrec.models.vbpr import select_features
+from modalrec.models.graph.lightgcn import UserItemRecommender
+from modalrec.models.graph.vbpr import select_features
 from modalrec.seeding import torch_generator
 
 

@@ -34,8 +34,8 @@ from modalrec.data.pairs import Graph, PairBatch, PairSource, normalized_adjacen
 from modalrec.data.splits import Split
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext, SequentialRecommender, Training
+from modalrec.models.losses import bpr
 from modalrec.seeding import torch_generator
-from modalrec.training.losses import bpr
 from modalrec.types import SeqBatch
 
 

@@ -11,9 +11,7 @@ Encoder modules and tokenised item texts are passed in (models never read files)
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +21,8 @@ from torch import nn
 
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.iisan import LayerStates, resolve_states
-from modalrec.models.item_towers import TowerConfig
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.iisan.model import LayerStates, resolve_states
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 
 class LoRALinear(nn.Module):
@@ -119,20 +116,12 @@ class FrozenBackbone(SASRec):
 
     def __init__(self, cfg: FrozenBackboneConfig, ctx: ModelContext, states: dict[str, LayerStates] | None = None):
         states = resolve_states(cfg.modalities, ctx, states)
-        inner = dataclasses.replace(cfg, tower=TowerConfig(kind="frozen_cache", options={"states": states}))
-        super().__init__(inner, ctx)
-        self.cfg = cfg
+        super().__init__(cfg, ctx, tower=FrozenBackboneTower(states, cfg.dim))
 
     @classmethod
     def build(cls, cfg: FrozenBackboneConfig, ctx: ModelContext,
               states: dict[str, LayerStates] | None = None) -> FrozenBackbone:
         return cls(cfg, ctx, states)
-
-
-def build_frozen_cache_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
-    if "states" not in tcfg.options:
-        raise ConfigError("the 'frozen_cache' tower is built by models.peft_baselines.FrozenBackbone")
-    return FrozenBackboneTower(tcfg.options["states"], dim)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,10 +201,8 @@ class EncoderFinetune(SASRec):
         hidden = int(getattr(getattr(encoder, "config", None), "hidden_size", 0))
         if hidden < 1:
             raise ConfigError("the encoder must be a transformers model with config.hidden_size")
-        opts = {"input_ids": input_ids, "attention_mask": attention_mask, "hidden": hidden,
-                "encode_batch": cfg.encode_batch}
-        super().__init__(dataclasses.replace(cfg, tower=TowerConfig(kind="hf_encoder", options=opts)), ctx)
-        self.cfg = cfg
+        tower = EncoderTower(input_ids, attention_mask, hidden, cfg.dim, cfg.encode_batch)
+        super().__init__(cfg, ctx, tower=tower)
         if cfg.mode == "lora":
             from modalrec.seeding import torch_generator
 
@@ -232,19 +219,3 @@ class EncoderFinetune(SASRec):
         if encoder is None or input_ids is None or attention_mask is None:
             raise ConfigError("EncoderFinetune.build needs encoder=, input_ids=, attention_mask= (see tokenize_items)")
         return cls(cfg, ctx, encoder, input_ids, attention_mask)
-
-
-def build_hf_encoder_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
-    o = tcfg.options
-    if "input_ids" not in o:
-        raise ConfigError("the 'hf_encoder' tower is built by models.peft_baselines.EncoderFinetune")
-    return EncoderTower(o["input_ids"], o["attention_mask"], o["hidden"], dim, o.get("encode_batch", 256))
-
-
-def lora_target_names(module: nn.Module) -> list[str]:
-    """Attribute names of the attention projections LoRA usually targets in this model."""
-    names = {n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, nn.Linear)}
-    for pair in (("query", "value"), ("q_proj", "v_proj"), ("q", "v")):
-        if set(pair) <= names:
-            return list(pair)
-    return sorted(n for n in names if re.search(r"q|v", n))[:2]

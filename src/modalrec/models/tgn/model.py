@@ -27,8 +27,8 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ANY_CONTENT, ModelContext, Recommender, Training
-from modalrec.models.tgn_embedding import GraphEmbedding, Neighbors, NodeFeatures
-from modalrec.models.tgn_memory import NeighborBuffer, TGNMemory
+from modalrec.models.tgn.embedding import GraphEmbedding, Neighbors, NodeFeatures
+from modalrec.models.tgn.memory import NeighborBuffer, TGNMemory
 from modalrec.seeding import derive_seed
 from modalrec.types import EventBatch
 

@@ -11,7 +11,6 @@ memory scale with the small adapters only. `efficiency_report` measures that per
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -27,9 +26,8 @@ from typing_extensions import Self
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.hidden_cache import HiddenStateCache
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.iisan_adapters import AdapterBlock, InterSAN, IntraSAN, select_layers
-from modalrec.models.item_towers import TowerConfig
-from modalrec.models.sasrec import SASRec, SASRecConfig
+from modalrec.models.iisan.adapters import AdapterBlock, InterSAN, IntraSAN, select_layers
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +215,7 @@ class IISAN(SASRec):
 
     def __init__(self, cfg: IISANConfig, ctx: ModelContext, states: dict[str, LayerStates] | None = None) -> None:
         states = resolve_states(cfg.modalities, ctx, states)
-        # SASRec builds its tower from cfg.tower; hand it the prebuilt states through the "iisan" builder.
-        inner = dataclasses.replace(cfg, tower=TowerConfig(kind="iisan", options={"states": states, "cfg": cfg}))
-        super().__init__(inner, ctx)
-        self.cfg = cfg  # the serialisable config (no tensors inside)
+        super().__init__(cfg, ctx, tower=IISANItemTower(states, cfg, cfg.dim))
 
     @classmethod
     def build(cls, cfg: IISANConfig, ctx: ModelContext, states: dict[str, LayerStates] | None = None) -> IISAN:
@@ -255,14 +250,6 @@ def resolve_states(
         if s.array.shape[0] != n_rows:
             raise MismatchError(f"{m} hidden states have {s.array.shape[0]} rows; the split has {n_rows} (incl. PAD)")
     return states
-
-
-def build_iisan_tower(ctx: ModelContext, dim: int, tcfg: TowerConfig) -> ItemTower:
-    cfg = tcfg.options.get("cfg")
-    if not isinstance(cfg, IISANConfig):
-        raise ConfigError("the 'iisan' item tower is built by models.iisan.IISAN (it needs cached hidden states)")
-    states = tcfg.options["states"] if "states" in tcfg.options else resolve_states(cfg.modalities, ctx, None)
-    return IISANItemTower(states, cfg, dim)
 
 
 def states_from_cache(cache: HiddenStateCache, modalities: Sequence[str] = ("text", "image")) -> dict[str, LayerStates]:

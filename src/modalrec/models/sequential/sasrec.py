@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import CausalTowerRecommender, ModelContext
-from modalrec.models.item_towers import TowerConfig, tower_from_config
+from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.losses import NextItemLoss
+from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
-from modalrec.training.losses import NextItemLoss
 
 
 @dataclass
@@ -73,11 +73,12 @@ class SelfAttentionBlock(nn.Module):
 
 
 class SASRec(CausalTowerRecommender):
-    def __init__(self, cfg: SASRecConfig, ctx: ModelContext) -> None:
+    def __init__(self, cfg: SASRecConfig, ctx: ModelContext, tower: ItemTower | None = None) -> None:
         super().__init__()
         _check(cfg)
         self.cfg, self.n_items = cfg, ctx.n_items
-        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim)
+        # a caller may hand in a prebuilt tower (IISAN, the PEFT baselines); else cfg.tower names one
+        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim) if tower is None else checked_tower(tower, cfg.dim)
         self.positions = nn.Embedding(cfg.max_len, cfg.dim)
         self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-8)
         self.input_drop = nn.Dropout(cfg.dropout)

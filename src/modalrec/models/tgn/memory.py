@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.tgn_embedding import Neighbors, TimeEncoder, mlp
+from modalrec.models.tgn.embedding import Neighbors, TimeEncoder, mlp
 
 
 class NeighborBuffer(nn.Module):

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ModelContext, SequentialRecommender
-from modalrec.models.item_towers import TowerConfig, tower_from_config
-from modalrec.models.sasrec import SelfAttentionBlock, init_weights
+from modalrec.models.base import ItemTower, ModelContext, SequentialRecommender
+from modalrec.models.losses import full_softmax_ce
+from modalrec.models.sequential.sasrec import SelfAttentionBlock, init_weights
+from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import derive_seed, torch_generator
-from modalrec.training.losses import full_softmax_ce
 from modalrec.types import SeqBatch
 
 
@@ -45,11 +45,12 @@ class BERT4RecConfig:
 
 
 class BERT4Rec(SequentialRecommender):
-    def __init__(self, cfg: BERT4RecConfig, ctx: ModelContext) -> None:
+    def __init__(self, cfg: BERT4RecConfig, ctx: ModelContext, tower: ItemTower | None = None) -> None:
         super().__init__()
         _check(cfg)
         self.cfg, self.n_items, self.mask_index = cfg, ctx.n_items, ctx.n_items + 1
-        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim)
+        # a caller may hand in a prebuilt tower (IISAN, the PEFT baselines); else cfg.tower names one
+        self.tower = tower_from_config(cfg.tower, ctx, cfg.dim) if tower is None else checked_tower(tower, cfg.dim)
         self.mask_embedding = nn.Parameter(torch.zeros(cfg.dim))  # the [MASK] token's input vector
         self.positions = nn.Embedding(cfg.max_len, cfg.dim)
         self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-12)

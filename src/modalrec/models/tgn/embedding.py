@@ -167,7 +167,7 @@ class ContentFusion(nn.Module):
     modality contributes nothing."""
 
     def __init__(self, dims: dict[str, int], dim: int, fusion: str, dropout: float) -> None:
-        from modalrec.models.fusion import make_fusion
+        from modalrec.models.towers.fusion import make_fusion
 
         super().__init__()
         self.names = list(dims)

@@ -23,7 +23,7 @@ from torch import nn
 from modalrec.data.pairs import PairBatch
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ANY_CONTENT, ModelContext
-from modalrec.models.lightgcn import UserItemRecommender
+from modalrec.models.graph.lightgcn import UserItemRecommender
 from modalrec.seeding import torch_generator
 
 

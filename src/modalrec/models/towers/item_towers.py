@@ -1,9 +1,10 @@
 """Item towers: how an item index becomes a d-dim vector. Sequence models take any tower.
 
 The ID tower lives here; content towers ("text", "image", "text+image", "hybrid") live in
-`content_towers`; adapter towers ("iisan", "frozen_cache", "hf_encoder") live with their models.
-Every kind is listed in `TOWERS` at the bottom; to add one, write a builder
-`(ctx, dim, cfg) -> ItemTower` and add an entry there.
+`towers/content.py`. Every kind a config can name is listed in `TOWERS` at the bottom; to add one, write a
+builder `(ctx, dim, cfg) -> ItemTower` and add an entry there. Towers that need tensors (IISAN's adapters
+over cached hidden states, the PEFT baselines' encoders) are built by their models and handed to the
+sequence model (`SASRec(cfg, ctx, tower=...)`), never passed through config options.
 Weight init: a sequence model draws every trainable Linear / Embedding of the whole model (tower
 included) from N(0, init_std) with its seeded generator, then calls `init_weights(generator)` on
 each submodule that defines it (towers override there). Frozen weights are left as loaded.
@@ -13,7 +14,7 @@ Row 0 (PAD) of `all()` must be zero.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,14 +22,14 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.content_towers import build_content_tower, build_hybrid_tower
+from modalrec.models.towers.content import build_content_tower, build_hybrid_tower
 
 
 @dataclass
 class TowerConfig:
     """Which tower a sequence model uses; nested in the model config (e.g. `model.tower.kind`)."""
 
-    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid" | "iisan" | "frozen_cache" | "hf_encoder"
+    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid"
     fusion: str = "mlp"  # how content towers fuse modalities (ignored by "id")
     dropout: float = 0.0  # dropout on content projections (ignored by "id")
     options: dict[str, Any] = field(default_factory=dict)  # builder-specific extras
@@ -37,20 +38,15 @@ class TowerConfig:
 TowerBuilder = Callable[[ModelContext, int, TowerConfig], ItemTower]
 
 
-def build_item_tower(kind: str, ctx: ModelContext, dim: int, **opts: Any) -> ItemTower:
-    """Build a tower by kind. `opts` are TowerConfig fields (fusion, dropout) or builder-specific options."""
-    names = {f.name for f in fields(TowerConfig)} - {"kind", "options"}
-    known = {k: v for k, v in opts.items() if k in names}
-    extra = {k: v for k, v in opts.items() if k not in names}
-    return tower_from_config(TowerConfig(kind=kind, options=extra, **known), ctx, dim)
-
-
 def tower_from_config(cfg: TowerConfig, ctx: ModelContext, dim: int) -> ItemTower:
     if cfg.kind not in TOWERS:
         raise ConfigError(f"unknown item tower kind {cfg.kind!r}; known: {sorted(TOWERS)}")
-    tower = TOWERS[cfg.kind](ctx, dim, cfg)
+    return checked_tower(TOWERS[cfg.kind](ctx, dim, cfg), dim)
+
+
+def checked_tower(tower: ItemTower, dim: int) -> ItemTower:
     if tower.dim != dim:
-        raise ConfigError(f"item tower {cfg.kind!r} produced dim {tower.dim}, expected {dim}")
+        raise ConfigError(f"item tower {type(tower).__name__} has dim {tower.dim}, the model needs {dim}")
     return tower
 
 
@@ -81,24 +77,6 @@ def _build_id(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
     return IDTower(ctx.n_items, dim, **cfg.options)
 
 
-def _build_iisan(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
-    from modalrec.models.iisan import build_iisan_tower  # deferred: iisan imports TowerConfig from here
-
-    return build_iisan_tower(ctx, dim, cfg)
-
-
-def _build_frozen_cache(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
-    from modalrec.models.peft_baselines import build_frozen_cache_tower  # deferred, as above
-
-    return build_frozen_cache_tower(ctx, dim, cfg)
-
-
-def _build_hf_encoder(ctx: ModelContext, dim: int, cfg: TowerConfig) -> ItemTower:
-    from modalrec.models.peft_baselines import build_hf_encoder_tower  # deferred, as above
-
-    return build_hf_encoder_tower(ctx, dim, cfg)
-
-
 # Every tower kind, by name.
 TOWERS: dict[str, TowerBuilder] = {
     "id": _build_id,
@@ -106,7 +84,4 @@ TOWERS: dict[str, TowerBuilder] = {
     "image": build_content_tower,
     "text+image": build_content_tower,
     "hybrid": build_hybrid_tower,
-    "iisan": _build_iisan,
-    "frozen_cache": _build_frozen_cache,
-    "hf_encoder": _build_hf_encoder,
 }

@@ -1,0 +1,1 @@
+"""User-item graph and pair models: LightGCN, MMGCN, VBPR."""

@@ -1,0 +1,1 @@
+"""MM-TGN: memory, temporal graph attention, time encoding over a continuous-time event stream."""

@@ -1,0 +1,1 @@
+"""Item towers: ID embeddings, frozen content features, hybrid; fusion of modalities."""
