@@ -24,8 +24,7 @@ from torch import nn
 from modalrec.data.pairs import Graph, PairBatch, sparse_propagate
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ANY_CONTENT, ModelContext
-from modalrec.models.graph.lightgcn import UserItemRecommender
-from modalrec.models.graph.vbpr import select_features
+from modalrec.models.graph.user_item import UserItemRecommender, select_features
 from modalrec.seeding import torch_generator
 
 

@@ -13,7 +13,6 @@ Cold users follow `UserItemRecommender` (mean of their history items' rows). No 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from modalrec.data.pairs import PairBatch
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ANY_CONTENT, ModelContext
-from modalrec.models.graph.lightgcn import UserItemRecommender
+from modalrec.models.graph.user_item import UserItemRecommender, select_features
 from modalrec.seeding import torch_generator
 
 
@@ -38,33 +37,6 @@ class VBPRConfig:
     init_std: float = 0.1  # with Adam, a tiny init leaves the bilinear theta . E f term slow to start
     n_negatives: int = 1
     max_len: int = 50  # history items averaged for cold users
-
-
-def select_features(
-    ctx_features: dict[str, torch.Tensor], ctx_missing: dict[str, torch.Tensor], wanted: Sequence[str] | None, who: str
-) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
-    """(modalities, [n + 1, d_m] float features, [n + 1] bool present) for the chosen modalities."""
-    mods = sorted(ctx_features) if wanted is None else list(wanted)
-    if not mods:
-        raise ConfigError(f"{who} needs item features (text and/or image) but the model context has none; "
-                          "set features.text / features.image or features.store")
-    absent = [m for m in mods if m not in ctx_features]
-    if absent:
-        raise ConfigError(f"{who}: modality {absent} not in the model context (has {sorted(ctx_features)})")
-    feats = [ctx_features[m].float() for m in mods]
-    rows = {f.shape[0] for f in feats}
-    if len(rows) != 1 or any(f.dim() != 2 for f in feats):
-        raise MismatchError(f"{who}: features must be [n_items + 1, d] with one row count, got "
-                            f"{ {m: tuple(f.shape) for m, f in zip(mods, feats)} }")
-    present = []
-    for m, f in zip(mods, feats):
-        miss = ctx_missing.get(m)
-        p = torch.ones(f.shape[0], dtype=torch.bool) if miss is None else ~miss.bool().reshape(-1).cpu()
-        if p.shape[0] != f.shape[0]:
-            raise MismatchError(f"{who}: {m} missing-mask has {p.shape[0]} rows, its features {f.shape[0]}")
-        p[0] = False  # PAD has no content
-        present.append(p.to(f.device))
-    return mods, feats, present
 
 
 class VBPR(UserItemRecommender):

@@ -23,8 +23,8 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ItemTower, ModelContext, SequentialRecommender
+from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import full_softmax_ce
-from modalrec.models.sequential.sasrec import SelfAttentionBlock, init_weights
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import derive_seed, torch_generator
 from modalrec.types import SeqBatch

@@ -14,8 +14,8 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.layers import init_weights
 from modalrec.models.losses import NextItemLoss
-from modalrec.models.sequential.sasrec import init_weights
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
 

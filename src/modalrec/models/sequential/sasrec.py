@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import NextItemLoss
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
@@ -38,38 +38,6 @@ class SASRecConfig:
     label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
-
-
-class SelfAttentionBlock(nn.Module):
-    """Multi-head self-attention + position-wise feed-forward, each with a residual and LayerNorm."""
-
-    def __init__(
-        self, dim: int, n_heads: int, ffn_dim: int, dropout: float, attn_dropout: float, pre_norm: bool
-    ):
-        super().__init__()
-        self.n_heads, self.attn_dropout, self.pre_norm = n_heads, attn_dropout, pre_norm
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
-        self.norm1 = nn.LayerNorm(dim, eps=1e-8)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-8)
-        self.drop = nn.Dropout(dropout)
-
-    def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, L, d = x.shape
-        q, k, v = (
-            self.qkv(x).view(b, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        )  # 3 x [B, H, L, dh]
-        p = self.attn_dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, L, dh]
-        return self.drop(self.out(a.transpose(1, 2).reshape(b, L, d)))  # [B, L, d]
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, L, d] -> [B, L, d]
-        if self.pre_norm:
-            x = x + self._attend(self.norm1(x), mask)
-            return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self._attend(x, mask))
-        return self.norm2(x + self.drop(self.ffn(x)))
 
 
 class SASRec(CausalTowerRecommender):
@@ -141,26 +109,3 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError(f"sasrec: positions must be 'from_end' or 'from_start', got {cfg.positions!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
-
-
-def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:
-    """Deterministic init from one generator (no global RNG): N(0, std) linears/embeddings, unit norms.
-
-    Submodules with their own `init_weights(generator)` (item towers, adapters) run it afterwards and
-    may override. Frozen weights (requires_grad=False, e.g. pretrained parts) are never touched.
-    """
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.requires_grad:
-                nn.init.normal_(m.weight, 0.0, std, generator=generator)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    m.bias.zero_()
-                if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                    m.weight[m.padding_idx].zero_()
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None and m.weight.requires_grad:
-                nn.init.ones_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        for m in model.modules():
-            if m is not model and callable(getattr(m, "init_weights", None)):
-                m.init_weights(generator)
