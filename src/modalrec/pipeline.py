@@ -101,10 +101,10 @@ def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
     return ItemLaunch.for_split(split, ds.items, ds.summary.get("time", "unix_seconds"))
 
 
-def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], max_len: int, seed: int,
+def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: int,
                   hidden_states: Any = None) -> ModelContext:
     return ModelContext(
-        n_items=split.n_items, n_users=split.n_users, max_len=max_len,
+        n_items=split.n_items, n_users=split.n_users,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
         seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
     )
@@ -168,9 +168,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
     else:
         features = load_features(ds, cfg.features)
-    max_len = int(cfg.model.params.get("max_len", 50))
-    ctx = model_context(ds, split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features))
+    ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
+    max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
+    if model.training_kind is Training.EVENTS:
+        raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream; train and evaluate "
+                          "it with evaluation.streaming (run_experiment ranks stateless models only)")
     out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
     run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
 
@@ -214,7 +217,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "wall_time_s": wall,
         "peak_memory_mb": peak_memory_mb(cfg.train.device),
         "efficiency": _efficiency(model, history, cfg),
-        "history": history.to_dict() if history is not None and hasattr(history, "to_dict") else None,
+        "history": history.to_dict() if history is not None else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if distributed is not None:
@@ -236,12 +239,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
 
 def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
     """Cost of the run: trainable parameters, seconds per epoch, peak memory, size of the caches it read."""
-    epoch_s = list(getattr(history, "epoch_seconds", []) or [])
+    epoch_s = history.epoch_seconds if history is not None else []
     caches = [p for p in (cfg.features.store, cfg.features.hidden) if p]
     return {
         "trainable_parameters": _trainable(model),
         "seconds_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
-        "seconds_to_best": getattr(history, "seconds_to_best", None),
+        "seconds_to_best": history.seconds_to_best if history is not None else None,
         "peak_memory_mb": peak_memory_mb(cfg.train.device),
         "cache_mb": {p: round(_dir_bytes(Path(p)) / 2**20, 2) for p in caches},
     }
@@ -285,9 +288,8 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
-    max_len = int(cfg.model.params.get("max_len", 50))
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(ds, split, load_features(ds, cfg.features), max_len, cfg.seed,
+                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
                                          load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
@@ -295,4 +297,4 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
         model.fit_counts(split)
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                     max_len=max_len, device=device).run(model, name=part)
+                     max_len=model.history_length, device=device).run(model, name=part)
