@@ -17,6 +17,7 @@ import torch
 
 from modalrec.config import to_dict
 from modalrec.data.dataset import Dataset
+from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
@@ -40,7 +41,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
         ds = load_dataset(cfg.source, **options)
     except TypeError as exc:  # an option the loader does not take
         raise ConfigError(f"data.options for source {cfg.source!r}: {exc}") from exc
-    return filters.apply_filters(ds, user_k=cfg.user_core, item_k=cfg.item_core, max_len=cfg.max_seq_len)
+    return filters.apply_filters(ds, dedupe_events=cfg.dedupe, user_k=cfg.user_core, item_k=cfg.item_core,
+                                 max_len=cfg.max_seq_len)
 
 
 def make_split(ds: Dataset, cfg: SplitConfig, seed: int = 0) -> Split:
@@ -86,12 +88,17 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
     return store.tensors()
 
 
-def model_context(split: Split, features: tuple[dict, dict], seed: int,
-                  hidden_states: Any = None, item_table: Any = None) -> ModelContext:
+def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
+    """Item launch times for models of this split (metadata, else first appearance; causal at query time)."""
+    return ItemLaunch.for_split(split, ds.items, ds.summary.get("time", "unix_seconds"))
+
+
+def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: int,
+                  hidden_states: Any = None) -> ModelContext:
     return ModelContext(
         n_items=split.n_items, n_users=split.n_users,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
-        seed=seed, hidden_states=hidden_states, item_table=item_table,
+        seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
     )
 
 
@@ -153,7 +160,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
     else:
         features = load_features(ds, cfg.features)
-    ctx = model_context(split, features, cfg.seed, load_hidden_states(ds, cfg.features), ds.items)
+    ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
     if model.training_kind is Training.EVENTS:
@@ -191,6 +198,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "name": cfg.name,
         "dataset": ds.describe(),
         "split": split.describe(),
+        "item_launch": ctx.item_launch.describe() if ctx.item_launch is not None else None,
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
@@ -273,8 +281,8 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
         )
     split = make_split(ds, cfg.split, cfg.seed)
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(split, load_features(ds, cfg.features), cfg.seed,
-                                         load_hidden_states(ds, cfg.features), ds.items))
+                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
+                                         load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
     elif model.training_kind is Training.COUNTS:

@@ -244,7 +244,8 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
 
 def _write_items(path: Path, items: ItemTable) -> None:
     write_json_atomic(path, {"vocab_hash": items.vocab.hash, "fields": items.fields,
-                             "image_paths": items.image_paths, "image_root": items.image_root})
+                             "image_paths": items.image_paths, "image_root": items.image_root,
+                             "launch_ts": items.launch_ts})
 
 
 def _sha256(path: Path) -> str:
@@ -315,7 +316,8 @@ def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:
     payload = json.loads(path.read_text())
     if payload.get("vocab_hash") != vocab.hash:
         raise MismatchError(f"{path} belongs to item vocabulary {payload.get('vocab_hash')}, vocab.json is {vocab.hash}")
-    return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"))
+    return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"),
+                     payload.get("launch_ts") or [])
 
 
 def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bool]:
