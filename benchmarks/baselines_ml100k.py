@@ -76,7 +76,7 @@ def per_user(es: EvalSet, ranks: np.ndarray, k: int) -> dict[str, float]:
 
 
 def context(split: Split, feats: dict | None = None, missing: dict | None = None, seed: int = 0) -> ModelContext:
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=50,
+    return ModelContext(n_items=split.n_items, n_users=split.n_users,
                         train_item_counts=split.train.item_counts(), item_features=feats or {},
                         feature_missing=missing or {}, seed=seed)
 

@@ -65,7 +65,7 @@ def context(prep: dict[str, Any], max_len: int):
     from modalrec.models.base import ModelContext
 
     split = prep["split"]
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=max_len,
+    return ModelContext(n_items=split.n_items, n_users=split.n_users,
                         train_item_counts=split.train.item_counts(), seed=prep["seed"])
 
 

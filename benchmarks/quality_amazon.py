@@ -102,7 +102,7 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     from modalrec.models.towers.item_towers import TowerConfig
     from modalrec.training.loop import TrainConfig, fit
 
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=args.max_len,
+    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
                        train_item_counts=split.train.item_counts(), item_features=feats, feature_missing=missing,
                        seed=args.seed)
     cfg = SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, dropout=args.dropout,

@@ -137,7 +137,7 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
             TOWERS.setdefault("text+image", build_content_tower)
         tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp")
     cfg = cfg_cls(dim=args.dim, max_len=50, tower=tower)
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=50,
+    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
                        train_item_counts=split.train.item_counts(),
                        item_features=feats if kind == "content" else {},
                        feature_missing=missing if kind == "content" else {}, seed=args.seed)

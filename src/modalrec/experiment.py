@@ -15,6 +15,7 @@ class DataConfig:
     source: str = "synthetic"
     options: dict[str, Any] = field(default_factory=dict)
     min_rating: float | None = None
+    dedupe: bool = True  # collapse exact duplicate (user, item, timestamp) events; counted in the summary
     user_core: int = 0  # k-core: keep users with >= user_core events (iterated with item_core)
     item_core: int = 0
     max_seq_len: int | None = None  # keep each user's last N events

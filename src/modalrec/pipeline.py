@@ -17,6 +17,7 @@ import torch
 
 from modalrec.config import to_dict
 from modalrec.data.dataset import Dataset
+from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
@@ -48,7 +49,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
         ds = load_dataset(cfg.source, **options)
     except TypeError as exc:  # an option the loader does not take
         raise ConfigError(f"data.options for source {cfg.source!r}: {exc}") from exc
-    return filters.apply_filters(ds, user_k=cfg.user_core, item_k=cfg.item_core, max_len=cfg.max_seq_len)
+    return filters.apply_filters(ds, dedupe_events=cfg.dedupe, user_k=cfg.user_core, item_k=cfg.item_core,
+                                 max_len=cfg.max_seq_len)
 
 
 def make_split(ds: Dataset, cfg: SplitConfig, seed: int = 0) -> Split:
@@ -94,12 +96,17 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
     return store.tensors()
 
 
-def model_context(split: Split, features: tuple[dict, dict], max_len: int, seed: int,
-                  hidden_states: Any = None, item_table: Any = None) -> ModelContext:
+def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
+    """Item launch times for models of this split (metadata, else first appearance; causal at query time)."""
+    return ItemLaunch.for_split(split, ds.items, ds.summary.get("time", "unix_seconds"))
+
+
+def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: int,
+                  hidden_states: Any = None) -> ModelContext:
     return ModelContext(
-        n_items=split.n_items, n_users=split.n_users, max_len=max_len,
+        n_items=split.n_items, n_users=split.n_users,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
-        seed=seed, hidden_states=hidden_states, item_table=item_table,
+        seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
     )
 
 
@@ -161,9 +168,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
     else:
         features = load_features(ds, cfg.features)
-    max_len = int(cfg.model.params.get("max_len", 50))
-    ctx = model_context(split, features, max_len, cfg.seed, load_hidden_states(ds, cfg.features), ds.items)
+    ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
+    max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
+    if model.training_kind is Training.EVENTS:
+        raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream; train and evaluate "
+                          "it with evaluation.streaming (run_experiment ranks stateless models only)")
     out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
     run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
 
@@ -196,6 +206,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "name": cfg.name,
         "dataset": ds.describe(),
         "split": split.describe(),
+        "item_launch": ctx.item_launch.describe() if ctx.item_launch is not None else None,
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
@@ -206,7 +217,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "wall_time_s": wall,
         "peak_memory_mb": peak_memory_mb(cfg.train.device),
         "efficiency": _efficiency(model, history, cfg),
-        "history": history.to_dict() if history is not None and hasattr(history, "to_dict") else None,
+        "history": history.to_dict() if history is not None else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if distributed is not None:
@@ -228,12 +239,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
 
 def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
     """Cost of the run: trainable parameters, seconds per epoch, peak memory, size of the caches it read."""
-    epoch_s = list(getattr(history, "epoch_seconds", []) or [])
+    epoch_s = history.epoch_seconds if history is not None else []
     caches = [p for p in (cfg.features.store, cfg.features.hidden) if p]
     return {
         "trainable_parameters": _trainable(model),
         "seconds_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
-        "seconds_to_best": getattr(history, "seconds_to_best", None),
+        "seconds_to_best": history.seconds_to_best if history is not None else None,
         "peak_memory_mb": peak_memory_mb(cfg.train.device),
         "cache_mb": {p: round(_dir_bytes(Path(p)) / 2**20, 2) for p in caches},
     }
@@ -277,14 +288,13 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
-    max_len = int(cfg.model.params.get("max_len", 50))
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(split, load_features(ds, cfg.features), max_len, cfg.seed,
-                                         load_hidden_states(ds, cfg.features), ds.items))
+                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
+                                         load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
     elif model.training_kind is Training.COUNTS:
         model.fit_counts(split)
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                     max_len=max_len, device=device).run(model, name=part)
+                     max_len=model.history_length, device=device).run(model, name=part)

@@ -41,11 +41,10 @@ def cyclic_split(**kw: int) -> Split:
     return leave_one_out(cyclic_interactions(**kw))
 
 
-def context(split: Split, seed: int = 0, max_len: int = 10) -> ModelContext:
+def context(split: Split, seed: int = 0) -> ModelContext:
     return ModelContext(
         n_items=split.n_items,
         n_users=split.n_users,
-        max_len=max_len,
         train_item_counts=split.train.item_counts(),
         seed=seed,
     )

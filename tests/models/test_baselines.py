@@ -66,7 +66,7 @@ def block_features(n_items: int) -> tuple[dict[str, torch.Tensor], dict[str, tor
 
 def block_context(split: Split, seed: int = 0) -> ModelContext:
     feats, missing = block_features(split.n_items)
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, max_len=8,
+    return ModelContext(n_items=split.n_items, n_users=split.n_users,
                         train_item_counts=split.train.item_counts(), item_features=feats,
                         feature_missing=missing, seed=seed)
 
@@ -295,7 +295,7 @@ def test_appended_items_are_scored_from_features(trained: dict, block_split: Spl
 def test_bert4rec_learns_next_item_pattern() -> None:
     split = cyclic_split(n_items=20, n_users=40)
     cfg = BERT4RecConfig(dim=32, n_layers=1, n_heads=2, dropout=0.0, max_len=10, mask_prob=0.5)
-    model = BERT4Rec.build(cfg, context(split, max_len=10))
+    model = BERT4Rec.build(cfg, context(split))
     before = evaluate(model, split, part="test")
     train = TrainConfig(epochs=40, patience=0, monitor="hr@1", batch_size=32, lr=1e-2, progress=False)
     hist = fit(model, TrainWindows(split.train, 10), train, validate=lambda m: evaluate(m, split))
@@ -307,7 +307,7 @@ def test_bert4rec_learns_next_item_pattern() -> None:
 def test_bert4rec_eval_loss_is_the_next_item_cross_entropy() -> None:
     """Eval mode masks only the last item: the loss equals CE of score() on the history before it."""
     split = cyclic_split(n_items=20, n_users=10)
-    model = BERT4Rec.build(BERT4RecConfig(dim=16, n_layers=1, max_len=6, dropout=0.0), context(split, max_len=6))
+    model = BERT4Rec.build(BERT4RecConfig(dim=16, n_layers=1, max_len=6, dropout=0.0), context(split))
     model.eval()
     windows = TrainWindows(split.train, 5)
     batch = windows.batch(np.arange(len(windows)))

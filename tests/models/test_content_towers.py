@@ -48,7 +48,7 @@ def _ctx(n: int = N) -> ModelContext:
     feats, missing = _features(n)
     counts = np.zeros(n + 1, dtype=np.int64)
     counts[1 : n - 3] = np.arange(1, n - 3)  # the last 4 items (9..12 when n = 12) never seen in training
-    return ModelContext(n_items=n, n_users=5, max_len=6, train_item_counts=counts, item_features=feats,
+    return ModelContext(n_items=n, n_users=5, train_item_counts=counts, item_features=feats,
                         feature_missing=missing, seed=0)
 
 

@@ -48,7 +48,7 @@ def _with_features(ctx: ModelContext) -> ModelContext:
 def _ctx(seed: int = 0) -> ModelContext:
     counts = np.arange(N_ITEMS + 1, dtype=np.int64)
     counts[0] = 0
-    return ModelContext(n_items=N_ITEMS, n_users=5, max_len=8, train_item_counts=counts, seed=seed)
+    return ModelContext(n_items=N_ITEMS, n_users=5, train_item_counts=counts, seed=seed)
 
 
 @pytest.fixture(params=CASES, ids=[c[0] for c in CASES])

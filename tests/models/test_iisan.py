@@ -133,7 +133,7 @@ def _cycle_data(n_items: int, n_users: int, length: int, seed: int) -> Interacti
 
 
 def _ctx(inter: Interactions, max_len: int) -> ModelContext:
-    return ModelContext(n_items=inter.n_items, n_users=inter.n_users, max_len=max_len,
+    return ModelContext(n_items=inter.n_items, n_users=inter.n_users,
                         train_item_counts=inter.item_counts(), seed=0)
 
 

@@ -302,3 +302,21 @@ def test_gradient_checkpointing_gives_the_same_gradients(tok) -> None:
         grads.append(torch.cat([p.grad.flatten() for p in model.backbone.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_window_loss_trains_every_target_from_its_own_prefix(tok) -> None:
+    """TrainWindows rows carry a target per position: the loss is the mean over all of them, each predicted
+    from the window's items up to it -- not only the last column."""
+    model = tiny(tok).eval()
+    model.set_items(ItemTokens.from_records(RECORDS, tok, max_item_tokens=8))
+    vecs = torch.nn.functional.normalize(torch.randn(4, model.cfg.dims()[0], generator=torch.Generator().manual_seed(0)))
+    model.set_item_vectors(vecs * (torch.arange(4) > 0)[:, None])  # distinct fixed item vectors (row 0 = PAD)
+    window = SeqBatch(items=torch.tensor([[0, 1, 2], [1, 2, 3]]), targets=torch.tensor([[0, 2, 3], [2, 3, 1]]),
+                      users=torch.arange(2))
+    prefixes = [[1], [1, 2], [1], [1, 2], [1, 2, 3]]  # the five non-PAD targets 2, 3, 2, 3, 1
+    padded = torch.tensor([[0] * (3 - len(p)) + p for p in prefixes])
+    one_each = SeqBatch(items=padded, targets=torch.tensor([2, 3, 2, 3, 1]), users=torch.arange(5))
+    with torch.no_grad():
+        torch.testing.assert_close(model.loss(window), model.loss(one_each))
+        last_column_only = model.loss(SeqBatch(items=window.items, targets=window.targets[:, -1], users=window.users))
+        assert abs(float(model.loss(window)) - float(last_column_only)) > 0.01

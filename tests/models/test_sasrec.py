@@ -22,7 +22,7 @@ def split():  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("loss", ["ce", "ce+smoothing", "sampled", "bce", "bpr", "inbatch"])
 def test_learns_next_item_pattern(split, loss: str) -> None:  # type: ignore[no-untyped-def]
     """Item i is always followed by i + 1: after a short training the next item ranks first on TEST."""
-    ctx = context(split, max_len=10)
+    ctx = context(split)
     cfg = SASRecConfig(
         dim=32,
         n_layers=1,

@@ -26,7 +26,7 @@ def rec(content_artifact: Path) -> Recommender:
 def _reference(rec: Recommender, history: list[str], k: int) -> tuple[list[int], torch.Tensor]:
     idx = rec.catalogue.indices(history)
     with torch.no_grad():
-        s = rec.model.score(history_batch([idx], rec.artifact.max_len))[0]  # [n + 1]
+        s = rec.model.score(history_batch([idx], rec.model.history_length))[0]  # [n + 1]
     s[0] = float("-inf")
     s[torch.from_numpy(idx)] = float("-inf")
     top = torch.topk(s, k)

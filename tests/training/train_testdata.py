@@ -40,7 +40,6 @@ def context(split: Split, seed: int = 0) -> ModelContext:
     return ModelContext(
         n_items=split.n_items,
         n_users=split.n_users,
-        max_len=10,
         train_item_counts=split.train.item_counts(),
         seed=seed,
     )

@@ -1,4 +1,4 @@
-"""Dataset filters: k-core and maximum sequence length. Each returns a new Dataset whose user and item
+"""Dataset filters: exact-duplicate removal, k-core and maximum sequence length. Each returns a new Dataset whose user and item
 vocabularies are compacted (ids that lost all their events are dropped, the others keep their relative
 order and are re-indexed 1..n) and appends a record of what it did, with counts before and after, to
 `summary["filters"]`. Catalogue items that had no events to begin with (kept by a loader's
@@ -63,9 +63,38 @@ def truncate_max_len(ds: Dataset, max_len: int) -> Dataset:
     return _compact(ds, from_end < max_len, {"filter": "max_len", "max_len": int(max_len)})
 
 
-def apply_filters(ds: Dataset, *, user_k: int = 0, item_k: int = 0, max_len: int | None = None) -> Dataset:
-    """k-core (when either k > 0), then max-length truncation (when given): the order RecBole-style
-    pipelines use, so the k-core counts refer to the full histories."""
+def dedupe(ds: Dataset) -> Dataset:
+    """Collapse exact duplicate events (same user, item and timestamp) to their first row.
+
+    Logs that write one row per unit bought repeat (user, item, time); left in, a model is scored on
+    predicting the item it was just shown, and an untrained ID embedding "matches" itself. The record
+    counts the removed rows (also in summary["duplicate_events_removed"]); no id loses all its events.
+    """
+    inter = ds.interactions  # sorted by (user, ts, row): duplicates are adjacent once sorted by item too
+    order = np.lexsort((inter.row, inter.item, inter.ts, inter.user))
+    u, i, t = inter.user[order], inter.item[order], inter.ts[order]
+    dup_sorted = np.zeros(len(order), dtype=bool)
+    dup_sorted[1:] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    n_dup = int(dup_sorted.sum())
+    if n_dup == 0:
+        summary = copy.deepcopy(ds.summary)
+        summary.setdefault("filters", []).append({"filter": "dedupe", "key": ["user", "item", "time"], "removed": 0})
+        summary["duplicate_events_removed"] = summary.get("duplicate_events_removed", 0)
+        return Dataset(ds.name, inter, ds.items, ds.user_vocab, summary, ds.presplit)
+    keep = np.ones(len(inter), dtype=bool)
+    keep[order[dup_sorted]] = False
+    out = _compact(ds, keep, {"filter": "dedupe", "key": ["user", "item", "time"], "removed": n_dup})
+    out.summary["duplicate_events_removed"] = ds.summary.get("duplicate_events_removed", 0) + n_dup
+    return out
+
+
+def apply_filters(ds: Dataset, *, dedupe_events: bool = False, user_k: int = 0, item_k: int = 0,
+                  max_len: int | None = None) -> Dataset:
+    """Exact-duplicate removal (when `dedupe_events`), k-core (when either k > 0), then max-length
+    truncation (when given): the order RecBole-style pipelines use, so the k-core counts refer to the full
+    histories."""
+    if dedupe_events:
+        ds = dedupe(ds)
     if user_k > 0 or item_k > 0:
         ds = k_core(ds, user_k, item_k)
     if max_len is not None:
@@ -119,6 +148,7 @@ def _compact(
     summary["items_with_text"] = sum(any(items.fields[f][i] for f in fields if f in items.fields)
                                      for i in range(1, len(items.vocab)))
     summary["items_with_image"] = sum(p is not None for p in items.image_paths)
+    summary["items_with_launch_time"] = sum(t is not None for t in items.launch_ts)
     return Dataset(ds.name, new_inter, items, user_vocab, summary, presplit)
 
 
@@ -128,4 +158,4 @@ def _take_items(table: ItemTable, item_ids: np.ndarray) -> ItemTable:
     vocab = Vocabulary([table.vocab.raw(i) for i in idx[1:]], name=table.vocab.name)
     fields = {name: [values[i] for i in idx] for name, values in table.fields.items()}
     images = [table.image_paths[i] for i in idx]
-    return ItemTable(vocab, fields, images, table.image_root)
+    return ItemTable(vocab, fields, images, table.image_root, [table.launch_ts[i] for i in idx])

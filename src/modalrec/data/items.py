@@ -1,4 +1,4 @@
-"""ItemTable: per-item text fields and image path, aligned with the item vocabulary (row 0 = PAD)."""
+"""ItemTable: per-item text fields, image path and launch time, aligned with the item vocabulary (row 0 = PAD)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ class ItemTable:
     """Content of every item. `fields[name][i]` is item index i's value ("" when absent; row 0 is PAD).
 
     Image paths are stored as given by the source (absolute, or relative to `image_root`).
+    `launch_ts[i]` is item i's launch time in unix seconds from the source's metadata (a release date, a
+    `launch` column), None when the source does not say; data/item_age.py combines it with the log.
     """
 
     vocab: Vocabulary
     fields: dict[str, list[str]] = field(default_factory=dict)
     image_paths: list[str | None] = field(default_factory=list)
     image_root: str | None = None
+    launch_ts: list[int | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.vocab)
@@ -31,6 +34,10 @@ class ItemTable:
                 raise DataError(f"item field has {len(values)} rows, vocabulary has {n}", field=name)
         if len(self.image_paths) != n:
             raise DataError(f"{len(self.image_paths)} image paths for {n} vocabulary rows", field="image")
+        if not self.launch_ts:
+            self.launch_ts = [None] * n
+        if len(self.launch_ts) != n:
+            raise DataError(f"{len(self.launch_ts)} launch times for {n} vocabulary rows", field="launch_ts")
 
     @classmethod
     def from_records(
@@ -40,10 +47,13 @@ class ItemTable:
         text_fields: Sequence[str],
         image_field: str | None = None,
         image_root: str | None = None,
+        launch_field: str | None = None,
     ) -> ItemTable:
-        """Build from {raw_id: {field: value}}; items of the vocabulary with no record get empty content."""
+        """Build from {raw_id: {field: value}}; items of the vocabulary with no record get empty content.
+        `launch_field` names the record key holding the launch time (int unix seconds or None)."""
         fields = {name: [""] * len(vocab) for name in text_fields}
         images: list[str | None] = [None] * len(vocab)
+        launch: list[int | None] = [None] * len(vocab)
         for raw, rec in records.items():
             idx = vocab.get(raw)
             if idx == 0:
@@ -53,7 +63,9 @@ class ItemTable:
                 fields[name][idx] = "" if value is None else str(value)
             if image_field is not None and rec.get(image_field):
                 images[idx] = str(rec[image_field])
-        return cls(vocab, fields, images, image_root)
+            if launch_field is not None and rec.get(launch_field) is not None:
+                launch[idx] = int(rec[launch_field])  # type: ignore[call-overload]
+        return cls(vocab, fields, images, image_root, launch)
 
     @property
     def n_items(self) -> int:
@@ -90,8 +102,10 @@ class ItemTable:
             return f"{self.image_root.rstrip('/')}/{p}"
         return p
 
-    def extended(self, records: Mapping[str, Mapping[str, object]], image_field: str | None = None) -> ItemTable:
-        """A table with new items appended (ids must be new); existing rows unchanged."""
+    def extended(self, records: Mapping[str, Mapping[str, object]], image_field: str | None = None,
+                 launch_ts: int | None = None) -> ItemTable:
+        """A table with new items appended (ids must be new); existing rows unchanged. `launch_ts` is the new
+        items' launch time (e.g. when they were added to a served catalogue)."""
         new_ids = [str(r) for r in records]
         clash = [r for r in new_ids if r in self.vocab]
         if clash:
@@ -105,7 +119,7 @@ class ItemTable:
                 value = rec.get(name)
                 column.append("" if value is None else str(value))
             images.append(str(rec[image_field]) if image_field and rec.get(image_field) else None)
-        return ItemTable(vocab, fields, images, self.image_root)
+        return ItemTable(vocab, fields, images, self.image_root, [*self.launch_ts, *[launch_ts] * len(new_ids)])
 
     def content_hash(self, idx: int) -> str:
         """Hash of one item's content (text fields + image path), used to detect stale features."""

@@ -17,6 +17,8 @@ from modalrec.types import SeqBatch
 def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
     """[B, max_len] int64, each sequence's last `max_len` values right-aligned, 0 on the left."""
     out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    if max_len == 0:  # a model that reads no history window (s[-0:] would be the whole sequence)
+        return out
     for i, s in enumerate(seqs):
         s = s[-max_len:]
         if len(s):

@@ -1,7 +1,8 @@
 """Models. `MODELS` is the only registry: name -> (model class, config dataclass).
 
-Every model class has `classmethod build(cfg, ctx: ModelContext)`. To add a model, import it here and
-add one entry.
+Every model class derives from `models.base.Recommender` (the contract: how it is trained, whether its
+scores are dot products, its history length) and has `classmethod build(cfg, ctx: ModelContext)`. To add a
+model, import it here, add one entry, and add its case to tests/models/test_contract.py.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ from modalrec.models.graph.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.graph.vbpr import VBPR, VBPRConfig
 from modalrec.models.iisan.model import IISAN, IISANConfig
-from modalrec.models.iisan.peft_baselines import FrozenBackbone, FrozenBackboneConfig
+from modalrec.models.iisan.peft_baselines import (
+    EncoderFinetune,
+    EncoderFinetuneConfig,
+    FrozenBackbone,
+    FrozenBackboneConfig,
+)
 from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfig
 from modalrec.models.recformer.model import RecformerConfig, RecformerModel
 from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+from modalrec.models.tgn.model import TGN, TGNConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "pop": (Pop, PopConfig),
@@ -32,7 +39,9 @@ MODELS: dict[str, tuple[type, type]] = {
     "vbpr": (VBPR, VBPRConfig),
     "iisan": (IISAN, IISANConfig),
     "iisan_frozen": (FrozenBackbone, FrozenBackboneConfig),
+    "iisan_finetune": (EncoderFinetune, EncoderFinetuneConfig),  # mode "full" (FFT) or "lora"
     "recformer": (RecformerModel, RecformerConfig),
+    "tgn": (TGN, TGNConfig),
 }
 
 

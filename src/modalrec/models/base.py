@@ -6,10 +6,10 @@ never probe a model with `hasattr`:
 
 - `training_kind` (a `Training`): which data the trainer feeds it (windows, pairs, events, counts, staged);
 - `dot_product_scores`: whether `score(batch) == forward(batch) @ item_embeddings().T`, so serving may rank
-  with an (approximate) nearest-neighbour index over `item_embeddings()`;
+  with an (approximate) nearest-neighbour index over `item_embeddings()` (and `embed_items` for new rows);
 - `stateful`: whether scores depend on state built from earlier events (`reset_state` / `observe`);
-- `history_length`: how many of the user's most recent items it reads (evaluation and serving cut
-  histories to this);
+- `history_length`: how many of the user's most recent items it reads (training windows, evaluation and
+  serving cut histories to this; 0 = it reads no history window);
 - `content_modalities(cfg)`: which FeatureStore modalities ("text", "image") a configuration reads, so
   models that need none are built without encoding anything.
 """
@@ -48,13 +48,13 @@ class ModelContext:
 
     n_items: int  # real items (excluding PAD)
     n_users: int
-    max_len: int = 50
     train_item_counts: np.ndarray | None = None  # [n_items + 1] int64
     item_features: dict[str, torch.Tensor] = field(default_factory=dict)
     feature_missing: dict[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
     hidden_states: Any = None  # features.hidden_cache.HiddenStateCache for adapter models (IISAN)
     item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
+    item_launch: Any = None  # data.item_age.ItemLaunch: launch time / causal age of every item at a query time
 
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
@@ -145,6 +145,10 @@ class SequentialRecommender(Recommender):
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
         raise NotImplementedError
 
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:  # [M] -> [M, d]
+        """Rows of `item_embeddings()` for `items` (towers compute only these rows)."""
+        return self.item_embeddings()[items]
+
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
         state = self.forward(batch)  # [B, d]
         table = self.item_embeddings()  # [N + 1, d]
@@ -176,6 +180,9 @@ class CausalTowerRecommender(SequentialRecommender):
 
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
         return self.tower.all()
+
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:  # [M] -> [M, d]
+        return self.tower(items)
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
         state = self.forward(batch)  # [B, d]

@@ -1,7 +1,7 @@
 """Serving artifact: one self-contained, immutable directory with everything needed to answer requests.
 
 Layout:
-    artifact.json            format, model name + params, max_len, hashes (vocabulary, training vocabulary,
+    artifact.json            format, model name + params, hashes (vocabulary, training vocabulary,
                              weights, dataset), encoder specs + template of the FeatureStore, index config,
                              the sha256 of every other file ("files") and `artifact_hash`, the sha256 of
                              all of artifact.json's other content (encoder specs included)
@@ -78,10 +78,6 @@ class Artifact:
     @property
     def model_params(self) -> dict[str, Any]:
         return dict(self.meta["model"]["params"])
-
-    @property
-    def max_len(self) -> int:
-        return int(self.meta["max_len"])
 
     @property
     def n_train_items(self) -> int:
@@ -224,7 +220,6 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
             "model": {"name": cfg.model.name, "params": cfg.model.params},
-            "max_len": int(cfg.model.params.get("max_len", 50)),
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
             "user_vocab_hash": ds.user_vocab.hash, "dataset_hash": ds.content_hash(),
@@ -275,7 +270,8 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
 
 def _write_items(path: Path, items: ItemTable) -> None:
     write_json_atomic(path, {"vocab_hash": items.vocab.hash, "fields": items.fields,
-                             "image_paths": items.image_paths, "image_root": items.image_root})
+                             "image_paths": items.image_paths, "image_root": items.image_root,
+                             "launch_ts": items.launch_ts})
 
 
 def _sha256(path: Path, full: bool = False) -> str:
@@ -377,14 +373,16 @@ def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:
     payload = json.loads(path.read_text())
     if payload.get("vocab_hash") != vocab.hash:
         raise MismatchError(f"{path} belongs to item vocabulary {payload.get('vocab_hash')}, vocab.json is {vocab.hash}")
-    return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"))
+    return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"),
+                     payload.get("launch_ts") or [])
 
 
 def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bool]:
     """Rebuild the trained model from the artifact; returns (model in eval mode, scores content features).
 
     The model is built for the training catalogue (its parameter shapes), its weights loaded, then given
-    the whole (possibly grown) feature table so items added after training are scored too.
+    the whole (possibly grown) feature table so items added after training are scored too. Whether it
+    reads content features is the model's declaration (`content_modalities`), not a trial call.
     """
     from modalrec.models.base import ModelContext
     from modalrec.pipeline import build_model as build
@@ -395,19 +393,13 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
     if art.store is not None:
         feats, missing = art.store.tensors()
     n = art.n_train_items
-    ctx = ModelContext(n_items=n, n_users=int(art.meta["n_users"]), max_len=art.max_len,
+    ctx = ModelContext(n_items=n, n_users=int(art.meta["n_users"]), item_table=art.items,
                        train_item_counts=art.train_item_counts,
                        item_features={m: f[: n + 1] for m, f in feats.items()},
                        feature_missing={m: f[: n + 1] for m, f in missing.items()}, seed=0)
-    model, _ = build(art.model_name, art.model_params, ctx)
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"model {art.model_name!r} is not a neural model; it cannot be served from weights")
+    model, model_cfg = build(art.model_name, art.model_params, ctx)
     load_state(art.directory / "model", model)
-    content = False
-    if feats:
-        try:
-            model.set_item_features(feats, missing)  # the full (possibly grown) table
-            content = True
-        except TypeError:  # an ID-only model: it ranks the training catalogue only
-            content = False
+    content = bool(feats) and bool(type(model).content_modalities(model_cfg))
+    if content:
+        model.set_item_features(feats, missing)  # the full (possibly grown) table
     return model.to(device).eval(), content

@@ -206,17 +206,13 @@ class Recommender:
         self._emb: torch.Tensor | None = None
         self._index: Any = None  # None: rank with model.score (exact, no index)
         self._sim_index: Any = None
-        if callable(getattr(model, "item_embeddings", None)):
+        if model.dot_product_scores:  # the contract: score == forward @ item_embeddings().T, so an index ranks
             with torch.no_grad():
                 self._emb = model.item_embeddings().detach().float()  # [n + 1, d]
             if self._emb.shape[0] != len(self.catalogue):
                 raise MismatchError(f"the model scores {self._emb.shape[0] - 1} items, the vocabulary has "
                                     f"{self.catalogue.size}; an ID-only model cannot serve items added after training")
-            if self._dot_product_scores():
-                self._index = index_from_config(self._emb, self.index_config, "ip", device)
-            else:
-                log.warning("model %s does not score by state . item embedding; ranking with model.score "
-                            "(exact, no index)", artifact.model_name)
+            self._index = index_from_config(self._emb, self.index_config, "ip", device)
         self._columns: dict[str, np.ndarray] = {}
         location = str(catalogue) if catalogue is not None else str(artifact.directory / DEFAULT_FILE)
         self.store: CatalogueStore | None = None
@@ -228,19 +224,6 @@ class Recommender:
         if not persist and self.store is not None:
             self.store.close()
             self.store = None
-
-    def _dot_product_scores(self) -> bool:
-        """Whether model.score(h) == forward(h) @ item_embeddings().T (then an index can rank)."""
-        from modalrec.data.sequences import history_batch
-
-        probe = history_batch([np.arange(1, min(4, self.catalogue.size) + 1)], self.artifact.max_len).to(self.device)
-        with torch.no_grad():
-            want = self.model.score(probe).float()  # [1, n + 1]
-            try:
-                got = self.model.forward(probe).float() @ self._emb.T  # [1, n + 1]
-            except Exception:  # noqa: BLE001 - a forward with another signature: not a state model
-                return False
-        return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-4))
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", index: Mapping[str, Any] | None = None,
@@ -278,7 +261,7 @@ class Recommender:
                     "removed": int(self.catalogue.removed.sum()), "users": self.artifact.user_vocab.size,
                     "content_features": sorted(self._feats), "new_items_supported": self.content,
                     "index": self.index_config.get("kind", "exact"), "artifact_hash": self.artifact.hash[:16],
-                    "max_len": self.artifact.max_len}
+                    "max_len": self.model.history_length}
 
     def title(self, idx: int) -> str:
         return self.catalogue.title(idx)
@@ -354,7 +337,7 @@ class Recommender:
             train = torch.from_numpy(self.artifact.train_item_counts).float()
             counts[: len(train)] = train
             return _masked_topk(counts, allowed, k)
-        batch = history_batch([hist], self.artifact.max_len)
+        batch = history_batch([hist], self.model.history_length)
         batch.users[0] = user  # user-item models (LightGCN, VBPR) read it; sequence models ignore it
         batch = batch.to(self.device)
         with torch.no_grad():
@@ -486,10 +469,7 @@ class Recommender:
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            tower = getattr(self.model, "tower", None)
-            if tower is not None:
-                return tower(idx.to(self.device)).detach().float()  # [k, d]
-            return self.model.item_embeddings().detach().float()[idx.to(self.device)]
+            return self.model.embed_items(idx.to(self.device)).detach().float()  # [k, d]
 
     def _check_records(self, records: Any) -> dict[str, dict[str, Any]]:
         if isinstance(records, Mapping):

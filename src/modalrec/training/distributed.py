@@ -8,8 +8,7 @@ step (gradients of the first k-1 stay local under DDP's `no_sync`), so one step 
 single process sees with batch_size * k.
 
 Gradients: each rank's mean loss is scaled by w_r * W / sum(w) before backward, where w_r is the
-number of loss terms in its rows (next-item targets for [B, L] SeqBatch targets, `model.loss_weight`
-when a model defines it, else rows). DDP averages over the W ranks, so the step's gradient is the
+number of loss terms in its rows (next-item targets for [B, L] SeqBatch targets, else rows). DDP averages over the W ranks, so the step's gradient is the
 gradient of the mean over all terms of the global batch -- what single-process training computes --
 even when ranks hold different numbers of targets. Reported losses are all-reduced the same way.
 
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 from modalrec.errors import ConfigError
 from modalrec.parallel import all_reduce, broadcast_json, is_distributed, rank_and_world
 from modalrec.seeding import derive_seed
+from modalrec.types import SeqBatch
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,14 @@ class DistributedTraining:
             if n >= t.steps:
                 break
             group = [b.to(device) for b in group]
-            weights = [loss_weight(model, b) for b in group]
+            weights = [loss_weight(b) for b in group]
             (w_total,) = all_reduce([sum(weights)])
             t.schedule.apply(opt)
             opt.zero_grad(set_to_none=True)
             local, bad = 0.0, 0.0
             for i, (batch, w) in enumerate(zip(group, weights)):
                 last = i == len(group) - 1
-                sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+                sync = contextlib.nullcontext() if last or self.world_size == 1 else net.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                         loss = net(batch)
@@ -189,14 +189,10 @@ class LossModule(nn.Module):
         return self.model.loss(batch)
 
 
-def loss_weight(model: nn.Module, batch: Any) -> float:
-    """Number of terms the model's (mean) loss averages over in `batch`."""
-    fn = getattr(model, "loss_weight", None)
-    if callable(fn):
-        return float(fn(batch))
-    targets = getattr(batch, "targets", None)
-    if isinstance(targets, torch.Tensor) and targets.dim() == 2:
-        return float((targets > 0).sum())  # next-item targets of [B, L] training windows
+def loss_weight(batch: Any) -> float:
+    """Number of terms a model's (mean) loss averages over in `batch`."""
+    if isinstance(batch, SeqBatch) and batch.targets.dim() == 2:
+        return float((batch.targets > 0).sum())  # next-item targets of [B, L] training windows
     return float(_rows(batch))
 
 

@@ -3,7 +3,8 @@ or `.gz`.
 
 reviews: reviewerID, asin, unixReviewTime (unix seconds), overall (rating; needed only for min_rating)
 meta:    asin, title, brand, category (2018: list of str) or categories (2014: list of lists),
-         description (str or list of str). imageURL / imageURLHighRes are remote URLs and are only
+         description (str or list of str), date (2018: "June 15, 2010", the item's launch time when it
+         parses). imageURL / imageURLHighRes are remote URLs and are only
          counted; local images come from `image_dir/<asin>.{jpg,jpeg,png,webp}` when present.
 
 Lines are JSON; the 2014 files' Python-literal lines ({'asin': ...}) are read with ast.literal_eval
@@ -13,10 +14,12 @@ Lines are JSON; the 2014 files' Python-literal lines ({'asin': ...}) are read wi
 from __future__ import annotations
 
 import ast
+import calendar
 import json
 import math
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +124,9 @@ def load_amazon_json(
     )
     return build_dataset(
         name or _stem(reviews_path), "amazon_json", events, files=files, records=records, text_fields=TEXT_FIELDS,
-        image_field="image" if image_root else None, image_root=image_root, catalogue=catalogue,
-        keep_unused_items=keep_unused_items, min_rating=min_rating, extra=extra, prefilters=prefilters,
+        image_field="image" if image_root else None, image_root=image_root, launch_field="launch_ts",
+        catalogue=catalogue, keep_unused_items=keep_unused_items, min_rating=min_rating, extra=extra,
+        prefilters=prefilters,
     )
 
 
@@ -155,6 +159,7 @@ def _read_meta(path: Path, wanted: set[str] | None) -> tuple[dict[str, dict[str,
             if cats and isinstance(cats, list) and all(isinstance(c, list) for c in cats):
                 cats = [" > ".join(map(str, c)) for c in cats]  # 2014: list of category paths
             records[asin] = {
+                "launch_ts": _meta_date(obj.get("date")),
                 "title": clean_text(obj.get("title"), strip_tags=True),
                 "brand": clean_text(obj.get("brand"), strip_tags=True),
                 "categories": clean_text(cats, strip_tags=True),
@@ -162,6 +167,17 @@ def _read_meta(path: Path, wanted: set[str] | None) -> tuple[dict[str, dict[str,
             }
             n_urls += bool(obj.get("imageURLHighRes") or obj.get("imageURL") or obj.get("imUrl"))
     return records, n_dup, n_urls
+
+
+def _meta_date(value: object) -> int | None:
+    """Unix seconds (midnight UTC) of a 2018 metadata `date` such as "June 15, 2010"; None when absent or
+    not a date (the field often holds page fragments instead)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return calendar.timegm(datetime.strptime(value.strip(), "%B %d, %Y").timetuple())
+    except ValueError:
+        return None
 
 
 def _parse(line: str, path: Path, line_no: int) -> dict[str, Any]:

@@ -227,6 +227,7 @@ def build_dataset(
     text_fields: Sequence[str] = (),
     image_field: str | None = None,
     image_root: str | Path | None = None,
+    launch_field: str | None = None,
     catalogue: Sequence[str] | None = None,
     keep_unused_items: bool = False,
     min_rating: float | None = None,
@@ -241,6 +242,7 @@ def build_dataset(
     `catalogue` lists every item the source knows (in file order); with `keep_unused_items` the ones
     never interacted with are appended to the item vocabulary (still rankable, e.g. as new items).
     `user_order` / `item_order` override first-appearance order (e.g. a shipped index file).
+    `launch_field` names the record key with the item's launch time (int unix seconds, or None).
     """
     filters: list[dict[str, Any]] = [dict(f) for f in prefilters]  # applied by the source while reading
     users, items, ts, rows = events.users, events.items, events.ts, events.rows
@@ -265,7 +267,8 @@ def build_dataset(
         ts = _position_in_user(u_codes, rows)  # order only: position in the user's sequence is the clock
     inter = Interactions.from_arrays(u_codes, i_codes, ts, rows, n_users=user_vocab.size, n_items=item_vocab.size)
     table = ItemTable.from_records(
-        item_vocab, records or {}, list(text_fields), image_field, None if image_root is None else str(image_root)
+        item_vocab, records or {}, list(text_fields), image_field, None if image_root is None else str(image_root),
+        launch_field,
     )
     summary: dict[str, Any] = {
         "source": source,
@@ -277,6 +280,7 @@ def build_dataset(
         "text_fields": list(text_fields),
         "items_with_text": int(sum(any(table.fields[f][i] for f in text_fields) for i in range(1, len(item_vocab)))),
         "items_with_image": int(sum(p is not None for p in table.image_paths)),
+        "items_with_launch_time": int(sum(t is not None for t in table.launch_ts)),
         "notes": list(events.notes),
     }
     if catalogue is not None:

@@ -2,13 +2,16 @@
 `u.genre`, plus optional TMDB plots (`tmdb_items.csv`) and posters (`posters/<movie_id>.jpg`).
 
 Item text fields: title, genres (comma-separated names; the "unknown" genre is left out), plot.
+Item launch time: the u.item release date (midnight UTC of that day), None where it is blank.
 """
 
 from __future__ import annotations
 
+import calendar
 import csv
 import logging
 import os
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +94,8 @@ def load_movielens(
     events = RawEvents(users, items, ts=ts, ratings=ratings, notes=notes)
     return build_dataset(
         name, "movielens", events, files=files, records=records, text_fields=TEXT_FIELDS,
-        image_field="image" if image_root else None, image_root=image_root, catalogue=catalogue,
-        min_rating=min_rating, extra=extra,
+        image_field="image" if image_root else None, image_root=image_root, launch_field="launch_ts",
+        catalogue=catalogue, min_rating=min_rating, extra=extra,
     )
 
 
@@ -128,8 +131,20 @@ def _read_items(path: Path, genre_names: list[str]) -> tuple[dict[str, dict[str,
             raise DataError(f"genre flag must be 0 or 1, got {flags[bad]!r}", path=path, line=int(line),
                             field=genre_names[bad] or f"genre{bad}")
         genres = [g for g, f in zip(genre_names, flags) if f == "1" and g != "unknown"]
-        records[mid] = {"title": clean_text(row[1]), "genres": ", ".join(genres), "release_date": row[2]}
+        records[mid] = {"title": clean_text(row[1]), "genres": ", ".join(genres),
+                        "launch_ts": _release_ts(row[2], path, int(line))}
     return records, list(records)
+
+
+def _release_ts(date: str, path: Path, line: int) -> int | None:
+    """Unix seconds of a u.item release date such as "01-Jan-1995" (midnight UTC); None when blank."""
+    if not date.strip():
+        return None
+    try:
+        return calendar.timegm(datetime.strptime(date.strip(), "%d-%b-%Y").timetuple())
+    except ValueError:
+        raise DataError(f"expected a release date like 01-Jan-1995, got {date!r}", path=path, line=line,
+                        field="release_date") from None
 
 
 def _add_plots(path: Path, records: dict[str, dict[str, object]]) -> tuple[int, int]:

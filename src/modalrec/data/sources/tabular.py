@@ -41,6 +41,7 @@ def load_table(
     text_cols: Sequence[str] = (),
     image_col: str | None = None,
     image_root: str | Path | None = None,
+    launch_col: str | None = None,
     sep: str | None = None,
     parse_dates: bool = False,
     min_rating: float | None = None,
@@ -53,8 +54,9 @@ def load_table(
     `time_col` holds integer unix seconds (or, with `parse_dates`, date/time strings converted to unix
     seconds); without it, file order is the clock. `sep` defaults to tab for .tsv and comma otherwise.
     `items_path` (same formats) gives item content: `item_id_col` (default `item_col`), `text_cols`,
-    and `image_col` (paths, relative to `image_root` unless absolute). With `strict`, an interaction
-    whose item the item table does not list is an error.
+    and `image_col` (paths, relative to `image_root` unless absolute), and `launch_col`, the item's launch
+    time (like `time_col`: integer unix seconds, or date strings with `parse_dates`; blank = unknown). With
+    `strict`, an interaction whose item the item table does not list is an error.
     """
     path = Path(path)
     cols = [c for c in (user_col, item_col, time_col, rating_col) if c is not None]
@@ -75,28 +77,32 @@ def load_table(
         items_path = Path(items_path)
         files["items"] = items_path
         id_col = item_id_col or item_col
-        want = [id_col, *text_cols, *([image_col] if image_col else [])]
+        want = [id_col, *text_cols, *([image_col] if image_col else []), *([launch_col] if launch_col else [])]
         table = _read(items_path, want, sep)
         t_lines = _line_numbers(items_path, len(table))
         ids = _ids(table[id_col], items_path, t_lines, id_col)
         texts = {c: _strings(table[c]) for c in text_cols}
         images = _strings(table[image_col]) if image_col else None
+        launch = _launch_times(table[launch_col], items_path, t_lines, launch_col, parse_dates) if launch_col else None
         for i, iid in enumerate(ids):
             if iid in records:
                 raise DataError(f"duplicate item id {iid!r}", path=items_path, line=int(t_lines[i]), field=id_col)
             rec: dict[str, object] = {c: clean_text(texts[c][i]) for c in text_cols}
             if images is not None and images[i]:
                 rec["image"] = images[i]
+            if launch is not None:
+                rec["launch_ts"] = launch[i]
             records[iid] = rec
         catalogue = list(records)
         if strict:
             check_known(items, records.keys(), path, lines, item_col, f"item table {items_path.name}")
-    elif text_cols or image_col:
-        raise DataError("text_cols / image_col need items_path")
+    elif text_cols or image_col or launch_col:
+        raise DataError("text_cols / image_col / launch_col need items_path")
     events = RawEvents(users, items, ts=ts, ratings=ratings)
     return build_dataset(
         name or path.stem, "table", events, files=files, records=records, text_fields=list(text_cols),
-        image_field="image" if image_col else None, image_root=image_root, catalogue=catalogue,
+        image_field="image" if image_col else None, image_root=image_root,
+        launch_field="launch_ts" if launch_col else None, catalogue=catalogue,
         keep_unused_items=keep_unused_items, min_rating=min_rating,
         extra={"columns": {"user": user_col, "item": item_col, "time": time_col, "rating": rating_col}},
     )
@@ -150,6 +156,17 @@ def _ids(col: Any, path: Path, lines: np.ndarray, field: str) -> np.ndarray:
         i = int(np.argmax(empty))
         raise DataError("missing id", path=path, line=int(lines[i]), field=field)
     return arr
+
+
+def _launch_times(col: Any, path: Path, lines: np.ndarray, field: str, parse_dates: bool) -> list[int | None]:
+    """Launch time per row (unix seconds); blank cells are unknown (None), anything else must parse."""
+    blank = np.asarray([not v.strip() for v in _strings(col)], dtype=bool)
+    out: list[int | None] = [None] * len(col)
+    if (~blank).any():
+        parsed = _times(col[~blank], path, lines[~blank], field, parse_dates)
+        for i, t in zip(np.flatnonzero(~blank), parsed):
+            out[int(i)] = int(t)
+    return out
 
 
 def _times(col: Any, path: Path, lines: np.ndarray, field: str, parse_dates: bool) -> np.ndarray:

@@ -46,6 +46,10 @@ class UserItemRecommender(SequentialRecommender):
     def history_length(self) -> int:
         return self.max_len  # a user unseen in training is the mean of its last max_len items
 
+    @classmethod
+    def content_modalities(cls, cfg: Any) -> frozenset[str]:
+        return frozenset()  # ID embeddings; content models (VBPR, MMGCN) say which features they read
+
     def __init__(self, ctx: ModelContext, max_len: int, n_negatives: int, out_dim: int) -> None:
         super().__init__()
         if ctx.n_users < 1 or ctx.n_items < 1:

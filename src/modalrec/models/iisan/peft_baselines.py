@@ -136,6 +136,9 @@ class EncoderFinetuneConfig(SASRecConfig):
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
     encode_batch: int = 256  # items per encoder call when computing the whole catalogue
+    encoder: str = "minilm"  # text encoder (name or local path) when `build` is not handed a module
+    template: str = "{title}"  # item text fed to the encoder (ItemTable.texts)
+    max_tokens: int = 32
 
 
 class EncoderTower(ItemTower):
@@ -216,6 +219,17 @@ class EncoderFinetune(SASRec):
     @classmethod
     def build(cls, cfg: EncoderFinetuneConfig, ctx: ModelContext, encoder: nn.Module | None = None,
               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> EncoderFinetune:
+        """Registry entry point. Without `encoder` / tokens: `cfg.encoder` is loaded from local files and
+        `ctx.item_table`'s texts (`cfg.template`) are tokenised."""
         if encoder is None or input_ids is None or attention_mask is None:
-            raise ConfigError("EncoderFinetune.build needs encoder=, input_ids=, attention_mask= (see tokenize_items)")
+            from modalrec.features.encoders.hub import load_hf_text
+
+            module, tokenizer, _, _ = load_hf_text(cfg.encoder, local_files_only=True)
+            encoder = module if encoder is None else encoder
+            if input_ids is None or attention_mask is None:
+                if ctx.item_table is None:
+                    raise ConfigError("EncoderFinetune needs item texts: a ModelContext with item_table, or "
+                                      "input_ids= and attention_mask= (see tokenize_items)")
+                input_ids, attention_mask = tokenize_items(tokenizer, ctx.item_table.texts(cfg.template),
+                                                           cfg.max_tokens)
         return cls(cfg, ctx, encoder, input_ids, attention_mask)

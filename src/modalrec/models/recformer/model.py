@@ -161,7 +161,7 @@ class RecformerModel(SequentialRecommender):
     """The Recformer encoder plus the item table it scores (token runs of items 0..n)."""
 
     training_kind = Training.STAGED
-    dot_product_scores = True  # score = forward @ item_embeddings().T / temperature: the same ranking
+    dot_product_scores = True  # score = forward @ item_embeddings().T (the temperature only shapes the loss)
 
     @property
     def history_length(self) -> int:
@@ -219,7 +219,7 @@ class RecformerModel(SequentialRecommender):
     def build(cls, cfg: RecformerConfig, ctx: ModelContext, items: ItemTable | None = None) -> RecformerModel:
         """Registry entry point. Recformer needs item *texts*: the ItemTable given here, else
         `ctx.item_table` when the context carries one, else call `set_items` before scoring."""
-        items = items if items is not None else getattr(ctx, "item_table", None)
+        items = items if items is not None else ctx.item_table
         model, _ = cls.create(cfg, table=items)
         if items is not None and items.n_items != ctx.n_items:
             raise ConfigError(f"item table has {items.n_items} items, the data has {ctx.n_items}")
@@ -358,21 +358,29 @@ class RecformerModel(SequentialRecommender):
         table = self.item_embeddings()  # [N + 1, H]
         if items is not None:
             table = table[items.to(self.device)]  # [M, H]
-        return self.forward(batch) @ table.T / self.cfg.temperature  # [B, N + 1] or [B, M]
+        return self.forward(batch) @ table.T  # [B, N + 1] or [B, M]
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         """Finetuning: softmax over all items against the current fixed item matrix (stage 1: this
-        epoch's encoding; stage 2: the frozen one). Targets [B] or [B, L] (the last column is used)."""
-        targets = batch.targets[:, -1] if batch.targets.dim() == 2 else batch.targets  # [B]
-        keep = (targets > 0).cpu().numpy()
+        epoch's encoding; stage 2: the frozen one), averaged over every non-PAD target. Targets [B]
+        (one per history) or [B, L] (TrainWindows: target t follows items[:, :t + 1], so each target is
+        predicted from its own prefix of the window)."""
+        items, targets = batch.items.detach().cpu().numpy(), batch.targets.detach().cpu()
+        if targets.dim() == 1:
+            rows = torch.nonzero(targets > 0).flatten().tolist()
+            hist = [items[b][items[b] > 0] for b in rows]
+            wanted = targets[rows]  # [b]
+        else:
+            rows, cols = (t.tolist() for t in torch.nonzero(targets > 0, as_tuple=True))
+            hist = [items[b, : t + 1][items[b, : t + 1] > 0] for b, t in zip(rows, cols)]
+            wanted = targets[rows, cols]  # [b]
         table = self._item_vecs if self._item_vecs is not None else self.refresh_item_vectors()  # [N + 1, H]
-        hist = [h for h, k in zip(histories_from_batch(batch.items), keep) if k]
         seq = self.encode_histories(hist)  # [b, H]
         logits = seq @ table.to(self.device).T / self.cfg.temperature  # [b, N + 1]
         logits[:, 0] = float("-inf")  # PAD is never a target
         if torch.is_grad_enabled():
             self.mark_encoder_changed()
-        return F.cross_entropy(logits, targets[torch.from_numpy(keep)].to(self.device))
+        return F.cross_entropy(logits, wanted.to(self.device))
 
     # ---- pretraining ----------------------------------------------------------------------------------
     def pretrain_loss(self, histories: list[np.ndarray], targets: np.ndarray, tokens: ItemTokens,
