@@ -104,7 +104,7 @@ def test_add_items_encodes_like_the_store_and_persists(artifact_copy: Path, imag
     # Persisted: a fresh load sees the item, its feature row equals the source item's encoding.
     again = Recommender.load(artifact_copy)
     assert again.n_items == rec.n_items and "twin" in again.catalogue
-    for m, feats in again._feats.items():
+    for feats in again._feats.values():
         assert torch.equal(feats[again.catalogue.index("twin")], feats[src])
     assert np.isnan(again.item_added_at()[src]) and again.item_added_at()[-1] > 0
     with pytest.raises(DuplicateIdError, match="already exist"):
