@@ -11,6 +11,14 @@ from typing import Any
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
+from modalrec.models.coldstart import (
+    ContentKNN,
+    ContentKNNConfig,
+    NewestFirst,
+    NewestFirstConfig,
+    RepeatHistory,
+    RepeatHistoryConfig,
+)
 from modalrec.models.graph.lightgcn import LightGCN, LightGCNConfig
 from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.graph.vbpr import VBPR, VBPRConfig
@@ -31,6 +39,9 @@ from modalrec.models.tgn.model import TGN, TGNConfig
 MODELS: dict[str, tuple[type, type]] = {
     "pop": (Pop, PopConfig),
     "recent_pop": (RecentPop, RecentPopConfig),
+    "newest_first": (NewestFirst, NewestFirstConfig),
+    "content_knn": (ContentKNN, ContentKNNConfig),
+    "repeat_history": (RepeatHistory, RepeatHistoryConfig),
     "sasrec": (SASRec, SASRecConfig),
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),

@@ -2,7 +2,8 @@
 
 `Pop` ranks by training frequency. `RecentPop` ranks by frequency in the last part of the training
 time span (optionally with exponential time decay), breaking ties by overall frequency so items
-without recent events are still ordered sensibly.
+without recent events are still ordered sensibly; with `launch_tie_break`, ties in recent frequency
+are broken by launch time at the query time first (newest first), so new items lead the long tail.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext, Recommender, Training
+from modalrec.models.coldstart import launch_ranks
 from modalrec.types import SeqBatch
 
 
@@ -29,6 +31,7 @@ class RecentPopConfig:
     window: float = 0.1  # fraction of the training time span (ending at the last train event) counted
     half_life: float | None = None  # if set: weight 0.5 ** (age / (half_life * span)) inside the window
     tie_break: bool = True  # break ties among recent counts by overall training counts
+    launch_tie_break: bool = False  # break ties among recent counts by launch time at the query first
 
 
 class _CountScorer(Recommender):
@@ -92,10 +95,32 @@ class RecentPop(_CountScorer):
         if cfg.half_life is not None and cfg.half_life <= 0:
             raise ConfigError(f"recent_pop: half_life must be > 0, got {cfg.half_life}")
         self.cfg = cfg
+        self.launch = ctx.item_launch
+        if cfg.launch_tie_break and self.launch is None:
+            raise ConfigError("recent_pop: launch_tie_break needs item launch times (ModelContext.item_launch)")
+        self.register_buffer("recent_rank", torch.zeros(ctx.n_items + 1, dtype=torch.float64))  # [N + 1]
+        self.register_buffer("total_rank", torch.zeros(ctx.n_items + 1, dtype=torch.float64))  # [N + 1]
 
     @classmethod
     def build(cls, cfg: RecentPopConfig, ctx: ModelContext) -> RecentPop:
         return cls(cfg, ctx)
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cfg.launch_tie_break:
+            return super().score(batch, items)
+        cols = torch.arange(self.n_items + 1) if items is None else items.cpu()
+        q = None if batch.target_ts is None else batch.target_ts.cpu()
+        launch = launch_ranks(self.launch, cols, q)  # [B or 1, M] 0..L
+        n_launch = float(self.n_items + 1) * 2 + 1  # bound on distinct launch ranks
+        n_total = float(self.n_items + 2)
+        # (recent, launch, total) as one exact float64 key: every term is a small integer
+        key = (self.recent_rank[cols] * n_launch + launch) * (n_total if self.cfg.tie_break else 1.0)
+        if self.cfg.tie_break:
+            key = key + self.total_rank[cols]
+        key = key.expand(len(batch), -1).clone()
+        if items is None:
+            key[:, 0] = 0.0
+        return key.to(batch.items.device)
 
     def fit_counts(self, data: Split | Interactions) -> RecentPop:
         train = _train_of(data)
@@ -112,9 +137,17 @@ class RecentPop(_CountScorer):
         if self.cfg.half_life is not None:
             weights = 0.5 ** ((t_max - ts[inside]) / (self.cfg.half_life * span))
         recent = np.bincount(train.item[inside], weights=weights, minlength=n)  # [N + 1]
-        keys = [recent, train.item_counts().astype(np.float64)] if self.cfg.tie_break else [recent]
+        total = train.item_counts().astype(np.float64)
+        self.recent_rank.copy_(torch.from_numpy(_dense_rank(recent)))
+        self.total_rank.copy_(torch.from_numpy(_dense_rank(total)))
+        keys = [recent, total] if self.cfg.tie_break else [recent]
         # Dense rank of (recent, total) pairs: exact ties stay tied, and float32 cannot blur the order.
         _, rank = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)  # [N + 1]
         scores = rank.reshape(-1).astype(np.float64) + 1.0
         self._set(scores)
         return self
+
+
+def _dense_rank(values: np.ndarray) -> np.ndarray:
+    """[N] float64 0-based dense rank (equal values share a rank)."""
+    return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.float64)

@@ -1,0 +1,166 @@
+"""Rules with no learning that set the bar for new items and repeat consumption.
+
+- `NewestFirst`: items by launch time at the query time, newest first (data/item_age.py: metadata launch,
+  else first appearance strictly before the query; items not launched / not yet seen rank last);
+- `ContentKNN`: cosine of the mean content vector of the user's history to every item's content vector
+  (the frozen FeatureStore features; no training);
+- `RepeatHistory`: the user's own history, most recent first; every other item ties below it.
+
+All are fitted by `fit_counts` (nothing to fit) and scored by the shared evaluator like any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ANY_CONTENT, ModelContext, Recommender, SequentialRecommender, Training
+from modalrec.types import SeqBatch
+
+
+def launch_ranks(launch: object, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
+    """[B, M] float64 scores: 1 + dense rank of each item's launch time known at the query (0 = unknown).
+
+    Ranks instead of raw seconds so that the score order is exact in any float type. Without a query time
+    (ad-hoc serving) every launch the metadata or the log records counts.
+    """
+    from modalrec.data.item_age import NEVER
+
+    q = torch.full((1, 1), NEVER - 1, dtype=torch.int64) if query_ts is None else query_ts.reshape(-1, 1)
+    ts, known = launch.launch_at(items, q.to(items.device))  # type: ignore[attr-defined]
+    values = torch.unique(torch.cat([launch.metadata_ts, launch.first_event_ts]))  # type: ignore[attr-defined]
+    rank = torch.searchsorted(values.to(items.device), ts) + 1  # launch times are members of `values`
+    return torch.where(known, rank, torch.zeros_like(rank)).to(torch.float64)
+
+
+def _need_launch(name: str, ctx: ModelContext) -> object:
+    if ctx.item_launch is None:
+        raise ConfigError(f"{name} needs item launch times (ModelContext.item_launch; pipeline.item_launch builds them)")
+    return ctx.item_launch
+
+
+class _Rule(Recommender):
+    """A model with nothing to train: `fit_counts` is a no-op so the pipeline treats it like Pop."""
+
+    training_kind = Training.COUNTS
+
+    def fit_counts(self, split: object) -> _Rule:
+        return self
+
+
+@dataclass
+class NewestFirstConfig:
+    pass
+
+
+class NewestFirst(_Rule):
+    """Every user gets the catalogue ordered by launch time at the query time, newest first."""
+
+    def __init__(self, cfg: NewestFirstConfig, ctx: ModelContext) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_items = int(ctx.n_items)
+        self.launch = _need_launch("newest_first", ctx)
+
+    @classmethod
+    def build(cls, cfg: NewestFirstConfig, ctx: ModelContext) -> NewestFirst:
+        return cls(cfg, ctx)
+
+    @property
+    def history_length(self) -> int:
+        return 0
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        cols = torch.arange(self.n_items + 1) if items is None else items.cpu()
+        q = None if batch.target_ts is None else batch.target_ts.cpu()
+        scores = launch_ranks(self.launch, cols, q).expand(len(batch), -1).clone()  # [B, N + 1] or [B, M]
+        if items is None:
+            scores[:, 0] = 0.0
+        return scores.to(batch.items.device)
+
+
+@dataclass
+class ContentKNNConfig:
+    max_len: int = 50  # history items averaged
+    modalities: str = "auto"  # "text", "image", "text+image", or "auto": every modality the features provide
+
+
+class ContentKNN(SequentialRecommender, _Rule):
+    """Cosine of the history's mean content vector to each item's (per-modality unit vectors, concatenated)."""
+
+    training_kind = Training.COUNTS
+
+    def __init__(self, cfg: ContentKNNConfig, ctx: ModelContext) -> None:
+        super().__init__()
+        if cfg.max_len < 1:
+            raise ConfigError(f"content_knn: max_len must be >= 1, got {cfg.max_len}")
+        self.cfg = cfg
+        self.modalities = sorted(m for m in type(self).content_modalities(cfg) if m in ctx.item_features)
+        if not self.modalities:
+            raise ConfigError(f"content_knn needs content features ({cfg.modalities}); the features provide "
+                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image)")
+        self.register_buffer("table", self._table(ctx.item_features, ctx.feature_missing))
+
+    @classmethod
+    def build(cls, cfg: ContentKNNConfig, ctx: ModelContext) -> ContentKNN:
+        return cls(cfg, ctx)
+
+    @classmethod
+    def content_modalities(cls, cfg: ContentKNNConfig) -> frozenset[str]:
+        return ANY_CONTENT if cfg.modalities == "auto" else frozenset(cfg.modalities.split("+"))
+
+    def _table(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for m in self.modalities:
+            x = F.normalize(features[m].float(), dim=-1)  # [N + 1, d_m]
+            if m in missing:
+                x = x.masked_fill(missing[m].unsqueeze(1), 0.0)
+            parts.append(x)
+        table = F.normalize(torch.cat(parts, dim=1), dim=-1)  # items with a missing modality stay unit length
+        table[0] = 0.0
+        return table
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        self.table = self._table(features, missing)
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, D] unit mean history vector (0: no history)
+        hist = self.table[batch.items[:, -self.cfg.max_len:]]  # [B, L, D]; PAD rows are 0
+        return F.normalize(hist.sum(1), dim=-1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.table
+
+
+@dataclass
+class RepeatHistoryConfig:
+    max_len: int = 50  # most recent history items re-recommended
+
+
+class RepeatHistory(_Rule):
+    """The user's own items, most recent first (score = position of the last occurrence); others score 0."""
+
+    def __init__(self, cfg: RepeatHistoryConfig, ctx: ModelContext) -> None:
+        super().__init__()
+        if cfg.max_len < 1:
+            raise ConfigError(f"repeat_history: max_len must be >= 1, got {cfg.max_len}")
+        self.cfg = cfg
+        self.n_items = int(ctx.n_items)
+
+    @classmethod
+    def build(cls, cfg: RepeatHistoryConfig, ctx: ModelContext) -> RepeatHistory:
+        return cls(cfg, ctx)
+
+    @property
+    def history_length(self) -> int:
+        return int(self.cfg.max_len)
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        hist = batch.items[:, -self.cfg.max_len:]  # [B, L] left-padded, oldest first
+        pos = torch.arange(1, hist.shape[1] + 1, device=hist.device, dtype=torch.float32).expand_as(hist)
+        scores = torch.zeros(len(batch), self.n_items + 1, device=hist.device)
+        scores.scatter_reduce_(1, hist, pos, reduce="amax")  # latest occurrence wins
+        scores[:, 0] = 0.0
+        return scores if items is None else scores[:, items]
