@@ -20,20 +20,12 @@ from modalrec.data.dataset import Dataset
 from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
+from modalrec.evaluation.metrics import definitions
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
 
 log = logging.getLogger(__name__)
-
-METRIC_DEFINITIONS = {
-    "hr@k": "share of test events whose target ranks in the top k (full ranking over all items)",
-    "recall@k": "equal to hr@k for single-target next-item events",
-    "ndcg@k": "1 / log2(rank + 1) if rank <= k else 0, averaged over events",
-    "mrr": "mean of 1 / rank (no cut-off)",
-    "rank": "1 + number of candidate items scoring >= the target (pessimistic ties)",
-}
-
 
 def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
@@ -211,7 +203,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
                   "trainable_parameters": _trainable(model)},
-        "metric_definitions": METRIC_DEFINITIONS,
+        "metric_definitions": definitions(),
         "protocol": {"ranking": "full", "ties": "pessimistic", "exclude_seen": cfg.eval.exclude_seen,
                      "selection": "best VALID epoch; TEST evaluated once"},
         "wall_time_s": wall,

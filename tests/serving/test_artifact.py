@@ -9,7 +9,7 @@ import pytest
 
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError, MismatchError
-from modalrec.serving.artifact import export_artifact, load_artifact
+from modalrec.serving.artifact import export_artifact, load_artifact, meta_hash
 from modalrec.serving.recommender import Recommender
 
 
@@ -31,30 +31,19 @@ def test_export_refuses_existing_dir_and_non_runs(content_run, content_artifact:
         export_artifact(tmp_path, tmp_path / "out")
 
 
-def _rewrite_vocab(d: Path, ids: list[str]) -> Vocabulary:
-    v = Vocabulary(ids, name="item")
-    v.save(d / "vocab.json")
-    return v
+def _edit_meta(d: Path, edit, rehash: bool = True) -> None:
+    """Change artifact.json; with rehash, as a careful forger would (its own hash recomputed)."""
+    meta = json.loads((d / "artifact.json").read_text())
+    edit(meta)
+    if rehash:
+        meta["artifact_hash"] = meta_hash(meta)
+    (d / "artifact.json").write_text(json.dumps(meta))
 
 
-def test_vocab_mismatch_is_refused(artifact_copy: Path) -> None:
+def test_tampered_files_are_refused(artifact_copy: Path) -> None:
     ids = load_artifact(artifact_copy).vocab.raw_ids
-    _rewrite_vocab(artifact_copy, ids[::-1])  # a valid vocabulary file, but reordered
-    with pytest.raises(MismatchError, match="vocab.json .* does not match artifact.json"):
-        load_artifact(artifact_copy)
-    v = _rewrite_vocab(artifact_copy, ids[::-1])
-    meta = json.loads((artifact_copy / "artifact.json").read_text())
-    meta["vocab_hash"] = v.hash  # make artifact.json agree: the checkpoint still disagrees
-    (artifact_copy / "artifact.json").write_text(json.dumps(meta))
-    with pytest.raises(MismatchError, match="checkpoint was trained on item vocabulary"):
-        load_artifact(artifact_copy)
-
-
-def test_edited_vocab_file_is_refused(artifact_copy: Path) -> None:
-    payload = json.loads((artifact_copy / "vocab.json").read_text())
-    payload["ids"][0] = "edited"
-    (artifact_copy / "vocab.json").write_text(json.dumps(payload))
-    with pytest.raises(DataError, match="hash does not match"):
+    Vocabulary(ids[::-1], name="item").save(artifact_copy / "vocab.json")  # a valid file, reordered
+    with pytest.raises(MismatchError, match="vocab.json has changed since export"):
         load_artifact(artifact_copy)
 
 
@@ -63,27 +52,39 @@ def test_replaced_weights_are_refused(artifact_copy: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(MismatchError, match="model.safetensors has hash"):
+    with pytest.raises(MismatchError, match="model.safetensors has changed since export"):
         load_artifact(artifact_copy)
 
 
-def test_store_ahead_of_vocabulary_is_refused(artifact_copy: Path) -> None:
-    """An add_items interrupted after the store append: the store has an item vocab.json lacks."""
-    import numpy as np
+def test_edited_artifact_json_is_refused(artifact_copy: Path, tmp_path: Path) -> None:
+    """An encoder spec is part of the hash; and even a re-hashed spec cannot switch on remote code."""
+    evil = tmp_path / "evil_model"
+    evil.mkdir()
+    (evil / "modeling_evil.py").write_text("open(__file__ + '.ran', 'w').write('ran')\n")
+    spec = f"hf:{evil}?trust_remote_code=true"
 
-    art = load_artifact(artifact_copy)
-    grown = art.vocab.extended(["orphan"])
-    art.store.append(grown, {m: np.zeros((1, *art.store.array(m).shape[1:]), np.float32) for m in art.store.modalities},
-                     None)
-    with pytest.raises(MismatchError, match="features"):
+    def set_spec(meta: dict) -> None:
+        meta["features"]["encoders"]["text"] = spec
+
+    _edit_meta(artifact_copy, set_spec, rehash=False)
+    with pytest.raises(MismatchError, match="does not match its artifact_hash"):
+        load_artifact(artifact_copy)
+    _edit_meta(artifact_copy, set_spec, rehash=True)
+    rec = Recommender.load(artifact_copy)
+    with pytest.raises(ConfigError, match="never taken from the artifact"):
+        rec.add_items([{"id": "x", "title": "a bag"}])
+    assert not (evil / "modeling_evil.py.ran").exists() and "x" not in rec.catalogue
+
+
+def test_old_format_is_refused_with_reexport_message(artifact_copy: Path) -> None:
+    _edit_meta(artifact_copy, lambda meta: meta.update(format_version=1))
+    with pytest.raises(DataError, match="re-export"):
         load_artifact(artifact_copy)
 
 
 def test_encoder_spec_must_match_the_store(artifact_copy: Path) -> None:
-    meta = json.loads((artifact_copy / "artifact.json").read_text())
-    meta["features"]["encoders"]["text"] = "hashing:64"
-    (artifact_copy / "artifact.json").write_text(json.dumps(meta))
+    _edit_meta(artifact_copy, lambda meta: meta["features"]["encoders"].update(text="hashing:64"))
     rec = Recommender.load(artifact_copy)
     with pytest.raises(MismatchError, match="differs from the one that built the text features"):
         rec.add_items([{"id": "x", "title": "a bag"}])
-    assert "x" not in rec.vocab and load_artifact(artifact_copy).vocab.size == 120  # nothing half-added
+    assert "x" not in rec.catalogue and Recommender.load(artifact_copy).n_items == 120  # nothing half-added

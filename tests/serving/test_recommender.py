@@ -24,7 +24,7 @@ def rec(content_artifact: Path) -> Recommender:
 
 
 def _reference(rec: Recommender, history: list[str], k: int) -> tuple[list[int], torch.Tensor]:
-    idx = rec.vocab.indices(history)
+    idx = rec.catalogue.indices(history)
     with torch.no_grad():
         s = rec.model.score(history_batch([idx], rec.model.history_length))[0]  # [n + 1]
     s[0] = float("-inf")
@@ -36,10 +36,10 @@ def _reference(rec: Recommender, history: list[str], k: int) -> tuple[list[int],
 def test_recommend_matches_model_scores_and_excludes_history(rec: Recommender) -> None:
     out = rec.recommend(history=HIST, k=10)
     ids, scores = _reference(rec, HIST, 10)
-    assert [rec.vocab.index(r.item_id) for r in out] == ids
+    assert [rec.catalogue.index(r.item_id) for r in out] == ids
     assert torch.allclose(torch.tensor([r.score for r in out]), scores, atol=1e-4)
     assert not set(HIST) & {r.item_id for r in out}
-    assert out[0].title == rec.items.fields["title"][ids[0]]
+    assert out[0].title == rec.catalogue.fields["title"][ids[0]]
     with_seen = rec.recommend(history=HIST, k=rec.n_items, exclude_seen=False)
     assert set(HIST) <= {r.item_id for r in with_seen} and len(with_seen) == rec.n_items
 
@@ -70,43 +70,43 @@ def test_unknown_ids_are_all_listed(rec: Recommender) -> None:
 
 
 def test_filters_and_popular_fallback(rec: Recommender) -> None:
-    cat = rec.items.fields["category"][5]
+    cat = rec.catalogue.fields["category"][5]
     out = rec.recommend(history=HIST, k=10, filters={"category": cat})
-    assert out and all(rec.items.fields["category"][rec.vocab.index(r.item_id)] == cat for r in out)
+    assert out and all(rec.catalogue.fields["category"][rec.catalogue.index(r.item_id)] == cat for r in out)
     with pytest.raises(DataError, match="colour"):
         rec.recommend(history=HIST, filters={"colour": "red"})
     counts = rec.artifact.train_item_counts
-    assert rec.vocab.index(rec.recommend(history=[], k=1)[0].item_id) == int(np.argmax(counts))
+    assert rec.catalogue.index(rec.recommend(history=[], k=1)[0].item_id) == int(np.argmax(counts))
 
 
 def test_similar_items_is_cosine_over_item_embeddings(rec: Recommender) -> None:
     emb = F.normalize(rec.model.item_embeddings().detach(), dim=-1)
-    i = rec.vocab.index("item00020")
+    i = rec.catalogue.index("item00020")
     s = emb @ emb[i]
     s[0] = s[i] = float("-inf")
     out = rec.similar_items("item00020", k=5)
-    assert [rec.vocab.index(r.item_id) for r in out] == torch.topk(s, 5).indices.tolist()
+    assert [rec.catalogue.index(r.item_id) for r in out] == torch.topk(s, 5).indices.tolist()
     assert out[0].score == pytest.approx(float(torch.topk(s, 1).values), abs=1e-5)
 
 
 def test_add_items_encodes_like_the_store_and_persists(artifact_copy: Path, image_root: Path) -> None:
     rec = Recommender.load(artifact_copy)
     top = rec.recommend(history=HIST, k=1)[0].item_id
-    src = rec.vocab.index(top)
-    twin = {"id": "twin", **rec.items.record(src), "image": str(image_root / f"{top}.png")}
+    src = rec.catalogue.index(top)
+    twin = {"id": "twin", **rec.catalogue.record(src), "image": str(image_root / f"{top}.png")}
     assert rec.add_items([twin]) == ["twin"]
     out = rec.recommend(history=HIST, k=2)
     assert {r.item_id for r in out} == {"twin", top}  # identical content -> identical score, both on top
     assert rec.similar_items("twin", k=1)[0].item_id == top
     # The model scores the new item from the appended features exactly like any other item.
     ids, _ = _reference(rec, HIST, 2)
-    assert set(ids) == {rec.vocab.index("twin"), src}
-    # Persisted: a fresh load sees the item, its store row equals the source item's encoding.
+    assert set(ids) == {rec.catalogue.index("twin"), src}
+    # Persisted: a fresh load sees the item, its feature row equals the source item's encoding.
     again = Recommender.load(artifact_copy)
-    assert again.n_items == rec.n_items and "twin" in again.vocab
-    for m in again.artifact.store.modalities:
-        arr = again.artifact.store.array(m)
-        assert np.array_equal(arr[again.vocab.index("twin")], arr[src])
+    assert again.n_items == rec.n_items and "twin" in again.catalogue
+    for feats in again._feats.values():
+        assert torch.equal(feats[again.catalogue.index("twin")], feats[src])
+    assert np.isnan(again.item_added_at()[src]) and again.item_added_at()[-1] > 0
     with pytest.raises(DuplicateIdError, match="already exist"):
         again.add_items([{"id": "twin", "title": "x"}])
     with pytest.raises(DataError, match="unknown field"):
@@ -116,10 +116,9 @@ def test_add_items_encodes_like_the_store_and_persists(artifact_copy: Path, imag
 
 
 def test_add_items_in_memory_only_leaves_artifact_unchanged(artifact_copy: Path) -> None:
-    before = (artifact_copy / "vocab.json").read_bytes()
     rec = Recommender.load(artifact_copy, persist=False)
     rec.add_items({"mem-1": {"title": "Juniper Lane daypack", "description": "A daypack for commuting."}})
-    assert "mem-1" in rec.vocab and (artifact_copy / "vocab.json").read_bytes() == before
+    assert "mem-1" in rec.catalogue and not (artifact_copy / "catalogue.sqlite").exists()
     assert Recommender.load(artifact_copy).n_items == rec.n_items - 1
 
 
@@ -130,7 +129,8 @@ def test_remove_items_masks_results(artifact_copy: Path) -> None:
     assert first[0].item_id not in {r.item_id for r in rec.recommend(history=HIST, k=rec.n_items)}
     assert [r.item_id for r in rec.recommend(history=HIST, k=2)] == [r.item_id for r in first[1:]]
     assert first[0].item_id not in {r.item_id for r in rec.similar_items(first[1].item_id, k=rec.n_items)}
-    assert first[0].item_id in Recommender.load(artifact_copy).artifact.removed  # persisted
+    again = Recommender.load(artifact_copy)
+    assert again.item(first[0].item_id)["removed"]  # persisted
 
 
 def test_id_only_model_refuses_new_items(id_artifact: Path) -> None:
@@ -149,7 +149,7 @@ def test_concurrent_reads_during_adds(artifact_copy: Path) -> None:
         while not stop.is_set():
             try:
                 out = rec.recommend(history=HIST, k=10)
-                assert len(out) == 10 and all(r.item_id in rec.vocab for r in out)
+                assert len(out) == 10 and all(r.item_id in rec.catalogue for r in out)
             except BaseException as exc:  # noqa: BLE001 - collected and re-raised below
                 errors.append(exc)
                 return
@@ -174,6 +174,6 @@ def test_approximate_index_serves_the_same_top_items(content_artifact: Path, rec
     for hist in (HIST, ["item00050"], ["item00100", "item00007"]):
         assert [r.item_id for r in ann.recommend(history=hist, k=5)] == [r.item_id for r in rec.recommend(history=hist, k=5)]
     top = ann.recommend(history=HIST, k=1)[0].item_id
-    src = ann.vocab.index(top)
-    ann.add_items([{"id": "twin", **ann.items.record(src), "image": ann.items.image_path(src)}])
+    src = ann.catalogue.index(top)
+    ann.add_items([{"id": "twin", **ann.catalogue.record(src), "image": ann.catalogue.image_path(src)}])
     assert {r.item_id for r in ann.recommend(history=HIST, k=2)} == {"twin", top}

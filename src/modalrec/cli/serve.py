@@ -15,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", choices=["exact", "hnsw", "ivf"], help="override the artifact's index kind")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--read-only", action="store_true",
-                        help="keep added / removed items in memory only (the artifact is not modified)")
+                        help="serve a snapshot of the catalogue; added / removed items stay in this process's memory")
+    parser.add_argument("--catalogue", help="live catalogue database: a SQLite file (default DIR/catalogue.sqlite) "
+                                            "or a postgresql:// URL shared by servers on several machines")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow an encoder that runs Python shipped with its model (never taken from the artifact)")
     parser.add_argument("--max-history", type=int, default=500)
     parser.add_argument("--max-k", type=int, default=200)
     parser.add_argument("--max-new-items", type=int, default=1000, help="most items one POST /items may add")
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may add items")
     rec = Recommender.load(args.artifact, device=args.device, index={"kind": args.index} if args.index else None,
-                           persist=not args.read_only)
+                           persist=not args.read_only, catalogue=args.catalogue,
+                           trust_remote_code=args.trust_remote_code)
     serve(rec, host=args.host, port=args.port, log_level=args.log_level, api_key=key,
           image_root=args.image_root, max_history=args.max_history, max_k=args.max_k,
           max_new_items=args.max_new_items)

@@ -1,34 +1,29 @@
-"""Serving: artifacts, the Recommender facade, top-K indices and the HTTP service.
+"""Serving: artifacts, the live catalogue, the Recommender facade, top-K indices and the HTTP service.
 
-    export_artifact(run_dir, out_dir)       a self-contained serving directory from a training run
+    export_artifact(run_dir, out_dir)       an immutable, hashed serving directory from a training run
     Recommender.load(artifact_dir)          recommend / similar_items / add_items / remove_items
     create_app(recommender, api_key=...)    FastAPI app (FastAPI and uvicorn are imported lazily)
+
+Names are imported on first use, so `modalrec.serving.catalogue` loads without torch.
 """
 
-from modalrec.serving.app import RunningServer, create_app, serve
-from modalrec.serving.artifact import Artifact, export_artifact, load_artifact
-from modalrec.serving.index import ExactIndex, FaissIndex, build_index, recall_at_k, recall_vs_exact
-from modalrec.serving.recommender import (
-    DuplicateIdError,
-    NotSupportedError,
-    Recommendation,
-    Recommender,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Artifact",
-    "DuplicateIdError",
-    "ExactIndex",
-    "FaissIndex",
-    "NotSupportedError",
-    "Recommendation",
-    "Recommender",
-    "RunningServer",
-    "build_index",
-    "create_app",
-    "export_artifact",
-    "load_artifact",
-    "recall_at_k",
-    "recall_vs_exact",
-    "serve",
-]
+import importlib
+from typing import Any
+
+_HOME = {
+    "RunningServer": "app", "create_app": "app", "serve": "app",
+    "Artifact": "artifact", "export_artifact": "artifact", "load_artifact": "artifact",
+    "ExactIndex": "index", "FaissIndex": "index", "build_index": "index", "recall_at_k": "index",
+    "recall_vs_exact": "index",
+    "DuplicateIdError": "catalogue", "open_catalogue": "catalogue",
+    "NotSupportedError": "artifact", "Recommendation": "recommender", "Recommender": "recommender",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'modalrec.serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"modalrec.serving.{_HOME[name]}"), name)

@@ -1,19 +1,23 @@
-"""Serving artifact: one self-contained directory with everything needed to answer requests.
+"""Serving artifact: one self-contained, immutable directory with everything needed to answer requests.
 
 Layout:
     artifact.json            format, model name + params, hashes (vocabulary, training vocabulary,
                              weights, dataset), encoder specs + template of the FeatureStore, index config,
-                             removed item ids
+                             the sha256 of every other file ("files") and `artifact_hash`, the sha256 of
+                             all of artifact.json's other content (encoder specs included)
     model/                   the training checkpoint (config.json, model.safetensors, item_vocab_hash.json, ...)
-    vocab.json               the item vocabulary, grown by `Recommender.add_items`
+    vocab.json               the item vocabulary at export
     items.json               item table (text fields, image paths) aligned with vocab.json (row 0 = PAD)
     users.json               the user vocabulary
     users.safetensors        every known user's chronological history (CSR: offsets [n_users + 2], items)
                              and the training item counts [n_train_items + 1]
-    features/                a copy of the FeatureStore (appendable), absent for ID-only models
+    features/                a copy of the FeatureStore, absent for ID-only models
+    catalogue.sqlite         (not part of the export) the live catalogue: items added / removed since,
+                             see `modalrec.serving.catalogue`
 
-`load_artifact` checks that the pieces agree (vocabulary vs items vs FeatureStore vs checkpoint vs weights)
-and refuses a mismatch with a MismatchError that says which two disagree.
+`load_artifact` verifies artifact.json's own hash and every file's, then that the pieces agree (vocabulary vs
+items vs FeatureStore vs checkpoint vs weights), and refuses a mismatch with an error saying which disagree.
+Encoder specs never enable `trust_remote_code`: only the caller (the server's flag) can.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from modalrec.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 FORMAT = "modalrec.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: immutable export, every file hashed; the live catalogue lives in a database beside it
 # Encoder info keys that must agree with the store's record before new rows are encoded and appended.
 _IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
 
@@ -61,8 +65,11 @@ class Artifact:
     user_items: np.ndarray  # [E] int64 item indices, chronological per user
     train_item_counts: np.ndarray  # [n_train_items + 1] int64
     store: Any = None  # FeatureStore | None
-    removed: set[str] = field(default_factory=set)
     _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def hash(self) -> str:
+        return str(self.meta["artifact_hash"])
 
     @property
     def model_name(self) -> str:
@@ -85,18 +92,28 @@ class Artifact:
         u = self.user_vocab.index(user_id)
         return self.user_items[self.user_offsets[u] : self.user_offsets[u + 1]]
 
-    def encoder(self, modality: str, device: str = "cpu") -> Any:
-        """The store's encoder for `modality`, built once from the recorded spec and identity-checked."""
+    def encoder(self, modality: str, device: str = "cpu", trust_remote_code: bool = False) -> Any:
+        """The store's encoder for `modality`, built once from the recorded spec and identity-checked.
+
+        A spec asking for `trust_remote_code` (code shipped with a model directory) is refused unless the
+        caller passes trust_remote_code=True: a file must never be able to make the server run code."""
         enc = self._encoders.get(modality)
         if enc is not None:
             return enc
-        from modalrec.features.encoders import build_encoder
+        from modalrec.features.encoders import build_encoder, parse_spec
 
         spec = self.encoders.get(modality)
         if not spec:
             raise NotSupportedError(f"the artifact does not record which encoder built its {modality!r} features; "
                                     "re-export it with encoders={'" + modality + "': SPEC}")
-        enc = build_encoder(spec, device=device)
+        kind, name, opts = parse_spec(spec)
+        if opts.pop("trust_remote_code", False):
+            if not trust_remote_code:
+                raise ConfigError(f"the {modality} encoder {kind}:{name} needs trust_remote_code (it runs Python "
+                                  "shipped with the model); it is never taken from the artifact: start the server "
+                                  "with --trust-remote-code if you trust that model's code")
+            opts["trust_remote_code"] = True
+        enc = build_encoder({"kind": kind, **({"name": name} if name else {}), **opts}, device=device)
         have, want = enc.info(), self.store.encoder_info(modality)
         diff = [key for key in _IDENTITY if have.get(key) != want.get(key)]
         if diff:
@@ -105,31 +122,38 @@ class Artifact:
         self._encoders[modality] = enc
         return enc
 
+    def load_encoders(self, device: str = "cpu", trust_remote_code: bool = False) -> None:
+        """Build every store modality's encoder now (a server does this at start, not on the first add)."""
+        for m in self.store.modalities if self.store is not None else []:
+            self.encoder(m, device, trust_remote_code)
+
     def encode_items(self, items: ItemTable, idx: np.ndarray, device: str = "cpu", batch_size: int = 64,
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                     trust_remote_code: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Encode items `idx` of `items` for every store modality, exactly as the store was built (same
-        encoder, same text template): ({modality: [k, d_m] float32}, {modality: [k] bool missing})."""
+        encoder, same text template): ({modality: [k, d_m] float32}, {modality: [k] bool missing}).
+
+        An image that was given but cannot be read or decoded is a DataError naming it (never a silent
+        zero vector for an item that claims a picture)."""
         values, missing = {}, {}
         for m in self.store.modalities:
-            enc = self.encoder(m, device)
+            enc = self.encoder(m, device, trust_remote_code)
             template = self.store.encoder_info(m).get("template")
-            inputs = ([items.image_path(int(i)) for i in idx] if enc.input_kind == "image"
+            is_image = enc.input_kind == "image"
+            inputs = ([items.image_path(int(i)) for i in idx] if is_image
                       else [items.text(int(i), template) for i in idx])
             outs = [enc.encode(inputs[lo : lo + batch_size]) for lo in range(0, len(inputs), batch_size)]
+            if is_image:
+                for lo, out in zip(range(0, len(inputs), batch_size), outs):
+                    for pos, reason in (getattr(out, "problems", None) or {}).items():
+                        given = items.image_paths[int(idx[lo + pos])]
+                        if given is not None:
+                            raise DataError(f"image {given!r} of item {items.vocab.raw(int(idx[lo + pos]))!r} "
+                                            f"could not be decoded: {reason}", field="image")
             values[m] = np.concatenate([o.features for o in outs]).astype(np.float32)  # [k, d_m]
             missing[m] = np.concatenate([o.missing for o in outs]).astype(bool)  # [k]
             if not np.isfinite(values[m]).all():
                 raise DataError(f"the {m} encoder produced NaN / inf for a new item", field=m)
         return values, missing
-
-    def save_catalogue(self, vocab: Vocabulary, items: ItemTable, removed: set[str]) -> None:
-        """Persist a grown / pruned catalogue (the FeatureStore was appended before this is called)."""
-        _write_items(self.directory / "items.json", items)
-        vocab.save(self.directory / "vocab.json")
-        meta = dict(self.meta)
-        meta["vocab_hash"], meta["n_items"], meta["removed"] = vocab.hash, vocab.size, sorted(removed)
-        write_json_atomic(self.directory / "artifact.json", meta)
-        self.meta, self.vocab, self.items, self.removed = meta, vocab, items, set(removed)
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -202,8 +226,10 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
             "features": {"store": store_info, "encoders": specs, "template": cfg.features.template},
             "index": dict(index or {"kind": "exact"}),
-            "removed": [],
+            "files": {str(p.relative_to(tmp)): _sha256(p, full=True)
+                      for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
+        meta["artifact_hash"] = meta_hash(meta)
         write_json_atomic(tmp / "artifact.json", meta)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -248,12 +274,37 @@ def _write_items(path: Path, items: ItemTable) -> None:
                              "launch_ts": items.launch_ts})
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, full: bool = False) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest() if full else h.hexdigest()[:16]
+
+
+def meta_hash(meta: Mapping[str, Any]) -> str:
+    """sha256 of artifact.json's content without its own `artifact_hash` (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "artifact_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_files(d: Path, meta: Mapping[str, Any]) -> int:
+    """Check artifact.json's own hash and every listed file's sha256; returns the number of files checked.
+    Files added after export (the catalogue database, editor backups) are not part of the artifact."""
+    meta_path = d / "artifact.json"
+    if meta.get("artifact_hash") != meta_hash(meta):
+        raise MismatchError(f"{meta_path}: content does not match its artifact_hash (edited after export?); "
+                            "re-export the artifact from its training run")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise DataError("artifact.json lists no files", path=meta_path, field="files")
+    for rel, want in files.items():
+        path = d / rel
+        if not path.is_file():
+            raise MismatchError(f"{d}: {rel} is missing (listed in artifact.json)")
+        if _sha256(path, full=True) != want:
+            raise MismatchError(f"{d}: {rel} has changed since export (sha256 differs from artifact.json)")
+    return len(files)
 
 
 # ---- load --------------------------------------------------------------------------------------
@@ -275,9 +326,15 @@ def load_artifact(directory: str | Path) -> Artifact:
         raise DataError(f"corrupt artifact.json: {exc}", path=meta_path) from None
     if meta.get("format") != FORMAT:
         raise DataError(f"not a serving artifact (format {meta.get('format')!r})", path=meta_path, field="format")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise DataError(f"artifact format {meta['format_version']} is newer than this modalrec ({FORMAT_VERSION})",
+    version = int(meta.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise DataError(f"artifact format {version} is newer than this modalrec ({FORMAT_VERSION})",
                         path=meta_path, field="format_version")
+    if version < FORMAT_VERSION:
+        raise DataError(f"artifact format {version} predates the hashed, immutable format {FORMAT_VERSION} (its "
+                        "catalogue could be half-written by a crash); re-export it from its training run with "
+                        "`modalrec export --run RUN --out DIR`", path=meta_path, field="format_version")
+    verify_files(d, meta)
     vocab = Vocabulary.load(d / "vocab.json")
     if vocab.hash != meta["vocab_hash"] or vocab.size != int(meta["n_items"]):
         raise MismatchError(f"{d}: vocab.json (hash {vocab.hash}, {vocab.size} items) does not match artifact.json "
@@ -309,7 +366,7 @@ def load_artifact(directory: str | Path) -> Artifact:
     elif meta["features"].get("store"):
         raise MismatchError(f"{d}: artifact.json records a FeatureStore but features/ is missing")
     return Artifact(d, meta, vocab, items, user_vocab, offsets.astype(np.int64), user_items.astype(np.int64),
-                    arrays["train_item_counts"].astype(np.int64), store, set(meta.get("removed", [])))
+                    arrays["train_item_counts"].astype(np.int64), store)
 
 
 def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:

@@ -1,16 +1,22 @@
-"""Recommender: the serving facade over an artifact (recommend, similar items, add / remove items).
+"""Recommender: the serving facade over an artifact and its live catalogue (recommend, similar items,
+add / remove items).
 
-Reads run concurrently; mutations (add_items, remove_items) are serialised and swap the catalogue
-in under an exclusive lock, so a request sees either the old or the new catalogue, never half of one.
-New items are encoded with the FeatureStore's own encoders (same spec, same template, checked against
-the store's recorded encoder identity), appended to the store, and pushed into the model's item
-features and the index: they are rankable at once, without retraining. ID-only models refuse.
+The exported artifact is read-only; items added or removed later live in the catalogue database beside
+it (`modalrec.serving.catalogue`). Every process that opens the artifact replays the catalogue in index
+order and catches up with other processes' commits through `sync()`, so replicas and a notebook on the
+same artifact agree. An add encodes the new items with the FeatureStore's own encoders (same spec, same
+text template, identity-checked) before any lock is taken, commits them in one transaction, then applies
+the commit: the swap into the model's item features and the index happens under a short exclusive lock,
+so a request sees either the old or the new catalogue, never half of one. ID-only models refuse adds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,18 +26,27 @@ import numpy as np
 import torch
 
 from modalrec.data.items import ItemTable
-from modalrec.data.vocab import Vocabulary
+from modalrec.data.vocab import PAD_TOKEN, Vocabulary
 from modalrec.errors import DataError, MismatchError, UnknownIdError
 from modalrec.serving.artifact import Artifact, NotSupportedError, build_model, load_artifact
+from modalrec.serving.catalogue import (
+    DEFAULT_FILE,
+    AddedItem,
+    CatalogueStore,
+    Changes,
+    DuplicateIdError,
+    Layout,
+    NewItem,
+    is_postgres_url,
+    normalise_id,
+    open_catalogue,
+)
 from modalrec.serving.index import index_from_config
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image"
-
-
-class DuplicateIdError(DataError):
-    """An item id that already exists (or appears twice in one request)."""
+__all__ = ["DuplicateIdError", "LiveCatalogue", "NotSupportedError", "Recommendation", "Recommender"]
 
 
 class Recommendation(NamedTuple):
@@ -89,89 +104,196 @@ class RWLock:
                 self._cond.notify_all()
 
 
+class LiveCatalogue:
+    """The items a process serves: the artifact's plus those added since, by index (0 = PAD).
+
+    ids, text fields, image paths, add times (unix seconds; NaN for exported items) and removal flags.
+    Lookups accept an id in any Unicode normal form. An id removed and added again names its newest index.
+    """
+
+    def __init__(self, items: ItemTable) -> None:
+        self.n_base = items.vocab.size
+        self.ids: list[str] = [PAD_TOKEN, *items.vocab.raw_ids]
+        self._index = {rid: i for i, rid in enumerate(self.ids) if i}
+        self.fields = {name: list(col) for name, col in items.fields.items()}
+        self.image_paths: list[str | None] = list(items.image_paths)
+        self.image_root = items.image_root
+        self._added_at = [math.nan] * len(self.ids)
+        self.removed = torch.zeros(len(self.ids), dtype=torch.bool)  # [n + 1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids) - 1
+
+    @property
+    def field_names(self) -> list[str]:
+        return list(self.fields)
+
+    def __contains__(self, raw: object) -> bool:
+        return self.get(str(raw)) > 0
+
+    def get(self, raw: str) -> int:
+        idx = self._index.get(raw, 0)
+        return idx or self._index.get(unicodedata.normalize("NFC", raw), 0)
+
+    def index(self, raw: str) -> int:
+        idx = self.get(str(raw))
+        if not idx:
+            raise UnknownIdError(f"unknown item id {raw!r}")
+        return idx
+
+    def indices(self, raws: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self.index(r) for r in raws), dtype=np.int64, count=len(raws))
+
+    def raw(self, idx: int) -> str:
+        return self.ids[int(idx)]
+
+    def live(self, raw: str) -> bool:
+        idx = self.get(raw)
+        return idx > 0 and not bool(self.removed[idx])
+
+    def record(self, idx: int) -> dict[str, str]:
+        return {name: col[idx] for name, col in self.fields.items()}
+
+    def image_path(self, idx: int) -> str | None:
+        p = self.image_paths[idx]
+        if p is not None and self.image_root and not p.startswith("/"):
+            return f"{self.image_root.rstrip('/')}/{p}"
+        return p
+
+    def title(self, idx: int) -> str:
+        name = "title" if "title" in self.fields else next(iter(self.fields), None)
+        return self.fields[name][idx] if name else self.ids[idx]
+
+    def added_at(self) -> np.ndarray:
+        """[n + 1] float64 unix seconds at which each item was added (NaN: exported with the artifact)."""
+        return np.asarray(self._added_at, dtype=np.float64)
+
+    def append(self, items: Sequence[AddedItem]) -> None:
+        """Add committed items (their indices must continue the table). Caller holds the write lock."""
+        for it in items:
+            if it.idx != len(self.ids):
+                raise MismatchError(f"catalogue item index {it.idx} does not continue the served table "
+                                    f"({len(self.ids) - 1} items)")
+            self.ids.append(it.id)
+            self._index[it.id] = it.idx
+            for name, col in self.fields.items():
+                col.append(str(it.fields.get(name) or ""))
+            self.image_paths.append(it.image)
+            self._added_at.append(it.added_at)
+        self.removed = torch.cat([self.removed, torch.zeros(len(items), dtype=torch.bool)])
+
+
 class Recommender:
     """Load with `Recommender.load(artifact_dir)`. All ids are raw (string) ids."""
 
     def __init__(self, artifact: Artifact, model: torch.nn.Module, content: bool, device: str = "cpu",
-                 index: Mapping[str, Any] | None = None, persist: bool = True) -> None:
+                 index: Mapping[str, Any] | None = None, persist: bool = True,
+                 catalogue: str | Path | None = None, trust_remote_code: bool = False) -> None:
         self.artifact, self.model, self.content, self.device, self.persist = artifact, model, content, device, persist
-        self.vocab: Vocabulary = artifact.vocab
-        self.items: ItemTable = artifact.items
+        self.trust_remote_code = trust_remote_code
+        self.catalogue = LiveCatalogue(artifact.items)
         self.index_config = dict(index or artifact.meta.get("index") or {"kind": "exact"})
         self._lock, self._write_mutex, self._sim_lock = RWLock(), threading.Lock(), threading.Lock()
         self._feats: dict[str, torch.Tensor] = {}
         self._missing: dict[str, torch.Tensor] = {}
         if artifact.store is not None:
             self._feats, self._missing = artifact.store.tensors()
-        removed = torch.zeros(len(self.vocab), dtype=torch.bool)  # [n + 1]
-        removed[torch.as_tensor([self.vocab.index(r) for r in artifact.removed], dtype=torch.long)] = True
-        self._removed = removed
+        self.layout = Layout(tuple((m, int(f.shape[1])) for m, f in self._feats.items()))
         self._emb: torch.Tensor | None = None
         self._index: Any = None  # None: rank with model.score (exact, no index)
         self._sim_index: Any = None
         if model.dot_product_scores:  # the contract: score == forward @ item_embeddings().T, so an index ranks
             with torch.no_grad():
                 self._emb = model.item_embeddings().detach().float()  # [n + 1, d]
-            if self._emb.shape[0] != len(self.vocab):
+            if self._emb.shape[0] != len(self.catalogue):
                 raise MismatchError(f"the model scores {self._emb.shape[0] - 1} items, the vocabulary has "
-                                    f"{self.vocab.size}; an ID-only model cannot serve items added after training")
+                                    f"{self.catalogue.size}; an ID-only model cannot serve items added after training")
             self._index = index_from_config(self._emb, self.index_config, "ip", device)
         self._columns: dict[str, np.ndarray] = {}
+        location = str(catalogue) if catalogue is not None else str(artifact.directory / DEFAULT_FILE)
+        self.store: CatalogueStore | None = None
+        if persist or is_postgres_url(location) or Path(location).is_file():
+            # persist=False still serves what the catalogue holds, as a snapshot it never writes to
+            self.store = open_catalogue(location, artifact.vocab, artifact.hash, self.layout, read_only=not persist)
+        self._cursor = (self.catalogue.n_base, 0)
+        self.sync()
+        if not persist and self.store is not None:
+            self.store.close()
+            self.store = None
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu", index: Mapping[str, Any] | None = None,
-             persist: bool = True) -> Recommender:
-        """Open an artifact. `index` overrides the artifact's index config ({"kind": "hnsw", ...});
-        `persist=False` keeps added / removed items in memory only (the artifact stays unchanged)."""
+             persist: bool = True, catalogue: str | Path | None = None,
+             trust_remote_code: bool = False) -> Recommender:
+        """Open an artifact and its live catalogue.
+
+        index: overrides the artifact's index config ({"kind": "hnsw", ...}).
+        persist: False serves a snapshot of the catalogue and keeps adds / removals in memory only.
+        catalogue: the catalogue database (default `DIR/catalogue.sqlite`; or a `postgresql://` URL).
+        trust_remote_code: allow an encoder that runs code shipped with its model (never read from a file).
+        """
         art = load_artifact(directory)
         model, content = build_model(art, device)
-        return cls(art, model, content, device, index, persist)
+        return cls(art, model, content, device, index, persist, catalogue, trust_remote_code)
 
     # ---- reading -------------------------------------------------------------------------------
     @property
     def n_items(self) -> int:
-        return self.vocab.size
+        return self.catalogue.size
 
     @property
     def supports_new_items(self) -> bool:
         return self.content
 
+    def item_added_at(self) -> np.ndarray:
+        """[n + 1] float64: unix seconds at which each item index was added through the catalogue
+        (`add_items` / POST /items); NaN for the artifact's exported items and for PAD (index 0)."""
+        with self._lock.read():
+            return self.catalogue.added_at()
+
     def describe(self) -> dict[str, Any]:
         with self._lock.read():
-            return {"model": self.artifact.model_name, "items": self.vocab.size, "removed": int(self._removed.sum()),
-                    "users": self.artifact.user_vocab.size, "content_features": sorted(self._feats),
-                    "new_items_supported": self.content, "index": self.index_config.get("kind", "exact"),
-                    "vocab_hash": self.vocab.hash, "max_len": self.model.history_length}
+            return {"model": self.artifact.model_name, "items": self.catalogue.size,
+                    "removed": int(self.catalogue.removed.sum()), "users": self.artifact.user_vocab.size,
+                    "content_features": sorted(self._feats), "new_items_supported": self.content,
+                    "index": self.index_config.get("kind", "exact"), "artifact_hash": self.artifact.hash[:16],
+                    "max_len": self.model.history_length}
 
     def title(self, idx: int) -> str:
-        fields = self.items.fields
-        name = "title" if "title" in fields else next(iter(fields), None)
-        return fields[name][idx] if name else self.vocab.raw(idx)
+        return self.catalogue.title(idx)
 
     def item(self, item_id: str) -> dict[str, Any]:
-        """An item's id, title, text fields, whether it has an image and whether it was removed."""
+        """An item's id, title, text fields, whether it has an image, when it was added and whether it was removed."""
         with self._lock.read():
             idx = int(self._resolve([item_id])[0])
-            return {"id": str(item_id), "title": self.title(idx), "fields": self.items.record(idx),
-                    "has_image": self.items.image_paths[idx] is not None, "removed": bool(self._removed[idx])}
+            at = self.catalogue.added_at()[idx] if idx > self.catalogue.n_base else math.nan
+            return {"id": self.catalogue.raw(idx), "title": self.title(idx), "fields": self.catalogue.record(idx),
+                    "has_image": self.catalogue.image_paths[idx] is not None,
+                    "added_at": None if math.isnan(at) else float(at),
+                    "removed": bool(self.catalogue.removed[idx])}
 
     def _resolve(self, ids: Sequence[str]) -> np.ndarray:
-        unknown = [str(r) for r in ids if str(r) not in self.vocab]
+        unknown = [str(r) for r in ids if str(r) not in self.catalogue]
         if unknown:
             raise unknown_ids("item", unknown)
-        return self.vocab.indices([str(r) for r in ids])
+        return self.catalogue.indices([str(r) for r in ids])
 
     def _filter_mask(self, filters: Mapping[str, Any] | None) -> torch.Tensor | None:
         """[n + 1] bool: items whose field values match every filter ({field: value or [values]})."""
         if not filters:
             return None
-        keep = np.ones(len(self.vocab), dtype=bool)
+        keep = np.ones(len(self.catalogue), dtype=bool)
         for name, wanted in filters.items():
-            if name not in self.items.fields:
-                raise DataError(f"cannot filter on unknown item field; fields: {self.items.field_names}", field=name)
+            if name not in self.catalogue.fields:
+                raise DataError(f"cannot filter on unknown item field; fields: {self.catalogue.field_names}",
+                                field=name)
             col = self._columns.get(name)
             if col is None:
-                col = self._columns[name] = np.asarray(self.items.fields[name], dtype=object)
+                col = self._columns[name] = np.asarray(self.catalogue.fields[name], dtype=object)
             values = [wanted] if isinstance(wanted, str) else [str(v) for v in wanted]
             keep &= np.isin(col, values)
         return torch.from_numpy(keep)
@@ -194,7 +316,7 @@ class Recommender:
             if history:
                 parts.append(self._resolve(list(history)))
             hist = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-            allowed = ~self._removed.clone()  # [n + 1]
+            allowed = ~self.catalogue.removed.clone()  # [n + 1]
             allowed[0] = False
             if exclude_seen and len(hist):
                 allowed[torch.from_numpy(hist)] = False
@@ -203,7 +325,7 @@ class Recommender:
                 allowed &= fmask
             user = self.artifact.user_vocab.index(str(user_id)) if user_id is not None else 0
             scores, ids = self._rank(hist, allowed, int(k), user)
-            return [Recommendation(self.vocab.raw(int(i)), float(s), self.title(int(i)))
+            return [Recommendation(self.catalogue.raw(int(i)), float(s), self.title(int(i)))
                     for s, i in zip(scores.tolist(), ids.tolist()) if i > 0]
 
     def _rank(self, hist: np.ndarray, allowed: torch.Tensor, k: int, user: int = 0,
@@ -211,7 +333,7 @@ class Recommender:
         from modalrec.data.sequences import history_batch
 
         if len(hist) == 0:  # no history: most popular training items (items added later count 0)
-            counts = torch.zeros(len(self.vocab))
+            counts = torch.zeros(len(self.catalogue))
             train = torch.from_numpy(self.artifact.train_item_counts).float()
             counts[: len(train)] = train
             return _masked_topk(counts, allowed, k)
@@ -238,67 +360,112 @@ class Recommender:
                 with self._sim_lock:  # built once, on first use (not _write_mutex: a writer may wait on us)
                     if self._sim_index is None:
                         self._sim_index = index_from_config(self._emb, self.index_config, "cosine", self.device)
-            allowed = ~self._removed.clone()
+            allowed = ~self.catalogue.removed.clone()
             allowed[0] = allowed[idx] = False
             s, i = self._sim_index.search(self._emb[idx : idx + 1], int(k), allowed)
-            return [Recommendation(self.vocab.raw(int(j)), float(v), self.title(int(j)))
+            return [Recommendation(self.catalogue.raw(int(j)), float(v), self.title(int(j)))
                     for v, j in zip(s[0].tolist(), i[0].tolist()) if j > 0]
 
     # ---- mutation ------------------------------------------------------------------------------
-    def remove_items(self, ids: Sequence[str]) -> list[str]:
-        """Never recommend these items again (they stay valid in histories). Persisted with the artifact."""
-        idx = self._resolve(list(ids))
+    def load_encoders(self) -> None:
+        """Build the encoders new items need now (a server calls this at start, not on the first add)."""
+        if self.content:
+            self.artifact.load_encoders(self.device, self.trust_remote_code)
+
+    def sync(self) -> bool:
+        """Apply what other processes committed to the catalogue since the last sync; True if anything."""
+        if self.store is None:
+            return False
         with self._write_mutex:
-            with self._lock.write():
-                self._removed[torch.from_numpy(idx)] = True
-            removed = {self.vocab.raw(int(i)) for i in torch.nonzero(self._removed).flatten()}
-            if self.persist:
-                self.artifact.save_catalogue(self.vocab, self.items, removed)
-            else:
-                self.artifact.removed = removed
-        return [str(r) for r in ids]
+            changes = self.store.changes(self._cursor)
+            if changes is None:
+                return False
+            self._apply(changes)
+            return True
+
+    def remove_items(self, ids: Sequence[str]) -> list[str]:
+        """Never recommend these items again (they stay valid in histories); one committed transaction."""
+        ids = [str(r) for r in ids]
+        with self._write_mutex:
+            if self.store is None:
+                idx = self._resolve(ids)
+                with self._lock.write():
+                    self.catalogue.removed[torch.from_numpy(idx)] = True
+                return ids
+            # ids this process has not seen yet may exist already: the store resolves them in the commit
+            canon = [self.catalogue.raw(self.catalogue.get(r)) if self.catalogue.get(r)
+                     else unicodedata.normalize("NFC", r) for r in ids]
+            self.store.remove(canon)
+            self._apply(self.store.changes(self._cursor))
+        return ids
 
     def add_items(self, records: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]]) -> list[str]:
         """Add new items: [{"id": ..., <text field>: ..., "image": path}, ...] or {id: {...}}.
 
-        Text fields must be item-table fields; "image" is a path the image encoder reads. Returns the new ids.
+        Text fields must be item-table fields; "image" is a path the image encoder reads. Returns the new
+        (NFC-normalised) ids. An id that was removed may be added again (as a new item).
         """
         if not self.content:
             raise NotSupportedError(
                 f"model {self.artifact.model_name!r} ranks items by learned ID embeddings only; it cannot score "
                 "items added after training. Serve a content model (tower text / image / text+image / hybrid)")
+        recs = self._check_records(records)
+        new = self._encode(recs)  # the slow part: no lock held
         with self._write_mutex:
-            recs = self._check_records(records)
-            vocab = self.vocab.extended(list(recs))
-            items = self.items.extended(recs, image_field=IMAGE_KEY)
-            n_old, new = self.vocab.size, np.arange(self.vocab.size + 1, vocab.size + 1)
-            values, missing = self.artifact.encode_items(items, new, self.device)
-            store = self.artifact.store
-            if self.persist:
-                hashes = [items.content_hash(int(i)) for i in new]
-                self.artifact.store = store.append(vocab, values, missing, hashes)
-            rows = {m: torch.from_numpy(np.where(missing[m][:, None], 0.0, values[m])
-                                        .astype(store.meta["modalities"][m]["dtype"]).astype(np.float32))
-                    for m in values}  # exactly what the store holds (its dtype)
-            with self._lock.write():
+            if self.store is None:
+                first = len(self.catalogue)
+                self._apply(Changes(added=[AddedItem(first + j, it.id, it.fields, it.image, time.time(), it.features,
+                                                     it.missing) for j, it in enumerate(new)]))
+            else:
+                self.store.add(new)
+                self._apply(self.store.changes(self._cursor))
+        log.info("added %d items (catalogue now %d)", len(new), self.catalogue.size)
+        return list(recs)
+
+    def _encode(self, recs: Mapping[str, Mapping[str, Any]]) -> list[NewItem]:
+        """Encode records exactly as the store was built; values rounded through the store's dtype."""
+        names = list(recs)
+        fields = {f: [""] + [str(recs[r].get(f) or "") for r in names] for f in self.catalogue.fields}
+        table = ItemTable(Vocabulary(names), fields, [None] + [recs[r][IMAGE_KEY] for r in names],
+                          self.catalogue.image_root)
+        values, missing = self.artifact.encode_items(table, np.arange(1, len(names) + 1), self.device,
+                                                     trust_remote_code=self.trust_remote_code)
+        store = self.artifact.store
+        rows = {m: np.where(missing[m][:, None], 0.0, values[m]).astype(store.meta["modalities"][m]["dtype"])
+                .astype(np.float32) for m in values}  # exactly what an exported item's row holds
+        return [NewItem(r, {f: fields[f][j + 1] for f in fields}, recs[r][IMAGE_KEY],
+                        {m: rows[m][j] for m in rows}, {m: bool(missing[m][j]) for m in rows})
+                for j, r in enumerate(names)]
+
+    def _apply(self, changes: Changes | None) -> None:
+        """Swap committed changes into the served state (caller holds _write_mutex)."""
+        if changes is None:
+            return
+        new = changes.added
+        rows = {m: torch.from_numpy(np.stack([it.features[m] for it in new])) for m in self._feats} if new else {}
+        miss = {m: torch.tensor([it.missing[m] for it in new], dtype=torch.bool) for m in self._feats} if new else {}
+        with self._lock.write():
+            if new:
+                if not self.content:
+                    raise MismatchError("the catalogue holds added items but the served model cannot score them")
                 feats = {m: torch.cat([self._feats[m], rows[m].to(self._feats[m].device)]) for m in rows}
-                miss = {m: torch.cat([self._missing[m], torch.from_numpy(missing[m]).to(self._missing[m].device)])
-                        for m in rows}
+                missing = {m: torch.cat([self._missing[m], miss[m].to(self._missing[m].device)]) for m in rows}
                 self.model.set_item_features({m: f.to(self.device) for m, f in feats.items()},
-                                             {m: f.to(self.device) for m, f in miss.items()})
-                self._feats, self._missing = feats, miss
-                self.vocab, self.items, self._columns = vocab, items, {}
-                self._removed = torch.cat([self._removed, torch.zeros(len(new), dtype=torch.bool)])
+                                             {m: f.to(self.device) for m, f in missing.items()})
+                self._feats, self._missing = feats, missing
+                first = len(self.catalogue)
+                self.catalogue.append(new)
+                self._columns = {}
                 if self._emb is not None:
-                    new_emb = self._embed(torch.from_numpy(new))  # [k, d]
+                    new_emb = self._embed(torch.arange(first, len(self.catalogue)))  # [k, d]
                     self._emb = torch.cat([self._emb, new_emb])
-                    self._index.add(new_emb)
+                    if self._index is not None:
+                        self._index.add(new_emb)
                     if self._sim_index is not None:
                         self._sim_index.add(new_emb)
-            if self.persist:
-                self.artifact.save_catalogue(vocab, items, self.artifact.removed)
-            log.info("added %d items (catalogue %d -> %d)", len(new), n_old, vocab.size)
-            return list(recs)
+            if changes.removed:
+                self.catalogue.removed[torch.tensor([i for i, _ in changes.removed], dtype=torch.long)] = True
+        self._cursor = changes.cursor
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -309,11 +476,11 @@ class Recommender:
             records = [{"id": rid, **dict(rec)} for rid, rec in records.items()]
         if not records:
             raise DataError("no items given", field="items")
-        fields, out = set(self.items.fields), {}
+        fields, out = set(self.catalogue.fields), {}
         for n, rec in enumerate(records):
-            rid = str(rec.get("id", "")).strip()
-            if not rid:
+            if rec.get("id") is None or rec.get("id") == "":
                 raise DataError(f"item #{n} has no id", field="id")
+            rid = normalise_id(rec["id"])
             extra = set(rec) - fields - {"id", IMAGE_KEY}
             if extra:
                 raise DataError(f"item {rid!r}: unknown field(s) {sorted(extra)}; item fields are "
@@ -324,7 +491,7 @@ class Recommender:
                 raise DuplicateIdError(f"item id {rid!r} appears twice in the request", field="id")
             out[rid] = {**{f: str(rec[f]) for f in fields if rec.get(f) is not None},
                         IMAGE_KEY: (str(rec[IMAGE_KEY]) if rec.get(IMAGE_KEY) else None)}
-        clash = [r for r in out if r in self.vocab]
+        clash = [r for r in out if self.catalogue.live(r)]  # checked again inside the commit
         if clash:
             raise DuplicateIdError(f"item id(s) already exist: {clash[:20]}", field="id")
         return out
