@@ -229,6 +229,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "manifest.json", manifest)
         test_report.to_json(run_dir / "report.json")
+        valid_report.to_json(run_dir / "valid_report.json")  # the selection evidence, next to TEST
         (run_dir / "report.md").write_text(test_report.to_markdown() + "\n")
         if isinstance(model, torch.nn.Module):
             save_checkpoint(run_dir / "model", model, {"model": cfg.model.name, "config": to_dict(model_cfg)},
