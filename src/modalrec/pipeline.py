@@ -163,9 +163,6 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
-    if model.training_kind is Training.EVENTS:
-        raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream; train and evaluate "
-                          "it with evaluation.streaming (run_experiment ranks stateless models only)")
     out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
     run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
 
@@ -177,22 +174,33 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                          max_len=max_len, device=cfg.eval.device)
 
-    valid_eval = evaluator("valid")
     history = None
-    if model.training_kind is Training.COUNTS:
-        model.fit_counts(split)
+    train_cfg = cfg.train
+    if out_dir is not None and train_cfg.checkpoint_dir is None:
+        train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
+    if model.training_kind is Training.EVENTS:  # stateful: the event stream in time order, streaming evaluation
+        from modalrec.evaluation.streaming import run_protocol
+        from modalrec.training.events import fit_tgn
+
+        if distributed is not None and distributed.world_size > 1:
+            raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream in one process")
+        streams, stream_cfg = _event_streams(split, cfg)
+        history = fit_tgn(model, streams[0], streams[1], train_cfg, stream_cfg)
+        reports = run_protocol(model, *streams, stream_cfg)
+        valid_report, test_report = reports["valid"], reports["test"]
     else:
-        train_cfg = cfg.train
-        if out_dir is not None and train_cfg.checkpoint_dir is None:
-            train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
-        if model.training_kind is Training.PAIRS:
-            source = model.training_source(split)
+        valid_eval = evaluator("valid")
+        if model.training_kind is Training.COUNTS:
+            model.fit_counts(split)
         else:
-            source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
-        history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
-                      **({"distributed": distributed} if distributed is not None else {}))
-    valid_report = run_eval(valid_eval, model, "valid")
-    test_report = run_eval(evaluator("test"), model, "test")
+            if model.training_kind is Training.PAIRS:
+                source = model.training_source(split)
+            else:
+                source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
+            history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
+                          distributed=distributed)
+        valid_report = run_eval(valid_eval, model, "valid")
+        test_report = run_eval(evaluator("test"), model, "test")
     wall = time.perf_counter() - started
     manifest = {
         "name": cfg.name,
@@ -228,6 +236,16 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
                             {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
                              "experiment": to_dict(cfg)})
     return RunResult(test_report, valid_report, history, manifest, model, run_dir)
+
+
+def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]:
+    """([train, valid, test] EventStreams, StreamEvalConfig) for a stateful model's run."""
+    from modalrec.data.events import EventStream
+    from modalrec.evaluation.streaming import StreamEvalConfig
+
+    streams = [EventStream.from_interactions(split.train)] + [
+        EventStream.from_evalset(es, split.n_items) for es in (split.valid, split.test)]
+    return streams, StreamEvalConfig(ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen, seed=cfg.seed)
 
 
 def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -288,6 +306,11 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
         load_state(run_dir / "model", model)
     elif model.training_kind is Training.COUNTS:
         model.fit_counts(split)
+    if model.training_kind is Training.EVENTS:  # memory is rebuilt by replaying the streams in time order
+        from modalrec.evaluation.streaming import run_protocol
+
+        streams, stream_cfg = _event_streams(split, cfg)
+        return run_protocol(model.to(device), *streams, stream_cfg)[part]
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                      max_len=model.history_length, device=device).run(model, name=part)
