@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from modalrec.config import apply_overrides, from_dict, load_file
-from modalrec.experiment import ExperimentConfig
+from modalrec.experiment import ExperimentConfig, seeded
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def experiment_config(args: argparse.Namespace, base: dict[str, Any] | None = No
     if getattr(args, "config", None):
         data = _merge(data, load_file(args.config))
     data = apply_overrides(data, getattr(args, "overrides", []) or [])
-    return from_dict(ExperimentConfig, data)
+    return seeded(from_dict(ExperimentConfig, data))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
