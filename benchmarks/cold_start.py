@@ -212,7 +212,8 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
     from modalrec.data.splits import GROUP_DEFINITIONS
     from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE
 
-    names = list(dict.fromkeys(r["dataset"] for r in results))
+    present = {r["dataset"] for r in results}
+    names = [n for n in datasets(args.data_root) if n in present]
     protocols = {n: datasets(args.data_root)[n]["protocol"] for n in names}
     out = {"benchmark": "cold_start", "protocol": {
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,

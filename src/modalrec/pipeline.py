@@ -25,6 +25,7 @@ from modalrec.evaluation.metrics import definitions
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
+from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,15 @@ def feature_cache_dir(ds: Dataset, cfg: FeaturesConfig) -> Path:
     return Path(cfg.cache_dir) / "-".join(parts).replace("/", "_").replace(":", "_")
 
 
+def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesConfig:
+    """The encoders a model actually reads: a modality it does not read is not encoded (none for pop, ID
+    towers, hidden-state models). A prebuilt store is opened as it is."""
+    if cfg.store:
+        return cfg
+    return _replace(cfg, text=cfg.text if "text" in modalities else None,
+                    image=cfg.image if "image" in modalities else None)
+
+
 def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
     """Item launch times for models of this split (metadata, else first appearance; causal at query time)."""
     return ItemLaunch.for_split(split, ds.items, ds.summary.get("time", "unix_seconds"))
@@ -159,16 +169,18 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     from modalrec.training.loop import fit
 
     started = time.perf_counter()
+    checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
     cfg = seeded(cfg)
     ds = load_data(cfg.data)
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, checked.modalities)
     # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
     if distributed is not None and distributed.world_size > 1:
         from modalrec.parallel import barrier
 
-        features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
+        features = load_features(ds, features_cfg, (distributed.rank, distributed.world_size), barrier)
     else:
-        features = load_features(ds, cfg.features)
+        features = load_features(ds, features_cfg)
     ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
@@ -308,8 +320,9 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, check_experiment(cfg).modalities)
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
+                           model_context(ds, split, load_features(ds, features_cfg), cfg.seed,
                                          load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
