@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError, MismatchError, ModalrecError
-from modalrec.io import write_json_atomic
+from modalrec.io import swap_dir, temp_dir_beside, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +201,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     specs = {m: s for m, s in (("text", features.text), ("image", features.image)) if s}
     specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out_dir)
     try:
         shutil.copytree(ckpt, tmp / "model")
         ds.item_vocab.save(tmp / "vocab.json")
@@ -231,9 +229,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         }
         meta["artifact_hash"] = meta_hash(meta)
         write_json_atomic(tmp / "artifact.json", meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
