@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid["model.params.tower.kind"] = list(args.towers)
     grid["model.params.tower.fusion"] = list(args.fusions)
     t0 = time.perf_counter()
-    res = run_ablation(base_config(args), grid, args.out_dir, metrics=("ndcg@10", "hr@10"),
-                       groups=("overall", "warm", "cold_item"))
+    res = run_ablation(base_config(args), grid, args.out_dir, metrics=("ndcg@10",),
+                       groups=("overall", "warm", "cold_item", "cold_user", "novel"))
     if args.table:
         write_bytes_atomic(args.table, (args.out_dir / "results.md").read_bytes())
     summary = {
@@ -103,8 +103,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "status": res.status,
         "skipped": res.skipped,
-        "ndcg@10": {label: {g: r.metric("ndcg@10", g) for g in ("overall", "warm", "cold_item")}
+        "winner_on_valid": res.winner,
+        "ndcg@10": {label: {g: r.metric("ndcg@10", g) for g in r.groups} | {"overall": r.overall["ndcg@10"]}
                     for label, r in res.reports.items()},
+        "valid_ndcg@10": {label: {g: r.metric("ndcg@10", g) for g in r.groups} | {"overall": r.overall["ndcg@10"]}
+                          for label, r in res.valid_reports.items()},
         "counts": next(iter(res.reports.values())).counts if res.reports else {},
     }
     print(json.dumps(summary, indent=2, default=str))

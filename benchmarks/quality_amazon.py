@@ -121,7 +121,10 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     model.eval()
     test = ev["test"].run(model, name="test")
     pct = {k: round(100 * float(test.overall[k]), 3) for k in ("hr@10", "ndcg@10", "hr@20", "ndcg@20")}
-    return {"tower": tower, "loss": loss, "test_pct": pct,
+    groups = {g: {"n": test.counts.get(g, 0), **{m: None if v.get(m) is None else round(100 * float(v[m]), 3)
+                                                for m in ("hr@10", "ndcg@10")}} for g, v in test.groups.items()}
+    return {"tower": tower, "loss": loss, "test_pct": pct, "test_groups_pct": groups,
+            "candidates": test.meta.get("candidates"),
             "valid_best_ndcg@10_pct": round(100 * float(hist.best_metric or 0.0), 3),
             "epochs_run": hist.epochs, "best_epoch": hist.best_epoch, "stopped_early": hist.stopped_early,
             "seconds_fit": round(fit_s, 1),

@@ -31,18 +31,23 @@ from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models.recformer.input import ItemTokens
 from modalrec.models.recformer.model import RecformerConfig, RecformerModel
 from modalrec.seeding import numpy_rng
+from modalrec.training.loop import peak_memory
 from modalrec.training.recformer import (
     FinetuneConfig,
     PrefixPairs,
     PretrainConfig,
     PretrainCorpus,
     finetune,
-    peak_memory_mb,
     pretrain,
     user_sequences,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _memory(device: str) -> dict[str, float | str]:
+    peak, kind = peak_memory(torch.device(device))
+    return {"peak_memory_mb": peak / 2**20, "memory_kind": kind}
 METRICS = ("ndcg@10", "recall@10", "hr@10", "mrr")
 CPU_DEFAULTS = {"pretrain_steps": 120, "stage1_epochs": 1, "stage2_epochs": 1, "steps_per_epoch": 40,
                 "valid_events": 400, "test_events": 1000, "max_tokens": 192}
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # pretraining on domain A only (Scientific never seen)
     corpus = PretrainCorpus.from_domains([(inst.name, inst_tokens, user_sequences(inst.interactions))])
     pre: dict[str, Any] = {"steps": 0, "time_s": 0.0, "time_per_step_s": None, "corpus": corpus.describe(),
-                           **peak_memory_mb(args.device)}
+                           **_memory(args.device)}
     if opt["pretrain_steps"] > 0:
         pre = pretrain(model, corpus, PretrainConfig(
             epochs=1000, max_steps=opt["pretrain_steps"], batch_size=args.pretrain_batch, lr=args.pretrain_lr,
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "finetune_history": [{k: v for k, v in e.items() if k != "valid"} | {"valid": pick_dict(e["valid"])}
                              for e in epochs],
     }
-    final = peak_memory_mb(args.device)
+    final = _memory(args.device)
     result["peak_memory_mb"] = max([pre["peak_memory_mb"], final["peak_memory_mb"], *[e["peak_memory_mb"] for e in epochs]])
     result["memory_kind"] = final["memory_kind"] + " (max over pretraining, finetuning epochs and the end)"
     emit_json(result, args.out)

@@ -30,10 +30,11 @@ import torch
 from modalrec.data.events import EventStream
 from modalrec.data.splits import EvalSet, Split, global_temporal
 from modalrec.evaluation.metrics import compute_metrics
+from modalrec.evaluation.streaming import StreamEvalConfig, run_protocol, summary
 from modalrec.io import write_json_atomic
 from modalrec.models.tgn.model import TGN, TGNConfig
+from modalrec.training.events import fit_tgn
 from modalrec.training.loop import TrainConfig
-from modalrec.training.tgn_eval import StreamEvalConfig, fit_tgn, run_protocol, summary
 
 log = logging.getLogger("tgn_ml100k")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
@@ -86,8 +87,8 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
         "epochs": hist.epochs, "best_epoch": hist.best_epoch, f"best_valid_{args.monitor}": hist.best_metric,
         "train_loss": hist.train_loss, "epoch_seconds": hist.epoch_seconds, "fit_seconds": train_s,
         "valid": summary(reps["valid"]), "test": summary(reps["test"]),
-        "test_eval_seconds": reps["test"]["meta"]["seconds"], "test_events_per_s": reps["test"]["meta"]["events_per_s"],
-        "test_full": reps["test"]["groups"],
+        "test_eval_seconds": reps["test"].meta["seconds"], "test_events_per_s": reps["test"].meta["events_per_s"],
+        "test_full": {"overall": reps["test"].overall, **reps["test"].groups},
     }
 
 
@@ -103,16 +104,15 @@ def _groups(ranks: np.ndarray, es: EvalSet) -> dict[str, dict[str, Any]]:
 
 def run_pop(split: Split) -> dict[str, Any]:
     """Reference: rank by training popularity (same masking and tie rule as every model here)."""
-    from modalrec.evaluation.metrics import ranks_from_scores
+    from modalrec.evaluation.ranking import exclusion_pairs, rank_block
 
     es = split.test
     stream = EventStream.from_evalset(es, split.n_items)
     counts = torch.from_numpy(split.train.item_counts()).double()  # [n_items + 1]
     ranks = np.zeros(len(es), dtype=np.int64)
     for lo, hi in stream.spans(1000):
-        cand = ~stream.history_mask(lo, hi)
-        cand[:, 0] = False
-        r = ranks_from_scores(counts.expand(hi - lo, -1), torch.from_numpy(stream.items[lo:hi]), cand)
+        targets = torch.from_numpy(stream.items[lo:hi])
+        r, _ = rank_block(counts.expand(hi - lo, -1), targets, *exclusion_pairs(stream.history_mask(lo, hi), targets))
         ranks[stream.source_index[lo:hi]] = r.numpy()  # back to EvalSet order
     return {"model": "Pop (training counts)", "test": _groups(ranks, es)}
 

@@ -24,9 +24,9 @@ from _output import emit_json
 from modalrec.data.events import EventStream
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split, global_temporal
+from modalrec.evaluation.streaming import StreamEvalConfig, evaluate_stream, stream_through
 from modalrec.models.tgn.model import TGN, TGNConfig
 from modalrec.training.loop import TrainConfig, fit
-from modalrec.training.tgn_eval import StreamEvalConfig, evaluate_stream, stream_through
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
@@ -76,10 +76,10 @@ def measure(split: Split, device: str, args: argparse.Namespace) -> dict[str, An
         "train_epoch_seconds": hist.epoch_seconds,
         "train_events_per_s": [len(train) / s for s in hist.epoch_seconds],
         "observe_only_events_per_s": len(train) / stream_s,
-        "full_ranking": {"test_events": len(test), "n_items": split.n_items, "seconds": rep_rank["meta"]["seconds"],
-                         "events_per_s": rep_rank["meta"]["events_per_s"],
-                         "mrr_after_1_epoch": rep_rank["groups"]["overall"]["mrr"]},
-        "ap_auc_only": {"seconds": rep_ap["meta"]["seconds"], "events_per_s": rep_ap["meta"]["events_per_s"]},
+        "full_ranking": {"test_events": len(test), "n_items": split.n_items, "seconds": rep_rank.meta["seconds"],
+                         "events_per_s": rep_rank.meta["events_per_s"],
+                         "mrr_after_1_epoch": rep_rank.overall["mrr"]},
+        "ap_auc_only": {"seconds": rep_ap.meta["seconds"], "events_per_s": rep_ap.meta["events_per_s"]},
         "trainable_params": model.num_trainable_parameters(),
     }
 

@@ -16,8 +16,9 @@ from its last epoch). Meaningless combinations are run once, and the reason is r
 - base `model.params` keys that belong to another model (e.g. `n_heads` of SASRec for GRU4Rec) are
   dropped for models that lack them.
 
-Outputs: results.md (compare_table over the chosen groups), results.json, and a bar chart PNG of
-warm vs cold-item NDCG@10.
+Outputs: results.md (VALID next to TEST for the chosen metrics and groups; the winner is the point with
+the best VALID value of the first metric overall, marked in the table — TEST never chooses), results.json,
+and a bar chart PNG of warm vs cold-item NDCG@10 on TEST.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 
 from modalrec.config import from_dict, to_dict
 from modalrec.errors import ConfigError
-from modalrec.evaluation.report import Report, bar_chart, compare_table
+from modalrec.evaluation.report import Report, bar_chart
 from modalrec.experiment import ExperimentConfig
 from modalrec.io import write_bytes_atomic, write_json_atomic
 
@@ -58,13 +59,15 @@ class GridPoint:
 
 @dataclass
 class AblationResult:
-    table: str  # markdown
+    table: str  # markdown: VALID and TEST per point, the VALID winner marked
     reports: dict[str, Report]  # label -> TEST report
     points: list[GridPoint]
     skipped: list[dict[str, Any]]  # grid combinations folded into another point, with the reason
     status: dict[str, str]  # label -> "ran" | "resumed" | "failed: ..."
     out_dir: Path
     notes: list[str] = field(default_factory=list)
+    valid_reports: dict[str, Report] = field(default_factory=dict)  # label -> VALID report of the selected epoch
+    winner: str | None = None  # label with the best VALID value of the first metric, overall
 
     @property
     def failed(self) -> list[str]:
@@ -281,6 +284,7 @@ def run_ablation(
     for s in skipped:
         log.info("not run separately: %s -> %s (%s)", s["requested"], s["runs_as"], s["reason"])
     reports: dict[str, Report] = {}
+    valid: dict[str, Report] = {}
     status: dict[str, str] = {}
     for i, point in enumerate(points, 1):
         cfg = dataclasses.replace(point.config, output_dir=str(out / "runs"))
@@ -290,6 +294,8 @@ def run_ablation(
                 raise ConfigError(f"{run_dir} holds a finished run with a different config; "
                                   "use another output directory or delete that run")
             reports[point.label] = Report.from_json(run_dir / "report.json")
+            if (run_dir / "valid_report.json").is_file():
+                valid[point.label] = Report.from_json(run_dir / "valid_report.json")
             status[point.label] = "resumed"
             log.info("[%d/%d] %s: finished earlier, not rerun", i, len(points), point.label)
             continue
@@ -304,12 +310,45 @@ def run_ablation(
             status[point.label] = f"failed: {type(exc).__name__}: {exc}"
             continue
         reports[point.label] = result.test
+        if getattr(result, "valid", None) is not None:
+            valid[point.label] = result.valid
         status[point.label] = "ran"
         log.info("[%d/%d] %s done in %.1fs", i, len(points), point.label, time.perf_counter() - t0)
-    table = compare_table(reports, metrics, groups) if reports else "(no finished runs)"
-    result = AblationResult(table, reports, points, skipped, status, out, notes)
+    winner = valid_winner(valid, metrics[0])
+    table = valid_test_table(valid, reports, metrics, groups, winner) if reports else "(no finished runs)"
+    result = AblationResult(table, reports, points, skipped, status, out, notes, valid, winner)
     _write(result, base, grid, metrics, groups, chart_groups)
     return result
+
+
+def valid_winner(valid: Mapping[str, Report], metric: str) -> str | None:
+    """The label with the highest VALID `metric` overall (first in grid order on a tie); None without VALID."""
+    scored = [(r.overall.get(metric), label) for label, r in valid.items() if r.overall.get(metric) is not None]
+    if not scored:
+        return None
+    best = max(v for v, _ in scored)
+    return next(label for v, label in scored if v == best)
+
+
+def valid_test_table(valid: Mapping[str, Report], test: Mapping[str, Report], metrics: Sequence[str],
+                     groups: Sequence[str], winner: str | None) -> str:
+    """One row per point: VALID then TEST columns per (metric, group); the VALID winner is marked."""
+    def cells(rep: Report | None) -> list[str]:
+        return ["n/a" if rep is None or (v := _value(rep, m, g)) is None else f"{v:.4f}" for g in groups for m in metrics]
+
+    header = [f"{part} {m} {g}" for part in ("VALID", "TEST") for g in groups for m in metrics]
+    lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for label, rep in test.items():
+        name = f"**{label}** (best on VALID)" if label == winner else label
+        lines.append(f"| {name} | " + " | ".join(cells(valid.get(label)) + cells(rep)) + " |")
+    return "\n".join(lines)
+
+
+def _value(rep: Report, metric: str, group: str) -> float | None:
+    try:
+        return rep.metric(metric, group)
+    except KeyError:  # a run without that group / metric still renders
+        return None
 
 
 def _write(res: AblationResult, base: ExperimentConfig, grid: Mapping[str, Sequence[Any]],
@@ -331,8 +370,9 @@ def _write(res: AblationResult, base: ExperimentConfig, grid: Mapping[str, Seque
         sp, t = meta["split"], meta["split"].get("test") or {}
         groups_txt = ", ".join(f"{g.replace('_', ' ')} {t[g]}" for g in ("warm", "cold_item", "cold_user") if g in t)
         lines.append(f"Split `{sp.get('name')}`; {t.get('events')} test events ({groups_txt}).")
-    lines += ["Full ranking over the catalogue, pessimistic ties, history excluded; best VALID epoch, TEST once.",
-              "", res.table, ""]
+    lines += ["Full ranking over the catalogue, pessimistic ties; " + str(meta.get("candidates", "history excluded"))
+              + ". Best VALID epoch per run, TEST once; the winner is chosen on VALID "
+              + (f"(`{res.winner}`)." if res.winner else "(no VALID reports)."), "", res.table, ""]
     if chart is not None:
         lines += [f"![NDCG@10 warm vs cold]({chart.name})", ""]
     lines += ["Grid: " + "; ".join(f"`{k}` = {list(v)}" for k, v in load_grid(grid).items()), ""]
@@ -351,7 +391,9 @@ def _write(res: AblationResult, base: ExperimentConfig, grid: Mapping[str, Seque
         "metrics": list(metrics), "groups": list(groups),
         "points": [{"name": p.name, "label": p.label, "overrides": p.overrides, "status": res.status.get(p.label),
                     "run_dir": str(out / "runs" / p.name),
-                    "report": res.reports[p.label].to_dict() if p.label in res.reports else None}
+                    "report": res.reports[p.label].to_dict() if p.label in res.reports else None,
+                    "valid_report": res.valid_reports[p.label].to_dict() if p.label in res.valid_reports else None}
                    for p in res.points],
+        "winner_on_valid": res.winner,
         "skipped": res.skipped, "notes": res.notes, "chart": None if chart is None else chart.name,
     })

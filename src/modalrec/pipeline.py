@@ -20,20 +20,13 @@ from modalrec.data.dataset import Dataset
 from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
+from modalrec.evaluation.metrics import definitions
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
+from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
-
-METRIC_DEFINITIONS = {
-    "hr@k": "share of test events whose target ranks in the top k (full ranking over all items)",
-    "recall@k": "equal to hr@k for single-target next-item events",
-    "ndcg@k": "1 / log2(rank + 1) if rank <= k else 0, averaged over events",
-    "mrr": "mean of 1 / rank (no cut-off)",
-    "rank": "1 + number of candidate items scoring >= the target (pessimistic ties)",
-}
-
 
 def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
@@ -94,6 +87,15 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         barrier()
         return FeatureStore.open(out_dir, ds.item_vocab).tensors()
     return store.tensors()
+
+
+def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesConfig:
+    """The encoders a model actually reads: a modality it does not read is not encoded (none for pop, ID
+    towers, hidden-state models). A prebuilt store is opened as it is."""
+    if cfg.store:
+        return cfg
+    return _replace(cfg, text=cfg.text if "text" in modalities else None,
+                    image=cfg.image if "image" in modalities else None)
 
 
 def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
@@ -159,21 +161,20 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     from modalrec.training.loop import fit
 
     started = time.perf_counter()
+    checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
     ds = load_data(cfg.data, cfg.seed)
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, checked.modalities)
     # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
     if distributed is not None and distributed.world_size > 1:
         from modalrec.parallel import barrier
 
-        features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
+        features = load_features(ds, features_cfg, (distributed.rank, distributed.world_size), barrier)
     else:
-        features = load_features(ds, cfg.features)
+        features = load_features(ds, features_cfg)
     ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
-    if model.training_kind is Training.EVENTS:
-        raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream; train and evaluate "
-                          "it with evaluation.streaming (run_experiment ranks stateless models only)")
     out_dir = Path(cfg.output_dir) / cfg.name if write else None  # train_state is read by every rank
     run_dir = out_dir if distributed is None or distributed.is_main else None  # written by rank 0 only
 
@@ -185,22 +186,33 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                          max_len=max_len, device=cfg.eval.device)
 
-    valid_eval = evaluator("valid")
     history = None
-    if model.training_kind is Training.COUNTS:
-        model.fit_counts(split)
+    train_cfg = cfg.train
+    if out_dir is not None and train_cfg.checkpoint_dir is None:
+        train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
+    if model.training_kind is Training.EVENTS:  # stateful: the event stream in time order, streaming evaluation
+        from modalrec.evaluation.streaming import run_protocol
+        from modalrec.training.events import fit_tgn
+
+        if distributed is not None and distributed.world_size > 1:
+            raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream in one process")
+        streams, stream_cfg = _event_streams(split, cfg)
+        history = fit_tgn(model, streams[0], streams[1], train_cfg, stream_cfg)
+        reports = run_protocol(model, *streams, stream_cfg)
+        valid_report, test_report = reports["valid"], reports["test"]
     else:
-        train_cfg = cfg.train
-        if out_dir is not None and train_cfg.checkpoint_dir is None:
-            train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
-        if model.training_kind is Training.PAIRS:
-            source = model.training_source(split)
+        valid_eval = evaluator("valid")
+        if model.training_kind is Training.COUNTS:
+            model.fit_counts(split)
         else:
-            source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
-        history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
-                      **({"distributed": distributed} if distributed is not None else {}))
-    valid_report = run_eval(valid_eval, model, "valid")
-    test_report = run_eval(evaluator("test"), model, "test")
+            if model.training_kind is Training.PAIRS:
+                source = model.training_source(split)
+            else:
+                source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
+            history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
+                          distributed=distributed)
+        valid_report = run_eval(valid_eval, model, "valid")
+        test_report = run_eval(evaluator("test"), model, "test")
     wall = time.perf_counter() - started
     manifest = {
         "name": cfg.name,
@@ -211,7 +223,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
                   "trainable_parameters": _trainable(model)},
-        "metric_definitions": METRIC_DEFINITIONS,
+        "metric_definitions": definitions(),
         "protocol": {"ranking": "full", "ties": "pessimistic", "exclude_seen": cfg.eval.exclude_seen,
                      "selection": "best VALID epoch; TEST evaluated once"},
         "wall_time_s": wall,
@@ -229,12 +241,23 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "manifest.json", manifest)
         test_report.to_json(run_dir / "report.json")
+        valid_report.to_json(run_dir / "valid_report.json")  # the selection evidence, next to TEST
         (run_dir / "report.md").write_text(test_report.to_markdown() + "\n")
         if isinstance(model, torch.nn.Module):
             save_checkpoint(run_dir / "model", model, {"model": cfg.model.name, "config": to_dict(model_cfg)},
                             {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
                              "experiment": to_dict(cfg)})
     return RunResult(test_report, valid_report, history, manifest, model, run_dir)
+
+
+def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]:
+    """([train, valid, test] EventStreams, StreamEvalConfig) for a stateful model's run."""
+    from modalrec.data.events import EventStream
+    from modalrec.evaluation.streaming import StreamEvalConfig
+
+    streams = [EventStream.from_interactions(split.train)] + [
+        EventStream.from_evalset(es, split.n_items) for es in (split.valid, split.test)]
+    return streams, StreamEvalConfig(ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen, seed=cfg.seed)
 
 
 def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -288,13 +311,19 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, check_experiment(cfg).modalities)
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
+                           model_context(ds, split, load_features(ds, features_cfg), cfg.seed,
                                          load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)
     elif model.training_kind is Training.COUNTS:
         model.fit_counts(split)
+    if model.training_kind is Training.EVENTS:  # memory is rebuilt by replaying the streams in time order
+        from modalrec.evaluation.streaming import run_protocol
+
+        streams, stream_cfg = _event_streams(split, cfg)
+        return run_protocol(model.to(device), *streams, stream_cfg)[part]
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                      max_len=model.history_length, device=device).run(model, name=part)

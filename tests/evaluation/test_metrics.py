@@ -1,4 +1,5 @@
-"""Metrics from ranks and pessimistic ranks from scores, against hand values and a naive reference."""
+"""The metric table, metrics from ranks, and the ranking core's pessimistic ranks from scores, against hand
+values and a naive reference."""
 
 from __future__ import annotations
 
@@ -8,15 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from modalrec.evaluation.metrics import compute_metrics, hit_rate, metric_names, mrr, ndcg, ranks_from_scores
+from modalrec.evaluation.metrics import (
+    METRICS,
+    compute_metrics,
+    definitions,
+    hit_rate,
+    metric,
+    metric_names,
+    mrr,
+    ndcg,
+)
+from modalrec.evaluation.ranking import exclusion_pairs, rank_block
 
 
 def naive_ranks(scores: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """1 + #(candidate columns 1..N other than the target scoring >= it); column 0 is PAD."""
     out = []
     for b in range(scores.shape[0]):
         t = targets[b]
         r = 1
-        for j in range(scores.shape[1]):
+        for j in range(1, scores.shape[1]):
             if j != t and (mask is None or mask[b, j]) and scores[b, j] >= scores[b, t]:
                 r += 1
         out.append(r)
@@ -46,25 +58,29 @@ def test_compute_metrics_keys_recall_equals_hr_and_empty_is_none() -> None:
         hit_rate(torch.tensor([0, 1]), 5)  # ranks are 1-based
 
 
+def ranks_of(scores: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """rank_block with a dense candidate mask (True = candidate) turned into excluded pairs."""
+    excluded = exclusion_pairs(~candidates, targets) if candidates is not None else (None, None)
+    return rank_block(scores, targets, *excluded)[0]
+
+
 @pytest.mark.parametrize("use_mask", [False, True])
-def test_ranks_from_scores_matches_naive_with_ties(use_mask: bool) -> None:
+def test_rank_block_matches_naive_with_ties(use_mask: bool) -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(40, 25)).astype(np.float32)  # many ties
-    targets = rng.integers(0, 25, size=40)
+    targets = rng.integers(1, 25, size=40)
     mask = rng.random((40, 25)) < 0.7 if use_mask else None
-    got = ranks_from_scores(
-        torch.from_numpy(scores), torch.from_numpy(targets), None if mask is None else torch.from_numpy(mask)
-    )
+    got = ranks_of(torch.from_numpy(scores), torch.from_numpy(targets), None if mask is None else torch.from_numpy(mask))
     assert got.dtype == torch.int64
     np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
 
 
 def test_constant_scores_get_the_worst_rank() -> None:
-    scores = torch.full((3, 10), 0.5)
-    mask = torch.ones(3, 10, dtype=torch.bool)
-    mask[1, :4] = False  # 4 non-candidates
+    scores = torch.full((3, 11), 0.5)  # PAD + 10 items
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, 1:5] = False  # 4 non-candidates
     mask[2, 7] = False  # the target is ranked even when marked as a non-candidate
-    ranks = ranks_from_scores(scores, torch.tensor([2, 6, 7]), mask)
+    ranks = ranks_of(scores, torch.tensor([2, 6, 7]), mask)
     assert ranks.tolist() == [10, 6, 10]
 
 
@@ -72,9 +88,19 @@ def test_nan_scores_raise_naming_rows() -> None:
     scores = torch.randn(5, 8)
     scores[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN.*rows \[3\]"):
-        ranks_from_scores(scores, torch.zeros(5, dtype=torch.int64))
+        ranks_of(scores, torch.ones(5, dtype=torch.int64))
 
 
 def test_infinite_scores_are_ranked_pessimistically() -> None:
-    scores = torch.tensor([[float("-inf"), float("-inf"), 0.0], [float("inf"), float("inf"), 0.0]])
-    assert ranks_from_scores(scores, torch.tensor([0, 1])).tolist() == [3, 2]
+    scores = torch.tensor([[0.0, float("-inf"), float("-inf"), 0.0], [0.0, float("inf"), float("inf"), 0.0]])
+    assert ranks_of(scores, torch.tensor([1, 2])).tolist() == [3, 2]
+
+
+def test_metric_table_names_every_reported_metric_with_a_direction() -> None:
+    reported = metric_names((5, 10))
+    assert {metric(n).name for n in reported} == {m.name for m in METRICS.values() if m.compute is not None}
+    assert metric("sampled_ndcg@10").name == "ndcg@k" and metric("auc_historical").name == "auc"
+    assert metric("rank").direction == "min" and metric("ndcg@10").direction == "max"
+    assert set(definitions()) == set(METRICS)
+    with pytest.raises(KeyError, match="unknown metric"):
+        metric("precision@10")

@@ -178,13 +178,18 @@ def test_ablation_runs_writes_and_resumes(tmp_path: Path) -> None:
     assert [p["status"] for p in data["points"]] == ["ran"] * 3
     assert data["points"][2]["report"]["groups"]["cold_item"]["ndcg@10"] is not None
     assert (out / "ndcg10_warm_vs_cold.png").read_bytes()[:4] == b"\x89PNG"
+    # VALID next to TEST; the winner is the best VALID NDCG@10 overall, never chosen on TEST
+    assert "VALID ndcg@10 overall" in md and "TEST ndcg@10 cold_item" in md
+    best = max(res.valid_reports, key=lambda k: res.valid_reports[k].overall["ndcg@10"])
+    assert res.winner == best == data["winner_on_valid"] and f"**{best}** (best on VALID)" in res.table
+    assert data["points"][0]["valid_report"]["counts"]["overall"] > 0
 
     def must_not_run(cfg: ExperimentConfig) -> None:
         raise AssertionError(f"{cfg.name} was rerun")
 
     again = run_ablation(_tiny_base(tmp_path), grid, out, runner=must_not_run, stop_on_error=True)
     assert set(again.status.values()) == {"resumed"}
-    assert again.table == res.table
+    assert again.table == res.table and again.winner == res.winner  # VALID reports are read back too
     changed = _tiny_base(tmp_path)
     changed.train.lr = 0.01
     with pytest.raises(ConfigError, match="different config"):

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_ablation(base, grid, out, metrics=_csv(args.metrics), groups=_csv(args.groups),
                           stop_on_error=args.stop_on_error)
     print(result.table)
+    print(f"best on VALID ({_csv(args.metrics)[0]} overall): {result.winner}")
     for s in result.skipped:
         print(f"run once: {s['requested']} -> {s['runs_as']} ({s['reason']})")
     print(f"\nresults written to {out / 'results.md'}, {out / 'results.json'}")

@@ -94,12 +94,17 @@ class TrainWindows:
             target_ts=torch.from_numpy(left_pad(target_times, self.max_len)),
         )
 
-    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> Iterator[SeqBatch]:
+    def index_batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> Iterator[np.ndarray]:
+        """The window indices of each batch of the epoch (seeded per epoch); `batch(idx)` collates them."""
         order = np.arange(len(self))
         if shuffle:
             numpy_rng(seed, f"train_windows/epoch{epoch}").shuffle(order)
         for lo in range(0, len(order), batch_size):
-            yield self.batch(order[lo : lo + batch_size])
+            yield order[lo : lo + batch_size]
+
+    def batches(self, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> Iterator[SeqBatch]:
+        for idx in self.index_batches(batch_size, seed, epoch, shuffle):
+            yield self.batch(idx)
 
     def num_batches(self, batch_size: int) -> int:
         return (len(self) + batch_size - 1) // batch_size

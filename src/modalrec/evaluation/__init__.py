@@ -1,12 +1,16 @@
-"""Full-ranking evaluation: metrics from ranks, the chunked Evaluator, and Reports."""
+"""Evaluation: the metric table, the ranking core, the chunked Evaluator (sharded: distributed.py), streaming
+evaluation of stateful models (streaming.py), and Reports."""
 
 from modalrec.evaluation.evaluator import Evaluator
-from modalrec.evaluation.metrics import compute_metrics, hit_rate, mrr, ndcg, ranks_from_scores, recall
+from modalrec.evaluation.metrics import METRICS, Metric, compute_metrics, hit_rate, mrr, ndcg, recall
+from modalrec.evaluation.ranking import rank_block
 from modalrec.evaluation.report import Report, bar_chart, compare_table
 from modalrec.evaluation.sampled import SampledConfig
 
 __all__ = [
+    "METRICS",
     "Evaluator",
+    "Metric",
     "Report",
     "SampledConfig",
     "bar_chart",
@@ -15,6 +19,6 @@ __all__ = [
     "hit_rate",
     "mrr",
     "ndcg",
-    "ranks_from_scores",
+    "rank_block",
     "recall",
 ]

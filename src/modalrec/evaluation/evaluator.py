@@ -9,9 +9,10 @@ Protocol (DESIGN.md, protocol rules):
   a constant-score model gets the worst rank. NaN scores raise ValueError naming the batch.
 - Metrics (HR/Recall@K, NDCG@K, MRR@K, MRR) overall and per group (warm / cold_item / cold_user).
 
-Ranking is vectorised per chunk: count candidates scoring >= the target over the whole row, then
-subtract the excluded history items that did (gathered from a de-duplicated, target-free
-(event, item) list precomputed once). No per-user Python loop, and model scores are never modified.
+Events are scored in blocks of `batch_size` and each block is ranked by the shared ranking core
+(evaluation/ranking.py `rank_block`) against a de-duplicated, target-free (event, item) exclusion list
+precomputed once. `rank_blocks` ranks any subset of the blocks and `report` builds the Report from
+ranks, so sharded evaluation (evaluation/distributed.py) computes exactly what `run` computes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from torch import nn
 
 from modalrec.data.sequences import eval_batch
 from modalrec.data.splits import GROUP_DEFINITIONS, EvalSet
-from modalrec.evaluation.metrics import METRIC_DEFINITIONS, check_no_nan, compute_metrics
+from modalrec.evaluation.metrics import compute_metrics, definitions
+from modalrec.evaluation.ranking import rank_block
 from modalrec.evaluation.report import Report
 from modalrec.evaluation.sampled import SampledConfig, draw_negatives, sampled_ranks
 from modalrec.types import Scorer
@@ -109,55 +111,57 @@ class Evaluator:
             )
         return self._negatives
 
+    def block_starts(self) -> list[int]:
+        """First event of every score block ([0, b), [b, 2b), ...)."""
+        return list(range(0, len(self.evalset), self.batch_size))
+
     def run(self, model: Scorer, name: str = "test", keep_ranks: bool = True) -> Report:
         """Score every event with `model.score(batch)` ([B, n_items + 1]) and build the Report."""
-        es, n_events, dev = self.evalset, len(self.evalset), self.device
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        starts = self.block_starts()
+        ranks, s_ranks = self.rank_blocks(model, starts, name)
+        return self.report(model, name, torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.int64),
+                           torch.cat(s_ranks) if s_ranks else None, time.perf_counter() - start, len(starts),
+                           keep_ranks)
+
+    def rank_blocks(self, model: Scorer, starts: Sequence[int], name: str = "test", where: str = "",
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Score and rank the blocks beginning at `starts`: ([n_b] int64 full-ranking ranks per block,
+        the same for sampled negatives -- empty without `sampled`), on the CPU, in the order given."""
+        es, dev = self.evalset, self.device
         negatives = self.negatives()
-        ranks = torch.empty(n_events, dtype=torch.int64)  # [E]
-        s_ranks = torch.empty(n_events, dtype=torch.int64) if negatives is not None else None
         targets = torch.from_numpy(es.target.astype(np.int64)).to(dev)  # [E]
         mask_rows = torch.from_numpy(self._mask_rows).to(dev)  # [M] global event index
         mask_items = torch.from_numpy(self._mask_items).to(dev)  # [M]
+        ranks, s_ranks = [], []
         is_module = isinstance(model, nn.Module)
         was_training = bool(model.training) if is_module else False
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        start = time.perf_counter()
-        n_batches = 0
         try:
             if is_module:
                 model.eval()
             with torch.no_grad():
-                for lo in range(0, n_events, self.batch_size):
-                    hi = min(n_events, lo + self.batch_size)
+                for lo in starts:
+                    hi = min(len(es), lo + self.batch_size)
                     batch = eval_batch(es, np.arange(lo, hi), self.max_len).to(dev)
                     scores = model.score(batch)  # [B, n_items + 1]
-                    where = f"batch {n_batches} (events {lo}..{hi - 1}) of evaluation '{name}'"
-                    self._check_scores(scores, hi - lo, where)
+                    at = f"batch {lo // self.batch_size} (events {lo}..{hi - 1}) of evaluation '{name}'{where}"
+                    if tuple(scores.shape) != (hi - lo, self.n_items + 1):
+                        raise ValueError(f"model.score returned shape {tuple(scores.shape)} in {at}; expected "
+                                         f"({hi - lo}, {self.n_items + 1}) = (batch, n_items + 1 with column 0 = PAD)")
                     a, z = int(self._mask_offsets[lo]), int(self._mask_offsets[hi])
-                    r, t_score = _rank_chunk(scores, targets[lo:hi], mask_rows[a:z] - lo, mask_items[a:z])
-                    ranks[lo:hi] = r.cpu()
-                    if s_ranks is not None and negatives is not None:
+                    r, t_score = rank_block(scores, targets[lo:hi], mask_rows[a:z] - lo, mask_items[a:z], at)
+                    ranks.append(r.cpu())
+                    if negatives is not None:
                         neg = torch.from_numpy(negatives[lo:hi]).to(dev)  # [B, n]
-                        s_ranks[lo:hi] = sampled_ranks(scores, t_score, neg).cpu()
-                    n_batches += 1
+                        s_ranks.append(sampled_ranks(scores, t_score, neg).cpu())
         finally:
             if is_module and was_training:
                 model.train()
-        wall = time.perf_counter() - start
-        return self._report(model, name, ranks, s_ranks, wall, n_batches, keep_ranks)
+        return ranks, s_ranks
 
-    def _check_scores(self, scores: torch.Tensor, rows: int, where: str) -> None:
-        if tuple(scores.shape) != (rows, self.n_items + 1):
-            raise ValueError(
-                f"model.score returned shape {tuple(scores.shape)} in {where}; expected "
-                f"({rows}, {self.n_items + 1}) = (batch, n_items + 1 with column 0 = PAD)"
-            )
-        # Cheap pre-check: a sum is NaN whenever any entry is; only then pay for the exact per-row scan.
-        if scores.is_floating_point() and bool(torch.isnan(scores.sum())):
-            check_no_nan(scores, where)
-
-    def _report(
+    def report(
         self,
         model: object,
         name: str,
@@ -167,6 +171,7 @@ class Evaluator:
         n_batches: int,
         keep_ranks: bool,
     ) -> Report:
+        """The Report of per-event ranks ([E], event order) from `rank_blocks` over every block."""
         masks = self.evalset.group_masks()
         overall = compute_metrics(ranks, self.ks)
         groups = {g: compute_metrics(ranks[torch.from_numpy(m)], self.ks) for g, m in masks.items()}
@@ -185,7 +190,7 @@ class Evaluator:
             "exclude_seen": self.exclude_seen,
             "candidates": EXCLUDE_SEEN_RULE if self.exclude_seen else NO_EXCLUDE_RULE,
             "ties": "pessimistic",
-            "metric_definitions": METRIC_DEFINITIONS,
+            "metric_definitions": definitions(),
             "groups": GROUP_DEFINITIONS,
             "max_len": self.max_len,
             "device": str(self.device),
@@ -206,20 +211,6 @@ class Evaluator:
             meta=meta,
             ranks=ranks.numpy() if keep_ranks else None,
         )
-
-
-def _rank_chunk(
-    scores: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, items: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pessimistic ranks for one chunk. scores [B, N + 1]; targets [B]; (rows, items) [M]: excluded
-    candidates (unique per row, never the target). Returns ([B] int64 ranks, [B, 1] target scores)."""
-    t_score = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
-    # Candidates 1..N scoring >= the target; the target itself is counted once (s >= s for non-NaN).
-    ge = (scores[:, 1:] >= t_score).sum(dim=1, dtype=torch.int32)  # [B]
-    if rows.numel():
-        hit = (scores[rows, items] >= t_score[rows, 0]).to(torch.int32)  # [M] excluded items that counted
-        ge = ge - torch.zeros_like(ge).index_add_(0, rows, hit)  # [B]
-    return ge.to(torch.int64), t_score
 
 
 def _prefixed(metrics: dict[str, float | None]) -> dict[str, float | None]:

@@ -1,4 +1,4 @@
-"""Ranking metrics from integer ranks, and ranks from scores with pessimistic ties.
+"""The metric table (name, definition, direction) and ranking metrics from integer ranks.
 
 Ranks are 1-based: rank 1 means the target scored above every other candidate. Evaluation is
 single-target next-item prediction, so Recall@K equals HR@K (one relevant item per event); both
@@ -8,19 +8,10 @@ names are reported so numbers can be compared with papers that use either.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-
-METRIC_DEFINITIONS: dict[str, str] = {
-    "rank": "1 + number of candidate items other than the target whose score is >= the target's "
-    "score (pessimistic ties: a constant-score model gets the worst rank)",
-    "hr@k": "fraction of events with rank <= k",
-    "recall@k": "equal to hr@k: single-target next-item evaluation has one relevant item per event",
-    "ndcg@k": "mean of 1 / log2(rank + 1) if rank <= k else 0 (ideal DCG is 1 with one relevant item)",
-    "mrr@k": "mean of 1 / rank if rank <= k else 0",
-    "mrr": "mean of 1 / rank over all candidates (no cutoff)",
-}
 
 
 def _check_ranks(ranks: torch.Tensor) -> torch.Tensor:
@@ -62,65 +53,74 @@ def mrr(ranks: torch.Tensor, k: int | None = None) -> torch.Tensor:
     return _mean(rr)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One row of the metric table: a name ("@k": one value per cut-off k), its definition, and whether
+    a higher value is better (`direction` "max" / "min", what early stopping on it should use)."""
+
+    name: str
+    definition: str
+    higher_is_better: bool = True
+    compute: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (ranks [E], k) -> 0-dim; None: not from ranks
+
+    @property
+    def direction(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("rank", "1 + number of candidate items other than the target whose score is >= the target's score "
+           "(pessimistic ties: a constant-score model gets the worst rank); candidates are items 1..n_items "
+           "(PAD never), less the excluded history", higher_is_better=False),
+    Metric("hr@k", "fraction of events with rank <= k", compute=hit_rate),
+    Metric("recall@k", "equal to hr@k: single-target next-item evaluation has one relevant item per event",
+           compute=recall),
+    Metric("ndcg@k", "mean of 1 / log2(rank + 1) if rank <= k else 0 (ideal DCG is 1 with one relevant item)",
+           compute=ndcg),
+    Metric("mrr@k", "mean of 1 / rank if rank <= k else 0", compute=mrr),
+    Metric("mrr", "mean of 1 / rank over all candidates (no cutoff)", compute=lambda ranks, k: mrr(ranks)),
+    Metric("sampled_<metric>", "the metric with the target ranked against sampled negatives only (never instead "
+           "of full ranking)"),
+    Metric("ap", "average precision of positives vs sampled negatives, pooled over the group (streaming "
+           "evaluation; ap_<negative kind>)"),
+    Metric("auc", "ROC AUC of positives vs sampled negatives (ties count 1/2), pooled over the group (streaming "
+           "evaluation; auc_<negative kind>)"),
+)}
+
+
+def metric(name: str) -> Metric:
+    """The table row of a reported name: "ndcg@10" -> ndcg@k, "sampled_hr@5" -> hr@k, "ap_random" -> ap."""
+    base = name.removeprefix("sampled_")
+    key = f"{base.split('@')[0]}@k" if "@" in base else base.split("_")[0]
+    if key not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; the table has {sorted(METRICS)}")
+    return METRICS[key]
+
+
+def definitions() -> dict[str, str]:
+    """{name: definition} of every metric (what reports and manifests record)."""
+    return {m.name: m.definition for m in METRICS.values()}
+
+
+def _from_ranks(ks: Sequence[int]) -> list[tuple[str, Metric, int]]:
+    """(reported name, table row, k) of every metric computed from ranks, in report order."""
+    at_k = [m for m in METRICS.values() if m.compute is not None and m.name.endswith("@k")]
+    rest = [m for m in METRICS.values() if m.compute is not None and not m.name.endswith("@k")]
+    return [(m.name[:-1] + str(k), m, k) for k in ks for m in at_k] + [(m.name, m, 0) for m in rest]
+
+
 def metric_names(ks: Sequence[int]) -> list[str]:
     """Keys produced by `compute_metrics`, in report order."""
-    names: list[str] = []
-    for k in ks:
-        names += [f"hr@{k}", f"recall@{k}", f"ndcg@{k}", f"mrr@{k}"]
-    return names + ["mrr"]
+    return [name for name, _, _ in _from_ranks(ks)]
 
 
 def compute_metrics(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float | None]:
-    """All metrics for `ranks` ([E] int64). With zero events every value is None (never NaN)."""
+    """Every rank metric of the table for `ranks` ([E] int64). With zero events every value is None (never NaN)."""
     ranks = _check_ranks(torch.as_tensor(ranks, dtype=torch.int64).reshape(-1))
     if ranks.numel() == 0:
         return {name: None for name in metric_names(ks)}
-    out: dict[str, float | None] = {}
-    for k in ks:
-        hr = float(hit_rate(ranks, k))
-        out[f"hr@{k}"] = hr
-        out[f"recall@{k}"] = hr
-        out[f"ndcg@{k}"] = float(ndcg(ranks, k))
-        out[f"mrr@{k}"] = float(mrr(ranks, k))
-    out["mrr"] = float(mrr(ranks))
+    out: dict[str, float | None] = {name: float(m.compute(ranks, k)) for name, m, k in _from_ranks(ks)}
     for name, value in out.items():  # guard: a metric is never NaN / inf
         if value is not None and not math.isfinite(value):
             raise AssertionError(f"metric {name} is not finite: {value}")
     return out
-
-
-def ranks_from_scores(
-    scores: torch.Tensor, targets: torch.Tensor, candidate_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """[B] int64 pessimistic ranks: 1 + #(candidate columns j != target with score_j >= score_target).
-
-    scores: [B, N] float; targets: [B] int64 column indices; candidate_mask: [B, N] bool (True =
-    candidate) or None (every column is a candidate). The target is ranked whether or not it is
-    marked as a candidate. NaN anywhere in `scores` raises ValueError naming the offending rows.
-    """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [B, N], got shape {tuple(scores.shape)}")
-    b, n = scores.shape
-    targets = targets.to(scores.device, torch.int64).reshape(-1)
-    if targets.numel() != b:
-        raise ValueError(f"{targets.numel()} targets for {b} score rows")
-    if b and (int(targets.min()) < 0 or int(targets.max()) >= n):
-        raise ValueError(f"target index out of range [0, {n})")
-    check_no_nan(scores)
-    rows = torch.arange(b, device=scores.device)  # [B]
-    target_score = scores[rows, targets].unsqueeze(1)  # [B, 1]
-    ge = scores >= target_score  # [B, N] bool
-    if candidate_mask is not None:
-        if candidate_mask.shape != scores.shape:
-            raise ValueError(f"candidate_mask shape {tuple(candidate_mask.shape)} != scores {(b, n)}")
-        ge &= candidate_mask.to(scores.device, torch.bool)
-    ge[rows, targets] = False  # the target never outranks itself
-    return ge.sum(dim=1, dtype=torch.int64) + 1  # [B]
-
-
-def check_no_nan(scores: torch.Tensor, where: str = "this batch") -> None:
-    """Raise ValueError if `scores` ([B, N]) has a NaN, naming the rows of `where` that have one."""
-    if scores.is_floating_point() and bool(torch.isnan(scores).any()):
-        bad = torch.isnan(scores).any(dim=1).nonzero().flatten().tolist()  # [R]
-        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        raise ValueError(f"scores contain NaN in {len(bad)} row(s) of {where}: rows [{shown}]")

@@ -1,4 +1,5 @@
-"""DistributedDataParallel training through the shared loop: `fit(..., distributed=DistributedTraining(...))`.
+"""DistributedDataParallel training: the Trainer's DDP step strategy, `Trainer(..., strategy=DistributedTraining(...))`
+(or `fit(..., distributed=...)`).
 
 Data: `cfg.batch_size` stays the GLOBAL batch. Every rank walks the same seeded permutation of the
 training windows (the source's own per-epoch shuffle) and, of each global batch, takes its disjoint
@@ -14,7 +15,7 @@ even when ranks hold different numbers of targets. Reported losses are all-reduc
 
 Decisions: the validation result is broadcast from rank 0 (as JSON), so every rank takes the same
 improved / early-stop / plateau decision from the same numbers. Only rank 0 writes checkpoints and
-logs (the loop asks `is_main`); every rank reads a checkpoint to resume, and ranks that disagree on
+logs (the Trainer asks `is_main`); every rank reads a checkpoint to resume, and ranks that disagree on
 the epoch (a checkpoint_dir not shared by all nodes) stop with an error instead of hanging.
 
 Randomness: with W > 1 each rank reseeds dropout (the global torch RNG) and the model's samplers
@@ -25,32 +26,31 @@ event-ordered models (TGN: `observe`) are not data-parallel and are refused.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import inspect
 import logging
 import math
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from modalrec.errors import ConfigError
+from modalrec.evaluation.report import Report
 from modalrec.parallel import all_reduce, broadcast_json, is_distributed, rank_and_world
 from modalrec.seeding import derive_seed
+from modalrec.training.loop import StepStrategy
 from modalrec.types import SeqBatch
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class DistributedTraining:
-    """The distributed side of one `fit` call (also usable with world_size 1 for `accumulate` alone)."""
+class DistributedTraining(StepStrategy):
+    """The DDP step strategy of a Trainer (also usable with world_size 1 for `accumulate` alone)."""
 
     rank: int = 0
     world_size: int = 1
@@ -77,22 +77,8 @@ class DistributedTraining:
         return cls(rank=rank, world_size=world, **options)
 
     @property
-    def is_main(self) -> bool:
+    def is_main(self) -> bool:  # type: ignore[override]
         return self.rank == 0
-
-    # --- hooks the loop calls ---------------------------------------------------------------------
-    def prepare(self, source: Any, validate: Callable[[nn.Module], Any] | None) -> tuple[Any, Any]:
-        """(sharded source yielding one list of local micro-batches per optimizer step, agreeing validate)."""
-        sharded = ShardedSource(source, self.rank, self.world_size, self.accumulate)
-        agreeing = functools.partial(_agreed_validation, validate) if validate and self.world_size > 1 else validate
-        return sharded, agreeing
-
-    def attach(self, trainer: Any) -> None:
-        """Route the trainer's epochs through `train_epoch` (an instance attribute shadows the method)."""
-        if trainer.model.stateful:
-            raise ConfigError(f"{type(trainer.model).__name__} is stateful (event-ordered memory) and cannot be "
-                              "trained data-parallel; train it in one process")
-        trainer.train_epoch = functools.partial(self.train_epoch, trainer)
 
     def evaluate(self, evaluator: Any, model: Any, name: str = "test") -> Any:
         """The evaluator's Report with its events sharded over the ranks (identical on every rank)."""
@@ -100,59 +86,55 @@ class DistributedTraining:
 
         return evaluate_sharded(evaluator, model, name, rank=self.rank, world=self.world_size)
 
-    # --- the epoch ----------------------------------------------------------------------------------
-    def train_epoch(self, t: Any, epoch: int) -> float:
-        """One epoch of `t` (the loop's _Trainer); returns the mean over steps of the global step loss."""
-        cfg, model, device, opt, scaler = t.cfg, t.model, t.device, t.optimizer, t.scaler
+    # --- the step strategy ----------------------------------------------------------------------------
+    def prepare(self, source: Any, validate: Callable[[nn.Module], Any] | None) -> tuple[Any, Any]:
+        """(sharded source yielding one list of local micro-batches per optimizer step, agreeing validate)."""
+        sharded = ShardedSource(source, self.rank, self.world_size, self.accumulate)
+        agreeing = functools.partial(_agreed_validation, validate) if validate and self.world_size > 1 else validate
+        return sharded, agreeing
+
+    def check(self, model: Any) -> None:
+        if model.stateful:
+            raise ConfigError(f"{type(model).__name__} is stateful (event-ordered memory) and cannot be "
+                              "trained data-parallel; train it in one process")
+
+    def begin_epoch(self, t: Any, epoch: int) -> None:
         lo, hi = all_reduce([epoch, -epoch], "max")
         if lo != -hi:
             raise ConfigError(f"ranks are at different epochs ({int(-hi)}..{int(lo)}): checkpoint_dir must be "
                               "on a filesystem that every rank reads")
         if self.world_size > 1:
-            rank_seed = derive_seed(cfg.seed, f"fit/epoch{epoch}/rank{self.rank}")
+            rank_seed = derive_seed(t.cfg.seed, f"fit/epoch{epoch}/rank{self.rank}")
             torch.manual_seed(rank_seed)
-            model.reseed(rank_seed)
-        net = self._network(model, device)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        amp = t.amp_dtype
-        total, n = 0.0, 0
-        groups = t.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        bar = tqdm(groups, total=t.steps, desc=f"epoch {epoch}", disable=not (cfg.progress and self.is_main),
-                   leave=False, file=sys.stderr)
-        for group in bar:
-            if n >= t.steps:
-                break
-            group = [b.to(device) for b in group]
-            weights = [loss_weight(b) for b in group]
-            (w_total,) = all_reduce([sum(weights)])
-            t.schedule.apply(opt)
-            opt.zero_grad(set_to_none=True)
-            local, bad = 0.0, 0.0
-            for i, (batch, w) in enumerate(zip(group, weights)):
-                last = i == len(group) - 1
-                sync = contextlib.nullcontext() if last or self.world_size == 1 else net.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                        loss = net(batch)
-                    scaled = loss * (w * self.world_size / w_total if w_total > 0 else 0.0)
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                value = float(loss.detach())
-                bad += 0.0 if math.isfinite(value) else 1.0
-                local += value * w if w else 0.0
-            loss_sum, n_bad = all_reduce([local, bad])
-            if n_bad:  # every rank raises together, before the step: the weights stay finite
-                raise FloatingPointError(f"non-finite training loss on {int(n_bad)} rank(s) at epoch {epoch}, "
-                                         f"step {n + 1}")
-            t.update(params)
-            step_loss = loss_sum / w_total if w_total > 0 else 0.0
-            self.step_losses.append(step_loss)
-            total += step_loss
-            n += 1
-            if cfg.progress and self.is_main and n % 10 == 0:
-                bar.set_postfix(loss=f"{total / n:.4f}")
-        bar.close()
-        return total / max(n, 1)
+            t.model.reseed(rank_seed)
+        self._network(t.model, t.device)
+
+    def backward(self, t: Any, group: list[Any], epoch: int, step: int) -> float:
+        """Backward of one global step's local micro-batches, each scaled so DDP's average is the mean over
+        every loss term of the global batch; returns that global step loss (all-reduced)."""
+        net, amp, scaler = self._net, t.amp_dtype, t.scaler
+        group = [b.to(t.device) for b in group]
+        weights = [loss_weight(b) for b in group]
+        (w_total,) = all_reduce([sum(weights)])
+        local, bad = 0.0, 0.0
+        for i, (batch, w) in enumerate(zip(group, weights)):
+            last = i == len(group) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else net.no_sync()
+            with sync:
+                with torch.autocast(t.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss = net(batch)
+                scaled = loss * (w * self.world_size / w_total if w_total > 0 else 0.0)
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            value = float(loss.detach())
+            bad += 0.0 if math.isfinite(value) else 1.0
+            local += value * w if w else 0.0
+        loss_sum, n_bad = all_reduce([local, bad])
+        if n_bad:  # every rank raises together, before the step: the weights stay finite
+            raise FloatingPointError(f"non-finite training loss on {int(n_bad)} rank(s) at epoch {epoch}, "
+                                     f"step {step + 1}")
+        step_loss = loss_sum / w_total if w_total > 0 else 0.0
+        self.step_losses.append(step_loss)
+        return step_loss
 
     def _network(self, model: nn.Module, device: torch.device) -> nn.Module:
         """The module whose forward is the loss: DDP-wrapped when W > 1 (built once per model)."""
@@ -220,19 +202,9 @@ class ShardedSource:
             return
         from modalrec.data.sequences import TrainWindows
 
-        if isinstance(self.source, TrainWindows):
-            # TrainWindows.batches collates each global batch with self.batch(idx): a view whose batch()
-            # collates only this rank's slice of idx walks the very same permutation.
-            view = copy.copy(self.source)
-            view.batch = lambda idx: type(self.source).batch(view, idx[self.part(len(idx))])  # type: ignore[method-assign]
-            n_total = len(self.source)
-            for k, batch in enumerate(view.batches(batch_size, seed=seed, epoch=epoch)):
-                rows = min(batch_size, n_total - k * batch_size)
-                expect = self.part(rows)
-                if len(batch) != expect.stop - expect.start:
-                    raise RuntimeError("TrainWindows.batches no longer collates through batch(idx); "
-                                       "update ShardedSource")
-                yield batch
+        if isinstance(self.source, TrainWindows):  # collate only this rank's rows of each global batch
+            for idx in self.source.index_batches(batch_size, seed=seed, epoch=epoch):
+                yield self.source.batch(idx[self.part(len(idx))])
             return
         for batch in self.source.batches(batch_size, seed=seed, epoch=epoch):
             yield slice_rows(batch, self.part(_rows(batch)))
@@ -276,7 +248,7 @@ def _agreed_validation(validate: Callable[[nn.Module], Any], model: nn.Module) -
 
 
 def _payload(result: Any) -> dict[str, Any]:
-    if callable(getattr(result, "to_dict", None)) and hasattr(result, "overall"):
+    if isinstance(result, Report):
         return {"kind": "report", "value": result.to_dict()}
     if isinstance(result, dict):
         return {"kind": "dict", "value": {str(k): float(v) for k, v in result.items() if isinstance(v, (int, float))}}
@@ -285,7 +257,5 @@ def _payload(result: Any) -> dict[str, Any]:
 
 def _from_payload(payload: dict[str, Any]) -> Any:
     if payload["kind"] == "report":
-        from modalrec.evaluation.report import Report
-
         return Report.from_dict(payload["value"])
     return payload["value"]

@@ -1,10 +1,11 @@
-"""The one training loop every trainable model uses.
+"""The one Trainer every trainable model uses (`Trainer(...).fit()`, or `fit(...)`).
 
-`fit(model, source, cfg, validate)` trains with AdamW, optional AMP (CUDA only), gradient clipping and
+It trains with AdamW, optional AMP (CUDA only), gradient clipping and
 an LR schedule; validates every `eval_every` epochs on VALID, stops early after `patience` validations
 without improvement, and restores the best weights. With `checkpoint_dir` it saves its full state
 after every epoch and a rerun continues from the last finished epoch, giving the same weights as an
-uninterrupted run (every epoch reseeds dropout and negative sampling from (seed, epoch)).
+uninterrupted run (every epoch reseeds dropout and negative sampling from (seed, epoch)). How a step's
+batches become gradients (one process, or DDP) is the Trainer's `StepStrategy`, chosen at construction.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modalrec.errors import ConfigError
+from modalrec.evaluation.report import Report
 from modalrec.models.base import Recommender, Training
 from modalrec.seeding import derive_seed
 from modalrec.training.ema import WeightAverage
@@ -61,6 +63,7 @@ class TrainConfig:
     log_dir: str | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps in total (None: the epochs decide)
     resume: bool = True
 
     def __post_init__(self) -> None:
@@ -129,109 +132,129 @@ class History:
         return row
 
 
-def fit(
-    model: torch.nn.Module,
-    source: BatchSource,
-    cfg: TrainConfig | None = None,
-    validate: Callable[[torch.nn.Module], Any] | None = None,
-    distributed: Any = None,
-) -> History:
-    """Train `model` (which has `.loss(batch)`) on batches from `source`; returns the History.
+class StepStrategy:
+    """How one optimizer step's batches turn into gradients; chosen when the Trainer is built.
 
-    `validate(model)` returns a Report (anything with `.metric(name)`), a dict of metrics, or a number;
-    it is called under `torch.no_grad()` with the model in eval mode. Without it the final weights are kept.
-    `distributed`: a `training.distributed.DistributedTraining` for DDP / gradient accumulation.
+    `SingleProcess`: a step is one batch. `training.distributed.DistributedTraining`: each global batch is
+    sharded over the ranks and micro-batches accumulate. Everything around the step -- optimizer groups,
+    lr schedule, clipping, weight average, validation, checkpoints, history and cost meters -- is the
+    Trainer's.
     """
-    cfg = cfg or TrainConfig()
-    # --- distributed hook (training/distributed.py): sharded batches, DDP step, rank-0 writes ---
-    if distributed is not None:
-        source, validate = distributed.prepare(source, validate)
-    writer = distributed is None or distributed.is_main
-    _check_trainable(model)
-    device = torch.device(cfg.device)
-    model.to(device)
-    amp_dtype = _amp_dtype(cfg.amp, device)
-    n_batches = source.num_batches(cfg.batch_size)
-    steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-    t = _Trainer(
-        model=model,
-        source=source,
-        cfg=cfg,
-        validate=validate,
-        device=device,
-        amp_dtype=amp_dtype,
-        steps=steps,
-        optimizer=_make_optimizer(model, cfg),
-        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-        schedule=LRSchedule(cfg, steps * cfg.epochs),
-        hist=History(monitor=cfg.monitor, trainable_params=_trainable_params(model)),
-        ema=WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None,
-    )
-    if distributed is not None:
-        distributed.attach(t)
-    ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    if ckpt is not None and cfg.resume and ckpt.exists():
-        saved = ckpt.load(model, t.optimizer, t.scaler, t.schedule, cfg, t.ema)
-        t.hist, t.bad, t.done, t.best_state = History.from_dict(saved["history"]), *saved["loop"]
-        t.hist.resumed_from = t.hist.epochs
-        t.hist.trainable_params = _trainable_params(model)
-        log.info("resumed from %s after epoch %d", ckpt.dir, t.hist.epochs)
-    logger = EpochLogger(cfg.log_dir) if cfg.log_dir and writer else None
-    if logger is not None:
-        logger.replace([t.hist.row(e) for e in range(1, t.hist.epochs + 1)])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
-    try:
-        # Dropout draws from the global RNG: fork it so the caller's RNG state is left as found.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            for epoch in range(t.hist.epochs + 1, cfg.epochs + 1):
-                if t.done:
-                    break
-                t.run_epoch(epoch)
-                if ckpt is not None and writer:
-                    ckpt.save(epoch, t)
-                if logger is not None:
-                    logger.log_epoch(t.hist.row(epoch))
-    finally:
+    is_main = True  # this process writes checkpoints and logs
+
+    def prepare(self, source: BatchSource, validate: Any) -> tuple[Any, Any]:
+        """(the source the epochs iterate, the validate function) as this strategy needs them."""
+        return source, validate
+
+    def check(self, model: Recommender) -> None:
+        """Refuse a model this strategy cannot train."""
+
+    def begin_epoch(self, t: Trainer, epoch: int) -> None:
+        """Called after the epoch's seeds are set and before its first step."""
+
+    def backward(self, t: Trainer, batch: Any, epoch: int, step: int) -> torch.Tensor | float:
+        """Run the step's loss backward (gradients were zeroed); return its (detached) loss. A non-finite
+        loss raises FloatingPointError before any weight changes."""
+        raise NotImplementedError
+
+
+class SingleProcess(StepStrategy):
+    """One process; one batch per optimizer step."""
+
+    def backward(self, t: Trainer, batch: Any, epoch: int, step: int) -> torch.Tensor:
+        batch = batch.to(t.device)
+        with torch.autocast(t.device.type, dtype=t.amp_dtype or torch.float32, enabled=t.amp_dtype is not None):
+            loss = t.model.loss(batch)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
+                                     f"step {step + 1}")  # fmt: skip
+        (t.scaler.scale(loss) if t.scaler is not None else loss).backward()
+        return loss.detach().float()  # stays on the device: no host sync per step
+
+
+
+class Trainer:
+    """Trains a model (`loss(batch)`) on batches from `source`: AdamW (weight decay on matrices only),
+    optional AMP (CUDA), gradient clipping, an lr schedule and a weight average; validates every
+    `eval_every` epochs, stops early after `patience` validations without improvement and restores the
+    best weights; with `checkpoint_dir` it saves its state after every epoch and resumes from it.
+
+    `validate(model)` returns a Report, a dict of metrics, or a number; it
+    is called under `torch.no_grad()` with the model in eval mode. Without it the final weights are kept.
+    `strategy` (default: single process) decides how a step's batches become gradients -- the one epoch
+    loop, `train_epoch`, is the same for every strategy. Staged and event-stream training (Recformer's
+    two stages in training/recformer.py, TGN in training/events.py) run Trainers too.
+    """
+
+    def __init__(self, model: Recommender, source: BatchSource, cfg: TrainConfig | None = None,
+                 validate: Callable[[torch.nn.Module], Any] | None = None,
+                 strategy: StepStrategy | None = None) -> None:
+        self.cfg = cfg = cfg or TrainConfig()
+        self.strategy = strategy or SingleProcess()
+        _check_trainable(model)
+        self.strategy.check(model)
+        self.source, self.validate = self.strategy.prepare(source, validate)
+        self.model = model
+        self.device = torch.device(cfg.device)
+        model.to(self.device)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        n_batches = self.source.num_batches(cfg.batch_size)
+        self.steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)  # optimizer steps per epoch
+        self.optimizer = _make_optimizer(model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.schedule = LRSchedule(cfg, min(self.steps * cfg.epochs, cfg.max_steps or self.steps * cfg.epochs))
+        self.hist = History(monitor=cfg.monitor, trainable_params=_trainable_params(model))
+        self.ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None  # validated instead of live weights
+        # What a checkpoint captures besides the above (training/resume.py):
+        self.bad = 0  # validations since the last improvement
+        self.done = False
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_changed = False  # best_state was replaced in the epoch just finished
+
+    def fit(self) -> History:
+        """Run the remaining epochs (resuming from `checkpoint_dir` when it holds a run) and return the History."""
+        cfg, model, device = self.cfg, self.model, self.device
+        writer = self.strategy.is_main
+        ckpt = TrainerCheckpoint(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        if ckpt is not None and cfg.resume and ckpt.exists():
+            saved = ckpt.load(model, self.optimizer, self.scaler, self.schedule, cfg, self.ema)
+            self.hist, self.bad, self.done, self.best_state = History.from_dict(saved["history"]), *saved["loop"]
+            self.hist.resumed_from = self.hist.epochs
+            self.hist.trainable_params = _trainable_params(model)
+            log.info("resumed from %s after epoch %d", ckpt.dir, self.hist.epochs)
+        logger = EpochLogger(cfg.log_dir) if cfg.log_dir and writer else None
         if logger is not None:
-            logger.close()
-
-    if t.best_state is not None:
-        _restore(model, t.best_state)
-    elif t.ema is not None:
-        t.ema.copy_to(model)
-    hist = t.hist
-    if validate is None and hist.epochs:
-        hist.best_epoch, hist.seconds_to_best = hist.epochs, hist.total_seconds
-    hist.peak_memory_bytes, hist.peak_memory_source = _peak_memory(device)
-    return hist
-
-
-@dataclass
-class _Trainer:
-    """Everything one run of `fit` works with; the fields after `hist` are what a checkpoint captures."""
-
-    model: torch.nn.Module
-    source: BatchSource
-    cfg: TrainConfig
-    validate: Callable[[torch.nn.Module], Any] | None
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    steps: int  # optimizer steps per epoch
-    optimizer: torch.optim.Optimizer
-    scaler: Any  # torch.amp.GradScaler for fp16, else None
-    schedule: LRSchedule
-    hist: History
-    bad: int = 0  # validations since the last improvement
-    done: bool = False
-    best_state: dict[str, torch.Tensor] | None = None
-    best_changed: bool = False  # best_state was replaced in the epoch just finished
-    ema: WeightAverage | None = None  # validated and snapshotted instead of the live weights
+            logger.replace([self.hist.row(e) for e in range(1, self.hist.epochs + 1)])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            # Dropout draws from the global RNG: fork it so the caller's RNG state is left as found.
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                for epoch in range(self.hist.epochs + 1, cfg.epochs + 1):
+                    if self.done:
+                        break
+                    self.run_epoch(epoch)
+                    if ckpt is not None and writer:
+                        ckpt.save(epoch, self)
+                    if logger is not None:
+                        logger.log_epoch(self.hist.row(epoch))
+        finally:
+            if logger is not None:
+                logger.close()
+        if self.best_state is not None:
+            _restore(model, self.best_state)
+        elif self.ema is not None:
+            self.ema.copy_to(model)
+        hist = self.hist
+        if self.validate is None and hist.epochs:
+            hist.best_epoch, hist.seconds_to_best = hist.epochs, hist.total_seconds
+        hist.peak_memory_bytes, hist.peak_memory_source = peak_memory(device)
+        return hist
 
     def update(self, params: list[torch.nn.Parameter]) -> None:
-        """One optimizer step on the accumulated gradients, then what follows every step (single process
-        and DDP alike): the lr schedule and the weight average."""
+        """One optimizer step on the accumulated gradients, then what follows every step: the lr schedule
+        and the weight average."""
         optimizer_step(self.optimizer, self.scaler, params, self.cfg.grad_clip)
         self.schedule.step()
         if self.ema is not None:
@@ -284,34 +307,45 @@ class _Trainer:
         hist.valid_seconds.append(valid_s)
 
     def train_epoch(self, epoch: int) -> float:
-        cfg, model, device, opt, scaler = self.cfg, self.model, self.device, self.optimizer, self.scaler
+        """The one training epoch: `steps` optimizer steps over the source's batches for this epoch."""
+        cfg, model, opt = self.cfg, self.model, self.optimizer
+        self.strategy.begin_epoch(self, epoch)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        total = torch.zeros((), device=device)  # summed on device: no host sync per step
+        total: torch.Tensor | float = 0.0
         n = 0
         batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False,
-                   file=sys.stderr)  # fmt: skip
-        amp = self.amp_dtype
+        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+                   disable=not (cfg.progress and self.strategy.is_main))
         for batch in bar:
-            if n >= self.steps:
+            if n >= self.steps or self._out_of_steps():
                 break
-            batch = batch.to(device)
             self.schedule.apply(opt)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = model.loss(batch)
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(f"non-finite training loss {float(loss.detach())} at epoch {epoch}, "
-                                         f"step {n + 1}")  # fmt: skip
             opt.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
+            total = total + self.strategy.backward(self, batch, epoch, n)
             self.update(params)
-            total += loss.detach().float()
             n += 1
-            if cfg.progress and n % 10 == 0:
+            if cfg.progress and self.strategy.is_main and n % 10 == 0:
                 bar.set_postfix(loss=f"{float(total) / n:.4f}")
         bar.close()
+        if self._out_of_steps():
+            self.done = True
         return float(total) / max(n, 1)
+
+    def _out_of_steps(self) -> bool:
+        return self.cfg.max_steps is not None and self.schedule.step_count >= self.cfg.max_steps
+
+
+def fit(
+    model: Recommender,
+    source: BatchSource,
+    cfg: TrainConfig | None = None,
+    validate: Callable[[torch.nn.Module], Any] | None = None,
+    distributed: StepStrategy | None = None,
+) -> History:
+    """`Trainer(model, source, cfg, validate, strategy=distributed).fit()`: train and return the History.
+    `distributed`: a `training.distributed.DistributedTraining` for DDP / gradient accumulation."""
+    return Trainer(model, source, cfg, validate, strategy=distributed).fit()
 
 
 def _check_trainable(model: torch.nn.Module) -> None:
@@ -346,7 +380,7 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def _monitor_value(result: Any, monitor: str) -> float:
-    if callable(getattr(result, "metric", None)):
+    if isinstance(result, Report):
         value = result.metric(monitor)
         return float("nan") if value is None else float(value)  # None: no events to measure
     if isinstance(result, Mapping):
@@ -361,9 +395,9 @@ def _monitor_value(result: Any, monitor: str) -> float:
 
 
 def _metrics_of(result: Any, monitor: str) -> dict[str, float]:
-    if isinstance(getattr(result, "overall", None), Mapping):
+    if isinstance(result, Report):
         out = {k: float(v) for k, v in result.overall.items() if isinstance(v, (int, float))}
-        for group, metrics in (getattr(result, "groups", None) or {}).items():
+        for group, metrics in result.groups.items():
             out.update(
                 {f"{group}/{k}": float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
             )
@@ -397,7 +431,7 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         )
 
 
-def _peak_memory(device: torch.device) -> tuple[int, str]:
+def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,11 @@ import torch
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.sequences import left_pad
-from modalrec.errors import ConfigError
 from modalrec.models.recformer.checkpoint import save_recformer
-from modalrec.models.recformer.input import ItemTokens
+from modalrec.models.recformer.input import ItemTokens, PretrainBatch
 from modalrec.models.recformer.model import RecformerModel
-from modalrec.seeding import numpy_rng, torch_generator
+from modalrec.seeding import numpy_rng
+from modalrec.training.loop import TrainConfig, Trainer
 from modalrec.types import SeqBatch
 
 log = logging.getLogger(__name__)
@@ -88,75 +87,52 @@ class PretrainConfig:
     log_every: int = 20
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # no decay on biases and LayerNorm weights
-    rest = [p for p in params if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+@dataclass
+class _PretrainPairs:
+    """A corpus's (history, next item) pairs in a fresh seeded order each epoch, as PretrainBatch."""
 
+    corpus: PretrainCorpus
+    max_items: int
 
-def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"recformer loss is {float(loss)}")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
+    def __post_init__(self) -> None:
+        self.seq_idx, self.ends = _pairs(self.corpus.sequences)
 
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self.seq_idx) / batch_size)
 
-def peak_memory_mb(device: torch.device | str) -> dict[str, float | str]:
-    """CUDA: peak allocated by torch. CPU: the process's peak resident set (includes Python and data)."""
-    if torch.device(device).type == "cuda":
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "memory_kind": "cuda_max_allocated"}
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "cpu_max_rss"}
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[PretrainBatch]:
+        seqs = self.corpus.sequences
+        order = numpy_rng(seed, f"recformer/pretrain/epoch{epoch}").permutation(len(self.seq_idx))
+        for lo in range(0, len(order), batch_size):
+            sel = order[lo : lo + batch_size]
+            pairs = list(zip(self.seq_idx[sel], self.ends[sel]))
+            yield PretrainBatch([seqs[s][max(0, e - self.max_items) : e] for s, e in pairs],
+                                np.array([seqs[s][e] for s, e in pairs], dtype=np.int64), self.corpus.tokens)
 
 
 def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig) -> dict[str, Any]:
-    """MLM + item-item contrastive pretraining on a shuffled mix of all domains' (history, next item) pairs."""
-    model.to(cfg.device).train()
+    """MLM + item-item contrastive pretraining on a shuffled mix of all domains' (history, next item) pairs,
+    run by the shared Trainer (AdamW, linear warmup, clipping; `max_steps` caps the total)."""
     model.stage = None
-    seq_idx, ends = _pairs(corpus.sequences)
-    if len(seq_idx) == 0:
+    source = _PretrainPairs(corpus, model.cfg.max_items)
+    if len(source.seq_idx) == 0:
         raise ValueError("pretraining corpus has no sequence with two or more items")
-    opt = _optimizer(model, cfg.lr, cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    gen = torch_generator(cfg.seed, "recformer/mlm")
-    max_items = model.cfg.max_items
-    steps, curve, window, epoch_times = 0, [], [], []
-    first: dict[str, float] | None = None
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        order = numpy_rng(cfg.seed, f"recformer/pretrain/epoch{epoch}").permutation(len(seq_idx))
-        for lo in range(0, len(order), cfg.batch_size):
-            sel = order[lo : lo + cfg.batch_size]
-            hist = [corpus.sequences[s][max(0, e - max_items) : e] for s, e in zip(seq_idx[sel], ends[sel])]
-            targets = np.array([corpus.sequences[s][e] for s, e in zip(seq_idx[sel], ends[sel])], dtype=np.int64)
-            loss, parts = model.pretrain_loss(hist, targets, corpus.tokens, gen)
-            _step(model, opt, loss, cfg.grad_clip)
-            sched.step()
-            steps += 1
-            first = first or parts
-            window.append(parts)
-            if len(window) == cfg.log_every:
-                curve.append({"step": steps, **{k: float(np.mean([w[k] for w in window])) for k in parts}})
-                log.info("pretrain step %d %s", steps, curve[-1])
-                window = []
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
-                break
-        epoch_times.append(time.perf_counter() - t0)
-        if cfg.max_steps is not None and steps >= cfg.max_steps:
-            break
-    if window:
-        curve.append({"step": steps, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}})
+    train_cfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                            device=cfg.device, seed=cfg.seed, progress=False)
+    model.pretrain_parts = []
+    hist = Trainer(model, source, train_cfg).fit()
+    parts, steps = model.pretrain_parts, hist.steps
+    curve = [{"step": min(lo + cfg.log_every, len(parts)),
+              **{k: float(np.mean([p[k] for p in parts[lo : lo + cfg.log_every]])) for k in parts[0]}}
+             for lo in range(0, len(parts), cfg.log_every)]
     model.eval()
     return {
-        "steps": steps, "epochs_run": len(epoch_times), "pairs_per_epoch": len(seq_idx),
-        "time_s": time.perf_counter() - start, "time_per_epoch_s": epoch_times,
-        "time_per_step_s": (time.perf_counter() - start) / max(1, steps),
-        "first": first, "curve": curve, "corpus": corpus.describe(), "config": asdict(cfg),
-        **peak_memory_mb(cfg.device),
+        "steps": steps, "epochs_run": hist.epochs, "pairs_per_epoch": len(source.seq_idx),
+        "time_s": hist.total_seconds, "time_per_epoch_s": hist.epoch_seconds,
+        "time_per_step_s": hist.total_seconds / max(1, steps),
+        "first": parts[0] if parts else None, "curve": curve, "corpus": corpus.describe(), "config": asdict(cfg),
+        "peak_memory_mb": hist.peak_memory_bytes / 2**20, "memory_kind": hist.peak_memory_source,
     }
 
 
@@ -210,15 +186,31 @@ class FinetuneConfig:
     checkpoint_dir: str | None = None
 
 
+@dataclass
+class _StageEpochs:
+    """The PrefixPairs epochs of one finetuning stage (each stage shuffles with its own seeds)."""
+
+    source: PrefixPairs
+    stage: int
+
+    def num_batches(self, batch_size: int) -> int:
+        return self.source.num_batches(batch_size)
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[SeqBatch]:
+        return self.source.batches(batch_size, seed, epoch - 1 + 1000 * self.stage)
+
+
 def finetune(
     model: RecformerModel, source: PrefixPairs, cfg: FinetuneConfig,
     validate: Callable[[RecformerModel], Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Two-stage finetuning with best-on-VALID selection across both stages.
+    """Two-stage finetuning, each stage one run of the shared Trainer, with best-on-VALID selection across
+    both stages.
 
     `validate(model)` returns VALID metrics (e.g. `Evaluator(split.valid, ...).run(model).overall`); the
     epoch with the highest `cfg.monitor` wins. Without it the last epoch is kept. The model ends with the
-    winning weights and the item vectors it was validated with (frozen).
+    winning weights and the item vectors it was validated with (frozen); with `checkpoint_dir` it is
+    saved there (save_recformer) and each stage's resumable trainer state under checkpoint_dir/train_state.
     """
     model.to(cfg.device)
     history: list[dict[str, Any]] = []
@@ -227,7 +219,7 @@ def finetune(
         if epochs <= 0:
             continue
         if stage == 2:
-            if best is not None and best[3] == 1:  # the best stage-1 model and the vectors it was validated with
+            if best is not None:  # the best stage-1 model and the vectors it was validated with
                 model.load_state_dict(best[1])
                 model.set_item_vectors(best[2])
             else:
@@ -235,44 +227,33 @@ def finetune(
         else:
             model.unfreeze_item_vectors()
         model.stage = stage
-        lr = cfg.lr if stage == 1 or cfg.stage2_lr is None else cfg.stage2_lr
-        opt = _optimizer(model, lr, cfg.weight_decay)
-        stage_best, bad = -math.inf, 0
-        for epoch in range(epochs):
-            t0 = time.perf_counter()
-            model.reset_state()  # stage 1: re-encode the item table with the current weights
-            encode_s = time.perf_counter() - t0
-            model.train()
-            losses = []
-            for batch in source.batches(cfg.batch_size, cfg.seed, epoch + 1000 * stage, cfg.max_steps_per_epoch):
-                loss = model.loss(batch)
-                _step(model, opt, loss, cfg.grad_clip)
-                losses.append(float(loss.detach()))
-            model.eval()
-            train_s = time.perf_counter() - t0
-            memory = peak_memory_mb(cfg.device)  # before validating: the evaluator resets CUDA peak stats
-            metrics = dict(validate(model)) if validate is not None else {}
-            if validate is not None and cfg.monitor not in metrics:
-                raise ConfigError(f"monitor '{cfg.monitor}' not among validation metrics {sorted(metrics)}")
-            value = metrics.get(cfg.monitor, float(epoch + 1000 * stage))  # no validation: latest wins
-            record = {"stage": stage, "epoch": epoch, "steps": len(losses), "loss": float(np.mean(losses)),
-                      "item_encode_s": encode_s, "time_s": train_s, "valid_s": time.perf_counter() - t0 - train_s,
-                      "valid": metrics, **memory}
-            history.append(record)
-            log.info("recformer finetune %s", record)
-            if best is None or value > best[0]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = (value, state, model.item_embeddings().detach().cpu().clone(), stage, epoch)
-                if cfg.checkpoint_dir is not None:
-                    save_recformer(cfg.checkpoint_dir, model, {"stage": stage, "epoch": epoch, "valid": metrics})
-            bad = 0 if value > stage_best else bad + 1
-            stage_best = max(stage_best, value)
-            if cfg.patience is not None and bad >= cfg.patience:
-                break
+        train_cfg = TrainConfig(
+            epochs=epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+            lr=cfg.lr if stage == 1 or cfg.stage2_lr is None else cfg.stage2_lr, patience=cfg.patience or 0,
+            monitor=cfg.monitor, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=cfg.seed, device=cfg.device,
+            progress=False, checkpoint_dir=None if cfg.checkpoint_dir is None else
+            str(Path(cfg.checkpoint_dir) / "train_state" / f"stage{stage}"))
+        trainer = Trainer(model, _StageEpochs(source, stage), train_cfg, validate)
+        hist = trainer.fit()  # ends with the stage's best weights
+        for i in range(hist.epochs):
+            history.append({"stage": stage, "epoch": i, "steps": trainer.steps, "loss": hist.train_loss[i],
+                            "time_s": hist.epoch_seconds[i], "valid_s": hist.valid_seconds[i],
+                            "valid": hist.valid[i] or {}, "peak_memory_mb": hist.peak_memory_bytes / 2**20,
+                            "memory_kind": hist.peak_memory_source})
+            log.info("recformer finetune %s", history[-1])
+        value = hist.best_metric if validate is not None else float(hist.epochs + 1000 * stage)  # no VALID: latest
+        if best is None or value > best[0]:
+            if not model.item_vectors_frozen:  # stage 1: the restored weights' vectors; stage 2 keeps its frozen ones
+                model.refresh_item_vectors()
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best = (value, state, model.item_embeddings().detach().cpu().clone(), stage, (hist.best_epoch or 1) - 1)
     if best is not None:
         model.load_state_dict(best[1])
         model.set_item_vectors(best[2])
     model.stage = None
     model.eval()
+    if best is not None and cfg.checkpoint_dir is not None:
+        valid = history[[h["stage"] for h in history].index(best[3]) + best[4]]["valid"]
+        save_recformer(cfg.checkpoint_dir, model, {"stage": best[3], "epoch": best[4], "valid": valid})
     return {"history": history, "best": None if best is None else
             {"stage": best[3], "epoch": best[4], cfg.monitor: best[0]}, "config": asdict(cfg)}

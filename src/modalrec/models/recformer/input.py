@@ -201,6 +201,21 @@ def _tokenize(tokenizer: Any, texts: list[str], max_tokens: int) -> list[list[in
 
 
 @dataclass
+class PretrainBatch:
+    """Pretraining examples: (history, next item) pairs over a (multi-domain) token store."""
+
+    histories: list[np.ndarray]  # chronological item indices into `tokens`
+    targets: np.ndarray  # [B] int64 next items
+    tokens: ItemTokens
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device | str) -> PretrainBatch:
+        return self  # token ids are built on the model's device from the item indices
+
+
+@dataclass
 class RecInputs:
     """A right-padded batch of token sequences with Recformer's four id kinds (all [B, T] int64)."""
 

@@ -26,6 +26,7 @@ from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext, SequentialRecommender, Training
 from modalrec.models.recformer.input import (
     ItemTokens,
+    PretrainBatch,
     RecInputs,
     build_inputs,
     build_item_inputs,
@@ -35,7 +36,7 @@ from modalrec.models.recformer.input import (
     mlm_mask,
 )
 from modalrec.models.recformer.weights import load_bert_weights
-from modalrec.seeding import derive_seed
+from modalrec.seeding import derive_seed, torch_generator
 from modalrec.types import SeqBatch
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ class RecformerModel(SequentialRecommender):
         self._vecs_stale = True
         self._vecs_frozen = False
         self.stage: int | None = None  # 1 = re-encode items each epoch, 2 = item vectors frozen
+        self._mlm_generator = torch_generator(cfg.seed, "recformer/mlm")
+        self.pretrain_parts: list[dict[str, float]] = []  # loss parts of each pretraining step taken
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -360,11 +363,20 @@ class RecformerModel(SequentialRecommender):
             table = table[items.to(self.device)]  # [M, H]
         return self.forward(batch) @ table.T  # [B, N + 1] or [B, M]
 
-    def loss(self, batch: SeqBatch) -> torch.Tensor:
-        """Finetuning: softmax over all items against the current fixed item matrix (stage 1: this
+    def reseed(self, seed: int) -> None:
+        """The trainer's per-epoch seed: pretraining draws its MLM masks from it."""
+        self._mlm_generator = torch_generator(seed, "recformer/mlm")
+
+    def loss(self, batch: SeqBatch | PretrainBatch) -> torch.Tensor:
+        """A PretrainBatch: MLM + item-item contrastive (`pretrain_loss`; its parts are appended to
+        `pretrain_parts`). A SeqBatch: finetuning, a softmax over all items against the current fixed item matrix (stage 1: this
         epoch's encoding; stage 2: the frozen one), averaged over every non-PAD target. Targets [B]
         (one per history) or [B, L] (TrainWindows: target t follows items[:, :t + 1], so each target is
         predicted from its own prefix of the window)."""
+        if isinstance(batch, PretrainBatch):
+            loss, parts = self.pretrain_loss(batch.histories, batch.targets, batch.tokens, self._mlm_generator)
+            self.pretrain_parts.append(parts)
+            return loss
         items, targets = batch.items.detach().cpu().numpy(), batch.targets.detach().cpu()
         if targets.dim() == 1:
             rows = torch.nonzero(targets > 0).flatten().tolist()

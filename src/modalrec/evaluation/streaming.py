@@ -1,18 +1,18 @@
-"""Streaming evaluation and the epoch driver for MM-TGN (and any model with the same stateful API:
-`reset_state`, `observe`, `state_dict_memory` / `load_memory`, `context`, `pair_scores`, `score`).
+"""Streaming evaluation of stateful models (`Recommender.stateful`, MM-TGN: `reset_state`, `observe`,
+`state_dict_memory` / `load_memory`, `context`, `pair_scores`, `score`).
 
-Why a TGN-specific driver: the shared evaluator ranks EvalSet events in user order with a stateless
+Why a streaming evaluator: the Evaluator ranks EvalSet events in user order with a stateless
 `score(SeqBatch)`, but a temporal graph model must see the evaluation events in time order, be scored
 on each batch *before* the batch updates its memory, and have its memory saved / restored around
-validation. Ranks still use the shared pessimistic-tie `ranks_from_scores` and metrics come from the
-shared `compute_metrics`, so numbers are directly comparable with the shared evaluator's.
+validation. Ranks come from the shared ranking core (`ranking.rank_block`), metrics from the shared
+`compute_metrics`, and the result is a `Report`, so numbers compare directly with the Evaluator's.
 
 Per evaluation batch: (1) one node context (pending messages applied) from earlier batches only;
 (2) link-prediction scores for the event's item vs random and historical negatives -> AP / AUC;
 (3) full-ranking scores over all items with PAD and the user's earlier items masked -> ranks;
-(4) `observe(batch)`. Groups: overall, transductive (user and item seen in training), inductive (new
-user or new item), cold_item, cold_user. AP / AUC are pooled over all (positive, negative) pairs of a
-group (not averaged per batch).
+(4) `observe(batch)`. Report: overall, and groups transductive (user and item seen in training),
+inductive (new user or new item), cold_item, cold_user. AP / AUC are pooled over all (positive,
+negative) pairs of a group (not averaged per batch).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from modalrec.data.events import EventStream, random_negatives
-from modalrec.evaluation.metrics import METRIC_DEFINITIONS, compute_metrics, ranks_from_scores
+from modalrec.evaluation.metrics import compute_metrics, definitions
+from modalrec.evaluation.ranking import exclusion_pairs, rank_block
+from modalrec.evaluation.report import Report
 from modalrec.seeding import torch_generator
-from modalrec.training.loop import History, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class StreamEvalConfig:
 def evaluate_stream(
     model: Any, stream: EventStream, cfg: StreamEvalConfig | None = None, *, observe: bool = True,
     restore: bool = False, name: str = "test",
-) -> dict[str, Any]:
+) -> Report:
     """Score `stream` in time order (each batch before it is observed). With `restore`, the model's
     streaming state is put back exactly as it was afterwards."""
     cfg = cfg or StreamEvalConfig()
@@ -111,11 +112,10 @@ def evaluate_stream(
         if cfg.full_ranking:
             tr = time.perf_counter()
             scores = model.score(batch, ctx=ctx)  # [B, n_items + 1]
-            cand = torch.ones_like(scores, dtype=torch.bool)
-            cand[:, 0] = False
-            if cfg.exclude_seen:
-                cand &= ~stream.history_mask(lo, hi).to(scores.device)
-            ranks[lo:hi] = ranks_from_scores(scores, batch.items.to(scores.device), cand).cpu()
+            targets = batch.items.to(scores.device)
+            excluded = exclusion_pairs(stream.history_mask(lo, hi).to(scores.device), targets) \
+                if cfg.exclude_seen else (None, None)
+            ranks[lo:hi] = rank_block(scores, targets, *excluded, where=f"events {lo}..{hi - 1} of '{name}'")[0].cpu()
             rank_seconds += time.perf_counter() - tr
         if observe:
             model.observe(batch)
@@ -123,65 +123,46 @@ def evaluate_stream(
     if snapshot is not None:
         model.load_memory(snapshot)
     model.train(was_training)
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, int] = {}
     for g, mask_np in stream.group_masks().items():
         m = torch.from_numpy(mask_np)
-        out: dict[str, Any] = {"count": int(m.sum())}
+        counts[g] = n_g = int(m.sum())
+        out: dict[str, float | None] = {}
         for kind in cfg.negatives:
-            ok = int(m.sum()) > 0
-            out[f"ap_{kind}"] = average_precision(pos_s[kind][m], neg_s[kind][m]) if ok else None
-            out[f"auc_{kind}"] = roc_auc(pos_s[kind][m], neg_s[kind][m]) if ok else None
-        if "historical" in cfg.negatives and int(m.sum()):
+            out[f"ap_{kind}"] = average_precision(pos_s[kind][m], neg_s[kind][m]) if n_g else None
+            out[f"auc_{kind}"] = roc_auc(pos_s[kind][m], neg_s[kind][m]) if n_g else None
+        if "historical" in cfg.negatives and n_g:
             out["historical_fallback_frac"] = float(fallback[m].float().mean())
         if cfg.full_ranking:
             out.update(compute_metrics(ranks[m], cfg.ks))
         groups[g] = out
-    return {
+    return Report(overall=groups.pop("overall"), groups=groups, counts=counts, meta={
         "name": name,
-        "events": n_e,
-        "groups": groups,
-        "meta": {
-            "seconds": seconds,
-            "ranking_seconds": rank_seconds,
-            "events_per_s": n_e / seconds if seconds > 0 else None,
-            "batch_size": cfg.batch_size,
-            "negatives_per_event": n_neg,
-            "exclude_seen": cfg.exclude_seen,
-            "ties": "pessimistic",
-            "metric_definitions": {
-                **METRIC_DEFINITIONS,
-                "ap": "average precision of positives vs sampled negatives, pooled over the group",
-                "auc": "ROC AUC of positives vs sampled negatives (ties count 1/2), pooled over the group",
-                "historical negative": "an item the same user interacted with earlier (random if none)",
-            },
-        },
-    }
+        "model": type(model).__name__,
+        "protocol": "streaming: events in time order, each batch scored before it is observed",
+        "n_events": n_e,
+        "seconds": seconds,
+        "ranking_seconds": rank_seconds,
+        "events_per_s": n_e / seconds if seconds > 0 else None,
+        "batch_size": cfg.batch_size,
+        "negatives_per_event": n_neg,
+        "exclude_seen": cfg.exclude_seen,
+        "ties": "pessimistic",
+        "metric_definitions": definitions(),
+        "negatives": {"random": "an item drawn uniformly from the catalogue",
+                      "historical": "an item the same user interacted with earlier (random if none)"},
+    }, ranks=ranks.numpy() if cfg.full_ranking else None)
 
 
-def stream_validator(
-    valid: EventStream, cfg: StreamEvalConfig | None = None, group: str = "overall"
-) -> Callable[[Any], dict[str, float]]:
-    """`validate(model)` for `training.loop.fit`: streams VALID in time order from the end-of-epoch
-    training memory (scored before observed), restores that memory exactly, and returns the numeric
-    metrics of `group` (e.g. "mrr", "ndcg@10", "ap_random")."""
+def stream_validator(valid: EventStream, cfg: StreamEvalConfig | None = None) -> Callable[[Any], Report]:
+    """`validate(model)` for training: streams VALID in time order from the end-of-epoch training memory
+    (scored before observed), restores that memory exactly, and returns the Report."""
 
-    def validate(model: Any) -> dict[str, float]:
-        rep = evaluate_stream(model, valid, cfg, observe=True, restore=True, name="valid")
-        return {k: float(v) for k, v in rep["groups"][group].items() if isinstance(v, (int, float))}
+    def validate(model: Any) -> Report:
+        return evaluate_stream(model, valid, cfg, observe=True, restore=True, name="valid")
 
     return validate
-
-
-def fit_tgn(model: Any, train: EventStream, valid: EventStream, cfg: TrainConfig | None = None,
-            eval_cfg: StreamEvalConfig | None = None) -> History:
-    """Train with the shared loop (`training.loop.fit`): it calls `reset_state()` at every epoch start and
-    `loss(batch)` per chronological batch (the model observes each batch right after its loss), selects
-    on VALID with early stopping / ReduceLROnPlateau (`cfg.scheduler="plateau"`) and restores the best
-    weights. Memory is not part of the weights; rebuild it with `run_protocol` before testing."""
-    if not model.cfg.observe_in_loss:
-        raise ValueError("fit_tgn needs TGNConfig.observe_in_loss=True (the shared loop never calls observe)")
-    cfg = cfg or TrainConfig(scheduler="plateau", monitor="mrr", progress=False)
-    return fit(model, train.with_negatives(model.cfg.n_negatives), cfg, stream_validator(valid, eval_cfg))
 
 
 @torch.no_grad()
@@ -194,7 +175,7 @@ def stream_through(model: Any, stream: EventStream, batch_size: int) -> None:
 
 def run_protocol(
     model: Any, train: EventStream, valid: EventStream, test: EventStream, cfg: StreamEvalConfig | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # {"valid": Report, "test": Report, "train_stream_seconds": float}
     """The chronological protocol: reset, observe train, evaluate valid (then observe it), evaluate test."""
     cfg = cfg or StreamEvalConfig()
     model.reset_state()
@@ -206,7 +187,8 @@ def run_protocol(
     return {"valid": rep_valid, "test": rep_test, "train_stream_seconds": warm_s}
 
 
-def summary(rep: dict[str, Any], keys: tuple[str, ...] = ("ap_random", "auc_random", "ap_historical",
+def summary(rep: Report, keys: tuple[str, ...] = ("ap_random", "auc_random", "ap_historical",
             "auc_historical", "ndcg@10", "recall@10", "mrr")) -> dict[str, dict[str, Any]]:
-    """{group: {key: value}} for the headline metrics of an evaluate_stream report."""
-    return {g: {"count": v["count"], **{k: v.get(k) for k in keys}} for g, v in rep["groups"].items()}
+    """{group: {count, key: value}} for the headline metrics of a streaming Report (overall first)."""
+    tables = {"overall": rep.overall, **rep.groups}
+    return {g: {"count": rep.counts[g], **{k: t.get(k) for k in keys}} for g, t in tables.items()}

@@ -1,0 +1,241 @@
+"""Cold start and repeats on real data: every model x every group, VALID and TEST, per dataset and seed.
+
+Datasets (../shared/data; each is one `modalrec.pipeline.run_experiment` configuration):
+- `ml100k`: MovieLens-100K, global temporal split 70/15/15 (cold-item events = movies first rated after
+  training), MiniLM over "{title}. Genres: {genres}. {plot}" + EfficientNet-Lite0 posters, item launch =
+  u.item release date;
+- `iisan_scientific`, `iisan_instruments`: the IISAN users/items TSVs, leave-one-out (cold targets as they
+  occur), MiniLM titles — the IISAN papers' protocol (leave-one-out, full ranking, HR / NDCG@10);
+- `unisrec_scientific`: UniSRec's own train/valid/test files, MiniLM over "title. categories. brand.";
+- `iisan_scientific_cold10`: iisan_scientific with `split.cold_item_fraction = 0.1` (the MMSR protocol:
+  10% of items never seen in training; which items depends on the seed).
+Models: the no-learning rules (pop, recent_pop with a launch-time tie-break, newest_first — only where the
+log has a clock or the items have dates, i.e. not on the order-only Amazon files —, content_knn, repeat_history) and SASRec with an ID, a content and a hybrid (content + ID) item tower.
+
+Protocol: full ranking over every item, history items other than the target excluded (a repeat target stays
+rankable and is counted in the `repeat` group), pessimistic ties, best VALID epoch, TEST once. Groups:
+warm / cold_item / cold_user, repeat / novel, history buckets (modalrec.data.splits.GROUP_DEFINITIONS).
+Exact duplicate (user, item, timestamp) events are collapsed (data.dedupe). Results accumulate in --out
+(one entry per dataset, model and seed; rerunning skips what is there), and --table gets one markdown
+table per dataset.
+
+    nice -n 10 python benchmarks/cold_start.py --out benchmarks/results/cold_start_cpu.json \\
+        --table benchmarks/results/cold_start_cpu.md --models rules
+    nice -n 10 python benchmarks/cold_start.py --datasets ml100k --models sasrec_id sasrec_content --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _output import emit_json
+
+SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
+SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid")
+GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
+          "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
+METRICS = ("ndcg@10", "hr@10")
+log = logging.getLogger("cold_start")
+
+
+def datasets(root: Path) -> dict[str, dict[str, Any]]:
+    iisan = root / "amazon-iisan"
+    iisan_sci = {"source": "amazon_iisan", "options": {
+        "users_tsv": str(iisan / "am_Industrial_and_Scientific_users.tsv"),
+        "items_tsv": str(iisan / "Industrial_and_Scientific_items.tsv")}}
+    text_only = {"text": "minilm", "template": "{title}"}
+    return {
+        "ml100k": {"data": {"source": "movielens", "options": {"directory": str(root / "ml-100k")}},
+                   "split": {"kind": "global_temporal", "ratios": [0.7, 0.15, 0.15]},
+                   "features": {"text": "minilm", "image": "efficientnet-lite0",
+                                "template": "{title}. Genres: {genres}. {plot}"},
+                   "content": "text+image", "loss": "sampled",
+                   "protocol": "global temporal 70/15/15 (this project's protocol; no published reference)"},
+        "iisan_scientific": {"data": iisan_sci, "split": {"kind": "leave_one_out"}, "features": text_only, "clock": False,
+                             "content": "text", "loss": "ce",
+                             "protocol": "leave-one-out, full ranking (the IISAN papers' protocol)"},
+        "iisan_instruments": {"data": {"source": "amazon_iisan", "options": {
+                                  "users_tsv": str(iisan / "am_Musical_Instruments_users_10K.tsv"),
+                                  "items_tsv": str(iisan / "Musical_Instruments_items.tsv")}},
+                              "split": {"kind": "leave_one_out"}, "features": text_only, "content": "text", "clock": False,
+                              "loss": "ce", "protocol": "leave-one-out, full ranking (the IISAN papers' protocol)"},
+        "unisrec_scientific": {"data": {"source": "recbole", "options": {
+                                   "directory": str(root / "amazon-scientific-unisrec"), "name": "Scientific",
+                                   "presplit": True}},
+                               "split": {"kind": "presplit"}, "features": {"text": "minilm", "template": "{text}"}, "clock": False,
+                               "content": "text", "loss": "ce",
+                               "protocol": "UniSRec's shipped leave-one-out files, full ranking"},
+        "iisan_scientific_cold10": {"data": iisan_sci,
+                                    "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1}, "clock": False,
+                                    "features": text_only, "content": "text", "loss": "ce",
+                                    "protocol": "leave-one-out with 10% of items held out of training (MMSR)"},
+    }
+
+
+def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if model == "recent_pop":
+        return {"name": "recent_pop", "params": {"launch_tie_break": True}}
+    if model == "content_knn":
+        return {"name": "content_knn", "params": {"max_len": args.max_len}}
+    if model == "repeat_history":
+        return {"name": "repeat_history", "params": {"max_len": args.max_len}}
+    if model in ("pop", "newest_first"):
+        return {"name": model, "params": {}}
+    tower = {"sasrec_id": {"kind": "id"},
+             "sasrec_content": {"kind": ds["content"], "fusion": "film"},
+             "sasrec_hybrid": {"kind": "hybrid", "options": {"content": ds["content"], "id_dropout": 0.2}}}[model]
+    loss = ds["loss"]
+    return {"name": "sasrec", "params": {
+        "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
+        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}),
+        "tower": {"dropout": 0.1, **tower}}}
+
+
+def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
+    from modalrec.config import from_dict
+    from modalrec.experiment import ExperimentConfig
+
+    ds = datasets(args.data_root)[name]
+    return from_dict(ExperimentConfig, {
+        "name": f"{name}-{model}-s{seed}", "seed": seed, "data": ds["data"], "split": ds["split"],
+        "features": {**ds["features"], "cache_dir": args.cache_dir, "device": args.device},
+        "model": model_spec(model, ds, args),
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "patience": args.patience,
+                  "device": args.device, "progress": False, "seed": seed},
+        "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
+    })
+
+
+def groups_of(report: Any) -> dict[str, Any]:
+    return {g: {"n": report.counts.get(g, 0), **{m: report.metric(m, g) for m in METRICS}}
+            for g in GROUPS if g == "overall" or g in report.groups}
+
+
+def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from modalrec.pipeline import run_experiment
+
+    cfg = config(name, model, seed, args)
+    t0 = time.perf_counter()
+    res = run_experiment(cfg, write=False)
+    hist = res.history
+    return {
+        "dataset": name, "model": model, "seed": seed, "config": res.manifest["config"]["model"],
+        "valid": groups_of(res.valid), "test": groups_of(res.test),
+        "epochs_run": getattr(hist, "epochs", 0) if hist is not None else 0,
+        "best_epoch": getattr(hist, "best_epoch", None) if hist is not None else None,
+        "epoch_cap": args.epochs if model in SASRECS else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
+                                                             "duplicate_events_removed", "items_with_launch_time")},
+        "split": res.manifest["split"], "item_launch": res.manifest["item_launch"],
+        "candidates": res.test.meta.get("candidates"),
+    }
+
+
+def table(results: list[dict[str, Any]], name: str, part: str = "test") -> str:
+    """Model x group NDCG@10 (mean over seeds; seeds listed), event counts in the header."""
+    rows = [r for r in results if r["dataset"] == name and "error" not in r]
+    if not rows:
+        return ""
+    groups = [g for g in GROUPS if g in rows[0][part]]
+    head = [f"{g} (n={rows[0][part][g]['n']})" for g in groups]
+    lines = ["| model | seeds | " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(groups)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        runs = [r for r in rows if r["model"] == model]
+        cells = []
+        for g in groups:
+            vals = [r[part][g]["ndcg@10"] for r in runs if r[part][g]["ndcg@10"] is not None]
+            cells.append("n/a" if not vals else f"{sum(vals) / len(vals):.4f}")
+        lines.append(f"| {model} | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=SHARED)
+    p.add_argument("--datasets", nargs="+", default=list(datasets(SHARED)))
+    p.add_argument("--models", nargs="+", default=[*RULES, *SASRECS],
+                   help="model names, or 'rules' / 'sasrec' for each family")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=20, help="epoch cap for the SASRec runs (stated in the JSON)")
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--cache-dir", default=".cache/features")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None, help="JSON results (accumulated; existing entries are kept)")
+    p.add_argument("--table", type=Path, default=None, help="markdown tables (TEST and VALID NDCG@10 per group)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    models = [m for spec in args.models for m in (RULES if spec == "rules" else SASRECS if spec == "sasrec" else [spec])]
+    unknown = sorted(set(models) - {*RULES, *SASRECS}) + sorted(set(args.datasets) - set(datasets(args.data_root)))
+    if unknown:
+        raise SystemExit(f"unknown model / dataset: {unknown}")
+    previous = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    results = [r for r in previous.get("results", []) if "error" not in r]  # failed runs are retried
+    done = {(r["dataset"], r["model"], r["seed"]) for r in results}
+    for name in args.datasets:
+        for model in models:
+            for seed in args.seeds if model in SASRECS or "cold10" in name else args.seeds[:1]:
+                if (name, model, seed) in done:
+                    continue
+                if model == "newest_first" and datasets(args.data_root)[name].get("clock", True) is False:
+                    continue  # order-only log, no metadata dates: no launch time to rank by
+                log.info("%s / %s / seed %d", name, model, seed)
+                try:
+                    results.append(run_one(name, model, seed, args))
+                except Exception as exc:  # record why a cell is empty, go on with the rest
+                    log.exception("%s / %s failed", name, model)
+                    results.append({"dataset": name, "model": model, "seed": seed, "error": repr(exc)})
+                write(results, args)
+    return write(results, args)
+
+
+def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    from modalrec.data.splits import GROUP_DEFINITIONS
+    from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE
+
+    present = {r["dataset"] for r in results}
+    names = [n for n in datasets(args.data_root) if n in present]
+    protocols = {n: datasets(args.data_root)[n]["protocol"] for n in names}
+    out = {"benchmark": "cold_start", "protocol": {
+        "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,
+        "selection": "best VALID NDCG@10 epoch (SASRec), TEST once", "groups": GROUP_DEFINITIONS,
+        "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
+        "results": results}
+    if args.out:
+        _write_json(out, args.out)
+    if args.table:
+        parts = []
+        for n in names:
+            parts.append(f"### {n}: {protocols[n]}\n\nTEST NDCG@10 by group (mean over the seeds listed)\n\n"
+                         f"{table(results, n)}\n\nVALID NDCG@10 by group\n\n{table(results, n, 'valid')}\n")
+        args.table.write_text("\n".join(parts))
+    return out
+
+
+def _write_json(out: dict[str, Any], path: Path) -> None:
+    from modalrec.io import write_json_atomic
+
+    write_json_atomic(path, json.loads(json.dumps(out, default=str)))
+
+
+if __name__ == "__main__":
+    emit_json(main(), None)
