@@ -32,6 +32,7 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
     """Raise ConfigError naming the first bad key (and the valid choices); return what was checked."""
     model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
     check_data(cfg.data.source, cfg.data.options)
+    _check_split(cfg)
     for key in ("store", "hidden"):
         value = getattr(cfg.features, key)
         if value and not Path(value).exists():
@@ -93,6 +94,20 @@ def check_data(source: str, options: dict[str, Any]) -> None:
     for key, value in options.items():
         if value is not None and "Path" in str(params[key].annotation) and not Path(value).exists():
             raise ConfigError(f"data.options.{key}: {value} does not exist")
+
+
+def _check_split(cfg: ExperimentConfig) -> None:
+    """A table read from train / valid / test files is evaluated on that split, and only such a table is."""
+    if cfg.data.source != "table":
+        return
+    from modalrec.data.sources.tabular import check_options, ships_split
+
+    check_options(**cfg.data.options)
+    if ships_split(cfg.data.options) and cfg.split.kind != "presplit":
+        raise ConfigError(f"data.options give train_path / valid_path / test_path, so split.kind must be 'presplit' "
+                          f"(got {cfg.split.kind!r})")
+    if cfg.split.kind == "presplit" and not ships_split(cfg.data.options):
+        raise ConfigError("split.kind 'presplit' needs data.options train_path / valid_path / test_path")
 
 
 def _towers(obj: Any, where: str) -> list[tuple[str, Any]]:

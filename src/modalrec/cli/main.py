@@ -13,6 +13,7 @@ from modalrec.errors import ModalrecError
 # heavy or optional dependencies inside `run`, so `modalrec --help` stays fast.
 COMMANDS = {
     "demo": ("modalrec.cli.demo", "train and compare models on the built-in multimodal dataset"),
+    "data": ("modalrec.cli.data", "inspect a dataset from a config: counts, time span, cold shares, missing content"),
     "prepare": ("modalrec.cli.prepare", "load, filter and split a dataset; print its summary"),
     "encode": ("modalrec.cli.encode", "encode item text/images into a FeatureStore (resumable)"),
     "train": ("modalrec.cli.train", "train a model; select on VALID, evaluate TEST once; write a run directory"),

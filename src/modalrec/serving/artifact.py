@@ -169,7 +169,8 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     """
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
-    from modalrec.pipeline import load_data, make_split
+    from modalrec.pipeline import features_for, load_data, make_split
+    from modalrec.validation import check_model
 
     run_dir = Path(source.run_dir) if hasattr(source, "run_dir") else Path(source)
     if hasattr(source, "run_dir") and source.run_dir is None:
@@ -199,7 +200,9 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         raise MismatchError(f"checkpoint {ckpt} was trained on item vocabulary {ckpt_vocab_hash}, the data gives "
                             f"{ds.item_vocab.hash}")
     split = make_split(ds, cfg.split, cfg.seed)
-    specs = {m: s for m, s in (("text", cfg.features.text), ("image", cfg.features.image)) if s}
+    model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
+    features = features_for(cfg.features, model_cls.content_modalities(model_cfg))  # what training encoded
+    specs = {m: s for m, s in (("text", features.text), ("image", features.image)) if s}
     specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -215,7 +218,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         save_file({"offsets": inter.offsets.astype(np.int64), "items": inter.item.astype(np.int64),
                    "train_item_counts": split.train.item_counts().astype(np.int64)},
                   str(tmp / "users.safetensors"))
-        store_info = _export_features(ds, cfg.features, tmp / "features")
+        store_info = _export_features(ds, features, tmp / "features")
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
@@ -224,7 +227,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
             "user_vocab_hash": ds.user_vocab.hash, "dataset_hash": ds.content_hash(),
             "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
-            "features": {"store": store_info, "encoders": specs, "template": cfg.features.template},
+            "features": {"store": store_info, "encoders": specs, "template": features.template},
             "index": dict(index or {"kind": "exact"}),
             "files": {str(p.relative_to(tmp)): _sha256(p, full=True)
                       for p in sorted(tmp.rglob("*")) if p.is_file()},
