@@ -140,7 +140,12 @@ def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
 
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
         return  # streaming evaluation has its own metrics; count models are not trained
+    from modalrec.data.splits import GROUPS
+
     names = metric_names(cfg.eval.ks)
-    if cfg.train.monitor not in names:
+    group, _, name = cfg.train.monitor.rpartition("/")
+    if name not in names:
         raise ConfigError(f"train.monitor: {cfg.train.monitor!r} is not computed with eval.ks={cfg.eval.ks}; "
-                          f"available: {names}")
+                          f"available: {names} (or GROUP/metric)")
+    if group and group not in ("overall", *GROUPS):
+        raise ConfigError(f"train.monitor: unknown group {group!r} in {cfg.train.monitor!r}; groups: {list(GROUPS)}")
