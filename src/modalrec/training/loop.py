@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
+from modalrec import progress
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report
 from modalrec.models.base import Recommender, Training
@@ -282,15 +282,20 @@ class Trainer:
         metrics, valid_s, self.best_changed = None, 0.0, False
         hist.total_seconds += train_s
         if self.validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            metrics, value, improved, valid_s = self._validate(epoch)
+            metrics, value, _, valid_s = self._validate(epoch)
             hist.total_seconds += valid_s
-            mark = " *" if improved else ""
-            log.info("epoch %d: loss %.4f, %s %.4f%s (%.1fs + %.1fs)", epoch, loss, cfg.monitor, value, mark,
-                     train_s, valid_s)  # fmt: skip
-        else:
-            log.info("epoch %d: loss %.4f (%.1fs)", epoch, loss, train_s)
         hist.valid.append(metrics)
         hist.valid_seconds.append(valid_s)
+        if self.strategy.is_main:
+            spent = hist.total_seconds / hist.epochs  # this run's seconds per epoch, validation included
+            left = 0 if self.done else cfg.epochs - epoch
+            text = progress.epoch_line(epoch, cfg.epochs, loss, spent, spent * left if left else None,
+                                       cfg.monitor if metrics is not None else None,
+                                       value if metrics is not None else None, self.best_changed)
+            if cfg.progress:
+                progress.line(text)
+            else:
+                log.info(text)
 
     def validate_initial(self) -> None:
         """Epoch 0: validate the weights before any step; they are kept if no epoch beats them."""
@@ -335,8 +340,7 @@ class Trainer:
         total: torch.Tensor | float = 0.0
         n = 0
         batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-                   disable=not (cfg.progress and self.strategy.is_main))
+        bar = progress.bar(batches, total=self.steps, desc=f"epoch {epoch}", enabled=cfg.progress and self.strategy.is_main)
         for batch in bar:
             if n >= self.steps or self._out_of_steps():
                 break
