@@ -109,7 +109,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "features": {**ds["features"], "cache_dir": args.cache_dir, "device": args.device},
         "model": model_spec(model, ds, args),
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "patience": args.patience,
-                  "device": args.device, "progress": False, "seed": seed},
+                  "device": args.device, "progress": False},
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
 
@@ -212,7 +212,8 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
     from modalrec.data.splits import GROUP_DEFINITIONS
     from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE
 
-    names = list(dict.fromkeys(r["dataset"] for r in results))
+    present = {r["dataset"] for r in results}
+    names = [n for n in datasets(args.data_root) if n in present]
     protocols = {n: datasets(args.data_root)[n]["protocol"] for n in names}
     out = {"benchmark": "cold_start", "protocol": {
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,

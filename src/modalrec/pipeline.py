@@ -5,6 +5,7 @@ Each step is a plain function so that the CLI, benchmarks and notebooks compose 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import resource
@@ -21,20 +22,20 @@ from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
-from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
+from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
+from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
 
-def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
+def load_data(cfg: DataConfig) -> Dataset:
+    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`).
+    A synthetic source's seed comes from the experiment (`experiment.seeded`)."""
     from modalrec.data import filters
     from modalrec.data.sources import load_dataset
 
     options = dict(cfg.options)
-    if cfg.source == "synthetic":
-        options.setdefault("seed", seed)
     if cfg.min_rating is not None:  # ratings are applied by the loader, before vocabularies are built
         options["min_rating"] = cfg.min_rating
     try:
@@ -76,8 +77,7 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         return {}, {}
     from modalrec.features.build import encode_catalogue
 
-    key = f"{ds.name}-{ds.item_vocab.hash}-{cfg.text or 'none'}-{cfg.image or 'none'}".replace("/", "_").replace(":", "_")
-    out_dir = Path(cfg.cache_dir) / key
+    out_dir = feature_cache_dir(ds, cfg)
     store = encode_catalogue(
         ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
         batch_size=cfg.batch_size, device=cfg.device, resume=True, shard=shard, barrier=barrier,
@@ -86,6 +86,24 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         barrier()
         return FeatureStore.open(out_dir, ds.item_vocab).tensors()
     return store.tensors()
+
+
+def feature_cache_dir(ds: Dataset, cfg: FeaturesConfig) -> Path:
+    """Where `load_features` caches a catalogue's features: one directory per dataset, item vocabulary,
+    encoders and text template, so any change to what is encoded gets its own directory."""
+    parts = [ds.name, ds.item_vocab.hash, cfg.text or "none", cfg.image or "none"]
+    if cfg.text and cfg.template is not None:
+        parts.append("t" + hashlib.sha256(cfg.template.encode()).hexdigest()[:12])
+    return Path(cfg.cache_dir) / "-".join(parts).replace("/", "_").replace(":", "_")
+
+
+def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesConfig:
+    """The encoders a model actually reads: a modality it does not read is not encoded (none for pop, ID
+    towers, hidden-state models). A prebuilt store is opened as it is."""
+    if cfg.store:
+        return cfg
+    return _replace(cfg, text=cfg.text if "text" in modalities else None,
+                    image=cfg.image if "image" in modalities else None)
 
 
 def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
@@ -151,15 +169,18 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     from modalrec.training.loop import fit
 
     started = time.perf_counter()
-    ds = load_data(cfg.data, cfg.seed)
+    checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
+    cfg = seeded(cfg)
+    ds = load_data(cfg.data)
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, checked.modalities)
     # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
     if distributed is not None and distributed.world_size > 1:
         from modalrec.parallel import barrier
 
-        features = load_features(ds, cfg.features, (distributed.rank, distributed.world_size), barrier)
+        features = load_features(ds, features_cfg, (distributed.rank, distributed.world_size), barrier)
     else:
-        features = load_features(ds, cfg.features)
+        features = load_features(ds, features_cfg)
     ctx = model_context(ds, split, features, cfg.seed, load_hidden_states(ds, cfg.features))
     model, model_cfg = build_model(cfg.model.name, cfg.model.params, ctx)
     max_len = model.history_length  # the contract: what the model reads is what evaluation cuts to
@@ -291,16 +312,17 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    cfg = from_dict(ExperimentConfig, manifest["config"])
-    ds = load_data(cfg.data, cfg.seed)
+    cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
+    ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(
             f"dataset hash {ds.content_hash()} differs from the one the run was trained on "
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
+    features_cfg = features_for(cfg.features, check_experiment(cfg).modalities)
     model, _ = build_model(cfg.model.name, cfg.model.params,
-                           model_context(ds, split, load_features(ds, cfg.features), cfg.seed,
+                           model_context(ds, split, load_features(ds, features_cfg), cfg.seed,
                                          load_hidden_states(ds, cfg.features)))
     if isinstance(model, torch.nn.Module) and (run_dir / "model").is_dir():
         load_state(run_dir / "model", model)

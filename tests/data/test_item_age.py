@@ -102,3 +102,10 @@ def test_real_movielens_release_dates(shared_data: Path) -> None:
     assert ds.items.launch_ts[ds.item_vocab.index("1")] == 788918400  # Toy Story: 01-Jan-1995 00:00 UTC
     assert ds.items.launch_ts[ds.item_vocab.index("267")] is None  # the one movie without a date
     assert ds.summary["items_with_launch_time"] == 1681
+
+
+def test_synthetic_items_carry_their_launch_dates() -> None:
+    from modalrec.data.sources.synthetic import generate, item_launch_ts
+
+    ds = generate(n_users=20, n_items=40, avg_seq_len=5)
+    assert ds.items.launch_ts[1:] == item_launch_ts(ds)[1:].tolist()

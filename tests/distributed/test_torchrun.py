@@ -29,7 +29,7 @@ pytestmark = [
 
 def overrides(tmp: Path, name: str) -> list[str]:
     return ["data.source=synthetic", "data.options.n_users=40", "data.options.n_items=30", "model.name=sasrec",
-            "model.params.dim=16", "model.params.n_layers=1", "model.params.dropout=0.0", "model.params.max_len=10",
+            "model.params.dim=16", "model.params.tower.kind=text", "model.params.n_layers=1", "model.params.dropout=0.0", "model.params.max_len=10",
             "train.epochs=2", "train.batch_size=16", "train.progress=false", "features.text=hashing:64",
             f"features.cache_dir={tmp / ('cache_' + name)}", f"output_dir={tmp / 'runs'}", f"name={name}"]
 

@@ -60,6 +60,9 @@ def test_markdown_table_rows_columns_and_counts() -> None:
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == ["overall", "warm", "cold_item", "cold_user"]
     assert lines[3] == "| warm | 0.6000 | 0.3000 | 0.2400 | 80 |"
     assert lines[5] == "| cold_user | n/a | n/a | n/a | 0 |"
+    rep = make_report()
+    rep.meta["candidates"] = "exclude_seen: a repeat target stays rankable"
+    assert rep.to_markdown().splitlines()[-1] == "Candidates: exclude_seen: a repeat target stays rankable."
 
 
 def test_compare_table() -> None:

@@ -6,10 +6,13 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modalrec.config import apply_overrides, from_dict, load_file
-from modalrec.experiment import ExperimentConfig
+from modalrec.config_keys import check_keys
+
+if TYPE_CHECKING:
+    from modalrec.experiment import ExperimentConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +24,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def experiment_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config file plus overrides; key names are checked before the config classes (and torch) load."""
     data: dict[str, Any] = dict(base or {})
     if getattr(args, "config", None):
         data = _merge(data, load_file(args.config))
     data = apply_overrides(data, getattr(args, "overrides", []) or [])
-    return from_dict(ExperimentConfig, data)
+    check_keys(data)
+    from modalrec.experiment import ExperimentConfig, seeded
+
+    return seeded(from_dict(ExperimentConfig, data))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -29,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from modalrec.cli.common import experiment_config, print_json
+
+    cfg = experiment_config(args)  # misspelt keys fail here, before torch loads
+
     from modalrec.parallel import distributed_session, launch_from_env
     from modalrec.pipeline import run_experiment
     from modalrec.training.distributed import DistributedTraining
 
-    cfg = experiment_config(args)
     launch = launch_from_env(os.environ)  # the CLI is the entry point: it may read torchrun's variables
     with distributed_session(launch, backend=args.backend, device=cfg.train.device) as session:
         dist_train = None

@@ -87,12 +87,15 @@ class Report:
         return [n for n in names if n in self.overall]
 
     def to_markdown(self, metrics: Sequence[str] | None = None) -> str:
-        """Table: rows overall / warm / cold_item / cold_user, columns the metrics and the event count."""
+        """Table: rows overall and every group, columns the metrics and the event count; then the candidate
+        rule (exclude_seen and its treatment of repeat targets) when the report records it."""
         metrics = list(metrics) if metrics is not None else self.default_metrics()
         lines = ["| group | " + " | ".join(metrics) + " | count |", "|---|" + "---:|" * (len(metrics) + 1)]
         for g in [r for r in GROUP_ROWS if r == "overall" or r in self.groups]:
             values = [_fmt(self.metric(m, g)) for m in metrics]
             lines.append(f"| {g} | " + " | ".join(values) + f" | {self.counts.get(g, 0)} |")
+        if self.meta.get("candidates"):  # how repeats were treated decides what the repeat row means
+            lines += ["", f"Candidates: {self.meta['candidates']}."]
         return "\n".join(lines)
 
 

@@ -328,7 +328,8 @@ def generate_from_config(cfg: SyntheticConfig, image_dir: str | Path | None = No
         images_written, _ = write_images(image_dir, names, cat.attrs[1:], cfg.image_size,
                                          numpy_rng(cfg.seed, "synthetic/images"))
         image_paths = [None, *names]
-    items = ItemTable(vocab, table_fields, image_paths, None if image_dir is None else str(image_dir))
+    items = ItemTable(vocab, table_fields, image_paths, None if image_dir is None else str(image_dir),
+                      [None, *(int(t) for t in _launch_seconds(cfg, cat.launch[1:]))])  # the catalogue's dates
     user_vocab = Vocabulary([f"user{u:05d}" for u in range(1, cfg.n_users + 1)], name="user")
 
     t_end = cfg.start_ts + cfg.timeline_days * _DAY
@@ -383,7 +384,11 @@ def item_attributes(ds: Dataset) -> np.ndarray:
 def item_launch_ts(ds: Dataset) -> np.ndarray:
     """[n_items + 1] int64 launch time (unix seconds) of each item; row 0 = 0."""
     cfg = config_of(ds)
-    launch = build_catalogue(cfg).launch[_generator_rows(ds, cfg)]
-    out = cfg.start_ts + np.floor(launch * cfg.timeline_days * _DAY).astype(np.int64)
+    out = _launch_seconds(cfg, build_catalogue(cfg).launch[_generator_rows(ds, cfg)])
     out[0] = 0
     return out
+
+
+def _launch_seconds(cfg: SyntheticConfig, launch: np.ndarray) -> np.ndarray:
+    """Launch times as fractions of the timeline -> int64 unix seconds."""
+    return cfg.start_ts + np.floor(launch * cfg.timeline_days * _DAY).astype(np.int64)

@@ -1,0 +1,151 @@
+"""Check a whole ExperimentConfig before any data is read or anything is encoded.
+
+Everything that can be decided from the config alone is decided here, so a typo costs seconds, not a
+text encoding: model name and parameters, item tower kinds and fusions, the monitored metric, the
+data source's options (names and input paths), feature caches, and which content modalities the
+model reads (models that read none skip encoding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modalrec.config import from_dict
+from modalrec.errors import ConfigError
+from modalrec.experiment import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class CheckedConfig:
+    """What validation established: the model's class and built config, and the modalities it reads."""
+
+    model_cls: type
+    model_cfg: Any
+    modalities: frozenset[str]
+
+
+def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
+    """Raise ConfigError naming the first bad key (and the valid choices); return what was checked."""
+    model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
+    check_data(cfg.data.source, cfg.data.options)
+    _check_split(cfg)
+    for key in ("store", "hidden"):
+        value = getattr(cfg.features, key)
+        if value and not Path(value).exists():
+            raise ConfigError(f"features.{key}: {value} does not exist")
+    _check_monitor(cfg, model_cls)
+    if cfg.split.kind == "global_temporal" and len(cfg.split.ratios) != 3:
+        raise ConfigError(f"split.ratios needs three numbers (train, valid, test), got {cfg.split.ratios}")
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
+        raise ConfigError(f"eval.ks must be positive cut-offs, got {cfg.eval.ks}")
+    modalities = frozenset(model_cls.content_modalities(model_cfg))
+    _check_features(cfg, modalities)
+    return CheckedConfig(model_cls, model_cfg, modalities)
+
+
+def _check_features(cfg: ExperimentConfig, modalities: frozenset[str]) -> None:
+    """A model that reads content needs an encoder (or a store) for it: for ANY_CONTENT at least one."""
+    from modalrec.models.base import ANY_CONTENT
+
+    if not modalities or cfg.features.store:
+        return
+    given = {m for m in ("text", "image") if getattr(cfg.features, m)}
+    missing = sorted(modalities - given) if modalities != ANY_CONTENT else ([] if given else ["text or image"])
+    if missing:
+        raise ConfigError(f"model {cfg.model.name!r} reads {' + '.join(sorted(modalities))} features, but "
+                          f"features.{missing[0].split()[0]} is not set (e.g. features.text=minilm, "
+                          "features.image=efficientnet-lite0, or features.store=DIR)")
+
+
+def check_model(name: str, params: dict[str, Any]) -> tuple[type, Any]:
+    """(model class, config dataclass) for `model.name` / `model.params`; every tower inside is checked."""
+    from modalrec.models import MODELS
+
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; available: {sorted(MODELS)}")
+    model_cls, config_cls = MODELS[name]
+    model_cfg = from_dict(config_cls, params, where="model.params")
+    for where, tower in _towers(model_cfg, "model.params"):
+        _check_tower(tower, where)
+    return model_cls, model_cfg
+
+
+def check_data(source: str, options: dict[str, Any]) -> None:
+    """The loader's option names (all required ones given) and that every input path it names exists."""
+    from modalrec.data.sources import LOADERS
+
+    if source not in LOADERS:
+        raise ConfigError(f"data.source: unknown source {source!r}; available: {sorted(LOADERS)}")
+    sig = inspect.signature(LOADERS[source])
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # a generator that takes its own keyword arguments (synthetic)
+    valid = [n for n in params if n != "min_rating"]  # min_rating is data.min_rating
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"data.options: unknown option(s) {unknown} for source {source!r}; valid: {valid}")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in options]
+    if missing:
+        raise ConfigError(f"data.options: source {source!r} needs {missing}")
+    for key, value in options.items():
+        if value is not None and "Path" in str(params[key].annotation) and not Path(value).exists():
+            raise ConfigError(f"data.options.{key}: {value} does not exist")
+
+
+def _check_split(cfg: ExperimentConfig) -> None:
+    """A table read from train / valid / test files is evaluated on that split, and only such a table is."""
+    if cfg.data.source != "table":
+        return
+    from modalrec.data.sources.tabular import check_options, ships_split
+
+    check_options(**cfg.data.options)
+    if ships_split(cfg.data.options) and cfg.split.kind != "presplit":
+        raise ConfigError(f"data.options give train_path / valid_path / test_path, so split.kind must be 'presplit' "
+                          f"(got {cfg.split.kind!r})")
+    if cfg.split.kind == "presplit" and not ships_split(cfg.data.options):
+        raise ConfigError("split.kind 'presplit' needs data.options train_path / valid_path / test_path")
+
+
+def _towers(obj: Any, where: str) -> list[tuple[str, Any]]:
+    """(dotted key, TowerConfig) of every tower nested in a model config."""
+    from modalrec.models.towers.item_towers import TowerConfig
+
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, TowerConfig):
+            out.append((f"{where}.{f.name}", value))
+        elif dataclasses.is_dataclass(value):
+            out += _towers(value, f"{where}.{f.name}")
+    return out
+
+
+def _check_tower(tower: Any, where: str) -> None:
+    from modalrec.models.towers.fusion import FUSIONS
+    from modalrec.models.towers.item_towers import TOWERS
+
+    if tower.kind not in TOWERS:
+        raise ConfigError(f"{where}.kind: unknown item tower {tower.kind!r}; available: {sorted(TOWERS)}")
+    if tower.fusion not in FUSIONS:
+        raise ConfigError(f"{where}.fusion: unknown fusion {tower.fusion!r}; available: {sorted(FUSIONS)}")
+
+
+def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
+    from modalrec.evaluation.metrics import metric_names
+    from modalrec.models.base import Training
+
+    if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
+        return  # streaming evaluation has its own metrics; count models are not trained
+    from modalrec.data.splits import GROUPS
+
+    names = metric_names(cfg.eval.ks)
+    group, _, name = cfg.train.monitor.rpartition("/")
+    if name not in names:
+        raise ConfigError(f"train.monitor: {cfg.train.monitor!r} is not computed with eval.ks={cfg.eval.ks}; "
+                          f"available: {names} (or GROUP/metric)")
+    if group and group not in ("overall", *GROUPS):
+        raise ConfigError(f"train.monitor: unknown group {group!r} in {cfg.train.monitor!r}; groups: {list(GROUPS)}")
