@@ -30,9 +30,9 @@ from modalrec.data.sequences import eval_batch
 from modalrec.data.splits import GROUP_DEFINITIONS, EvalSet
 from modalrec.devices import resolve_device
 from modalrec.evaluation.metrics import compute_metrics, definitions
-from modalrec.evaluation.ranking import rank_block
+from modalrec.evaluation.ranking import rank_block, sampled_ranks
 from modalrec.evaluation.report import Report
-from modalrec.evaluation.sampled import SampledConfig, draw_negatives, sampled_ranks
+from modalrec.evaluation.sampled import SampledConfig, draw_negatives
 from modalrec.types import Scorer
 
 log = logging.getLogger(__name__)

@@ -180,6 +180,11 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run_dir} has no model weights (model {cfg.model.name!r}); only trained neural "
                           "models can be exported")
+    from modalrec.models import MODELS
+
+    if cfg.model.name in MODELS and MODELS[cfg.model.name][0].stateful:  # the contract, before anything is built
+        raise ConfigError(f"model {cfg.model.name!r} is stateful (its scores read memory built from the event "
+                          "stream); serving ranks from a request's history only and cannot serve it")
     if cfg.features.hidden:
         raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
                           "yet: new items would need their hidden states encoded")
