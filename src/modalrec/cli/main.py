@@ -19,9 +19,11 @@ COMMANDS = {
     "train": ("modalrec.cli.train", "train a model; select on VALID, evaluate TEST once; write a run directory"),
     "evaluate": ("modalrec.cli.evaluate", "evaluate a trained run directory on VALID or TEST"),
     "ablate": ("modalrec.cli.ablate", "run a grid of experiments (tower x fusion x model x loss) into one table"),
+    "compare": ("modalrec.cli.compare", "table and figure of trained runs by group (warm / cold item / cold user)"),
     "export": ("modalrec.cli.export", "turn a training run into a self-contained serving artifact"),
     "recommend": ("modalrec.cli.recommend", "top-k items from a serving artifact for a history or a user"),
     "serve": ("modalrec.cli.serve", "HTTP service over a serving artifact (FastAPI + uvicorn)"),
+    "artifact": ("modalrec.cli.artifact", "check a serving artifact: every hash, the live catalogue, that it loads"),
 }
 
 
