@@ -5,9 +5,9 @@ Each step is a plain function so that the CLI, benchmarks and notebooks compose 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,26 +16,27 @@ from typing import Any
 import torch
 
 from modalrec.config import to_dict
+from modalrec.costs import dir_size_bytes, peak_memory, trainable_parameters
 from modalrec.data.dataset import Dataset
 from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
-from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
+from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
 from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
 
-def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
+def load_data(cfg: DataConfig) -> Dataset:
+    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`).
+    A synthetic source's seed comes from the experiment (`experiment.seeded`)."""
     from modalrec.data import filters
     from modalrec.data.sources import load_dataset
 
     options = dict(cfg.options)
-    if cfg.source == "synthetic":
-        options.setdefault("seed", seed)
     if cfg.min_rating is not None:  # ratings are applied by the loader, before vocabularies are built
         options["min_rating"] = cfg.min_rating
     try:
@@ -77,8 +78,7 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         return {}, {}
     from modalrec.features.build import encode_catalogue
 
-    key = f"{ds.name}-{ds.item_vocab.hash}-{cfg.text or 'none'}-{cfg.image or 'none'}".replace("/", "_").replace(":", "_")
-    out_dir = Path(cfg.cache_dir) / key
+    out_dir = feature_cache_dir(ds, cfg)
     store = encode_catalogue(
         ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
         batch_size=cfg.batch_size, device=cfg.device, resume=True, shard=shard, barrier=barrier,
@@ -87,6 +87,15 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         barrier()
         return FeatureStore.open(out_dir, ds.item_vocab).tensors()
     return store.tensors()
+
+
+def feature_cache_dir(ds: Dataset, cfg: FeaturesConfig) -> Path:
+    """Where `load_features` caches a catalogue's features: one directory per dataset, item vocabulary,
+    encoders and text template, so any change to what is encoded gets its own directory."""
+    parts = [ds.name, ds.item_vocab.hash, cfg.text or "none", cfg.image or "none"]
+    if cfg.text and cfg.template is not None:
+        parts.append("t" + hashlib.sha256(cfg.template.encode()).hexdigest()[:12])
+    return Path(cfg.cache_dir) / "-".join(parts).replace("/", "_").replace(":", "_")
 
 
 def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesConfig:
@@ -132,13 +141,6 @@ def build_model(name: str, params: dict[str, Any], ctx: ModelContext) -> Any:
     return model_cls.build(model_cfg, ctx), model_cfg
 
 
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss_kb / 1024.0
-
-
 @dataclass
 class RunResult:
     test: Any  # Report
@@ -162,7 +164,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
 
     started = time.perf_counter()
     checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
-    ds = load_data(cfg.data, cfg.seed)
+    cfg = seeded(cfg)
+    ds = load_data(cfg.data)
     split = make_split(ds, cfg.split, cfg.seed)
     features_cfg = features_for(cfg.features, checked.modalities)
     # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
@@ -222,12 +225,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
-                  "trainable_parameters": _trainable(model)},
+                  "trainable_parameters": trainable_parameters(model)},
         "metric_definitions": definitions(),
         "protocol": {"ranking": "full", "ties": "pessimistic", "exclude_seen": cfg.eval.exclude_seen,
                      "selection": "best VALID epoch; TEST evaluated once"},
         "wall_time_s": wall,
-        "peak_memory_mb": peak_memory_mb(cfg.train.device),
+        "peak_memory_mb": peak_memory(cfg.train.device)[0] / 2**20,
         "efficiency": _efficiency(model, history, cfg),
         "history": history.to_dict() if history is not None else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
@@ -265,22 +268,12 @@ def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, An
     epoch_s = history.epoch_seconds if history is not None else []
     caches = [p for p in (cfg.features.store, cfg.features.hidden) if p]
     return {
-        "trainable_parameters": _trainable(model),
+        "trainable_parameters": trainable_parameters(model),
         "seconds_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
         "seconds_to_best": history.seconds_to_best if history is not None else None,
-        "peak_memory_mb": peak_memory_mb(cfg.train.device),
-        "cache_mb": {p: round(_dir_bytes(Path(p)) / 2**20, 2) for p in caches},
+        "peak_memory_mb": peak_memory(cfg.train.device)[0] / 2**20,
+        "cache_mb": {p: round(dir_size_bytes([p]) / 2**20, 2) for p in caches},
     }
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def _trainable(model: Any) -> int:
-    if isinstance(model, torch.nn.Module):
-        return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    return 0
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -298,13 +291,13 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.training.checkpoint import load_state
 
-    run_dir = Path(run_dir)
+    run_dir, device = Path(run_dir), resolve_device(device)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    cfg = from_dict(ExperimentConfig, manifest["config"])
-    ds = load_data(cfg.data, cfg.seed)
+    cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
+    ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(
             f"dataset hash {ds.content_hash()} differs from the one the run was trained on "

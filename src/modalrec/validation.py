@@ -32,6 +32,7 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
     """Raise ConfigError naming the first bad key (and the valid choices); return what was checked."""
     model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
     check_data(cfg.data.source, cfg.data.options)
+    _check_split(cfg)
     for key in ("store", "hidden"):
         value = getattr(cfg.features, key)
         if value and not Path(value).exists():
@@ -95,6 +96,20 @@ def check_data(source: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"data.options.{key}: {value} does not exist")
 
 
+def _check_split(cfg: ExperimentConfig) -> None:
+    """A table read from train / valid / test files is evaluated on that split, and only such a table is."""
+    if cfg.data.source != "table":
+        return
+    from modalrec.data.sources.tabular import check_options, ships_split
+
+    check_options(**cfg.data.options)
+    if ships_split(cfg.data.options) and cfg.split.kind != "presplit":
+        raise ConfigError(f"data.options give train_path / valid_path / test_path, so split.kind must be 'presplit' "
+                          f"(got {cfg.split.kind!r})")
+    if cfg.split.kind == "presplit" and not ships_split(cfg.data.options):
+        raise ConfigError("split.kind 'presplit' needs data.options train_path / valid_path / test_path")
+
+
 def _towers(obj: Any, where: str) -> list[tuple[str, Any]]:
     """(dotted key, TowerConfig) of every tower nested in a model config."""
     from modalrec.models.towers.item_towers import TowerConfig
@@ -125,7 +140,12 @@ def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
 
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
         return  # streaming evaluation has its own metrics; count models are not trained
+    from modalrec.data.splits import GROUPS
+
     names = metric_names(cfg.eval.ks)
-    if cfg.train.monitor not in names:
+    group, _, name = cfg.train.monitor.rpartition("/")
+    if name not in names:
         raise ConfigError(f"train.monitor: {cfg.train.monitor!r} is not computed with eval.ks={cfg.eval.ks}; "
-                          f"available: {names}")
+                          f"available: {names} (or GROUP/metric)")
+    if group and group not in ("overall", *GROUPS):
+        raise ConfigError(f"train.monitor: unknown group {group!r} in {cfg.train.monitor!r}; groups: {list(GROUPS)}")

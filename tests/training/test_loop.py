@@ -74,7 +74,8 @@ def test_early_stopping_restores_the_best_epoch() -> None:
         snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
         return {"ndcg@10": next(scripted), "hr@10": 0.0}
 
-    hist = fit(model, Regression(), _quiet(epochs=10, patience=2, batch_size=16, lr=0.05), validate)
+    hist = fit(model, Regression(), _quiet(epochs=10, patience=2, batch_size=16, lr=0.05, validate_first=False),
+               validate)
     assert hist.epochs == 4 and hist.stopped_early
     assert hist.best_epoch == 2 and hist.best_metric == 0.5
     assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
@@ -85,10 +86,28 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     assert hist.trainable_params == 4 and hist.peak_memory_bytes > 0 and hist.steps == 16
 
 
+def test_epoch_zero_is_validated_and_kept_when_training_only_hurts() -> None:
+    model, snapshots = Linear(), []
+    untrained = {k: v.clone() for k, v in model.state_dict().items()}
+    scripted = iter([0.9, 0.5, 0.4, 0.3])
+
+    def validate(m: Linear) -> dict[str, float]:
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"ndcg@10": next(scripted)}
+
+    hist = fit(model, Regression(), _quiet(epochs=10, patience=2, batch_size=16, lr=0.05), validate)
+    assert hist.initial_valid == {"ndcg@10": 0.9} and hist.best_epoch == 0 and hist.best_metric == 0.9
+    assert all(torch.equal(v, untrained[k]) for k, v in snapshots[0].items())  # validated before any step
+    assert hist.epochs == 2 and hist.stopped_early and len(snapshots) == 3
+    assert all(torch.equal(v, untrained[k]) for k, v in model.state_dict().items())  # the untrained weights kept
+    assert not torch.equal(snapshots[1]["lin.weight"], untrained["lin.weight"])
+
+
 def test_monitor_errors_numbers_and_refusals() -> None:
     with pytest.raises(ConfigError, match="mrr"):
         fit(Linear(), Regression(), _quiet(epochs=1, monitor="mrr"), lambda m: {"ndcg@10": 1.0})
-    hist = fit(Linear(), Regression(), _quiet(epochs=2, monitor="score", monitor_mode="min"), lambda m: 1.0)
+    hist = fit(Linear(), Regression(), _quiet(epochs=2, monitor="score", monitor_mode="min", validate_first=False),
+               lambda m: 1.0)
     assert hist.best_epoch == 1 and hist.valid[1] == {"score": 1.0}
     frozen = Linear().requires_grad_(False)
     with pytest.raises(TypeError, match="no trainable parameters"):
@@ -111,7 +130,8 @@ def test_schedules_warmup_cosine_plateau_and_step_limit() -> None:
     h = fit(
         Linear(),
         Regression(),
-        _quiet(epochs=5, lr=0.1, scheduler="plateau", plateau_patience=2, patience=0, max_steps_per_epoch=1),
+        _quiet(epochs=5, lr=0.1, scheduler="plateau", plateau_patience=2, patience=0, max_steps_per_epoch=1,
+               validate_first=False),
         lambda m: {"ndcg@10": next(flat)},
     )
     assert h.steps == 5
@@ -152,7 +172,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, ema: float
     split = cyclic_split(n_items=20, n_users=30)
     ref_model, ref_hist = _sasrec_run(split, tmp_path / "ref", tmp_path / "ref_logs", ema=ema)
     with pytest.raises(KeyboardInterrupt):
-        _sasrec_run(split, tmp_path / "run", fail_at=3, ema=ema)  # dies while validating epoch 3
+        _sasrec_run(split, tmp_path / "run", fail_at=4, ema=ema)  # dies validating epoch 3 (call 1 = epoch 0)
     model, hist = _sasrec_run(split, tmp_path / "run", tmp_path / "run_logs", ema=ema)
     assert hist.resumed_from == 2
     assert hist.train_loss == ref_hist.train_loss and hist.best_epoch == ref_hist.best_epoch
@@ -206,7 +226,8 @@ def test_weight_average_is_validated_kept_and_resumable(tmp_path: Path) -> None:
         seen.append(m.lin.weight.detach().clone())
         return next(rising)
 
-    fit(model, source, _quiet(epochs=3, batch_size=16, lr=0.05, ema_decay=decay, seed=3), validate)
+    fit(model, source, _quiet(epochs=3, batch_size=16, lr=0.05, ema_decay=decay, seed=3, validate_first=False),
+        validate)
     expected, average = [], start.clone()
     for k, live in enumerate(source.after_step):  # 4 steps per epoch
         d = min(decay, (1 + k) / (10 + k))  # the ramp that lets the average forget the initialisation

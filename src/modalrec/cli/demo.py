@@ -45,24 +45,37 @@ def demo_runs(args: argparse.Namespace) -> dict[str, dict]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from modalrec.compare import figure, group_table, summaries
     from modalrec.config import from_dict
-    from modalrec.evaluation.report import compare_table
     from modalrec.experiment import ExperimentConfig
     from modalrec.pipeline import run_experiment
 
-    reports = {}
+    run_dirs = []
     for name, data in demo_runs(args).items():
         print(f"== {name}", flush=True)
         result = run_experiment(from_dict(ExperimentConfig, data))
-        reports[name] = result.test
-    first = next(iter(reports.values()))
-    print("\nBuilt-in dataset:", first.meta["dataset"]["users"], "users,", first.meta["dataset"]["items"],
-          "items; global temporal split 70/15/15. TEST events:", first.counts)
-    table = compare_table(reports, metrics=("ndcg@10", "hr@10", "mrr"), groups=("overall", "warm", "cold_item",
-                                                                              "cold_user"))
-    print(table)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.md").write_text(table + "\n")
-    print(f"\nRun directories and results.md are in {args.out}/. cold_item = the target was never seen in "
-          "training: ID models cannot rank it; content models can.")
+        run_dirs.append(result.run_dir)
+    runs = summaries(run_dirs)
+    out = Path(args.out)
+    table = group_table(runs, ("ndcg@10", "hr@10"))
+    png = figure(runs, out / "demo.png", "ndcg@10", title="modalrec demo: built-in multimodal dataset")
+    test = runs[0].test
+    report = "\n".join([
+        "# modalrec demo",
+        "",
+        (f"Built-in dataset: {test.meta['dataset']['users']} users, {test.meta['dataset']['items']} items; global "
+        f"temporal split 70/15/15; {test.counts.get('overall')} TEST events. Models are selected on VALID and "
+        "evaluated once on TEST (full ranking)."),
+        "",
+        table,
+        "",
+        ("cold_item: the target was never seen in training, so ID models cannot rank it and content models can; "
+        "cold_user: the user has no training events."),
+        "",
+        f"![TEST ndcg@10 by group and VALID curves]({png.name})",
+        "",
+    ])
+    (out / "report.md").write_text(report)
+    print("\n" + table)
+    print(f"\nreport: {out / 'report.md'}\nfigure: {png}\nrun directories: {out}/<model>/")
     return 0

@@ -13,14 +13,17 @@ from modalrec.errors import ModalrecError
 # heavy or optional dependencies inside `run`, so `modalrec --help` stays fast.
 COMMANDS = {
     "demo": ("modalrec.cli.demo", "train and compare models on the built-in multimodal dataset"),
+    "data": ("modalrec.cli.data", "inspect a dataset from a config: counts, time span, cold shares, missing content"),
     "prepare": ("modalrec.cli.prepare", "load, filter and split a dataset; print its summary"),
     "encode": ("modalrec.cli.encode", "encode item text/images into a FeatureStore (resumable)"),
     "train": ("modalrec.cli.train", "train a model; select on VALID, evaluate TEST once; write a run directory"),
     "evaluate": ("modalrec.cli.evaluate", "evaluate a trained run directory on VALID or TEST"),
     "ablate": ("modalrec.cli.ablate", "run a grid of experiments (tower x fusion x model x loss) into one table"),
+    "compare": ("modalrec.cli.compare", "table and figure of trained runs by group (warm / cold item / cold user)"),
     "export": ("modalrec.cli.export", "turn a training run into a self-contained serving artifact"),
     "recommend": ("modalrec.cli.recommend", "top-k items from a serving artifact for a history or a user"),
     "serve": ("modalrec.cli.serve", "HTTP service over a serving artifact (FastAPI + uvicorn)"),
+    "artifact": ("modalrec.cli.artifact", "check a serving artifact: every hash, the live catalogue, that it loads"),
 }
 
 

@@ -27,24 +27,30 @@ import numpy as np
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.encoders import build_encoder
-from modalrec.features.encoders.base import EncodedBatch, Encoder, resolve_device
+from modalrec.features.encoders.base import (
+    STORE_IDENTITY,
+    EncodedBatch,
+    Encoder,
+    identity_mismatch,
+)
 from modalrec.features.hidden_cache import (
     HiddenStateCache,
     LayerSpec,
+    cached_layers,
     estimate_bytes,
     human_bytes,
-    select_layers,
 )
 from modalrec.features.store import ArrayStore, FeatureStore, _check_dtype, _checked_cast
 from modalrec.io import write_bytes_atomic, write_json_atomic
+from modalrec.progress import bar as progress_bar
+from modalrec.progress import duration, line
 
 logger = logging.getLogger(__name__)
 
 EncoderSpec = Encoder | str | Mapping[str, Any]
-# Keys of encoder info that must agree before new rows may be appended to an existing store.
-_IDENTITY = ("class", "name", "revision", "pooling", "dim", "template", "instruction_prefix", "normalize", "layers")
 MAX_REPORTED = 20
 
 
@@ -180,7 +186,7 @@ def _tasks(kind: str, encoders: Mapping[str, EncoderSpec], template: Any, layers
         if not enc.supports_hidden:
             raise ConfigError(f"encoder {enc.name} ({modality}) does not expose per-layer hidden states")
         layout = enc.hidden_layout()
-        chosen = select_layers(layout.n_layers, (layers.get(modality) if isinstance(layers, Mapping) else layers) or "all")
+        chosen = cached_layers(layout.n_layers, (layers.get(modality) if isinstance(layers, Mapping) else layers) or "all")
         info["layers"] = chosen
         extra = {"layers": chosen, "layer_dims": [layout.dims[j] for j in chosen],
                  "layer_names": [layout.names[j] for j in chosen], "n_encoder_layers": layout.n_layers,
@@ -252,10 +258,10 @@ def _check_compatible(existing: ArrayStore, tasks: list[_Task]) -> None:
                             f"{[t.modality for t in tasks]}; pass overwrite=True or choose another out_dir")
     for t in tasks:
         old = existing.encoder_info(t.modality)
-        diff = [k for k in _IDENTITY if old.get(k) != t.info.get(k)]
+        diff = identity_mismatch(old, t.info, STORE_IDENTITY)
         if diff:
             raise MismatchError(f"{existing.directory} ({t.modality}) was encoded with a different encoder setup "
-                                f"({', '.join(f'{k}: {old.get(k)!r} vs {t.info.get(k)!r}' for k in diff)}); "
+                                f"({diff}); "
                                 "appending would mix vector spaces. Pass overwrite=True to re-encode everything")
 
 
@@ -279,8 +285,6 @@ def _fingerprint(kind: str, t: _Task, vocab_hash: str, indices: np.ndarray, hash
 def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: dict[str, Any], chunk_size: int,
               batch_size: int, dtype: str, resume: bool, progress: bool,
               shard: tuple[int, int] | None) -> tuple[list[Path], ModalitySummary]:
-    from tqdm.auto import tqdm
-
     job = part / "job.json"
     # job.json is written before any chunk, so a directory without it holds no chunk worth keeping.
     if job.is_file() and (not resume or json.loads(job.read_text()) != fp):
@@ -306,8 +310,8 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
         ms.n_missing += int(marker["n_missing"])
     todo = [c for c in mine if c not in done]
     total = sum(min(chunk_size, len(order) - c * chunk_size) for c in mine)
-    bar = tqdm(total=total, initial=ms.n_resumed, unit="item", desc=f"{t.modality} ({t.encoder.name})",
-               disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(total=total, initial=ms.n_resumed, unit="item", desc=f"{t.modality} ({t.encoder.name})",
+                       enabled=progress)
     t0 = time.perf_counter()
     try:
         for c in todo:
@@ -339,6 +343,10 @@ def _run_task(t: _Task, items: ItemTable, indices: np.ndarray, part: Path, fp: d
         bar.close()
     ms.seconds = time.perf_counter() - t0
     ms.items_per_s = ms.n_encoded / max(ms.seconds, 1e-9)
+    if progress and ms.n_encoded:
+        line(f"encoded {t.modality} ({t.encoder.name}): {ms.n_encoded:,} items in {duration(ms.seconds)}"
+             f"{f', {ms.n_resumed:,} resumed' if ms.n_resumed else ''}"
+             f"{f', {ms.n_missing:,} without usable input' if ms.n_missing else ''}")
     if len(problems) > MAX_REPORTED:  # only the first MAX_REPORTED were logged one by one
         logger.warning("%s: %d items in total had no usable input", t.modality, len(problems))
     ms.problems = [{"item": items.vocab.raw(i), "reason": r} for i, r in sorted(problems.items())[:MAX_REPORTED]]

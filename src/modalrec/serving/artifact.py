@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +37,12 @@ import torch
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError, MismatchError, ModalrecError
-from modalrec.io import write_json_atomic
+from modalrec.io import swap_dir, temp_dir_beside, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 FORMAT = "modalrec.artifact"
 FORMAT_VERSION = 2  # 2: immutable export, every file hashed; the live catalogue lives in a database beside it
-# Encoder info keys that must agree with the store's record before new rows are encoded and appended.
-_IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
 
 
 class NotSupportedError(ModalrecError, TypeError):
@@ -101,6 +98,7 @@ class Artifact:
         if enc is not None:
             return enc
         from modalrec.features.encoders import build_encoder, parse_spec
+        from modalrec.features.encoders.base import identity_mismatch
 
         spec = self.encoders.get(modality)
         if not spec:
@@ -114,11 +112,9 @@ class Artifact:
                                   "with --trust-remote-code if you trust that model's code")
             opts["trust_remote_code"] = True
         enc = build_encoder({"kind": kind, **({"name": name} if name else {}), **opts}, device=device)
-        have, want = enc.info(), self.store.encoder_info(modality)
-        diff = [key for key in _IDENTITY if have.get(key) != want.get(key)]
+        diff = identity_mismatch(enc.info(), self.store.encoder_info(modality))  # the template is the store's own
         if diff:
-            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features "
-                                f"({', '.join(f'{key}: {have.get(key)!r} vs {want.get(key)!r}' for key in diff)})")
+            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features ({diff})")
         self._encoders[modality] = enc
         return enc
 
@@ -168,8 +164,9 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     index: {"kind": "exact" | "hnsw" | "ivf", **options} recorded for `Recommender.load` (default exact).
     """
     from modalrec.config import from_dict
-    from modalrec.experiment import ExperimentConfig
-    from modalrec.pipeline import load_data, make_split
+    from modalrec.experiment import ExperimentConfig, seeded
+    from modalrec.pipeline import features_for, load_data, make_split
+    from modalrec.validation import check_model
 
     run_dir = Path(source.run_dir) if hasattr(source, "run_dir") else Path(source)
     if hasattr(source, "run_dir") and source.run_dir is None:
@@ -178,11 +175,16 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    cfg = from_dict(ExperimentConfig, manifest["config"])
+    cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
     ckpt = run_dir / "model"
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run_dir} has no model weights (model {cfg.model.name!r}); only trained neural "
                           "models can be exported")
+    from modalrec.models import MODELS
+
+    if cfg.model.name in MODELS and MODELS[cfg.model.name][0].stateful:  # the contract, before anything is built
+        raise ConfigError(f"model {cfg.model.name!r} is stateful (its scores read memory built from the event "
+                          "stream); serving ranks from a request's history only and cannot serve it")
     if cfg.features.hidden:
         raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
                           "yet: new items would need their hidden states encoded")
@@ -190,7 +192,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
 
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(f"dataset hash {ds.content_hash()} differs from the one the run was trained on "
                             f"({manifest['dataset']['hash']}); the data files changed since training")
@@ -199,11 +201,12 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         raise MismatchError(f"checkpoint {ckpt} was trained on item vocabulary {ckpt_vocab_hash}, the data gives "
                             f"{ds.item_vocab.hash}")
     split = make_split(ds, cfg.split, cfg.seed)
-    specs = {m: s for m, s in (("text", cfg.features.text), ("image", cfg.features.image)) if s}
+    model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
+    features = features_for(cfg.features, model_cls.content_modalities(model_cfg))  # what training encoded
+    specs = {m: s for m, s in (("text", features.text), ("image", features.image)) if s}
     specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out_dir)
     try:
         shutil.copytree(ckpt, tmp / "model")
         ds.item_vocab.save(tmp / "vocab.json")
@@ -215,7 +218,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         save_file({"offsets": inter.offsets.astype(np.int64), "items": inter.item.astype(np.int64),
                    "train_item_counts": split.train.item_counts().astype(np.int64)},
                   str(tmp / "users.safetensors"))
-        store_info = _export_features(ds, cfg.features, tmp / "features")
+        store_info = _export_features(ds, features, tmp / "features")
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
@@ -224,16 +227,14 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
             "user_vocab_hash": ds.user_vocab.hash, "dataset_hash": ds.content_hash(),
             "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
-            "features": {"store": store_info, "encoders": specs, "template": cfg.features.template},
+            "features": {"store": store_info, "encoders": specs, "template": features.template},
             "index": dict(index or {"kind": "exact"}),
             "files": {str(p.relative_to(tmp)): _sha256(p, full=True)
                       for p in sorted(tmp.rglob("*")) if p.is_file()},
         }
         meta["artifact_hash"] = meta_hash(meta)
         write_json_atomic(tmp / "artifact.json", meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -248,8 +249,9 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
     if fcfg.store:
         src: Path | None = Path(fcfg.store)
     elif fcfg.text or fcfg.image:
-        key = f"{ds.name}-{ds.item_vocab.hash}-{fcfg.text or 'none'}-{fcfg.image or 'none'}"  # as pipeline names it
-        src = Path(fcfg.cache_dir) / key.replace("/", "_").replace(":", "_")
+        from modalrec.pipeline import feature_cache_dir
+
+        src = feature_cache_dir(ds, fcfg)
     else:
         return None
     if (src / "meta.json").is_file():

@@ -14,16 +14,16 @@ import contextlib
 import dataclasses
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
+from modalrec import progress
+from modalrec.costs import peak_memory, trainable_parameters
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report
 from modalrec.models.base import Recommender, Training
@@ -48,9 +48,10 @@ class TrainConfig:
     ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off (ema.py)
     window_stride: int | None = None  # sequence models: TrainWindows stride (None = max_len, no overlap)
     patience: int = 5  # validations without improvement before stopping; 0 = never stop early
-    monitor: str = "ndcg@10"
+    monitor: str = "ndcg@10"  # a metric ("ndcg@10") or a group's metric ("cold_item/ndcg@10")
     monitor_mode: str = "max"  # "max" for ranking metrics, "min" for losses
     eval_every: int = 1
+    validate_first: bool = True  # validate the untrained weights (epoch 0) so early stopping can keep them
     amp: str = "auto"  # "auto" (bf16, else fp16, on CUDA; off on CPU) | "off" | "bf16" | "fp16"
     scheduler: str = "none"  # "none" | "cosine" | "plateau"
     warmup_steps: int = 0
@@ -87,9 +88,11 @@ class BatchSource(Protocol):
 
 @dataclass
 class History:
-    """What happened in `fit`; epochs are numbered from 1 and lists have one entry per epoch."""
+    """What happened in `fit`; epochs are numbered from 1 and lists have one entry per epoch. Epoch 0 is the
+    untrained model: `initial_valid` holds its validation and `best_epoch` is 0 when nothing beat it."""
 
     monitor: str = "ndcg@10"
+    initial_valid: dict[str, float] | None = None  # VALID before any step (train.validate_first)
     train_loss: list[float] = field(default_factory=list)
     valid: list[dict[str, float] | None] = field(default_factory=list)  # None where not validated
     epoch_seconds: list[float] = field(default_factory=list)  # training time only
@@ -196,7 +199,7 @@ class Trainer:
         self.strategy.check(model)
         self.source, self.validate = self.strategy.prepare(source, validate)
         self.model = model
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         model.to(self.device)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         n_batches = self.source.num_batches(cfg.batch_size)
@@ -204,7 +207,7 @@ class Trainer:
         self.optimizer = _make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.schedule = LRSchedule(cfg, min(self.steps * cfg.epochs, cfg.max_steps or self.steps * cfg.epochs))
-        self.hist = History(monitor=cfg.monitor, trainable_params=_trainable_params(model))
+        self.hist = History(monitor=cfg.monitor, trainable_params=trainable_parameters(model))
         self.ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None  # validated instead of live weights
         # What a checkpoint captures besides the above (training/resume.py):
         self.bad = 0  # validations since the last improvement
@@ -221,13 +224,15 @@ class Trainer:
             saved = ckpt.load(model, self.optimizer, self.scaler, self.schedule, cfg, self.ema)
             self.hist, self.bad, self.done, self.best_state = History.from_dict(saved["history"]), *saved["loop"]
             self.hist.resumed_from = self.hist.epochs
-            self.hist.trainable_params = _trainable_params(model)
+            self.hist.trainable_params = trainable_parameters(model)
             log.info("resumed from %s after epoch %d", ckpt.dir, self.hist.epochs)
         logger = EpochLogger(cfg.log_dir) if cfg.log_dir and writer else None
         if logger is not None:
             logger.replace([self.hist.row(e) for e in range(1, self.hist.epochs + 1)])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if cfg.validate_first and self.validate is not None and self.hist.epochs == 0 and not self.done:
+            self.validate_initial()
         try:
             # Dropout draws from the global RNG: fork it so the caller's RNG state is left as found.
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
@@ -275,36 +280,56 @@ class Trainer:
         hist.steps = self.schedule.step_count
 
         metrics, valid_s, self.best_changed = None, 0.0, False
+        hist.total_seconds += train_s
         if self.validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            t1 = time.perf_counter()
-            model.eval()
-            with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
-                with torch.no_grad():
-                    result = self.validate(model)
-                valid_s = time.perf_counter() - t1
-                value = _monitor_value(result, cfg.monitor)
-                improved = _improved(value, hist.best_metric, cfg.monitor_mode)
-                if improved:  # snapshot inside the block: the validated (averaged) weights are the ones kept
-                    self.best_state = _snapshot(model)
-            model.train()
-            metrics = _metrics_of(result, cfg.monitor)
-            hist.total_seconds += train_s + valid_s
-            if improved:
-                hist.best_epoch, hist.best_metric, hist.seconds_to_best = epoch, value, hist.total_seconds
-                self.bad, self.best_changed = 0, True
-            else:
-                self.bad += 1
-                if cfg.patience and self.bad >= cfg.patience:
-                    self.done = hist.stopped_early = True
-            self.schedule.on_validation(value, improved)
-            mark = " *" if improved else ""
-            log.info("epoch %d: loss %.4f, %s %.4f%s (%.1fs + %.1fs)", epoch, loss, cfg.monitor, value, mark,
-                     train_s, valid_s)  # fmt: skip
-        else:
-            hist.total_seconds += train_s
-            log.info("epoch %d: loss %.4f (%.1fs)", epoch, loss, train_s)
+            metrics, value, _, valid_s = self._validate(epoch)
+            hist.total_seconds += valid_s
         hist.valid.append(metrics)
         hist.valid_seconds.append(valid_s)
+        if self.strategy.is_main:
+            spent = hist.total_seconds / hist.epochs  # this run's seconds per epoch, validation included
+            left = 0 if self.done else cfg.epochs - epoch
+            text = progress.epoch_line(epoch, cfg.epochs, loss, spent, spent * left if left else None,
+                                       cfg.monitor if metrics is not None else None,
+                                       value if metrics is not None else None, self.best_changed)
+            if cfg.progress:
+                progress.line(text)
+            else:
+                log.info(text)
+
+    def validate_initial(self) -> None:
+        """Epoch 0: validate the weights before any step; they are kept if no epoch beats them."""
+        metrics, value, _, valid_s = self._validate(0)
+        self.hist.initial_valid = metrics
+        self.hist.total_seconds += valid_s
+        log.info("epoch 0 (untrained): %s %.4f (%.1fs)", self.cfg.monitor, value, valid_s)
+
+    def _validate(self, epoch: int) -> tuple[dict[str, float], float, bool, float]:
+        """Validate the current (or averaged) weights, keep them if they are the best so far, count
+        validations without improvement: (metrics, monitored value, improved, seconds)."""
+        cfg, model, hist = self.cfg, self.model, self.hist
+        t1 = time.perf_counter()
+        model.eval()
+        with self.ema.swapped_in(model) if self.ema is not None and epoch else contextlib.nullcontext():
+            with torch.no_grad():
+                result = self.validate(model)
+            valid_s = time.perf_counter() - t1
+            value = _monitor_value(result, cfg.monitor)
+            improved = _improved(value, hist.best_metric, cfg.monitor_mode)
+            if improved:  # snapshot inside the block: the validated (averaged) weights are the ones kept
+                self.best_state = _snapshot(model)
+        model.train()
+        if improved:
+            hist.best_epoch, hist.best_metric = epoch, value
+            hist.seconds_to_best = hist.total_seconds + valid_s
+            self.bad, self.best_changed = 0, True
+        elif epoch:
+            self.bad += 1
+            if cfg.patience and self.bad >= cfg.patience:
+                self.done = hist.stopped_early = True
+        if epoch:
+            self.schedule.on_validation(value, improved)
+        return _metrics_of(result, cfg.monitor), value, improved, valid_s
 
     def train_epoch(self, epoch: int) -> float:
         """The one training epoch: `steps` optimizer steps over the source's batches for this epoch."""
@@ -315,8 +340,7 @@ class Trainer:
         total: torch.Tensor | float = 0.0
         n = 0
         batches = self.source.batches(cfg.batch_size, seed=cfg.seed, epoch=epoch)
-        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-                   disable=not (cfg.progress and self.strategy.is_main))
+        bar = progress.bar(batches, total=self.steps, desc=f"epoch {epoch}", enabled=cfg.progress and self.strategy.is_main)
         for batch in bar:
             if n >= self.steps or self._out_of_steps():
                 break
@@ -358,10 +382,6 @@ def _check_trainable(model: torch.nn.Module) -> None:
         raise TypeError(f"{name} has no trainable parameters; nothing for fit() to train")
 
 
-def _trainable_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or mode == "off":
         return None  # autocast only on CUDA: CPU bf16 is slower and less accurate for these models
@@ -381,7 +401,8 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 def _monitor_value(result: Any, monitor: str) -> float:
     if isinstance(result, Report):
-        value = result.metric(monitor)
+        group, _, name = monitor.rpartition("/")
+        value = result.metric(name, group or None)
         return float("nan") if value is None else float(value)  # None: no events to measure
     if isinstance(result, Mapping):
         if monitor not in result:
@@ -429,13 +450,6 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(
             f"best weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
 def optimizer_step(opt: torch.optim.Optimizer, scaler: Any, params: list[torch.nn.Parameter], grad_clip: float) -> None:

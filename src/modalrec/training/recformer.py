@@ -231,7 +231,8 @@ def finetune(
             epochs=epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
             lr=cfg.lr if stage == 1 or cfg.stage2_lr is None else cfg.stage2_lr, patience=cfg.patience or 0,
             monitor=cfg.monitor, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=cfg.seed, device=cfg.device,
-            progress=False, checkpoint_dir=None if cfg.checkpoint_dir is None else
+            progress=False, validate_first=False,  # selection runs across both stages over trained epochs
+            checkpoint_dir=None if cfg.checkpoint_dir is None else
             str(Path(cfg.checkpoint_dir) / "train_state" / f"stage{stage}"))
         trainer = Trainer(model, _StageEpochs(source, stage), train_cfg, validate)
         hist = trainer.fit()  # ends with the stage's best weights

@@ -279,6 +279,7 @@ def build_dataset(
         "filters": filters,
         "text_fields": list(text_fields),
         "items_with_text": int(sum(any(table.fields[f][i] for f in text_fields) for i in range(1, len(item_vocab)))),
+        "image_source": image_field is not None,
         "items_with_image": int(sum(p is not None for p in table.image_paths)),
         "items_with_launch_time": int(sum(t is not None for t in table.launch_ts)),
         "notes": list(events.notes),

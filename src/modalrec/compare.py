@@ -1,0 +1,107 @@
+"""Compare trained runs: the group table (overall / warm / cold-item / cold-user) and one PNG with the TEST
+metric by group as bars next to each run's VALID curve over the epochs."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modalrec.errors import ConfigError
+from modalrec.evaluation.report import Report, compare_table
+from modalrec.io import write_bytes_atomic
+
+BAR_GROUPS = ("warm", "cold_item", "cold_user")
+TABLE_GROUPS = ("overall", *BAR_GROUPS)
+
+
+@dataclass
+class RunSummary:
+    name: str
+    test: Report
+    monitor: str | None  # the VALID metric selection used, None for models that are not trained
+    valid_curve: list[tuple[int, float]]  # (epoch, VALID monitor value) of every validated epoch
+
+
+def load_run(run_dir: str | Path) -> RunSummary:
+    """TEST report and VALID history of a directory written by `modalrec train`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "report.json").is_file() or not (run_dir / "manifest.json").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (needs report.json and manifest.json)")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    history = manifest.get("history") or {}
+    monitor = history.get("monitor")
+    curve = [(e + 1, float(v[monitor])) for e, v in enumerate(history.get("valid") or [])
+             if v and isinstance(v.get(monitor), (int, float))]
+    return RunSummary(manifest.get("name", run_dir.name), Report.from_json(run_dir / "report.json"),
+                      monitor if curve else None, curve)
+
+
+def group_table(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> str:
+    """Markdown: one row per run, TEST `metrics` for overall / warm / cold_item / cold_user (with event counts)."""
+    return compare_table({r.name: r.test for r in runs}, metrics=metrics, groups=TABLE_GROUPS)
+
+
+def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10", title: str | None = None) -> Path:
+    """PNG, written atomically: left, TEST `metric` per group (one bar per run); right, VALID curves."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    reports = {r.name: r.test for r in runs}
+    names = list(reports)
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    try:
+        x = np.arange(len(BAR_GROUPS))
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            values = [_value(reports[name], metric, g) for g in BAR_GROUPS]
+            drawn = bars.bar(x + (i - (len(names) - 1) / 2) * width, [v or 0.0 for v in values], width, label=name)
+            for rect, v in zip(drawn, values):
+                bars.annotate("n/a" if v is None else f"{v:.3f}", (rect.get_x() + rect.get_width() / 2,
+                              rect.get_height()), ha="center", va="bottom", fontsize=7)
+        counts = [next((r.counts.get(g) for r in reports.values() if g in r.counts), None) for g in BAR_GROUPS]
+        bars.set_xticks(x, [g if c is None else f"{g}\n(n={c})" for g, c in zip(BAR_GROUPS, counts)])
+        bars.set_ylabel(f"TEST {metric}")
+        bars.set_title(f"TEST {metric} by group")
+        bars.legend(fontsize=8)
+        monitors = sorted({r.monitor for r in runs if r.monitor})
+        for run in runs:
+            if run.valid_curve:
+                epochs, values = zip(*run.valid_curve)
+                curves.plot(epochs, values, marker=".", label=run.name)
+        curves.set_xlabel("epoch")
+        curves.set_ylabel(f"VALID {' / '.join(monitors) or metric}")
+        curves.set_title("VALID during training" if monitors else "no trained runs (no VALID curves)")
+        if monitors:
+            curves.legend(fontsize=8)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
+
+
+def _value(rep: Report, metric: str, group: str) -> float | None:
+    try:
+        return rep.metric(metric, group)
+    except KeyError:  # a run evaluated without this metric or group
+        return None
+
+
+def summaries(run_dirs: Sequence[str | Path]) -> list[RunSummary]:
+    """Every run directory loaded; names are made unique (the table and the figure are keyed by name)."""
+    runs = [load_run(d) for d in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):  # runs in different output dirs may share a name: use the paths
+        for r, d in zip(runs, run_dirs):
+            r.name = str(d)
+    return runs
