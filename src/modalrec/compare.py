@@ -44,6 +44,12 @@ def group_table(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10",
     return compare_table({r.name: r.test for r in runs}, metrics=metrics, groups=TABLE_GROUPS)
 
 
+def table_data(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> dict:
+    """The group table as data: {run: {"groups": {group: {metric: value}}, "counts": {group: events}}}."""
+    return {r.name: {"groups": {g: {m: _value(r.test, m, g) for m in metrics} for g in TABLE_GROUPS},
+                     "counts": {g: r.test.counts.get(g) for g in TABLE_GROUPS}} for r in runs}
+
+
 def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10", title: str | None = None) -> Path:
     """PNG, written atomically: left, TEST `metric` per group (one bar per run); right, VALID curves."""
     import matplotlib
