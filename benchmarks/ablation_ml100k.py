@@ -44,7 +44,7 @@ def base_config(args: argparse.Namespace) -> Any:
             "tower": {"dropout": args.tower_dropout}}},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
                   "eval_every": args.eval_every,
-                  "device": args.device, "progress": False, "seed": args.seed},
+                  "device": args.device, "progress": False},
         "eval": {"ks": [10, 20], "device": args.device},
     })
 

@@ -109,7 +109,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "features": {**ds["features"], "cache_dir": args.cache_dir, "device": args.device},
         "model": model_spec(model, ds, args),
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "patience": args.patience,
-                  "device": args.device, "progress": False, "seed": seed},
+                  "device": args.device, "progress": False},
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
 

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     size = args.size or ("tiny" if args.smoke else "mini")
     cfg = RecformerConfig(size=size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
-                          max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing, seed=args.seed)
-    model, tok = RecformerModel.create(cfg)
+                          max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing)
+    model, tok = RecformerModel.create(cfg, seed=args.seed)
     t0 = time.perf_counter()
     inst_tokens = model.tokenize_table(inst.items, tok, cache_dir=args.cache_dir)
     sci_tokens = ItemTokens.from_records(scientific_attributes(sci.items), tok, cfg.max_item_tokens, cfg.max_attr_tokens)

@@ -39,7 +39,7 @@ from typing import Any
 from modalrec.config import from_dict, to_dict
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report, bar_chart
-from modalrec.experiment import ExperimentConfig
+from modalrec.experiment import ExperimentConfig, seeded
 from modalrec.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -259,8 +259,8 @@ def _same_config(run_dir: Path, cfg: ExperimentConfig) -> bool:
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():
         return True
-    saved = json.loads(manifest.read_text()).get("config")
-    return saved is None or saved == json.loads(json.dumps(to_dict(cfg), default=str))
+    saved = json.loads(manifest.read_text()).get("config")  # runs record their seeded config
+    return saved is None or saved == json.loads(json.dumps(to_dict(seeded(cfg)), default=str))
 
 
 def run_ablation(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from modalrec.errors import ConfigError
 from modalrec.training.loop import TrainConfig
 
 
@@ -58,7 +60,7 @@ class EvalConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "run"
-    seed: int = 0
+    seed: int = 0  # the experiment's one seed; see `seeded`
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -66,3 +68,21 @@ class ExperimentConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def seeded(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with its one seed handed to every component: the one place an experiment's seed is derived.
+
+    Data (a synthetic source's `options.seed` unless given), the split, the initial weights
+    (`ModelContext.seed`), batch order / dropout / negatives (`TrainConfig.seed`) and streaming-evaluation
+    negatives all start from `cfg.seed`; each component draws its own streams from it with
+    `seeding.derive_seed(seed, purpose)`. A `train.seed` other than the experiment's is refused rather
+    than silently overridden: an experiment has one seed.
+    """
+    if cfg.train.seed not in (0, cfg.seed):
+        raise ConfigError(f"train.seed ({cfg.train.seed}) differs from the experiment seed ({cfg.seed}); "
+                          "set only the top-level `seed`")
+    data = cfg.data
+    if data.source == "synthetic" and "seed" not in data.options:
+        data = dataclasses.replace(data, options={**data.options, "seed": cfg.seed})
+    return dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, seed=cfg.seed))

@@ -5,6 +5,7 @@ Each step is a plain function so that the CLI, benchmarks and notebooks compose 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import resource
@@ -21,21 +22,20 @@ from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
-from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig
+from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
 from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
 
-def load_data(cfg: DataConfig, seed: int = 0) -> Dataset:
-    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`)."""
+def load_data(cfg: DataConfig) -> Dataset:
+    """Load a source and apply the configured filters (each is recorded in `Dataset.summary`).
+    A synthetic source's seed comes from the experiment (`experiment.seeded`)."""
     from modalrec.data import filters
     from modalrec.data.sources import load_dataset
 
     options = dict(cfg.options)
-    if cfg.source == "synthetic":
-        options.setdefault("seed", seed)
     if cfg.min_rating is not None:  # ratings are applied by the loader, before vocabularies are built
         options["min_rating"] = cfg.min_rating
     try:
@@ -77,8 +77,7 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         return {}, {}
     from modalrec.features.build import encode_catalogue
 
-    key = f"{ds.name}-{ds.item_vocab.hash}-{cfg.text or 'none'}-{cfg.image or 'none'}".replace("/", "_").replace(":", "_")
-    out_dir = Path(cfg.cache_dir) / key
+    out_dir = feature_cache_dir(ds, cfg)
     store = encode_catalogue(
         ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
         batch_size=cfg.batch_size, device=cfg.device, resume=True, shard=shard, barrier=barrier,
@@ -87,6 +86,15 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
         barrier()
         return FeatureStore.open(out_dir, ds.item_vocab).tensors()
     return store.tensors()
+
+
+def feature_cache_dir(ds: Dataset, cfg: FeaturesConfig) -> Path:
+    """Where `load_features` caches a catalogue's features: one directory per dataset, item vocabulary,
+    encoders and text template, so any change to what is encoded gets its own directory."""
+    parts = [ds.name, ds.item_vocab.hash, cfg.text or "none", cfg.image or "none"]
+    if cfg.text and cfg.template is not None:
+        parts.append("t" + hashlib.sha256(cfg.template.encode()).hexdigest()[:12])
+    return Path(cfg.cache_dir) / "-".join(parts).replace("/", "_").replace(":", "_")
 
 
 def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesConfig:
@@ -162,7 +170,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
 
     started = time.perf_counter()
     checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
-    ds = load_data(cfg.data, cfg.seed)
+    cfg = seeded(cfg)
+    ds = load_data(cfg.data)
     split = make_split(ds, cfg.split, cfg.seed)
     features_cfg = features_for(cfg.features, checked.modalities)
     # --- distributed hook (training/distributed.py, evaluation/distributed.py) ---
@@ -303,8 +312,8 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    cfg = from_dict(ExperimentConfig, manifest["config"])
-    ds = load_data(cfg.data, cfg.seed)
+    cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
+    ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(
             f"dataset hash {ds.content_hash()} differs from the one the run was trained on "

@@ -11,7 +11,8 @@ import torch
 from modalrec.errors import ConfigError
 from modalrec.features.encoders import build_encoder, parse_spec
 from modalrec.features.encoders.hashing import HashingText
-from modalrec.features.encoders.text import HFTextEncoder, pool_hidden
+from modalrec.features.encoders.text import HFTextEncoder
+from modalrec.features.pooling import pool_hidden
 
 transformers = pytest.importorskip("transformers")
 

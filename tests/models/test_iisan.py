@@ -376,3 +376,33 @@ def test_new_items_get_scored_and_loaded_weights_refresh_the_table():
         model.set_hidden_states({"text": LayerStates(grown, [0, 1, 2], depth)})
         scores = model.score(history_batch([np.array([1, 2])], 4))
     assert scores.shape == (1, n + 6) and bool(torch.isfinite(scores).all())
+
+
+def test_encoder_tower_pools_like_the_hidden_state_cache_and_ignores_padding(tiny_encoders):
+    """NaN in padded positions (as left-padded decoders produce) must not reach an item vector."""
+    from types import SimpleNamespace
+
+    from modalrec.models.iisan.peft_baselines import EncoderTower
+
+    text_enc, _, _ = tiny_encoders
+
+    class NaNAtPadding(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask, return_dict=True):
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return SimpleNamespace(last_hidden_state=hidden.masked_fill(~attention_mask.bool()[..., None], float("nan")))
+
+    titles = ["", "a", "a much longer item title with many words"]  # item 1 is padded next to item 2
+    ids, mask = tokenize_items(text_enc.tokenizer, titles, max_tokens=16)
+    tower = EncoderTower(ids, mask, hidden=48, dim=8)
+    tower.attach(text_enc.module)
+    tower.eval()
+    with torch.no_grad():
+        clean = tower.all()
+        tower.attach(NaNAtPadding(text_enc.module))
+        poisoned = tower.eval().all()  # eval() drops the cached table
+    assert bool(torch.isfinite(poisoned).all())
+    torch.testing.assert_close(poisoned, clean)

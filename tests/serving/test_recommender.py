@@ -50,7 +50,7 @@ def test_known_user_uses_stored_history(rec: Recommender, content_run) -> None:
     from modalrec.pipeline import load_data
 
     cfg = from_dict(ExperimentConfig, content_run.manifest["config"])
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     u = ds.user_vocab.index("user00007")
     history = [ds.item_vocab.raw(int(i)) for i in ds.interactions.sequence(u)]
     assert [r.item_id for r in rec.recommend(user_id="user00007", k=5)] == \

@@ -30,9 +30,9 @@ def experiment_config(args: argparse.Namespace, base: dict[str, Any] | None = No
         data = _merge(data, load_file(args.config))
     data = apply_overrides(data, getattr(args, "overrides", []) or [])
     check_keys(data)
-    from modalrec.experiment import ExperimentConfig
+    from modalrec.experiment import ExperimentConfig, seeded
 
-    return from_dict(ExperimentConfig, data)
+    return seeded(from_dict(ExperimentConfig, data))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cfg = experiment_config(args)
     check_experiment(cfg)  # the same checks `modalrec train` makes, so a clean inspect means train can start
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     info = inspect_dataset(ds, make_split(ds, cfg.split, cfg.seed))
     info["seconds"] = round(time.perf_counter() - started, 2)
     if args.json:

@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace, is_main: bool = True) -> int:
     cfg = experiment_config(args)
     if not (args.text or args.image):
         raise ConfigError("give --text and/or --image")
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     common = {"template": args.template, "batch_size": args.batch_size, "device": args.device,
               "precision": args.precision, "resume": not args.no_resume,
               "progress": not args.no_progress and is_main}

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from modalrec.pipeline import load_data, make_split
 
     cfg = experiment_config(args)
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     split = make_split(ds, cfg.split, cfg.seed)
     summary = {"dataset": ds.describe(), "split": split.describe()}
     print_json(summary)

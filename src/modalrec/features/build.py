@@ -29,7 +29,13 @@ from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.encoders import build_encoder
-from modalrec.features.encoders.base import EncodedBatch, Encoder, resolve_device
+from modalrec.features.encoders.base import (
+    STORE_IDENTITY,
+    EncodedBatch,
+    Encoder,
+    identity_mismatch,
+    resolve_device,
+)
 from modalrec.features.hidden_cache import (
     HiddenStateCache,
     LayerSpec,
@@ -45,8 +51,6 @@ from modalrec.progress import duration, line
 logger = logging.getLogger(__name__)
 
 EncoderSpec = Encoder | str | Mapping[str, Any]
-# Keys of encoder info that must agree before new rows may be appended to an existing store.
-_IDENTITY = ("class", "name", "revision", "pooling", "dim", "template", "instruction_prefix", "normalize", "layers")
 MAX_REPORTED = 20
 
 
@@ -254,10 +258,10 @@ def _check_compatible(existing: ArrayStore, tasks: list[_Task]) -> None:
                             f"{[t.modality for t in tasks]}; pass overwrite=True or choose another out_dir")
     for t in tasks:
         old = existing.encoder_info(t.modality)
-        diff = [k for k in _IDENTITY if old.get(k) != t.info.get(k)]
+        diff = identity_mismatch(old, t.info, STORE_IDENTITY)
         if diff:
             raise MismatchError(f"{existing.directory} ({t.modality}) was encoded with a different encoder setup "
-                                f"({', '.join(f'{k}: {old.get(k)!r} vs {t.info.get(k)!r}' for k in diff)}); "
+                                f"({diff}); "
                                 "appending would mix vector spaces. Pass overwrite=True to re-encode everything")
 
 

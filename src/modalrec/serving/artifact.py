@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "modalrec.artifact"
 FORMAT_VERSION = 2  # 2: immutable export, every file hashed; the live catalogue lives in a database beside it
-# Encoder info keys that must agree with the store's record before new rows are encoded and appended.
-_IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
 
 
 class NotSupportedError(ModalrecError, TypeError):
@@ -101,6 +99,7 @@ class Artifact:
         if enc is not None:
             return enc
         from modalrec.features.encoders import build_encoder, parse_spec
+        from modalrec.features.encoders.base import identity_mismatch
 
         spec = self.encoders.get(modality)
         if not spec:
@@ -114,11 +113,9 @@ class Artifact:
                                   "with --trust-remote-code if you trust that model's code")
             opts["trust_remote_code"] = True
         enc = build_encoder({"kind": kind, **({"name": name} if name else {}), **opts}, device=device)
-        have, want = enc.info(), self.store.encoder_info(modality)
-        diff = [key for key in _IDENTITY if have.get(key) != want.get(key)]
+        diff = identity_mismatch(enc.info(), self.store.encoder_info(modality))  # the template is the store's own
         if diff:
-            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features "
-                                f"({', '.join(f'{key}: {have.get(key)!r} vs {want.get(key)!r}' for key in diff)})")
+            raise MismatchError(f"encoder {spec!r} differs from the one that built the {modality} features ({diff})")
         self._encoders[modality] = enc
         return enc
 
@@ -168,7 +165,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     index: {"kind": "exact" | "hnsw" | "ivf", **options} recorded for `Recommender.load` (default exact).
     """
     from modalrec.config import from_dict
-    from modalrec.experiment import ExperimentConfig
+    from modalrec.experiment import ExperimentConfig, seeded
     from modalrec.pipeline import features_for, load_data, make_split
     from modalrec.validation import check_model
 
@@ -179,7 +176,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
-    cfg = from_dict(ExperimentConfig, manifest["config"])
+    cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
     ckpt = run_dir / "model"
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run_dir} has no model weights (model {cfg.model.name!r}); only trained neural "
@@ -191,7 +188,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
 
-    ds = load_data(cfg.data, cfg.seed)
+    ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(f"dataset hash {ds.content_hash()} differs from the one the run was trained on "
                             f"({manifest['dataset']['hash']}); the data files changed since training")
@@ -251,8 +248,9 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
     if fcfg.store:
         src: Path | None = Path(fcfg.store)
     elif fcfg.text or fcfg.image:
-        key = f"{ds.name}-{ds.item_vocab.hash}-{fcfg.text or 'none'}-{fcfg.image or 'none'}"  # as pipeline names it
-        src = Path(fcfg.cache_dir) / key.replace("/", "_").replace(":", "_")
+        from modalrec.pipeline import feature_cache_dir
+
+        src = feature_cache_dir(ds, fcfg)
     else:
         return None
     if (src / "meta.json").is_file():

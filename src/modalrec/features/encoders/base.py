@@ -8,7 +8,7 @@ raise, so one bad item cannot stop a catalogue-wide job.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +48,17 @@ class HiddenLayout:
     @property
     def width(self) -> int:
         return max(self.dims)
+
+
+# Keys of `Encoder.info()` that decide the vector space: encoders agreeing on these give the same vectors.
+ENCODER_IDENTITY = ("class", "name", "revision", "pooling", "dim", "instruction_prefix", "normalize")
+# A store adds what it fed the encoder: the text template and (hidden-state caches) the layers it kept.
+STORE_IDENTITY = (*ENCODER_IDENTITY, "template", "layers")
+
+
+def identity_mismatch(have: Mapping[str, Any], want: Mapping[str, Any], keys: Sequence[str] = ENCODER_IDENTITY) -> str:
+    """'' when `have` and `want` agree on every identity key, else 'key: have vs want, ...' for a message."""
+    return ", ".join(f"{k}: {have.get(k)!r} vs {want.get(k)!r}" for k in keys if have.get(k) != want.get(k))
 
 
 class Encoder(ABC):

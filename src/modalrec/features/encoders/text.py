@@ -13,35 +13,9 @@ import numpy as np
 from modalrec.errors import ConfigError
 from modalrec.features.encoders import hub
 from modalrec.features.encoders.base import HiddenLayout, TextEncoder, resolve_device, resolve_dtype
+from modalrec.features.pooling import POOLINGS, pool_hidden
 
 logger = logging.getLogger(__name__)
-
-POOLINGS = ("mean", "last", "cls")
-
-
-def pool_hidden(hidden: Any, mask: Any, pooling: str) -> Any:
-    """Pool token states [B, T, d] with attention mask [B, T] -> [B, d] float32.
-
-    Works for left and right padding alike: "last" takes the highest position whose mask is 1,
-    "cls" the lowest. Pad positions are zeroed with masked_fill (not multiplied), so NaN/inf in
-    pad states of left-padded decoders cannot leak into the mean.
-    """
-    import torch
-
-    mask = mask.bool()  # [B, T]
-    hidden = hidden.float().masked_fill(~mask[..., None], 0.0)  # [B, T, d]
-    if pooling == "mean":
-        counts = mask.sum(1, keepdim=True).clamp(min=1).float()  # [B, 1]
-        return hidden.sum(1) / counts  # [B, d]
-    positions = torch.arange(mask.shape[1], device=mask.device)  # [T]
-    if pooling == "last":
-        idx = (positions * mask).argmax(1)  # [B] last non-pad position
-    elif pooling == "cls":
-        idx = mask.int().argmax(1)  # [B] first non-pad position (argmax returns the first maximum)
-    else:
-        raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # [B, d]
-
 
 class HFTextEncoder(TextEncoder):
     """Any `transformers` AutoModel as a text encoder.

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError, MismatchError
+from modalrec.features.pooling import pool_hidden
 from modalrec.models.base import ItemTower, ModelContext
 from modalrec.models.iisan.model import LayerStates, resolve_states
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
@@ -75,11 +76,6 @@ def tokenize_items(tokenizer: Any, texts: Sequence[str], max_tokens: int = 32) -
     """Tokenise every item text once: (input_ids [n + 1, T], attention_mask [n + 1, T]); row 0 = PAD (empty)."""
     batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
     return batch["input_ids"].long(), batch["attention_mask"].long()
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, T, d], [B, T] -> [B, d]
-    m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # same pooling as the hidden-state cache
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,7 +138,7 @@ class EncoderFinetuneConfig(SASRecConfig):
 
 
 class EncoderTower(ItemTower):
-    """Item vector = Linear(mean_pool(encoder(tokens of the item's text))). Only a batch's distinct items
+    """Item vector = Linear(mean of encoder(tokens of the item's text) over its tokens). Only a batch's distinct items
     are encoded. The encoder is attached after SASRec's weight init so pretrained weights survive."""
 
     def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden: int, dim: int,
@@ -172,7 +168,7 @@ class EncoderTower(ItemTower):
         width = max(1, int(mask.sum(1).max()))  # trim common right padding: less compute
         ids, mask = ids[:, :width], mask[:, :width]
         hidden = self.encoder(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state  # [M, T, h]
-        out = self.proj(mean_pool(hidden.float(), mask))  # [M, d]
+        out = self.proj(pool_hidden(hidden, mask, "mean"))  # [M, d], the hidden-state cache's pooling
         return out * (rows != 0).unsqueeze(-1).to(out.dtype)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]

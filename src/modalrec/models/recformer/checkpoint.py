@@ -32,7 +32,8 @@ def load_recformer(directory: str | Path, items: ItemTokens | None = None) -> Re
 
     d = Path(directory)
     meta = json.loads((d / "config.json").read_text())
-    cfg = RecformerConfig(**{**meta["config"], "init_from": None})
+    saved = {k: v for k, v in meta["config"].items() if k != "seed"}  # older checkpoints stored the init seed
+    cfg = RecformerConfig(**{**saved, "init_from": None})
     model = RecformerModel(cfg, items)
     model.load_state_dict(load_file(str(d / "model.safetensors")))
     vec_path = d / "item_vectors.safetensors"

@@ -76,7 +76,6 @@ class RecformerConfig:
     cls_id: int = 0
     pad_id: int = 0
     mask_id: int = 0
-    seed: int = 0
 
     def dims(self) -> tuple[int, int, int, int, int]:
         if self.size not in SIZES:
@@ -172,7 +171,8 @@ class RecformerModel(SequentialRecommender):
     def content_modalities(cls, cfg: RecformerConfig) -> frozenset[str]:
         return frozenset()  # reads item text itself (ModelContext.item_table), not the FeatureStore
 
-    def __init__(self, cfg: RecformerConfig, items: ItemTokens | None = None):
+    def __init__(self, cfg: RecformerConfig, items: ItemTokens | None = None, seed: int = 0):
+        """`seed`: the initial weights and the first MLM masks (the experiment's, via `build`)."""
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ConfigError("RecformerConfig.vocab_size is unset; build with RecformerModel.create(cfg, tokenizer)")
@@ -183,7 +183,7 @@ class RecformerModel(SequentialRecommender):
         self.pad_multiple = win if cfg.backbone == "longformer" else 8
         # HF init draws from the global RNG: fork it so building a model never shifts anything else
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, "recformer/init"))
+            torch.manual_seed(derive_seed(seed, "recformer/init"))
             self.embeddings = RecformerEmbeddings(
                 cfg.vocab_size, h, cfg.max_tokens, cfg.max_items, cfg.pad_id, cfg.dropout
             )
@@ -199,19 +199,19 @@ class RecformerModel(SequentialRecommender):
         self._vecs_stale = True
         self._vecs_frozen = False
         self.stage: int | None = None  # 1 = re-encode items each epoch, 2 = item vectors frozen
-        self._mlm_generator = torch_generator(cfg.seed, "recformer/mlm")
+        self._mlm_generator = torch_generator(seed, "recformer/mlm")
         self.pretrain_parts: list[dict[str, float]] = []  # loss parts of each pretraining step taken
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: RecformerConfig, tokenizer: Any | None = None, table: ItemTable | None = None,
-               cache_dir: str | Path | None = None) -> tuple[RecformerModel, Any]:
+               cache_dir: str | Path | None = None, seed: int = 0) -> tuple[RecformerModel, Any]:
         """Fill the vocabulary facts from the tokenizer, build, optionally tokenise `table` and load
         `cfg.init_from`. Returns (model, tokenizer)."""
         tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.tokenizer_path)
         cfg = replace(cfg, vocab_size=len(tok), cls_id=tok.cls_token_id, pad_id=tok.pad_token_id,
                       mask_id=tok.mask_token_id)
-        model = cls(cfg)
+        model = cls(cfg, seed=seed)
         if cfg.init_from is not None:
             load_bert_weights(model, default_tokenizer_path() if cfg.init_from == "minilm" else Path(cfg.init_from))
         if table is not None:
@@ -223,7 +223,7 @@ class RecformerModel(SequentialRecommender):
         """Registry entry point. Recformer needs item *texts*: the ItemTable given here, else
         `ctx.item_table` when the context carries one, else call `set_items` before scoring."""
         items = items if items is not None else ctx.item_table
-        model, _ = cls.create(cfg, table=items)
+        model, _ = cls.create(cfg, table=items, seed=ctx.seed)
         if items is not None and items.n_items != ctx.n_items:
             raise ConfigError(f"item table has {items.n_items} items, the data has {ctx.n_items}")
         return model
