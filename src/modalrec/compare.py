@@ -57,6 +57,7 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     reports = {r.name: r.test for r in runs}
     names = list(reports)
@@ -80,6 +81,7 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
             if run.valid_curve:
                 epochs, values = zip(*run.valid_curve)
                 curves.plot(epochs, values, marker=".", label=run.name)
+        curves.xaxis.set_major_locator(MaxNLocator(integer=True))
         curves.set_xlabel("epoch")
         curves.set_ylabel(f"VALID {' / '.join(monitors) or metric}")
         curves.set_title("VALID during training" if monitors else "no trained runs (no VALID curves)")
