@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("modalrec.cli.export", "turn a training run into a self-contained serving artifact"),
     "recommend": ("modalrec.cli.recommend", "top-k items from a serving artifact for a history or a user"),
     "serve": ("modalrec.cli.serve", "HTTP service over a serving artifact (FastAPI + uvicorn)"),
+    "artifact": ("modalrec.cli.artifact", "check a serving artifact: every hash, the live catalogue, that it loads"),
 }
 
 

@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve a snapshot of the catalogue; added / removed items stay in this process's memory")
     parser.add_argument("--catalogue", help="live catalogue database: a SQLite file (default DIR/catalogue.sqlite) "
                                             "or a postgresql:// URL shared by servers on several machines")
+    parser.add_argument("--encoder-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="encode new items in a low-priority child process, so large adds do not slow "
+                             "requests (default on)")
+    parser.add_argument("--write-timeout", type=float, default=60.0,
+                        help="seconds a write may wait for the writer before it is refused with 503")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow an encoder that runs Python shipped with its model (never taken from the artifact)")
     parser.add_argument("--max-history", type=int, default=500)
@@ -50,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.artifact, device=args.device, index={"kind": args.index} if args.index else None,
                            persist=not args.read_only, catalogue=args.catalogue,
                            trust_remote_code=args.trust_remote_code)
+    if args.encoder_process and not args.read_only:
+        rec.encode_in_subprocess()
     serve(rec, host=args.host, port=args.port, log_level=args.log_level, api_key=key,
           image_root=args.image_root, max_history=args.max_history, max_k=args.max_k,
-          max_new_items=args.max_new_items)
+          max_new_items=args.max_new_items, write_timeout_s=args.write_timeout)
     return 0

@@ -1,8 +1,9 @@
 """Request metrics for the HTTP service: counts by status and latency percentiles per endpoint.
 
 `MetricsMiddleware` is a plain ASGI middleware (no per-request task overhead); endpoints are named by
-their route template ("GET /items/{item_id}/similar"), so path parameters do not explode the table.
-Latencies are kept in a bounded window per endpoint (the most recent `window` requests).
+their route template ("GET /items/{item_id}/similar") and a standard HTTP method; any other method is
+counted as "OTHER" and any path that matched no route as "(unmatched)", so clients cannot grow the
+table. Latencies are kept in a bounded window per endpoint (the most recent `window` requests).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -72,6 +75,24 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "(unmatched)"
-            self.metrics.record(f"{scope.get('method', '?')} {path}", status["code"], time.perf_counter() - t0)
+            path = _route_path(scope)
+            method = scope.get("method")
+            self.metrics.record(f"{method if method in METHODS else 'OTHER'} {path}", status["code"],
+                                time.perf_counter() - t0)
+
+
+def _route_path(scope: dict[str, Any]) -> str:
+    """The template of the route this request matched, or would have matched had a middleware not
+    answered first (a 413 for POST /items is counted there); "(unmatched)" otherwise."""
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    app = scope.get("app")
+    for r in getattr(getattr(app, "router", None), "routes", ()):
+        try:
+            match, _ = r.matches(scope)
+        except Exception:  # noqa: BLE001, S112 - a route type that cannot match this scope
+            continue
+        if match.name != "NONE":
+            return str(r.path)
+    return "(unmatched)"

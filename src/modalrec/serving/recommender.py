@@ -195,6 +195,7 @@ class Recommender:
                  catalogue: str | Path | None = None, trust_remote_code: bool = False) -> None:
         self.artifact, self.model, self.content, self.device, self.persist = artifact, model, content, device, persist
         self.trust_remote_code = trust_remote_code
+        self.encoder_process: Any = None  # an EncoderProcess, when encoding runs in a child process
         self.catalogue = LiveCatalogue(artifact.items)
         self.index_config = dict(index or artifact.meta.get("index") or {"kind": "exact"})
         self._lock, self._write_mutex, self._sim_lock = RWLock(), threading.Lock(), threading.Lock()
@@ -367,10 +368,29 @@ class Recommender:
                     for v, j in zip(s[0].tolist(), i[0].tolist()) if j > 0]
 
     # ---- mutation ------------------------------------------------------------------------------
+    def encode_in_subprocess(self, nice: int = 10) -> None:
+        """Encode new items in a child process at lower CPU priority (what `modalrec serve` does): a large
+        add then takes no GIL time from requests. Call load_encoders() to start it now."""
+        from modalrec.serving.encoding import EncoderProcess
+
+        self.encoder_process = EncoderProcess(self.artifact.directory, self.device, self.trust_remote_code, nice)
+
     def load_encoders(self) -> None:
         """Build the encoders new items need now (a server calls this at start, not on the first add)."""
-        if self.content:
+        if not self.content:
+            return
+        if self.encoder_process is not None:
+            self.encoder_process.load()
+        else:
             self.artifact.load_encoders(self.device, self.trust_remote_code)
+
+    def close(self) -> None:
+        """Stop the encoder process and close the catalogue (the Recommender cannot change afterwards)."""
+        if self.encoder_process is not None:
+            self.encoder_process.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def sync(self) -> bool:
         """Apply what other processes committed to the catalogue since the last sync; True if anything."""
@@ -428,8 +448,9 @@ class Recommender:
         fields = {f: [""] + [str(recs[r].get(f) or "") for r in names] for f in self.catalogue.fields}
         table = ItemTable(Vocabulary(names), fields, [None] + [recs[r][IMAGE_KEY] for r in names],
                           self.catalogue.image_root)
-        values, missing = self.artifact.encode_items(table, np.arange(1, len(names) + 1), self.device,
-                                                     trust_remote_code=self.trust_remote_code)
+        encode = self.encoder_process.encode if self.encoder_process is not None else self.artifact.encode_items
+        values, missing = encode(table, np.arange(1, len(names) + 1), self.device,
+                                 trust_remote_code=self.trust_remote_code)
         store = self.artifact.store
         rows = {m: np.where(missing[m][:, None], 0.0, values[m]).astype(store.meta["modalities"][m]["dtype"])
                 .astype(np.float32) for m in values}  # exactly what an exported item's row holds
