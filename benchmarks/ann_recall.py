@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -87,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
 
+    from modalrec.costs import peak_memory
     from modalrec.serving.index import ExactIndex, FaissIndex, recall_at_k
 
     if args.threads:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             result["approximate"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
         del index
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = round(peak_memory("cpu")[0] / 2**20, 1)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from _output import emit_json
 
+from modalrec.costs import trainable_parameters
 from modalrec.data.pairs import random_split
 from modalrec.data.splits import EvalSet, Split, global_temporal, leave_one_out
 from modalrec.evaluation.evaluator import Evaluator
@@ -100,7 +101,7 @@ def train_and_test(name: str, params: dict[str, Any], split: Split, ctx: ModelCo
     report = Evaluator(split.test, split.n_items, ks=KS, max_len=50, device=args.device).run(model, name="test")
     out: dict[str, Any] = {
         "model": name, "config": {k: v for k, v in vars(cfg).items() if k != "tower"},
-        "trainable_params": int(sum(p.numel() for p in model.parameters() if p.requires_grad)) if hist is not None else 0,
+        "trainable_params": trainable_parameters(model) if hist is not None else 0,
         "fit_seconds": round(fit_s, 1),
         "test": {"overall": _pick(report.overall), **{g: _pick(m) for g, m in report.groups.items()}},
         "test_counts": report.counts, "test_eval_seconds": report.meta["wall_time_s"],

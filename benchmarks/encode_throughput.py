@@ -25,8 +25,9 @@ from _output import emit_json
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
+from modalrec.devices import resolve_device
 from modalrec.features.build import encode_catalogue
-from modalrec.features.encoders.base import Encoder, resolve_device
+from modalrec.features.encoders.base import Encoder
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

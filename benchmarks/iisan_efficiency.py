@@ -66,8 +66,9 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
 
 def worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time `--steps` optimizer steps of one method (after `--warmup` steps) and measure peak memory."""
+    from modalrec.costs import PeakMemory
     from modalrec.data.sequences import TrainWindows
-    from modalrec.models.iisan.model import PeakMemory, efficiency_report
+    from modalrec.models.iisan.model import efficiency_report
 
     prep = prepare(args.data_dir, args.dataset, args.cache_root, args.max_users, "cpu", args.encode_batch, args.seed,
                    with_cache=method in ("iisan", "frozen"))

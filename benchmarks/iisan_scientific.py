@@ -70,9 +70,10 @@ def context(prep: dict[str, Any], max_len: int):
 
 
 def train_and_test(model: torch.nn.Module, prep: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from modalrec.costs import PeakMemory
     from modalrec.data.sequences import TrainWindows
     from modalrec.evaluation.evaluator import Evaluator
-    from modalrec.models.iisan.model import PeakMemory, efficiency_report
+    from modalrec.models.iisan.model import efficiency_report
     from modalrec.training.loop import TrainConfig, fit
 
     split = prep["split"]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from _output import emit_json
 
+from modalrec.costs import peak_memory
 from modalrec.data.items import ItemTable
 from modalrec.data.sources.amazon_iisan import load_amazon_iisan
 from modalrec.data.sources.recbole import load_recbole
@@ -31,7 +32,6 @@ from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models.recformer.input import ItemTokens
 from modalrec.models.recformer.model import RecformerConfig, RecformerModel
 from modalrec.seeding import numpy_rng
-from modalrec.training.loop import peak_memory
 from modalrec.training.recformer import (
     FinetuneConfig,
     PrefixPairs,

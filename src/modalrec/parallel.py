@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -87,23 +88,6 @@ def launch_from_env(env: Mapping[str, str]) -> Launch | None:
     return Launch(num("RANK"), world, num("LOCAL_RANK", 0), num("LOCAL_WORLD_SIZE", world))
 
 
-def local_device(device: str, local_rank: int) -> str:
-    """This process's device: "cuda"/"auto" become cuda:<local_rank> (one GPU per process) when CUDA
-    is available, "auto" falls back to "cpu"; an explicit "cuda:K" is kept."""
-    import torch
-
-    if device in ("auto", "cuda"):
-        if torch.cuda.is_available():
-            if local_rank >= torch.cuda.device_count():
-                raise ConfigError(f"local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible; "
-                                  "use --nproc_per_node <= number of GPUs")
-            return f"cuda:{local_rank}"
-        if device == "cuda":
-            raise ConfigError("device 'cuda' requested but CUDA is not available")
-        return "cpu"
-    return device
-
-
 def default_backend(device: str) -> str:
     return "nccl" if str(device).startswith("cuda") else "gloo"
 
@@ -120,7 +104,7 @@ def init_process_group(launch: Launch, backend: str = "auto", device: str = "aut
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    dev = local_device(device, launch.local_rank)
+    dev = resolve_device(device, launch.local_rank)
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev))  # plain "cuda" now means this process's GPU
     chosen = default_backend(dev) if backend == "auto" else backend

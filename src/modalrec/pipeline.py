@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,11 @@ from typing import Any
 import torch
 
 from modalrec.config import to_dict
+from modalrec.costs import dir_size_bytes, peak_memory, trainable_parameters
 from modalrec.data.dataset import Dataset
 from modalrec.data.item_age import ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
 from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
@@ -140,13 +141,6 @@ def build_model(name: str, params: dict[str, Any], ctx: ModelContext) -> Any:
     return model_cls.build(model_cfg, ctx), model_cfg
 
 
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss_kb / 1024.0
-
-
 @dataclass
 class RunResult:
     test: Any  # Report
@@ -231,12 +225,12 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
-                  "trainable_parameters": _trainable(model)},
+                  "trainable_parameters": trainable_parameters(model)},
         "metric_definitions": definitions(),
         "protocol": {"ranking": "full", "ties": "pessimistic", "exclude_seen": cfg.eval.exclude_seen,
                      "selection": "best VALID epoch; TEST evaluated once"},
         "wall_time_s": wall,
-        "peak_memory_mb": peak_memory_mb(cfg.train.device),
+        "peak_memory_mb": peak_memory(cfg.train.device)[0] / 2**20,
         "efficiency": _efficiency(model, history, cfg),
         "history": history.to_dict() if history is not None else None,
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
@@ -274,22 +268,12 @@ def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, An
     epoch_s = history.epoch_seconds if history is not None else []
     caches = [p for p in (cfg.features.store, cfg.features.hidden) if p]
     return {
-        "trainable_parameters": _trainable(model),
+        "trainable_parameters": trainable_parameters(model),
         "seconds_per_epoch": sum(epoch_s) / len(epoch_s) if epoch_s else None,
         "seconds_to_best": history.seconds_to_best if history is not None else None,
-        "peak_memory_mb": peak_memory_mb(cfg.train.device),
-        "cache_mb": {p: round(_dir_bytes(Path(p)) / 2**20, 2) for p in caches},
+        "peak_memory_mb": peak_memory(cfg.train.device)[0] / 2**20,
+        "cache_mb": {p: round(dir_size_bytes([p]) / 2**20, 2) for p in caches},
     }
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def _trainable(model: Any) -> int:
-    if isinstance(model, torch.nn.Module):
-        return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    return 0
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -307,7 +291,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
     from modalrec.evaluation.evaluator import Evaluator
     from modalrec.training.checkpoint import load_state
 
-    run_dir = Path(run_dir)
+    run_dir, device = Path(run_dir), resolve_device(device)
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")

@@ -13,21 +13,21 @@ from feature_helpers import Interrupting, make_items, tree_bytes
 
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.build import encode_hidden_cache
-from modalrec.features.hidden_cache import HiddenStateCache, estimate_bytes, human_bytes, select_layers
+from modalrec.features.hidden_cache import HiddenStateCache, cached_layers, estimate_bytes, human_bytes
 
 transformers = pytest.importorskip("transformers")
 JOB = {"chunk_size": 4, "batch_size": 3, "progress": False, "device": "cpu"}
 
 
-def test_select_layers() -> None:
-    assert select_layers(7, "all") == [0, 1, 2, 3, 4, 5, 6]
-    assert select_layers(7, "every:2") == [0, 2, 4, 6]
-    assert select_layers(7, "every:4") == [0, 4, 6]  # the last layer is always kept
-    assert select_layers(7, "last:3") == [4, 5, 6] == select_layers(7, 3)
-    assert select_layers(7, [0, -1]) == [0, 6] == select_layers(7, "0,-1")
+def test_cached_layers() -> None:
+    assert cached_layers(7, "all") == [0, 1, 2, 3, 4, 5, 6]
+    assert cached_layers(7, "every:2") == [0, 2, 4, 6]
+    assert cached_layers(7, "every:4") == [0, 4, 6]  # the last layer is always kept
+    assert cached_layers(7, "last:3") == [4, 5, 6] == cached_layers(7, 3)
+    assert cached_layers(7, [0, -1]) == [0, 6] == cached_layers(7, "0,-1")
     for bad in ("last:8", "every:0", "first:2", [7], [1, 1], []):
         with pytest.raises(ConfigError):
-            select_layers(7, bad)
+            cached_layers(7, bad)
 
 
 def test_size_estimate() -> None:

@@ -10,8 +10,8 @@ from modalrec.data.interactions import Interactions
 from modalrec.data.sequences import TrainWindows, history_batch
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ModelContext
-from modalrec.models.iisan.adapters import AdapterBlock, Gate, InterSAN, IntraSAN, select_layers
-from modalrec.models.iisan.model import IISAN, IISANConfig, LayerStates, PeakMemory, efficiency_report
+from modalrec.models.iisan.adapters import AdapterBlock, Gate, InterSAN, IntraSAN, layerdrop_layers
+from modalrec.models.iisan.model import IISAN, IISANConfig, LayerStates, efficiency_report
 from modalrec.models.iisan.peft_baselines import (
     EncoderFinetune,
     EncoderFinetuneConfig,
@@ -36,58 +36,54 @@ def _one_thread():
 
 
 def test_layerdrop_symmetric_keeps_every_second_layer_ending_at_the_last():
-    assert select_layers(12, 12) == ([2, 4, 6, 8, 10, 12], [2, 4, 6, 8, 10, 12])
-    assert select_layers(12) == ([2, 4, 6, 8, 10, 12], [])
-    assert select_layers(6) == ([2, 4, 6], [])  # MiniLM-L6, text only
-    assert select_layers(5) == ([1, 3, 5], [])
-    assert select_layers(12, 12, n_blocks=3) == ([4, 8, 12], [4, 8, 12])
-    assert select_layers(4, 4, mode="all") == ([1, 2, 3, 4], [1, 2, 3, 4])
+    assert layerdrop_layers(12, 12) == ([2, 4, 6, 8, 10, 12], [2, 4, 6, 8, 10, 12])
+    assert layerdrop_layers(12) == ([2, 4, 6, 8, 10, 12], [])
+    assert layerdrop_layers(6) == ([2, 4, 6], [])  # MiniLM-L6, text only
+    assert layerdrop_layers(5) == ([1, 3, 5], [])
+    assert layerdrop_layers(12, 12, n_blocks=3) == ([4, 8, 12], [4, 8, 12])
+    assert layerdrop_layers(4, 4, mode="all") == ([1, 2, 3, 4], [1, 2, 3, 4])
 
 
 def test_layerdrop_asymmetric_group_selection():
     # largest k with L_text - k * L_image / 2 >= 1; 6 + 6 evenly spaced blocks ending at the last layer
-    assert select_layers(28, 12) == ([8, 12, 16, 20, 24, 28], [2, 4, 6, 8, 10, 12])  # k = 4
-    assert select_layers(32, 12) == ([7, 12, 17, 22, 27, 32], [2, 4, 6, 8, 10, 12])  # k = 5
-    assert select_layers(24, 12) == ([9, 12, 15, 18, 21, 24], [2, 4, 6, 8, 10, 12])  # k = 3
-    assert select_layers(6, 12) == ([2, 4, 6], [6, 9, 12])  # shallower text: the image side is grouped
+    assert layerdrop_layers(28, 12) == ([8, 12, 16, 20, 24, 28], [2, 4, 6, 8, 10, 12])  # k = 4
+    assert layerdrop_layers(32, 12) == ([7, 12, 17, 22, 27, 32], [2, 4, 6, 8, 10, 12])  # k = 5
+    assert layerdrop_layers(24, 12) == ([9, 12, 15, 18, 21, 24], [2, 4, 6, 8, 10, 12])  # k = 3
+    assert layerdrop_layers(6, 12) == ([2, 4, 6], [6, 9, 12])  # shallower text: the image side is grouped
     for lt, li in ((28, 12), (32, 12), (40, 24)):
-        text, image = select_layers(lt, li)
+        text, image = layerdrop_layers(lt, li)
         k = text[1] - text[0]
         assert lt - k * li / 2 >= 1 and lt - (k + 1) * li / 2 < 1  # k is the largest admissible stride
         assert len(text) == len(image) == li // 2 and text[-1] == lt and image[-1] == li
 
 
 def test_layerdrop_explicit_and_errors():
-    assert select_layers(28, 12, text_select=[1, 5, 28], image_select=[4, 8, 12]) == ([1, 5, 28], [4, 8, 12])
+    assert layerdrop_layers(28, 12, text_select=[1, 5, 28], image_select=[4, 8, 12]) == ([1, 5, 28], [4, 8, 12])
     with pytest.raises(ConfigError, match="pair up"):
-        select_layers(28, 12, text_select=[1, 5, 28])  # 3 text blocks vs 6 image blocks
+        layerdrop_layers(28, 12, text_select=[1, 5, 28])  # 3 text blocks vs 6 image blocks
     with pytest.raises(ConfigError, match="1..12"):
-        select_layers(12, text_select=[0, 4])  # layer 0 is the chain start, not a block
+        layerdrop_layers(12, text_select=[0, 4])  # layer 0 is the chain start, not a block
     with pytest.raises(ConfigError, match="increasing"):
-        select_layers(12, text_select=[4, 2])
+        layerdrop_layers(12, text_select=[4, 2])
     with pytest.raises(ConfigError, match="equal depths"):
-        select_layers(28, 12, mode="symmetric")
+        layerdrop_layers(28, 12, mode="symmetric")
     with pytest.raises(ConfigError, match="mode"):
-        select_layers(12, mode="every-third")
+        layerdrop_layers(12, mode="every-third")
 
 
 # ---- gates and blocks -----------------------------------------------------------------------------
 
 
-def test_gates_stay_in_unit_interval_under_training():
-    gate = Gate(0.5)
-    opt = torch.optim.SGD(gate.parameters(), lr=1e4)
-    for sign in (1.0, -1.0):
-        for _ in range(20):  # drive the gate hard towards one end
-            opt.zero_grad()
-            (-sign * gate()).backward()
-            opt.step()
-            assert 0.0 <= float(gate().detach()) <= 1.0
-    with torch.no_grad():
-        gate.logit.fill_(1e6)
-    assert float(gate().detach()) == 1.0
-    with pytest.raises(ConfigError):
-        Gate(1.0)
+def test_gate_starts_at_its_init_and_follows_the_sigmoid_gradient():
+    for init in (0.1, 0.5, 0.9):
+        gate = Gate(init)
+        value = gate()
+        value.backward()
+        assert abs(float(value.detach()) - init) < 1e-6
+        assert abs(float(gate.logit.grad) - init * (1 - init)) < 1e-6  # d sigmoid / d logit
+    for bad in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="strictly inside"):
+            Gate(bad)
 
 
 def test_intra_san_matches_reference_recursion():
@@ -105,7 +101,7 @@ def test_intra_san_matches_reference_recursion():
         z = mu * h[:, i + 1] + (1 - mu) * x
         x = z + b.up(torch.nn.functional.gelu(b.down(z)))
     torch.testing.assert_close(san(h), x)
-    assert all(0.0 <= v <= 1.0 for v in san.gate_values())
+    assert san.gate_values() == pytest.approx([0.2, 0.7, 0.9])
 
 
 def test_adapter_block_is_identity_at_init_and_inter_san_projects_text():
@@ -231,8 +227,6 @@ def test_iisan_trains_on_cached_states_without_calling_encoders(tiny_encoders, t
         for h in hooks:
             h.remove()
     assert hist.epochs == 3
-    for values in model.tower.gate_values().values():
-        assert all(0.0 <= v <= 1.0 for v in values)
     assert any(abs(v - 0.5) > 1e-4 for v in model.tower.gate_values()["text_mu"])  # the gates did train
     report = efficiency_report(model, seconds_per_epoch=hist.epoch_seconds[-1])
     encoder_params = sum(p.numel() for p in text_enc.module.parameters())
@@ -328,9 +322,13 @@ def test_baselines_train_and_rank_their_trainable_parameters(tiny_encoders):
         with torch.no_grad():
             assert model.score(history_batch([np.array([1, 2])], 6)).shape == (1, n + 1)
         counts[name] = model.num_trainable_parameters()
+    # Known answers: the frozen baseline trains SASRec plus a 48 -> 16 projection, like the encoder towers;
+    # full fine-tuning adds every encoder weight, LoRA r=2 on query and value (4 layers, 48 -> 48) adds
+    # 8 x 2 x (48 + 48) factors, and IISAN's adapters are far fewer than the encoder's weights.
     encoder_params = sum(p.numel() for p in text_enc.module.parameters())
-    assert counts["full"] > encoder_params > counts["lora"] > counts["frozen"]
-    assert counts["iisan"] < counts["full"]
+    assert counts["full"] == counts["frozen"] + encoder_params
+    assert counts["lora"] == counts["frozen"] + 8 * 2 * (48 + 48)
+    assert counts["frozen"] < counts["iisan"] < counts["frozen"] + encoder_params // 2
 
 
 def test_pretrained_encoder_weights_survive_sasrec_init(tiny_encoders):
@@ -344,15 +342,6 @@ def test_pretrained_encoder_weights_survive_sasrec_init(tiny_encoders):
     EncoderFinetune.build(EncoderFinetuneConfig(dim=16, n_heads=2, max_len=4), _ctx(inter, 4), enc, ids, mask)
     for k, v in enc.state_dict().items():
         torch.testing.assert_close(v, before[k])
-
-
-def test_peak_memory_meter_and_report():
-    with PeakMemory("cpu") as mem:
-        block = torch.ones(4_000_000)  # 16 MB
-        del block
-    out = mem.as_dict()
-    assert out["memory_kind"] == "cpu_rss_sampled" and out["peak_memory_mb"] > 0
-    assert out["peak_memory_above_start_mb"] >= 0
 
 
 def test_new_items_get_scored_and_loaded_weights_refresh_the_table():

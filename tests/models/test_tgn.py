@@ -311,3 +311,15 @@ def test_pipeline_trains_on_the_event_stream_and_reports_streaming_groups(tmp_pa
     assert result.history.valid[0] is not None and "ap_random" in result.history.valid[0]
     again = evaluate_run(result.run_dir, part="test")
     assert again.overall == result.test.overall
+
+
+def test_a_stateful_run_is_refused_at_export(tmp_path) -> None:
+    from modalrec.errors import ConfigError
+    from modalrec.serving.artifact import export_artifact
+
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.safetensors").write_bytes(b"")
+    (run / "manifest.json").write_text('{"config": {"name": "tgn", "model": {"name": "tgn"}}}')
+    with pytest.raises(ConfigError, match="stateful"):
+        export_artifact(run, tmp_path / "artifact")

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = experiment_config(args)  # misspelt keys fail here, before torch loads
 
+    from modalrec.devices import resolve_device
     from modalrec.parallel import distributed_session, launch_from_env
     from modalrec.pipeline import run_experiment
     from modalrec.training.distributed import DistributedTraining
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
             dev = session.device
             cfg = dataclasses.replace(
                 cfg, train=dataclasses.replace(cfg.train, device=dev, progress=cfg.train.progress and session.is_main),
-                eval=dataclasses.replace(cfg.eval, device=_local(cfg.eval.device, dev)),
-                features=dataclasses.replace(cfg.features, device=_local(cfg.features.device, dev)))
+                eval=dataclasses.replace(cfg.eval, device=resolve_device(cfg.eval.device, launch.local_rank)),
+                features=dataclasses.replace(cfg.features,
+                                             device=resolve_device(cfg.features.device, launch.local_rank)))
         result = run_experiment(cfg, write=not args.no_write, distributed=dist_train)
         if session is not None and not session.is_main:
             return 0
@@ -59,8 +61,3 @@ def run(args: argparse.Namespace) -> int:
         payload["world_size"] = session.world_size
     print_json(payload)
     return 0
-
-
-def _local(device: str, rank_device: str) -> str:
-    """A configured CUDA device becomes this rank's GPU; cpu stays cpu."""
-    return rank_device if str(device).startswith("cuda") and rank_device.startswith("cuda") else device

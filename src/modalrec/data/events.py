@@ -21,19 +21,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from modalrec.data.interactions import Interactions
+from modalrec.data.interactions import Interactions, concat_ranges
 from modalrec.data.splits import EvalSet
 from modalrec.seeding import torch_generator
 from modalrec.types import EventBatch
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + l) for each (s, l), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - offsets)
 
 
 def random_negatives(pos: torch.Tensor, n_items: int, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -73,7 +64,7 @@ class EventStream:
         np.cumsum(lengths, out=offsets[1:])
         return cls(
             es.user[order], es.target[order], es.ts[order], int(n_items), order, offsets,
-            es.hist_items[_ranges(starts, lengths)], es.cold_item[order], es.cold_user[order],
+            es.hist_items[concat_ranges(starts, lengths)], es.cold_item[order], es.cold_user[order],
         )
 
     def __len__(self) -> int:
@@ -141,7 +132,7 @@ class EventStream:
         lengths = self.hist_offsets[lo + 1 : hi + 1] - starts
         rows = np.repeat(np.arange(hi - lo), lengths)
         mask = torch.zeros(hi - lo, self.n_items + 1, dtype=torch.bool)
-        mask[torch.from_numpy(rows), torch.from_numpy(self.hist_items[_ranges(starts, lengths)])] = True
+        mask[torch.from_numpy(rows), torch.from_numpy(self.hist_items[concat_ranges(starts, lengths)])] = True
         return mask
 
     def group_masks(self) -> dict[str, np.ndarray]:

@@ -84,3 +84,12 @@ class Interactions:
         for arr in (self.user, self.item, self.ts):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
+
+
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l), vectorised: the rows of CSR slices."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - offsets)

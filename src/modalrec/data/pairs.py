@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from modalrec.data.interactions import Interactions
+from modalrec.data.interactions import Interactions, concat_ranges
 from modalrec.data.splits import EvalSet, Split
 from modalrec.seeding import numpy_rng
 
@@ -225,7 +225,7 @@ def _evalset(inter: Interactions, events: np.ndarray, context: np.ndarray, train
     lengths = ends - starts
     offsets = np.zeros(len(idx) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    gather = _ranges(starts, lengths)
+    gather = concat_ranges(starts, lengths)
     return EvalSet(
         user=users.copy(),
         target=inter.item[idx].copy(),
@@ -236,12 +236,3 @@ def _evalset(inter: Interactions, events: np.ndarray, context: np.ndarray, train
         cold_item=~(train.item_counts() > 0)[inter.item[idx]],
         cold_user=~(train.seq_lengths() > 0)[users],
     )
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + l) for each (s, l), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    shift = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - shift)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from modalrec.data.interactions import Interactions
+from modalrec.data.interactions import Interactions, concat_ranges
 from modalrec.seeding import numpy_rng
 
 COLD_GROUPS = ("warm", "cold_item", "cold_user")
@@ -80,7 +80,7 @@ class EvalSet:
         lengths = ends - starts
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        gather = _ranges(starts, lengths)
+        gather = concat_ranges(starts, lengths)
         return EvalSet(
             self.user[idx], self.target[idx], self.ts[idx], offsets, self.hist_items[gather],
             self.hist_ts[gather], self.cold_item[idx], self.cold_user[idx],
@@ -115,15 +115,6 @@ class Split:
         return out
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + l) for each (s, l), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + (np.arange(total, dtype=np.int64) - offsets)
-
-
 def make_evalset(inter: Interactions, event_mask: np.ndarray, train: Interactions) -> EvalSet:
     """Evaluation events = events of `inter` where `event_mask`; history = the user's earlier events in `inter`."""
     idx = np.flatnonzero(event_mask)
@@ -131,7 +122,7 @@ def make_evalset(inter: Interactions, event_mask: np.ndarray, train: Interaction
     starts = inter.offsets[inter.user[idx]]
     offsets = np.zeros(len(idx) + 1, dtype=np.int64)
     np.cumsum(pos, out=offsets[1:])
-    gather = _ranges(starts, pos)
+    gather = concat_ranges(starts, pos)
     seen_items = train.item_counts() > 0
     seen_users = train.seq_lengths() > 0
     return EvalSet(

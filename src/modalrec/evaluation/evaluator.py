@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from modalrec.costs import peak_memory
 from modalrec.data.sequences import eval_batch
 from modalrec.data.splits import GROUP_DEFINITIONS, EvalSet
+from modalrec.devices import resolve_device
 from modalrec.evaluation.metrics import compute_metrics, definitions
-from modalrec.evaluation.ranking import rank_block
+from modalrec.evaluation.ranking import rank_block, sampled_ranks
 from modalrec.evaluation.report import Report
-from modalrec.evaluation.sampled import SampledConfig, draw_negatives, sampled_ranks
+from modalrec.evaluation.sampled import SampledConfig, draw_negatives
 from modalrec.types import Scorer
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class Evaluator:
             raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
         self.exclude_seen = bool(exclude_seen)
         self.max_len = int(max_len)
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         self.score_budget = int(score_budget)
         self.sampled = sampled
         _validate(evalset, self.n_items)
@@ -201,7 +203,7 @@ class Evaluator:
             "events_per_s": round(len(self.evalset) / wall, 1) if wall > 0 else None,
         }
         if self.device.type == "cuda":
-            meta["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            meta["peak_gpu_memory_bytes"] = peak_memory(self.device)[0]
         if self.sampled is not None:
             meta["sampled"] = self.sampled.describe()
         return Report(

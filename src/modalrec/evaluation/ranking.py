@@ -34,6 +34,14 @@ def rank_block(scores: torch.Tensor, targets: torch.Tensor, excluded_rows: torch
     return ge.to(torch.int64), t_score
 
 
+def sampled_ranks(scores: torch.Tensor, target_score: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """[B] int64 ranks against sampled negatives only, same tie rule: 1 + #(valid negatives scoring >= the
+    target). scores [B, N + 1], target_score [B, 1] (from `rank_block`), negatives [B, n] (-1 = none)."""
+    valid = negatives >= 0  # [B, n]
+    neg_scores = scores.gather(1, negatives.clamp(min=0))  # [B, n]
+    return ((neg_scores >= target_score) & valid).sum(dim=1, dtype=torch.int64) + 1
+
+
 def exclusion_pairs(mask: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows [M], items [M]) of a dense [B, N + 1] bool exclusion mask, less each row's target and PAD."""
     mask = mask.clone()

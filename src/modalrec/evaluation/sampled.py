@@ -96,11 +96,3 @@ def draw_negatives(
         idx[torch.isinf(top)] = -1  # fewer eligible items than n
         out[lo:hi, :k] = idx.numpy()
     return out
-
-
-def sampled_ranks(scores: torch.Tensor, target_score: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """[B] int64: 1 + #(valid negatives scoring >= the target). scores [B, N + 1], target_score [B, 1],
-    negatives [B, n] (-1 = none)."""
-    valid = negatives >= 0  # [B, n]
-    neg_scores = scores.gather(1, negatives.clamp(min=0))  # [B, n]
-    return ((neg_scores >= target_score) & valid).sum(dim=1, dtype=torch.int64) + 1

@@ -86,7 +86,7 @@ def evaluate_stream(
     was_training = model.training
     model.eval()
     snapshot = model.state_dict_memory() if restore else None
-    gen = torch_generator(cfg.seed, f"tgn_eval/{name}")
+    gen = torch_generator(cfg.seed, f"tgn_eval/{name}")  # the stream name negatives were always drawn from
     n_e, n_neg = len(stream), cfg.n_negatives
     pos_s = {k: torch.zeros(n_e) for k in cfg.negatives}
     neg_s = {k: torch.zeros(n_e, n_neg) for k in cfg.negatives}

@@ -3,7 +3,7 @@ the resumable encoding job (`encode_catalogue`, `encode_hidden_cache`)."""
 
 from modalrec.features.build import EncodeSummary, ModalitySummary, encode_catalogue, encode_hidden_cache
 from modalrec.features.encoders import build_encoder
-from modalrec.features.hidden_cache import HiddenStateCache, select_layers
+from modalrec.features.hidden_cache import HiddenStateCache, cached_layers
 from modalrec.features.store import FeatureStore
 
 __all__ = [
@@ -12,7 +12,7 @@ __all__ = [
     "HiddenStateCache",
     "ModalitySummary",
     "build_encoder",
+    "cached_layers",
     "encode_catalogue",
     "encode_hidden_cache",
-    "select_layers",
 ]

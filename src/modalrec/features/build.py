@@ -27,6 +27,7 @@ import numpy as np
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.encoders import build_encoder
 from modalrec.features.encoders.base import (
@@ -34,14 +35,13 @@ from modalrec.features.encoders.base import (
     EncodedBatch,
     Encoder,
     identity_mismatch,
-    resolve_device,
 )
 from modalrec.features.hidden_cache import (
     HiddenStateCache,
     LayerSpec,
+    cached_layers,
     estimate_bytes,
     human_bytes,
-    select_layers,
 )
 from modalrec.features.store import ArrayStore, FeatureStore, _check_dtype, _checked_cast
 from modalrec.io import write_bytes_atomic, write_json_atomic
@@ -186,7 +186,7 @@ def _tasks(kind: str, encoders: Mapping[str, EncoderSpec], template: Any, layers
         if not enc.supports_hidden:
             raise ConfigError(f"encoder {enc.name} ({modality}) does not expose per-layer hidden states")
         layout = enc.hidden_layout()
-        chosen = select_layers(layout.n_layers, (layers.get(modality) if isinstance(layers, Mapping) else layers) or "all")
+        chosen = cached_layers(layout.n_layers, (layers.get(modality) if isinstance(layers, Mapping) else layers) or "all")
         info["layers"] = chosen
         extra = {"layers": chosen, "layer_dims": [layout.dims[j] for j in chosen],
                  "layer_names": [layout.names[j] for j in chosen], "n_encoder_layers": layout.n_layers,

@@ -21,8 +21,8 @@ from modalrec.features.store import ArrayStore
 LayerSpec = str | int | Sequence[int]
 
 
-def select_layers(n_layers: int, spec: LayerSpec) -> list[int]:
-    """Indices into an encoder's n_layers hidden states (index 0 = embedding output).
+def cached_layers(n_layers: int, spec: LayerSpec) -> list[int]:
+    """Which of an encoder's n_layers hidden states a hidden-state cache keeps (index 0 = embedding output).
 
     "all"       every layer, 0..n_layers-1
     "every:k"   0, k, 2k, ... and always the last layer (the one the frozen encoder's output uses)
@@ -44,10 +44,10 @@ def select_layers(n_layers: int, spec: LayerSpec) -> list[int]:
                 raise ConfigError(f"last:{k} asks for more layers than the encoder has ({n_layers})")
             return list(range(n_layers - k, n_layers))
         if spec.replace(",", "").replace("-", "").replace(" ", "").isdigit():
-            return select_layers(n_layers, [int(x) for x in spec.split(",") if x.strip()])
+            return cached_layers(n_layers, [int(x) for x in spec.split(",") if x.strip()])
         raise ConfigError(f"layer selection must be 'all', 'every:K', 'last:K' or a list of indices, got {spec!r}")
     if isinstance(spec, int):
-        return select_layers(n_layers, f"last:{spec}")
+        return cached_layers(n_layers, f"last:{spec}")
     out = []
     for i in spec:
         j = int(i) + n_layers if int(i) < 0 else int(i)

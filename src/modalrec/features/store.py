@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +28,7 @@ import numpy as np
 
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError, MismatchError
-from modalrec.io import write_bytes_atomic, write_json_atomic
+from modalrec.io import restore_dir, swap_dir, temp_dir_beside, write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,38 +49,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # not supported on every filesystem; the renames are still atomic
-        pass
-
-
-def swap_into_place(tmp: Path, final: Path) -> None:
-    """Replace directory `final` by `tmp` with renames; the old one is deleted only after the swap."""
+def _publish(tmp: Path, final: Path) -> None:
     for f in tmp.iterdir():  # temp files are created 0600; a store is meant to be shared read-only
         f.chmod(0o644)
-    _fsync_dir(tmp)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _recover(final: Path) -> None:
-    """Undo a swap interrupted between its two renames (final gone, old copy left beside it)."""
-    olds = [] if final.exists() else sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        logger.warning("restoring %s from %s (an earlier swap was interrupted)", final, olds[-1])
-        os.rename(olds[-1], final)
+    swap_dir(tmp, final)
 
 
 class ArrayStore:
@@ -101,7 +72,7 @@ class ArrayStore:
         """Open read-only. `vocab` must be the vocabulary the store was built for (hash check);
         None skips the check (inspection tools only)."""
         directory = Path(directory)
-        _recover(directory)
+        restore_dir(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"no {cls.KIND} here (meta.json missing)", path=directory)
@@ -236,8 +207,7 @@ class ArrayStore:
         hashes = list(content_hashes) if content_hashes is not None else [""] * k
         if len(hashes) != k:
             raise DataError(f"{len(hashes)} content hashes for {k} new items", field="content_hashes")
-        tmp = self.directory.with_name(f".{self.directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
+        tmp = temp_dir_beside(self.directory)
         try:
             meta = json.loads(json.dumps(self.meta))
             for name in self.modalities:
@@ -262,7 +232,7 @@ class ArrayStore:
             vocab.save(tmp / "vocab.json")
             write_json_atomic(tmp / "meta.json", meta)
             self._arrays.clear()
-            swap_into_place(tmp, self.directory)
+            _publish(tmp, self.directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -300,8 +270,7 @@ class StoreWriter:
         if len(hashes) != vocab.size:
             raise DataError(f"{len(hashes)} content hashes for {vocab.size} items", field="content_hashes")
         self.cls, self.directory, self.vocab = cls, directory, vocab
-        self.tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-        self.tmp.mkdir(parents=True)
+        self.tmp = temp_dir_beside(directory)
         self.meta: dict[str, Any] = {
             "format": cls.FORMAT, "format_version": FORMAT_VERSION, "vocab_hash": vocab.hash,
             "n_items": vocab.size, **extra_meta, "modalities": {}, "history": [{"op": "create", "n_items": vocab.size}],
@@ -354,7 +323,7 @@ class StoreWriter:
             self.meta["content_hashes"] = self._hashes
             self.vocab.save(self.tmp / "vocab.json")
             write_json_atomic(self.tmp / "meta.json", self.meta)
-            swap_into_place(self.tmp, self.directory)
+            _publish(self.tmp, self.directory)
         except BaseException:
             self.abort()
             raise

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modalrec.costs import trainable_parameters
 from modalrec.types import SeqBatch
 
 
@@ -117,7 +118,7 @@ class Recommender(nn.Module):
         raise TypeError(f"{type(self).__name__} has no content features; it cannot score new items")
 
     def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable_parameters(self)
 
 
 class SequentialRecommender(Recommender):

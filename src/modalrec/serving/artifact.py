@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import Vocabulary
 from modalrec.errors import ConfigError, DataError, MismatchError, ModalrecError
-from modalrec.io import write_json_atomic
+from modalrec.io import swap_dir, temp_dir_beside, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +180,11 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"{run_dir} has no model weights (model {cfg.model.name!r}); only trained neural "
                           "models can be exported")
+    from modalrec.models import MODELS
+
+    if cfg.model.name in MODELS and MODELS[cfg.model.name][0].stateful:  # the contract, before anything is built
+        raise ConfigError(f"model {cfg.model.name!r} is stateful (its scores read memory built from the event "
+                          "stream); serving ranks from a request's history only and cannot serve it")
     if cfg.features.hidden:
         raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
                           "yet: new items would need their hidden states encoded")
@@ -202,8 +206,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     specs = {m: s for m, s in (("text", features.text), ("image", features.image)) if s}
     specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out_dir)
     try:
         shutil.copytree(ckpt, tmp / "model")
         ds.item_vocab.save(tmp / "vocab.json")
@@ -231,9 +234,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         }
         meta["artifact_hash"] = meta_hash(meta)
         write_json_atomic(tmp / "artifact.json", meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ import torch
 
 from modalrec.data.items import ItemTable
 from modalrec.data.vocab import PAD_TOKEN, Vocabulary
+from modalrec.devices import resolve_device
 from modalrec.errors import DataError, MismatchError, UnknownIdError
 from modalrec.serving.artifact import Artifact, NotSupportedError, build_model, load_artifact
 from modalrec.serving.catalogue import (
@@ -237,7 +238,7 @@ class Recommender:
         catalogue: the catalogue database (default `DIR/catalogue.sqlite`; or a `postgresql://` URL).
         trust_remote_code: allow an encoder that runs code shipped with its model (never read from a file).
         """
-        art = load_artifact(directory)
+        art, device = load_artifact(directory), resolve_device(device)
         model, content = build_model(art, device)
         return cls(art, model, content, device, index, persist, catalogue, trust_remote_code)
 

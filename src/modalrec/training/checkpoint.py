@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from modalrec.errors import MismatchError
-from modalrec.io import write_bytes_atomic, write_json_atomic
+from modalrec.io import surviving_dir, swap_dir, temp_dir_beside, write_bytes_atomic, write_json_atomic
 
 FORMAT = 1
 _ALIAS_PREFIX = "alias:"
@@ -132,7 +130,7 @@ def save_checkpoint(
     for key in extra:
         if not key or "/" in key or key.startswith(".") or key in ("config", "model"):
             raise ValueError(f"extra key {key!r} is not a usable file name (and may not be 'config'/'model')")
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    tmp = temp_dir_beside(dest)
     try:
         write_bytes_atomic(
             tmp / "model.safetensors", tensors_to_bytes(model_state(model), {"format": str(FORMAT)})
@@ -141,51 +139,30 @@ def save_checkpoint(
         write_json_atomic(tmp / "config.json", payload)
         for key, value in extra.items():
             write_json_atomic(tmp / f"{key}.json", value)
-        _swap_in(tmp, dest)
+        swap_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
 
 
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Replace directory `dest` by `tmp`; between the two renames the old copy survives as a backup."""
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return
-    backup = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(dest, backup)
-    os.replace(tmp, dest)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _resolve(dir: str | Path) -> Path:
-    """The checkpoint dir, or its backup if a crash happened between the two renames of `_swap_in`."""
-    d = Path(dir)
-    backup = d.with_name(f".{d.name}.old")
-    if not d.exists() and backup.exists():
-        return backup
-    return d
-
-
 def read_config(dir: str | Path) -> dict[str, Any]:
     """The full config.json payload: {"format", "model_class", "config"}."""
-    path = _resolve(dir) / "config.json"
+    path = surviving_dir(dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a modalrec checkpoint (no config.json)")
     return json.loads(path.read_text())
 
 
 def read_extra(dir: str | Path, key: str) -> Any:
-    return json.loads((_resolve(dir) / f"{key}.json").read_text())
+    return json.loads((surviving_dir(dir) / f"{key}.json").read_text())
 
 
 def load_state(
     dir: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu"
 ) -> torch.nn.Module:
     """Load model.safetensors from `dir` into `model` (strict); returns the model."""
-    path = _resolve(dir) / "model.safetensors"
+    path = surviving_dir(dir) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint has no model.safetensors")
     tensors = {k: v.to(map_location) for k, v in load_tensors(path).items()}

@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,8 @@ from typing import Any, Protocol
 import torch
 
 from modalrec import progress
+from modalrec.costs import peak_memory, trainable_parameters
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report
 from modalrec.models.base import Recommender, Training
@@ -199,7 +199,7 @@ class Trainer:
         self.strategy.check(model)
         self.source, self.validate = self.strategy.prepare(source, validate)
         self.model = model
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(resolve_device(cfg.device))
         model.to(self.device)
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         n_batches = self.source.num_batches(cfg.batch_size)
@@ -207,7 +207,7 @@ class Trainer:
         self.optimizer = _make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.schedule = LRSchedule(cfg, min(self.steps * cfg.epochs, cfg.max_steps or self.steps * cfg.epochs))
-        self.hist = History(monitor=cfg.monitor, trainable_params=_trainable_params(model))
+        self.hist = History(monitor=cfg.monitor, trainable_params=trainable_parameters(model))
         self.ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None  # validated instead of live weights
         # What a checkpoint captures besides the above (training/resume.py):
         self.bad = 0  # validations since the last improvement
@@ -224,7 +224,7 @@ class Trainer:
             saved = ckpt.load(model, self.optimizer, self.scaler, self.schedule, cfg, self.ema)
             self.hist, self.bad, self.done, self.best_state = History.from_dict(saved["history"]), *saved["loop"]
             self.hist.resumed_from = self.hist.epochs
-            self.hist.trainable_params = _trainable_params(model)
+            self.hist.trainable_params = trainable_parameters(model)
             log.info("resumed from %s after epoch %d", ckpt.dir, self.hist.epochs)
         logger = EpochLogger(cfg.log_dir) if cfg.log_dir and writer else None
         if logger is not None:
@@ -382,10 +382,6 @@ def _check_trainable(model: torch.nn.Module) -> None:
         raise TypeError(f"{name} has no trainable parameters; nothing for fit() to train")
 
 
-def _trainable_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or mode == "off":
         return None  # autocast only on CUDA: CPU bf16 is slower and less accurate for these models
@@ -454,13 +450,6 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(
             f"best weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "process_max_rss"
 
 
 def optimizer_step(opt: torch.optim.Optimizer, scaler: Any, params: list[torch.nn.Parameter], grad_clip: float) -> None:

@@ -104,15 +104,6 @@ class Encoder(ABC):
         raise NotImplementedError(f"{type(self).__name__} does not expose per-layer hidden states")
 
 
-def resolve_device(device: str | None) -> str:
-    """'auto' / None -> 'cuda' when available, else 'cpu'. Anything else is returned unchanged."""
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def resolve_dtype(precision: str, device: str) -> Any:
     """Weights / activation dtype for 'fp32' | 'fp16' | 'bf16'. fp16 on CPU falls back to fp32 (slow, lossy)."""
     import torch

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.features.encoders import hub
 from modalrec.features.encoders.base import (
@@ -24,7 +25,6 @@ from modalrec.features.encoders.base import (
     Encoder,
     HiddenLayout,
     pad_layers,
-    resolve_device,
     resolve_dtype,
     with_missing,
 )

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.features.encoders import hub
-from modalrec.features.encoders.base import HiddenLayout, TextEncoder, resolve_device, resolve_dtype
+from modalrec.features.encoders.base import HiddenLayout, TextEncoder, resolve_dtype
 from modalrec.features.pooling import POOLINGS, pool_hidden
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ All networks here run on *cached*, pooled per-layer hidden states of frozen enco
 runs an encoder forward or backward pass — that is where IISAN's time and memory savings come from.
 
 Layer numbering follows the cache: 0 = embedding layer, 1..L = transformer layers of an L-layer encoder.
-The embedding layer (0) is always the start of every chain; `select_layers` picks which transformer layers
+The embedding layer (0) is always the start of every chain; `layerdrop_layers` picks which transformer layers
 get a side-adapter block.
 """
 
@@ -38,7 +38,7 @@ def _check_explicit(select: Sequence[int], n_layers: int, name: str) -> list[int
     return out
 
 
-def select_layers(
+def layerdrop_layers(
     text_layers: int,
     image_layers: int | None = None,
     *,

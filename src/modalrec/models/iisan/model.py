@@ -12,8 +12,6 @@ memory scale with the small adapters only. `efficiency_report` measures that per
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from typing_extensions import Self
 
+from modalrec.costs import PeakMemory, dir_size_bytes, total_parameters, trainable_parameters
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.hidden_cache import HiddenStateCache
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.iisan.adapters import AdapterBlock, InterSAN, IntraSAN, select_layers
+from modalrec.models.iisan.adapters import AdapterBlock, InterSAN, IntraSAN, layerdrop_layers
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 log = logging.getLogger(__name__)
@@ -69,7 +67,7 @@ class IISANConfig(SASRecConfig):
     bottleneck: int = 64  # adapter width
     adapter_dropout: float = 0.1
     gate_init: float = 0.5
-    layerdrop: str = "auto"  # auto | symmetric | group | all (see iisan_adapters.select_layers)
+    layerdrop: str = "auto"  # auto | symmetric | group | all (see adapters.layerdrop_layers)
     n_blocks: int | None = None
     text_layers: list[int] | None = None  # explicit LayerDrop selections override `layerdrop`
     image_layers: list[int] | None = None
@@ -93,7 +91,7 @@ class IISANItemTower(ItemTower):
         text, image = states["text"], states.get("image") if cfg.use_image else None
         if image is not None and image.array.shape[0] != text.array.shape[0]:
             raise MismatchError(f"text cache has {text.array.shape[0]} rows, image cache {image.array.shape[0]}")
-        self.text_layers, self.image_layers = select_layers(
+        self.text_layers, self.image_layers = layerdrop_layers(
             text.depth, image.depth if image is not None else None, mode=cfg.layerdrop, n_blocks=cfg.n_blocks,
             text_select=cfg.text_layers, image_select=cfg.image_layers,
         )
@@ -267,86 +265,16 @@ def states_from_cache(cache: HiddenStateCache, modalities: Sequence[str] = ("tex
 
 
 # ---- efficiency report ------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory while the `with` block runs.
-
-    CUDA: torch.cuda.max_memory_allocated (reset at entry), bytes. CPU: resident set size sampled from
-    /proc/self/statm every `interval` seconds by a thread (peak and peak minus the RSS at entry), bytes;
-    falls back to the process-lifetime ru_maxrss where /proc is absent.
-    """
-
-    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.005):
-        self.device, self.interval = torch.device(device), float(interval)
-        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_rss_sampled"
-        self.peak_bytes = 0
-        self.start_bytes = 0
-        self._stop: threading.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Self:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start_bytes = torch.cuda.memory_allocated(self.device)
-            return self
-        self.start_bytes = self.peak_bytes = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        assert self._stop is not None
-        while not self._stop.wait(self.interval):
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-            return
-        assert self._stop is not None and self._thread is not None
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, _rss_bytes())
-
-    def as_dict(self) -> dict[str, float | str]:
-        return {"memory_kind": self.kind, "peak_memory_mb": self.peak_bytes / 2**20,
-                "peak_memory_above_start_mb": (self.peak_bytes - self.start_bytes) / 2**20}
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def dir_size_bytes(paths: Sequence[str | Path]) -> int:
-    """Total size on disk of the files under `paths` (files or directories; missing ones count 0)."""
-    total = 0
-    for p in map(Path, paths):
-        if p.is_file():
-            total += p.stat().st_size
-        elif p.is_dir():
-            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return total
-
-
 def efficiency_report(
     model: nn.Module, *, seconds_per_epoch: float | None, memory: PeakMemory | None = None,
     cache_paths: Sequence[str | Path] = (), extra: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """What the run manifest records about cost: trainable / total parameters, seconds per epoch, peak
     memory (see PeakMemory) and the size of the feature / hidden-state caches the model reads."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable, total = trainable_parameters(model), total_parameters(model)
     out: dict[str, object] = {
-        "trainable_parameters": int(trainable),
-        "total_parameters": int(total),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "trainable_share": trainable / max(total, 1),
         "seconds_per_epoch": seconds_per_epoch,
         **(memory.as_dict() if memory is not None else {}),

@@ -1,12 +1,12 @@
 """Recformer (Li et al., KDD 2023) and Recformer-mini: a user's history read as one text.
 
-Items are key-value text (see `recformer_input`); a user sequence is [CLS] + item texts, most recent
+Items are key-value text (see `input.py`); a user sequence is [CLS] + item texts, most recent
 first. Our embedding module sums token, token-position, token-type (CLS/key/value) and item-position
 embeddings, applies LayerNorm + dropout, and feeds the result as `inputs_embeds` to a Hugging Face
 encoder (LongformerModel with global attention on CLS, or BertModel) whose own embedding layer is
 replaced by a pass-through. Item vector = CLS state of [CLS] + item; sequence vector = CLS state of the
-user sequence; score = cosine / temperature. Pretraining and two-stage finetuning live in
-`recformer_train`.
+user sequence; score = cosine (the loss divides it by a temperature). Pretraining and two-stage finetuning
+(`loss` on a PretrainBatch / a SeqBatch) are run by the shared Trainer in training/recformer.py.
 """
 
 from __future__ import annotations

@@ -311,6 +311,3 @@ class TGN(Recommender):
         if grown:  # new items are appended after the existing nodes, so old node ids keep their state
             self.memory.grow(self.n_nodes)
             self.neighbors.grow(self.n_nodes)
-
-    def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
