@@ -4,7 +4,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= text,image,tabular,serve,ann,plot,dev
+EXTRAS ?= text,image,tabular,serve,postgres,ann,plot,dev
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(EXTRAS) $(TORCH_SPEC)' | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=

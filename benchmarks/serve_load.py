@@ -1,13 +1,16 @@
-"""Load test of `modalrec serve` on loopback: concurrent clients for a bounded time, before and after adding
-1,000 brand-new items over HTTP. Prints JSON: requests/s, p50 / p99 latency, errors (must be 0).
+"""Load test of `modalrec serve` on loopback with replicas: 1 and 2 server processes on one artifact (one
+shared SQLite catalogue), each measured with writers idle and with writers active. Prints JSON: requests/s,
+p50 / p99 latency and errors (must be 0) per configuration, plus how many items the writers added.
 
 Without --artifact, a content SASRec (hashing text + colour/texture image features) is trained on the
-built-in dataset and exported first. The server runs as a separate process (`python -m modalrec serve`,
-127.0.0.1 only); clients are threads with keep-alive httpx connections. Request mix: 80% POST /recommend
-(histories of 1-20 items; after the add, 30% of histories include new items), 20% GET /items/{id}/similar.
-The new items are a second synthetic catalogue (different seed: new titles, descriptions and pictures).
+built-in dataset and exported first. Servers are separate processes (`python -m modalrec serve`,
+127.0.0.1 only); readers are threads with keep-alive httpx connections, spread over the replicas. Request
+mix: 80% POST /recommend (histories of 1-20 items; when items were added, 30% of histories end with one),
+20% GET /items/{id}/similar. "Writers active": one writer per replica keeps posting batches of new items
+(a second synthetic catalogue: new titles, descriptions and pictures) and removes every tenth one it added.
+Each configuration starts from a fresh copy of the artifact (no catalogue yet).
 
-    nice -n 10 python benchmarks/serve_load.py --out benchmarks/results/serve_load.json
+    nice -n 10 python benchmarks/serve_load.py --out benchmarks/results/serve_load_replicas_cpu.json
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,34 +69,33 @@ def new_item_records(image_root: Path, n: int, seed: int) -> list[dict[str, Any]
     return out
 
 
-def run_phase(url: str, clients: int, seconds: float, old_ids: list[str], new_ids: list[str], k: int,
-              seed: int) -> dict[str, Any]:
+def run_phase(urls: list[str], clients: int, seconds: float, old_ids: list[str],
+              new_ids: list[tuple[float, str]], k: int, seed: int, writer: Any = None) -> dict[str, Any]:
+    """`clients` reader threads (client c talks to urls[c % len(urls)]) for `seconds`; `writer(stop)` runs
+    beside them when given. `new_ids` grows while the phase runs: (acknowledged at, id) from the writers;
+    readers use ids acknowledged over a second ago, which every replica must know by then."""
     import httpx
 
     stop = time.monotonic() + seconds
     lat: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
-    slots = [[0, 0] for _ in range(clients)]  # per client: [recommended slots, slots holding a new item]
 
     def client(c: int) -> None:
         rng = np.random.default_rng(seed * 1000 + c)
-        new_set = set(new_ids)
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=urls[c % len(urls)], timeout=30) as http:
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
                 try:
+                    settled = time.monotonic() - 1.0
+                    fresh = [rid for at, rid in new_ids[: len(new_ids)] if at < settled]
                     if rng.random() < 0.8:
                         n = int(rng.integers(1, 21))
                         hist = [old_ids[j] for j in rng.integers(0, len(old_ids), n)]
-                        if new_ids and rng.random() < 0.3:
-                            hist[-1] = new_ids[int(rng.integers(0, len(new_ids)))]
+                        if fresh and rng.random() < 0.3:
+                            hist[-1] = fresh[int(rng.integers(0, len(fresh)))]
                         r = http.post("/recommend", json={"history": hist, "k": k})
-                        if r.status_code == 200:
-                            got = [it["item_id"] for it in r.json()["items"]]
-                            slots[c][0] += len(got)
-                            slots[c][1] += sum(i in new_set for i in got)
                     else:
-                        pool = new_ids if new_ids and rng.random() < 0.3 else old_ids
+                        pool = fresh if fresh and rng.random() < 0.3 else old_ids
                         r = http.get(f"/items/{pool[int(rng.integers(0, len(pool)))]}/similar", params={"k": k})
                     if r.status_code != 200:
                         errors[c].append(f"{r.status_code}: {r.text[:200]}")
@@ -102,6 +104,9 @@ def run_phase(url: str, clients: int, seconds: float, old_ids: list[str], new_id
                 lat[c].append(time.perf_counter() - t0)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    write_result: dict[str, Any] = {}
+    if writer is not None:
+        threads.append(threading.Thread(target=lambda: write_result.update(writer(stop))))
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -109,20 +114,62 @@ def run_phase(url: str, clients: int, seconds: float, old_ids: list[str], new_id
         t.join()
     wall = time.perf_counter() - t0
     ms = np.concatenate([np.asarray(x) for x in lat]) * 1000
-    errs = [e for x in errors for e in x]
+    errs = [e for x in errors for e in x] + write_result.pop("errors", [])
     return {"clients": clients, "seconds": round(wall, 2), "requests": len(ms),
             "requests_per_s": round(len(ms) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
-            "errors": len(errs), "first_errors": errs[:3],
-            # share of /recommend result slots taken by new items (compare with their share of the catalogue)
-            "new_item_share_of_results": round(sum(s[1] for s in slots) / max(1, sum(s[0] for s in slots)), 4)}
+            "errors": len(errs), "first_errors": errs[:3], **write_result}
+
+
+def writers(urls: list[str], key: str, records: list[dict[str, Any]], batch: int,
+            new_ids: list[tuple[float, str]]) -> Any:
+    """One writer per replica: batches of new items (and every tenth item it added removed again) until
+    the phase ends. Returns a function the phase runs in a thread."""
+    import httpx
+
+    def run(stop: float) -> dict[str, Any]:
+        done: list[dict[str, Any]] = [{"added": 0, "removed": 0, "errors": []} for _ in urls]
+
+        def one(s: int) -> None:
+            mine = records[s :: len(urls)]
+            with httpx.Client(base_url=urls[s], timeout=120, headers={"X-API-Key": key}) as http:
+                for lo in range(0, len(mine), batch):
+                    if time.monotonic() >= stop:
+                        return
+                    chunk = mine[lo : lo + batch]
+                    r = http.post("/items", json={"items": chunk})
+                    if r.status_code != 201:
+                        done[s]["errors"].append(f"POST /items {r.status_code}: {r.text[:200]}")
+                        continue
+                    done[s]["added"] += len(chunk)
+                    gone = chunk[0]["id"]
+                    r = http.delete(f"/items/{gone}")
+                    if r.status_code != 200:
+                        done[s]["errors"].append(f"DELETE {r.status_code}: {r.text[:200]}")
+                    done[s]["removed"] += 1
+                    at = time.monotonic()
+                    new_ids.extend((at, it["id"]) for it in chunk[1:])
+
+        ts = [threading.Thread(target=one, args=(s,)) for s in range(len(urls))]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        added = sum(d["added"] for d in done)
+        return {"items_added": added, "items_removed": sum(d["removed"] for d in done),
+                "items_added_per_s": round(added / wall, 1), "errors": [e for d in done for e in d["errors"]]}
+
+    return run
 
 
 @contextmanager
 def server_process(artifact: Path, image_root: Path, port: int, work: Path, args: argparse.Namespace,
                    ) -> Iterator[subprocess.Popen]:
-    """`python -m modalrec serve` on 127.0.0.1:port; its output goes to work/server.log."""
-    with open(work / "server.log", "wb") as log:
+    """`python -m modalrec serve` on 127.0.0.1:port; its output goes to work/server-PORT.log."""
+    log_path = work / f"server-{port}.log"
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "modalrec", "serve", "--artifact", str(artifact),
                                  "--host", "127.0.0.1", "--port", str(port), "--api-key-file", str(work / "key"),
                                  "--image-root", str(image_root), "--index", args.index, "--threads",
@@ -132,7 +179,7 @@ def server_process(artifact: Path, image_root: Path, port: int, work: Path, args
             yield proc
         except BaseException:
             log.flush()
-            print((work / "server.log").read_text()[-3000:], file=sys.stderr)
+            print(log_path.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             proc.terminate()
@@ -155,6 +202,40 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise RuntimeError("server did not become ready")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_config(source: Path, image_root: Path, replicas: int, records: list[dict[str, Any]], old_ids: list[str],
+               key: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Fresh artifact copy, `replicas` servers on it; readers alone, then readers with writers."""
+    import httpx
+
+    artifact = work / f"artifact-{replicas}"
+    shutil.copytree(source, artifact)
+    with ExitStack() as stack:
+        urls = []
+        for _ in range(replicas):
+            port = free_port()
+            proc = stack.enter_context(server_process(artifact, image_root, port, work, args))
+            urls.append(f"http://127.0.0.1:{port}")
+            wait_ready(urls[-1], proc)
+        run_phase(urls, 2, 2.0, old_ids, [], args.k, seed=99)  # warm-up, not reported
+        idle = run_phase(urls, args.clients, args.seconds, old_ids, [], args.k, seed=1)
+        new_ids: list[tuple[float, str]] = []
+        active = run_phase(urls, args.clients, args.seconds, old_ids, new_ids, args.k, seed=2,
+                           writer=writers(urls, key, records, args.batch, new_ids))
+        served = [httpx.get(f"{u}/health").json()["items"] for u in urls]
+        server_metrics = httpx.get(f"{urls[0]}/metrics").json()["endpoints"]
+    return {"replicas": replicas, "writers_idle": idle, "writers_active": active,
+            "catalogue_after": served, "replicas_agree": len(set(served)) == 1,
+            "server_metrics_replica_0": server_metrics}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact", help="existing artifact (copied; default: train + export a fresh one)")
@@ -164,25 +245,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=15.0, help="duration of each load phase")
-    p.add_argument("--new-items", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=250, help="items per POST /items")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="server process counts to measure")
+    p.add_argument("--new-items", type=int, default=4000, help="pool of new items the writers draw from")
+    p.add_argument("--batch", type=int, default=20, help="items per POST /items")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--index", default="exact", choices=["exact", "hnsw", "ivf"])
-    p.add_argument("--port", type=int, default=0, help="0 = a free port")
     p.add_argument("--threads", type=int, default=1, help="server torch threads per request (serve --threads)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-
-    import socket
-
-    import httpx
 
     work = Path(tempfile.mkdtemp(prefix="modalrec-serve-load-"))
     try:
         t0 = time.perf_counter()
         if args.artifact:
-            artifact, image_root = work / "artifact", Path(args.image_root or work / "images")
-            shutil.copytree(args.artifact, artifact)
+            artifact, image_root = Path(args.artifact), Path(args.image_root or work / "images")
         else:
             artifact, image_root = build_artifact(work, args.users, args.items, args.epochs)
         setup_s = time.perf_counter() - t0
@@ -190,43 +266,17 @@ def main(argv: list[str] | None = None) -> int:
 
         old_ids = load_artifact(artifact).vocab.raw_ids
         records = new_item_records(image_root, args.new_items, seed=1)
-        port = args.port
-        if not port:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
         key = secrets.token_hex(16)
         (work / "key").write_text(key)
-        url = f"http://127.0.0.1:{port}"
-        with server_process(artifact, image_root, port, work, args) as proc:
-            wait_ready(url, proc)
-            run_phase(url, 2, 2.0, old_ids, [], args.k, seed=99)  # warm-up, not reported
-            before = run_phase(url, args.clients, args.seconds, old_ids, [], args.k, seed=1)
-            t0 = time.perf_counter()
-            add_errors = []
-            with httpx.Client(base_url=url, timeout=600, headers={"X-API-Key": key}) as http:
-                for lo in range(0, len(records), args.batch):
-                    r = http.post("/items", json={"items": records[lo : lo + args.batch]})
-                    if r.status_code != 201:
-                        add_errors.append(f"{r.status_code}: {r.text[:300]}")
-                n_after = http.get("/health").json()["items"]
-            add_s = time.perf_counter() - t0
-            new_ids = [r["id"] for r in records]
-            after = run_phase(url, args.clients, args.seconds, old_ids, new_ids, args.k, seed=2)
-            server_metrics = httpx.get(f"{url}/metrics").json()
+        configs = [run_config(artifact, image_root, n, records, old_ids, key, work, args) for n in args.replicas]
         result = {
             "benchmark": "serve_load", "host": "127.0.0.1", "index": args.index, "k": args.k,
-            "catalogue_before": len(old_ids), "catalogue_after": n_after,
-            "new_item_share_of_catalogue": round(len(records) / max(1, n_after), 4), "setup_seconds": round(setup_s, 1),
-            "before": before,
-            "add_items": {"items": len(records), "requests": (len(records) + args.batch - 1) // args.batch,
-                          "seconds": round(add_s, 2), "items_per_s": round(len(records) / add_s, 1),
-                          "errors": len(add_errors), "first_errors": add_errors[:3]},
-            "after": after,
-            "errors_total": before["errors"] + after["errors"] + len(add_errors),
-            "server_metrics": server_metrics["endpoints"],
+            "catalogue_before": len(old_ids), "setup_seconds": round(setup_s, 1), "batch": args.batch,
+            "configs": configs,
+            "errors_total": sum(c[ph]["errors"] for c in configs for ph in ("writers_idle", "writers_active")),
             "server_torch_threads": args.threads,
-            "platform": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "platform": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                         "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    return 0 if result["errors_total"] == 0 else 1
+    return 0 if result["errors_total"] == 0 and all(c["replicas_agree"] for c in configs) else 1
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ def _cfg(**sections: dict) -> ExperimentConfig:
 
 
 @pytest.mark.parametrize("sections, named", [
-    ({"model": {"name": "sasrec", "params": {"max_lenn": 5}}}, "model.params.max_lenn; valid: ['attn_dropout'"),
+    ({"model": {"name": "sasrec", "params": {"max_lenn": 5}}}, "model.params.max_lenn; valid: ['age', 'attn_dropout'"),
     ({"model": {"name": "sasrek"}}, "unknown model 'sasrek'; available: ["),
     ({"model": {"name": "sasrec", "params": {"tower": {"kind": "txt"}}}}, "model.params.tower.kind: unknown item tower 'txt'"),
     ({"model": {"name": "gru4rec", "params": {"tower": {"kind": "text", "fusion": "concat"}}},
       "features": {"text": "hashing"}}, "model.params.tower.fusion: unknown fusion 'concat'; available: ["),
     ({"train": {"monitor": "ndcg@20"}}, "train.monitor: 'ndcg@20' is not computed with eval.ks=[10]"),
+    ({"train": {"monitor": "cold/ndcg@10"}}, "train.monitor: unknown group 'cold' in 'cold/ndcg@10'"),
     ({"data": {"source": "table", "options": {"path": "nowhere.tsv", "user_col": "u", "item_col": "i"}}},
      "data.options.path: nowhere.tsv does not exist"),
     ({"data": {"source": "movielens", "options": {"dir": "x"}}}, "unknown option(s) ['dir'] for source 'movielens'"),
@@ -45,6 +46,10 @@ def test_bad_config_is_named(sections: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         check_experiment(_cfg(**sections))
     assert named in str(err.value)
+
+
+def test_a_group_metric_may_be_monitored() -> None:
+    check_experiment(_cfg(train={"monitor": "cold_item/ndcg@10"}))
 
 
 def test_models_without_content_skip_encoding(tmp_path: Path) -> None:

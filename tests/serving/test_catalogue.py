@@ -153,39 +153,58 @@ def test_crash_test_every_acknowledged_add_survives_sigkill(artifact_copy: Path)
           f"{len(present)} items present, {elapsed:.1f} s")
 
 
-def _pg_url() -> str:
+def _pg_admin_url() -> str:
     return os.environ.get("MODALREC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def test_postgres_store_when_a_server_is_reachable() -> None:
+@pytest.fixture
+def pg_url() -> str:
+    """A fresh schema on a reachable PostgreSQL server (skipped without psycopg or a server)."""
     psycopg = pytest.importorskip("psycopg")
     try:
-        admin = psycopg.connect(_pg_url(), connect_timeout=3, autocommit=True)
+        admin = psycopg.connect(_pg_admin_url(), connect_timeout=3, autocommit=True)
     except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL server at {_pg_url()} ({str(exc).strip()[:80]})")
-    schema = f"modalrec_test_{os.getpid()}_{int(time.time())}"
+        pytest.skip(f"no PostgreSQL server at {_pg_admin_url()} ({str(exc).strip()[:80]})")
+    schema = f"modalrec_test_{os.getpid()}_{time.monotonic_ns()}"
     admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in _pg_admin_url() else "?"
     try:
-        sep = "&" if "?" in _pg_url() else "?"
-        url = f"{_pg_url()}{sep}options=-csearch_path%3D{schema}"
-        w = open_catalogue(url, BASE, "h1", LAYOUT)
-        r = open_catalogue(url, BASE, "h1", LAYOUT)
-        assert w.add([item("x"), item("y")], now=5.0) == [4, 5]
-        ch = r.changes((3, 0))
-        assert [(a.idx, a.id, a.added_at) for a in ch.added] == [(4, "x", 5.0), (5, "y", 5.0)]
-        assert np.array_equal(ch.added[1].features["image"], features("y", LAYOUT)["image"])
-        with pytest.raises(DuplicateIdError):
-            r.add([item("x")])
-        assert r.remove(["x"]) == [4] and w.add([item("x", "again")]) == [6]
-        ch2 = w.changes(ch.cursor)
-        assert ch2.removed[0][0] == 4 and [a.idx for a in ch2.added] == [6]
-        with pytest.raises(MismatchError, match="another artifact"):
-            open_catalogue(url, BASE, "h2", LAYOUT)
-        w.close()
-        r.close()
+        yield f"{_pg_admin_url()}{sep}options=-csearch_path%3D{schema}"
     finally:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+
+
+def test_postgres_store(pg_url: str) -> None:
+    w = open_catalogue(pg_url, BASE, "h1", LAYOUT)
+    r = open_catalogue(pg_url, BASE, "h1", LAYOUT)
+    assert w.add([item("x"), item("y")], now=5.0) == [4, 5]
+    ch = r.changes((3, 0))
+    assert [(a.idx, a.id, a.added_at) for a in ch.added] == [(4, "x", 5.0), (5, "y", 5.0)]
+    assert np.array_equal(ch.added[1].features["image"], features("y", LAYOUT)["image"])
+    with pytest.raises(DuplicateIdError):
+        r.add([item("x")])
+    assert r.remove(["x"]) == [4] and w.add([item("x", "again")]) == [6]
+    ch2 = w.changes(ch.cursor)
+    assert ch2.removed[0][0] == 4 and [a.idx for a in ch2.added] == [6]
+    with pytest.raises(MismatchError, match="another artifact"):
+        open_catalogue(pg_url, BASE, "h2", LAYOUT)
+    w.close()
+    r.close()
+
+
+def test_two_recommenders_share_a_postgres_catalogue(pg_url: str, artifact_copy: Path) -> None:
+    from modalrec.serving.recommender import Recommender
+
+    a = Recommender.load(artifact_copy, catalogue=pg_url)
+    b = Recommender.load(artifact_copy, catalogue=pg_url)
+    a.add_items([{"id": "pg-1", "title": "a canvas tote", "description": "a bag"}])
+    assert "pg-1" not in b.catalogue and b.sync() and "pg-1" in b.catalogue
+    b.remove_items(["item00004"])
+    assert a.sync() and a.item("item00004")["removed"] and not b.sync()
+    assert a.n_items == b.n_items == 121 and not (artifact_copy / "catalogue.sqlite").exists()
+    a.close()
+    b.close()
 
 
 def test_layout_round_trip() -> None:

@@ -163,12 +163,18 @@ class CausalTowerRecommender(SequentialRecommender):
     [B, L] to per-position states [B, L, d] (state t has seen items[:, :t + 1]); training scores every
     position against the next item through `self.criterion` (a training.losses.NextItemLoss).
 
-    Subclasses set `self.tower`, `self.criterion` and `self.cfg` (with `max_len`) and implement `encode`.
+    Subclasses set `self.tower`, `self.criterion` and `self.cfg` (with `max_len`) and implement `encode`;
+    they may set `self.prior` (models/freshness.py), an additive per-item logit at the query time
+    (`batch.target_ts`), in which case scores are no longer a fixed table's dot products.
     """
 
     tower: ItemTower
     criterion: nn.Module
     cfg: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prior: nn.Module | None = None  # an instance attribute: a class default would hide the submodule
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, d]
         raise NotImplementedError
@@ -188,13 +194,23 @@ class CausalTowerRecommender(SequentialRecommender):
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
         state = self.forward(batch)  # [B, d]
         table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
-        return state @ table.T  # [B, N + 1] or [B, M]
+        scores = state @ table.T  # [B, N + 1] or [B, M]
+        if self.prior is None:
+            return scores
+        cols = torch.arange(scores.shape[1], device=scores.device) if items is None else items
+        q = None if batch.target_ts is None else batch.target_ts.reshape(-1, 1)  # [B, 1]
+        return scores + self.prior(cols, q)
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         if batch.targets.dim() != 2:
             raise ValueError(f"{type(self).__name__}.loss needs training batches with [B, L] targets (TrainWindows)")
         L = min(batch.items.shape[1], self.cfg.max_len)
-        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
+        if self.prior is None:
+            return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
+        if batch.target_ts is None:
+            raise ValueError(f"{type(self).__name__} has a freshness prior: training batches need target_ts")
+        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower, self.prior,
+                              batch.target_ts[:, -L:])
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         self.tower.set_item_features(features, missing)

@@ -18,6 +18,7 @@ from modalrec.errors import ConfigError
 from modalrec.seeding import derive_seed
 
 LOSSES = ("ce", "sampled", "bce", "bpr", "inbatch")
+CATALOGUES = ("train", "all")
 NEGATIVES = ("uniform", "popularity")
 DEFAULT_NEGATIVES = {"sampled": 100, "bce": 1, "bpr": 1}
 
@@ -270,6 +271,10 @@ class NextItemLoss(nn.Module):
 
     kind: "ce" (full softmax over the catalogue), "sampled" (softmax over K shared negatives, logQ),
     "bce" / "bpr" (K negatives per position), "inbatch" (batch's distinct targets, logQ debiased).
+    catalogue: "train" scores targets against items with training events only; "all" against every item
+    (softmax classes and negatives), so items launched after training are pushed down where they do not
+    fit -- and a freshness prior learns what "not launched yet" means.
+    `forward(..., prior, query_ts)` adds `prior(items, query_ts)` (models/freshness.py) to every logit.
     """
 
     def __init__(
@@ -281,10 +286,13 @@ class NextItemLoss(nn.Module):
         counts: np.ndarray | None = None,
         seed: int = 0,
         label_smoothing: float = 0.0,
+        catalogue: str = "train",
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {kind!r}")
+        if catalogue not in CATALOGUES:
+            raise ConfigError(f"loss catalogue must be one of {CATALOGUES}, got {catalogue!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if label_smoothing and kind != "ce":
@@ -295,14 +303,17 @@ class NextItemLoss(nn.Module):
         if kind in ("sampled", "bce", "bpr") and n_negatives < 1:
             raise ConfigError(f"loss {kind!r} needs n_negatives >= 1, got {n_negatives}")
         self.kind, self.n_items, self.n_negatives = kind, int(n_items), int(n_negatives)
-        self.sampler = NegativeSampler(n_items, negatives, counts, seed=seed)
+        sampled_from = counts
+        if catalogue == "all" and counts is not None:  # any item may be a negative: uniform over all, or +1 counts
+            sampled_from = np.asarray(counts) + 1 if negatives == "popularity" else None
+        self.sampler = NegativeSampler(n_items, negatives, sampled_from, seed=seed)
         # Not persistent: derived from the training data, so it is not part of the model's weights.
         self.register_buffer("log_q", frequency_log_q(counts, n_items), persistent=False)  # [N + 1]
         # Full softmax runs over the *training catalogue*: items with no training event (e.g. launched
         # later) never appear as negatives, otherwise a content tower learns to push "new-looking"
         # items down and cold-start ranking collapses. class_of maps item -> 1-based class (0 = not a class).
         classes = torch.arange(1, n_items + 1)
-        if counts is not None and (np.asarray(counts[1 : n_items + 1]) > 0).any():
+        if catalogue == "train" and counts is not None and (np.asarray(counts[1 : n_items + 1]) > 0).any():
             classes = torch.as_tensor(np.flatnonzero(np.asarray(counts[1 : n_items + 1]) > 0) + 1)
         class_of = torch.zeros(n_items + 1, dtype=torch.int64)
         class_of[classes] = torch.arange(1, len(classes) + 1)
@@ -312,30 +323,44 @@ class NextItemLoss(nn.Module):
     def reseed(self, seed: int) -> None:
         self.sampler.reseed(seed)
 
-    def forward(self, states: torch.Tensor, targets: torch.Tensor, tower: nn.Module) -> torch.Tensor:
-        """states [B, L, d] (or [M, d]) vs targets [B, L] (or [M], 0 = none); tower: items -> [..., d]."""
+    def forward(self, states: torch.Tensor, targets: torch.Tensor, tower: nn.Module,
+                prior: nn.Module | None = None, query_ts: torch.Tensor | None = None) -> torch.Tensor:
+        """states [B, L, d] (or [M, d]) vs targets [B, L] (or [M], 0 = none); tower: items -> [..., d];
+        prior: (items, query times) -> additive logits, with query_ts shaped like targets."""
         keep = targets > 0  # [B, L]
         h = states[keep]  # [M, d]
         t = targets[keep]  # [M]
         if t.numel() == 0:
             return states.sum() * 0.0
+        if prior is not None and query_ts is None:
+            raise ValueError("a freshness prior needs the target times (SeqBatch.target_ts)")
+        q = query_ts[keep][:, None] if prior is not None else None  # [M, 1]
+
+        def bias(items: torch.Tensor) -> torch.Tensor | float:  # items [M] -> [M], [K] or [M, K] -> [M, K]
+            if prior is None:
+                return 0.0
+            return prior(items, q[:, 0]) if items.shape == t.shape else prior(items, q)
+
         if self.kind == "ce":
             cls = self.class_of[t]  # [M]
             if bool((cls == 0).any()):
                 raise ValueError("a training target has no training events: pass the training split's item counts")
-            # PAD and unseen items are never classes (nor smoothing targets)
-            return chunked_softmax_ce(h, tower.all()[self.classes], cls, label_smoothing=self.label_smoothing)
+            # PAD (and, for catalogue "train", items without training events) are never classes
+            if prior is None:
+                return chunked_softmax_ce(h, tower.all()[self.classes], cls, label_smoothing=self.label_smoothing)
+            logits = h @ tower.all()[self.classes].T + bias(self.classes)  # [M, C]
+            return F.cross_entropy(logits.float(), cls - 1, label_smoothing=self.label_smoothing)
         if self.kind == "inbatch":
             items, col = batch_candidates(t)  # [U], [M]
-            return inbatch_debiased_ce(h @ tower(items).T, col, self.log_q[items])  # logits [M, U]
-        pos = (h * tower(t)).sum(-1)  # [M]
+            return inbatch_debiased_ce(h @ tower(items).T + bias(items), col, self.log_q[items])  # logits [M, U]
+        pos = (h * tower(t)).sum(-1) + bias(t)  # [M]
         if self.kind == "sampled":
             neg_ids = self.sampler.sample((self.n_negatives,), h.device)  # [K], shared by all rows
-            neg = h @ tower(neg_ids).T  # [M, K]
+            neg = h @ tower(neg_ids).T + bias(neg_ids)  # [M, K]
             return sampled_softmax_ce(
                 pos, neg, t, neg_ids, self.sampler.log_q(t), self.sampler.log_q(neg_ids)
             )
         neg_ids = self.sampler.sample((len(t), self.n_negatives), h.device)  # [M, K]
-        neg = torch.einsum("md,mkd->mk", h, tower(neg_ids))  # [M, K]
+        neg = torch.einsum("md,mkd->mk", h, tower(neg_ids)) + bias(neg_ids)  # [M, K]
         valid = neg_ids != t[:, None]  # [M, K] drop accidental hits
         return bpr(pos, neg, valid) if self.kind == "bpr" else bce(pos, neg, valid)

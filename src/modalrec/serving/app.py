@@ -76,7 +76,7 @@ class PathScrubber:
 def create_app(recommender: Recommender, api_key: str | None = None, max_history: int = 500, max_k: int = 200,
                max_new_items: int = 1000, image_root: str | Path | None = None, max_text_chars: int = 20_000,
                max_body_bytes: int = 8 * 2**20, body_timeout_s: float = 30.0, write_timeout_s: float = 60.0,
-               max_pending_writes: int = 64, sync_interval_s: float = 0.2) -> Any:
+               max_pending_writes: int = 64, sync_interval_s: float = 0.1) -> Any:
     """A FastAPI app serving `recommender`. `api_key` (if given) is required in X-API-Key for writes.
 
     Writes wait at most `write_timeout_s` to start (then 503, nothing done); other processes' commits to

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -390,7 +391,9 @@ class SqliteCatalogue(CatalogueStore):
                                 path=self.path)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise DataError(f"not a usable SQLite catalogue ({exc})", path=self.path) from None
+            hint = ("" if self.read_only or os.access(self.path.parent, os.W_OK) else
+                    "; its directory is not writable: serve with --read-only, or give --catalogue a writable path")
+            raise DataError(f"not a usable SQLite catalogue ({exc}){hint}", path=self.path) from None
         return conn
 
     def _begin_write(self, cur: Any) -> None:

@@ -1,10 +1,10 @@
-"""The server's one writer thread: every change to the served catalogue happens here, off request threads.
+"""The server's one writer thread: every add and removal happens here, off request threads.
 
 It loads the encoders first (so the first add does not pay for it, and /health can say when they are
-ready), then runs add / remove jobs in arrival order and, whenever it is idle for `poll_s`, applies what
-other processes committed to the shared catalogue. Request handlers only wait for their job's result
+ready), then runs add / remove jobs in arrival order. Request handlers only wait for their job's result
 (asynchronously: a queued write holds no worker thread), so reads never wait behind writes. The thread
-runs at a lower CPU priority: encoding a large batch yields the cores to requests.
+runs at a lower CPU priority: encoding a large batch yields the cores to requests. A second thread applies
+what other processes committed to the shared catalogue every `poll_s`, also while a long add is encoding.
 """
 
 from __future__ import annotations
@@ -39,16 +39,22 @@ class CatalogueWriter:
         self.encoders = "loading" if recommender.content else "not needed (ID-only model)"
         self.sync_error: str | None = None
         self.synced_at = time.time()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="catalogue-writer", daemon=True)
+        self._sync_thread = threading.Thread(target=self._follow, name="catalogue-sync", daemon=True)
 
     def start(self) -> CatalogueWriter:
         self._thread.start()
+        self._sync_thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout)
+        if self._sync_thread.is_alive():
+            self._sync_thread.join(timeout)
 
     @property
     def healthy(self) -> bool:
@@ -76,11 +82,7 @@ class CatalogueWriter:
                 self.encoders = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
                 log.error("loading the encoders failed: %s", exc)
         while True:
-            try:
-                job = self._queue.get(timeout=self.poll_s)
-            except queue.Empty:
-                self._sync()
-                continue
+            job = self._queue.get()
             if job is None:
                 return
             if not job.future.set_running_or_notify_cancel():
@@ -90,11 +92,12 @@ class CatalogueWriter:
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
                 job.future.set_exception(exc)
 
-    def _sync(self) -> None:
-        try:
-            self.rec.sync()
-            self.sync_error, self.synced_at = None, time.time()
-        except Exception as exc:  # noqa: BLE001 - reported by /health (503) and retried every poll
-            if self.sync_error is None:
-                log.error("catalogue sync failed: %s", exc)
-            self.sync_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.rec.sync()
+                self.sync_error, self.synced_at = None, time.time()
+            except Exception as exc:  # noqa: BLE001 - reported by /health (503) and retried every poll
+                if self.sync_error is None:
+                    log.error("catalogue sync failed: %s", exc)
+                self.sync_error = f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -15,6 +15,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.freshness import FreshnessPrior
 from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import NextItemLoss
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
@@ -36,6 +37,8 @@ class SASRecConfig:
     n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
     negatives: str = "uniform"  # "uniform" | "popularity"
     label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
+    loss_catalogue: str = "train"  # "train": items with training events; "all": every item (new ones too)
+    age: str = "none"  # "none" | "bias": a learned logit per bucket of item age at the query (models/freshness.py)
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -60,8 +63,13 @@ class SASRec(CausalTowerRecommender):
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8) if cfg.norm == "pre" else nn.Identity()
         self.criterion = NextItemLoss(
             cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed,
-            label_smoothing=cfg.label_smoothing,
+            label_smoothing=cfg.label_smoothing, catalogue=cfg.loss_catalogue,
         )
+        if cfg.age == "bias":
+            if ctx.item_launch is None:
+                raise ConfigError("sasrec: age='bias' needs item launch times (ModelContext.item_launch)")
+            self.prior = FreshnessPrior(ctx.item_launch)
+            self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
     @classmethod
@@ -107,5 +115,7 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError(f"sasrec: norm must be 'pre' or 'post', got {cfg.norm!r}")
     if cfg.positions not in ("from_end", "from_start"):
         raise ConfigError(f"sasrec: positions must be 'from_end' or 'from_start', got {cfg.positions!r}")
+    if cfg.age not in ("none", "bias"):
+        raise ConfigError(f"sasrec: age must be 'none' or 'bias', got {cfg.age!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")

@@ -16,6 +16,7 @@ whitening: (x - b) W with a learned bias b initialised to the train items' featu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,8 @@ class ContentOptions:
     center: bool = True  # subtract the train items' mean feature (whiten / moe: initial bias)
     l2_input: bool = True  # L2-normalise raw features first (encoders differ wildly in scale)
     normalize: bool = True  # L2-normalise the item vector, times `scale`: popular items cannot win by norm
-    scale: float = 3.0
+    scale: float = 3.0  # item vector length (normalize); a small start keeps the first loss near log(items)
+    learn_scale: bool = False  # normalize: learn the length (a temperature), starting from `scale`
     # hybrid only
     content: str = "auto"  # content part of a hybrid tower: "text" | "image" | "text+image" | "auto"
     cold_default: str = "zero"  # ID part for cold items: "zero" | "learned"
@@ -67,6 +69,8 @@ def parse_options(kind: str, options: dict[str, Any]) -> ContentOptions:
         raise ConfigError(f"tower.options.cold_default must be 'zero' or 'learned', got {opts.cold_default!r}")
     if opts.content not in ("auto", *CONTENT_KINDS):
         raise ConfigError(f"tower.options.content must be 'auto' or one of {list(CONTENT_KINDS)}, got {opts.content!r}")
+    if opts.scale <= 0:
+        raise ConfigError(f"tower.options.scale must be > 0, got {opts.scale}")
     if not 0.0 <= opts.id_dropout < 1.0:
         raise ConfigError(f"tower.options.id_dropout must lie in [0, 1), got {opts.id_dropout}")
     return opts
@@ -182,6 +186,8 @@ class ContentTower(ItemTower):
         opts = opts or ContentOptions()
         self.dim, self.modalities = int(dim), list(modalities)
         self.normalize, self.scale = opts.normalize, float(opts.scale)
+        # log-parametrised so the learned length stays positive
+        self.log_scale = nn.Parameter(torch.tensor(math.log(self.scale))) if opts.learn_scale else None
         for m in self.modalities:
             if m not in ctx.item_features:
                 have = sorted(ctx.item_features) or "none"
@@ -265,7 +271,7 @@ class ContentTower(ItemTower):
         if self.normalize:
             # Unit-length items: the score is the state's cosine with the item, so popular items cannot
             # win by norm alone, which otherwise sinks unseen items.
-            out = F.normalize(out, dim=-1) * self.scale
+            out = F.normalize(out, dim=-1) * (self.scale if self.log_scale is None else self.log_scale.exp())
         return out
 
     def all(self) -> torch.Tensor:  # [n_items + 1, d]
