@@ -42,6 +42,17 @@ def _params(n: int | None) -> str:
     return "" if n is None else f"{n / 1e6:.2f} M"
 
 
+def demo(results: Path) -> str:
+    """`make demo` on the built-in dataset (`modalrec compare runs/demo/... --json benchmarks/results/demo_cpu.json`)."""
+    data = _load(results, "demo_cpu.json")
+    groups = ("overall", "warm", "cold_item", "cold_user")
+    first = next(iter(data["runs"].values()))
+    header = ["run"] + [f"{m} {g} (n={first['counts'][g]})" for g in groups for m in data["metrics"]]
+    rows = [[name] + [_f(run["groups"][g][m]) for g in groups for m in data["metrics"]]
+            for name, run in data["runs"].items()]
+    return _table(header, rows)
+
+
 def quality_amazon(results: Path) -> str:
     """Text / hybrid vs ID SASRec on the Amazon sets (metrics in %)."""
     data = _load(results, "quality_amazon_cpu.json")["results"]
@@ -232,6 +243,7 @@ def recbole_fresh_seeds(results: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
+    "demo": demo,
     "quality_amazon": quality_amazon,
     "iisan_scientific": iisan_scientific,
     "iisan_efficiency": iisan_efficiency,
