@@ -156,10 +156,6 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
-def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
-
-
 @contextlib.contextmanager
 def shard_of_this_process() -> Iterator[tuple[int, int] | None]:
     """Yields (rank, world) when running under an initialised process group, else None (no sharding)."""

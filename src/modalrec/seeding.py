@@ -22,15 +22,3 @@ def torch_generator(seed: int, purpose: str, device: str | torch.device = "cpu")
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(seed, purpose))
     return gen
-
-
-def init_module(module: torch.nn.Module, seed: int, purpose: str = "init") -> None:
-    """Re-initialise a module's parameters deterministically without touching the global RNG.
-
-    Modules are built under `torch.random.fork_rng`, so building one never shifts another's init.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, purpose))
-        for sub in module.modules():
-            if hasattr(sub, "reset_parameters") and sub is not module:
-                sub.reset_parameters()

@@ -37,7 +37,6 @@ class EventBatch:
     items: torch.Tensor  # [B] int64
     ts: torch.Tensor  # [B] float64 or int64
     negatives: torch.Tensor | None = None  # [B] or [B, N] int64 sampled negative items
-    edge_feats: torch.Tensor | None = None  # [B, d_e] float
 
     def to(self, device: torch.device | str) -> EventBatch:
         return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
@@ -59,12 +58,3 @@ class Scorer(Protocol):
     """
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
-@runtime_checkable
-class Trainable(Protocol):
-    """Anything the shared training loop can fit: a module with a scalar `loss(batch)`."""
-
-    def loss(self, batch: object) -> torch.Tensor: ...
-
-    def parameters(self): ...

@@ -175,15 +175,15 @@ def test_restore_after_evaluation_is_identical() -> None:
 def test_neighbour_buffer_keeps_k_most_recent_in_order() -> None:
     buf = NeighborBuffer(n_nodes=10, k=3)
     t = lambda *x: torch.tensor(x, dtype=torch.int64)
-    buf.insert(t(1, 2), t(5, 6), t(10, 11), t(0, 1), None)
-    buf.insert(t(1, 1, 1, 1, 3), t(6, 7, 8, 9, 5), t(20, 21, 22, 23, 24), t(2, 3, 4, 5, 6), None)  # 4 for node 1
+    buf.insert(t(1, 2), t(5, 6), t(10, 11), t(0, 1))
+    buf.insert(t(1, 1, 1, 1, 3), t(6, 7, 8, 9, 5), t(20, 21, 22, 23, 24), t(2, 3, 4, 5, 6))  # 4 for node 1
     nb = buf.get(t(1, 2, 5, 4))
     assert nb.ids[0].tolist() == [7, 8, 9] and nb.ts[0].tolist() == [21.0, 22.0, 23.0]
     assert nb.eidx[0].tolist() == [3, 4, 5] and nb.mask[0].all()
     assert nb.ids[1].tolist() == [0, 0, 6] and nb.mask[1].tolist() == [False, False, True]
     assert nb.ids[2].tolist() == [0, 1, 3] and nb.ts[2].tolist() == [0.0, 10.0, 24.0]
     assert not nb.mask[3].any() and nb.eidx[3].tolist() == [-1, -1, -1]
-    buf.insert(t(1), t(2), t(30), t(7), None)  # wraps around the ring
+    buf.insert(t(1), t(2), t(30), t(7))  # wraps around the ring
     assert buf.get(t(1)).ids[0].tolist() == [8, 9, 2]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,19 +23,6 @@ from modalrec.errors import ConfigError
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "hnsw", "ivf")
-
-
-class ItemIndex(Protocol):
-    kind: str
-    metric: str
-
-    @property
-    def n_items(self) -> int: ...
-
-    def add(self, vectors: torch.Tensor) -> None: ...
-
-    def search(self, queries: torch.Tensor, k: int, allowed: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def _prepare(vectors: torch.Tensor, metric: str) -> torch.Tensor:

@@ -63,31 +63,28 @@ class Neighbors:
     ids: torch.Tensor  # [B, k] int64 node ids (0 where empty)
     ts: torch.Tensor  # [B, k] float64 event times
     eidx: torch.Tensor  # [B, k] int64 running event index (-1 where empty)
-    feats: torch.Tensor | None  # [B, k, d_e] edge features or None
     mask: torch.Tensor  # [B, k] bool
 
 
 class TemporalAttention(nn.Module):
-    """One TGAT layer: query [h_self, phi(0)], keys/values [h_nbr, e_nbr, phi(t - t_nbr)], then an MLP
+    """One TGAT layer: query [h_self, phi(0)], keys/values [h_nbr, phi(t - t_nbr)], then an MLP
     merges the attention output with h_self, added residually (optimises like the identity embedding
     early on, then learns to use the neighbours)."""
 
-    def __init__(self, dim: int, time_dim: int, edge_dim: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, time_dim: int, n_heads: int, dropout: float) -> None:
         super().__init__()
-        q_dim, kv_dim = dim + time_dim, dim + edge_dim + time_dim
+        q_dim = kv_dim = dim + time_dim
         if q_dim % n_heads:
             raise ConfigError(f"dim + time_dim = {q_dim} must be divisible by n_heads = {n_heads}")
         self.attn = nn.MultiheadAttention(q_dim, n_heads, dropout=dropout, kdim=kv_dim, vdim=kv_dim, batch_first=True)
         self.merge = mlp(q_dim + dim, dim, dim)
 
     def forward(
-        self, h_self: torch.Tensor, t0: torch.Tensor, h_nbr: torch.Tensor, e_nbr: torch.Tensor | None,
-        t_nbr: torch.Tensor, mask: torch.Tensor,
+        self, h_self: torch.Tensor, t0: torch.Tensor, h_nbr: torch.Tensor, t_nbr: torch.Tensor, mask: torch.Tensor,
     ) -> torch.Tensor:
-        # h_self [B, d], t0 [B, T], h_nbr [B, k, d], e_nbr [B, k, de] | None, t_nbr [B, k, T], mask [B, k]
+        # h_self [B, d], t0 [B, T], h_nbr [B, k, d], t_nbr [B, k, T], mask [B, k]
         q = torch.cat([h_self, t0], dim=-1).unsqueeze(1)  # [B, 1, d + T]
-        parts = [h_nbr] + ([e_nbr] if e_nbr is not None else []) + [t_nbr]
-        kv = torch.cat(parts, dim=-1)  # [B, k, d + de + T]
+        kv = torch.cat([h_nbr, t_nbr], dim=-1)  # [B, k, d + T]
         lonely = ~mask.any(dim=1)  # [B] nodes without neighbours: attend to a dummy slot, output zeroed
         pad = ~mask
         pad[lonely, -1] = False
@@ -105,7 +102,7 @@ class GraphEmbedding(nn.Module):
     """
 
     def __init__(
-        self, mode: str, dim: int, time_dim: int, edge_dim: int, n_layers: int, n_heads: int, dropout: float,
+        self, mode: str, dim: int, time_dim: int, n_layers: int, n_heads: int, dropout: float,
         time_encoding: str = "log",
     ) -> None:
         super().__init__()
@@ -113,7 +110,7 @@ class GraphEmbedding(nn.Module):
         if mode == "attn":
             self.time_enc = TimeEncoder(time_dim, time_encoding)
             self.layers = nn.ModuleList(
-                TemporalAttention(dim, time_dim, edge_dim, n_heads, dropout) for _ in range(self.n_layers)
+                TemporalAttention(dim, time_dim, n_heads, dropout) for _ in range(self.n_layers)
             )
         elif mode == "time":
             self.time_proj = nn.Linear(1, dim)
@@ -149,7 +146,7 @@ class GraphEmbedding(nn.Module):
         h_nbr = self._attend(h0, neighbors, nb.ids.reshape(-1), t_rep, layer - 1).view(b, k, -1)  # [B, k, d]
         dt = (t.unsqueeze(1) - nb.ts).clamp(min=0)  # [B, k] float64
         t0 = self.time_enc(torch.zeros_like(t))  # [B, T]
-        return self.layers[layer - 1](h_self, t0, h_nbr, nb.feats, self.time_enc(dt), nb.mask)
+        return self.layers[layer - 1](h_self, t0, h_nbr, self.time_enc(dt), nb.mask)
 
     def receptive_field(self, neighbors: Callable[[torch.Tensor], Neighbors], nodes: torch.Tensor) -> torch.Tensor:
         """Unique node ids whose memory the embedding of `nodes` reads ([M] int64)."""

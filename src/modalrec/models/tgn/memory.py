@@ -20,35 +20,33 @@ from modalrec.models.tgn.embedding import Neighbors, TimeEncoder, mlp
 
 
 class NeighborBuffer(nn.Module):
-    """Ring buffer of the k most recent neighbours of every node: ids, times, event index, edge features."""
+    """Ring buffer of the k most recent neighbours of every node: ids, times, event index."""
 
-    def __init__(self, n_nodes: int, k: int, edge_dim: int = 0) -> None:
+    STATE = ("ids", "ts", "eidx", "count")
+
+    def __init__(self, n_nodes: int, k: int) -> None:
         super().__init__()
-        self.k, self.edge_dim = int(k), int(edge_dim)
+        self.k = int(k)
         self.register_buffer("ids", torch.zeros(n_nodes, k, dtype=torch.int64), persistent=False)
         self.register_buffer("ts", torch.zeros(n_nodes, k, dtype=torch.float64), persistent=False)
         self.register_buffer("eidx", torch.full((n_nodes, k), -1, dtype=torch.int64), persistent=False)
-        self.register_buffer("feats", torch.zeros(n_nodes, k, edge_dim), persistent=False)
         self.register_buffer("count", torch.zeros(n_nodes, dtype=torch.int64), persistent=False)  # events ever inserted
 
     def reset(self) -> None:
         self.ids.zero_()
         self.ts.zero_()
         self.eidx.fill_(-1)
-        self.feats.zero_()
         self.count.zero_()
 
     def grow(self, n_nodes: int) -> None:
         extra = n_nodes - self.ids.shape[0]
-        for name in ("ids", "ts", "eidx", "feats", "count"):
+        for name in self.STATE:
             t = getattr(self, name)
             pad = torch.full((extra, *t.shape[1:]), -1 if name == "eidx" else 0, dtype=t.dtype, device=t.device)
             setattr(self, name, torch.cat([t, pad]))
 
     @torch.no_grad()
-    def insert(
-        self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor, eidx: torch.Tensor, feats: torch.Tensor | None
-    ) -> None:
+    def insert(self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor, eidx: torch.Tensor) -> None:
         """Add events (chronological) in both directions: src gains dst as neighbour and dst gains src."""
         e = src.shape[0]
         if e == 0:
@@ -69,8 +67,6 @@ class NeighborBuffer(nn.Module):
         self.ids[n_k, s_k] = other[keep]
         self.ts[n_k, s_k] = t2[keep]
         self.eidx[n_k, s_k] = e2[keep]
-        if self.edge_dim and feats is not None:
-            self.feats[n_k, s_k] = feats.repeat_interleave(2, dim=0)[order][keep].to(self.feats.dtype)
         self.count.index_add_(0, uniq, counts)
 
     def get(self, nodes: torch.Tensor) -> Neighbors:
@@ -82,8 +78,7 @@ class NeighborBuffer(nn.Module):
         rows = nodes.unsqueeze(1)
         ids = torch.where(mask, self.ids[rows, slot], torch.zeros_like(slot))
         eidx = torch.where(mask, self.eidx[rows, slot], torch.full_like(slot, -1))
-        feats = self.feats[rows, slot] if self.edge_dim else None  # [B, k, de]
-        return Neighbors(ids, self.ts[rows, slot] * mask, eidx, feats, mask)
+        return Neighbors(ids, self.ts[rows, slot] * mask, eidx, mask)
 
 
 class TGNMemory(nn.Module):
@@ -91,15 +86,15 @@ class TGNMemory(nn.Module):
     function ("mlp" or "identity"), aggregator ("last" or "mean") and updater ("gru" or "rnn")."""
 
     def __init__(
-        self, n_nodes: int, dim: int, time_dim: int, edge_dim: int = 0, message: str = "mlp",
+        self, n_nodes: int, dim: int, time_dim: int, message: str = "mlp",
         aggregator: str = "last", updater: str = "gru", time_encoding: str = "log",
     ) -> None:
         super().__init__()
         if aggregator not in ("last", "mean"):
             raise ConfigError(f"aggregator must be 'last' or 'mean', got {aggregator!r}")
-        self.aggregator, self.dim, self.edge_dim = aggregator, int(dim), int(edge_dim)
+        self.aggregator, self.dim = aggregator, int(dim)
         self.time_enc = TimeEncoder(time_dim, time_encoding)
-        raw_dim = 2 * dim + edge_dim + time_dim  # [m_self, m_other, e, phi(dt)]
+        raw_dim = 2 * dim + time_dim  # [m_self, m_other, phi(dt)]
         if message == "mlp":
             self.msg_fn: nn.Module = mlp(raw_dim, dim, dim)
             msg_dim = dim
@@ -115,9 +110,9 @@ class TGNMemory(nn.Module):
             raise ConfigError(f"updater must be 'gru' or 'rnn', got {updater!r}")
         self.register_buffer("memory", torch.zeros(n_nodes, dim), persistent=False)
         self.register_buffer("last_update", torch.zeros(n_nodes, dtype=torch.float64), persistent=False)
-        # pending raw messages, flat and chronological: node [M], raw [M, 2d + de], dt [M], ts [M]
+        # pending raw messages, flat and chronological: node [M], raw [M, 2d], dt [M], ts [M]
         self.register_buffer("p_node", torch.zeros(0, dtype=torch.int64), persistent=False)
-        self.register_buffer("p_raw", torch.zeros(0, 2 * dim + edge_dim), persistent=False)
+        self.register_buffer("p_raw", torch.zeros(0, 2 * dim), persistent=False)
         self.register_buffer("p_dt", torch.zeros(0), persistent=False)
         self.register_buffer("p_ts", torch.zeros(0, dtype=torch.float64), persistent=False)
 
@@ -166,7 +161,7 @@ class TGNMemory(nn.Module):
         return self.memory.index_copy(0, upd_nodes, new), self.last_update.index_copy(0, upd_nodes, ts)
 
     @torch.no_grad()
-    def commit(self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor, feats: torch.Tensor | None) -> None:
+    def commit(self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor) -> None:
         """After a batch was scored: persist the pending messages of its nodes, then store its own messages."""
         batch_nodes = torch.unique(torch.cat([src, dst]))
         mem, last = self.view(batch_nodes)
@@ -175,14 +170,9 @@ class TGNMemory(nn.Module):
         keep = ~torch.isin(self.p_node, batch_nodes)
         t = ts.to(torch.float64)
         m_s, m_d = self.memory[src], self.memory[dst]  # [E, d]
-        e = feats.to(m_s.dtype) if (self.edge_dim and feats is not None) else m_s.new_zeros(src.shape[0], self.edge_dim)
-        raw = torch.stack([torch.cat([m_s, m_d, e], -1), torch.cat([m_d, m_s, e], -1)], 1).flatten(0, 1)  # [2E, raw]
+        raw = torch.stack([torch.cat([m_s, m_d], -1), torch.cat([m_d, m_s], -1)], 1).flatten(0, 1)  # [2E, 2d]
         dt = torch.stack([t - self.last_update[src], t - self.last_update[dst]], 1).flatten()  # [2E]
         self.p_node = torch.cat([self.p_node[keep], torch.stack([src, dst], 1).flatten()])
         self.p_raw = torch.cat([self.p_raw[keep], raw])
         self.p_dt = torch.cat([self.p_dt[keep], dt.to(self.p_dt.dtype)])
         self.p_ts = torch.cat([self.p_ts[keep], t.repeat_interleave(2)])
-
-    def detach(self) -> None:
-        for name in self.STATE:
-            setattr(self, name, getattr(self, name).detach())

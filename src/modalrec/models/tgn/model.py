@@ -55,7 +55,6 @@ class TGNConfig:
     user_init_std: float = 0.01  # small: a user never seen in training starts near zero, not as noise
     loss: str = "bpr"  # bpr | bce
     n_negatives: int = 1  # negatives per event drawn by EventStream for training
-    edge_dim: int = 0
     observe_in_loss: bool = True
     rank_chunk: int = 4096  # items embedded per chunk in full ranking
 
@@ -71,8 +70,8 @@ class TGNConfig:
         for key in ("dim", "time_dim", "n_neighbors", "n_heads", "n_negatives", "rank_chunk"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"tgn.{key} must be >= 1, got {getattr(self, key)}")
-        if self.n_layers < 0 or self.edge_dim < 0 or self.user_init_std < 0 or not 0 <= self.dropout < 1:
-            raise ConfigError("tgn.n_layers, tgn.edge_dim and tgn.user_init_std must be >= 0, tgn.dropout in [0, 1)")
+        if self.n_layers < 0 or self.user_init_std < 0 or not 0 <= self.dropout < 1:
+            raise ConfigError("tgn.n_layers and tgn.user_init_std must be >= 0, tgn.dropout in [0, 1)")
 
 
 @dataclass
@@ -111,10 +110,10 @@ class TGN(Recommender):
                 cfg.random_dim, cfg.dropout, seed, cfg.user_init_std,
             )
             self.memory = TGNMemory(
-                n_nodes, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.message, cfg.aggregator, cfg.updater, cfg.time_encoding
+                n_nodes, cfg.dim, cfg.time_dim, cfg.message, cfg.aggregator, cfg.updater, cfg.time_encoding
             )
             self.embedding = GraphEmbedding(
-                cfg.embedding, cfg.dim, cfg.time_dim, cfg.edge_dim, cfg.n_layers, cfg.n_heads, cfg.dropout,
+                cfg.embedding, cfg.dim, cfg.time_dim, cfg.n_layers, cfg.n_heads, cfg.dropout,
                 cfg.time_encoding,
             )
             self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
@@ -122,7 +121,7 @@ class TGN(Recommender):
                 self.film = nn.Linear(cfg.dim, 2 * cfg.dim)
                 nn.init.zeros_(self.film.weight)
                 nn.init.zeros_(self.film.bias)
-        self.neighbors = NeighborBuffer(n_nodes, cfg.n_neighbors, cfg.edge_dim)
+        self.neighbors = NeighborBuffer(n_nodes, cfg.n_neighbors)
         self.n_observed = 0  # running event index (edge idx in the neighbour buffer)
         self._feat_cache: torch.Tensor | None = None  # x(n) for all nodes, only in eval mode without grad
 
@@ -171,14 +170,10 @@ class TGN(Recommender):
         self.neighbors.reset()
         self.n_observed = 0
 
-    def detach_state(self) -> None:
-        """Memory is always persisted detached; this only guards against callers that stored graphs."""
-        self.memory.detach()
-
     def state_dict_memory(self) -> dict[str, torch.Tensor]:
         """A copy of all streaming state (memory, pending messages, neighbour buffer, event counter)."""
         out = {f"memory.{k}": getattr(self.memory, k).detach().clone() for k in TGNMemory.STATE}
-        out.update({f"neighbors.{k}": getattr(self.neighbors, k).clone() for k in ("ids", "ts", "eidx", "feats", "count")})
+        out.update({f"neighbors.{k}": getattr(self.neighbors, k).clone() for k in NeighborBuffer.STATE})
         out["n_observed"] = torch.tensor(self.n_observed, dtype=torch.int64)
         return out
 
@@ -196,11 +191,10 @@ class TGN(Recommender):
         add its edges to the neighbour buffer."""
         src, dst = batch.users.to(self.device), self.item_nodes(batch.items.to(self.device))
         ts = batch.ts.to(self.device)
-        feats = batch.edge_feats.to(self.device) if batch.edge_feats is not None else None
         if self.cfg.use_memory:
-            self.memory.commit(src, dst, ts, feats)
+            self.memory.commit(src, dst, ts)
         eidx = torch.arange(self.n_observed, self.n_observed + src.shape[0], device=self.device)
-        self.neighbors.insert(src, dst, ts, eidx, feats)
+        self.neighbors.insert(src, dst, ts, eidx)
         self.n_observed += int(src.shape[0])
 
     # ---- embeddings ---------------------------------------------------------------------------------
