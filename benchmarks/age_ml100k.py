@@ -1,5 +1,7 @@
-"""Item age on MovieLens-100K: SASRec with an ID, a content and a hybrid item tower, each with and without the
-learned freshness prior (model.params.age = "bias", models/freshness.py), next to the no-learning rules.
+"""Item age on MovieLens-100K: SASRec with an ID, a content and a hybrid item tower, each without and with the
+learned freshness prior (models/freshness.py; suffix _age: model.params.age = "bias", a logit per age bucket;
+_trend: "bias+trend", per age bucket x the item's events in the 7 days before the query), next to the
+no-learning rules.
 
 Data: ../shared/data/ml-100k, global temporal split 70/15/15 (cold-item events = movies first rated after
 training); item launch = u.item release date, else the first rating strictly before the query
@@ -30,7 +32,8 @@ from cold_start import GROUPS, groups_of
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 TOWERS = ("id", "content", "hybrid")
-SASRECS = tuple(f"sasrec_{t}{age}" for t in TOWERS for age in ("", "_age"))
+AGES = {"": "none", "_age": "bias", "_trend": "bias+trend"}  # name suffix -> model.params.age
+SASRECS = tuple(f"sasrec_{t}{suffix}" for t in TOWERS for suffix in AGES)
 log = logging.getLogger("age_ml100k")
 
 
@@ -41,7 +44,7 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"name": model, "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    kind = model.removeprefix("sasrec_").removesuffix("_age")
+    kind, _, suffix = model.removeprefix("sasrec_").partition("_")
     content = {"learn_scale": True, "scale": args.scale}
     tower = {"id": {"kind": "id"},
              "content": {"kind": args.content, "fusion": "film", "options": content},
@@ -49,7 +52,7 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
                         "options": {**content, "content": args.content, "id_dropout": args.id_dropout}}}[kind]
     return {"name": "sasrec", "params": {
         "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": args.loss,
-        "loss_catalogue": args.catalogue, "age": "bias" if model.endswith("_age") else "none",
+        "loss_catalogue": args.catalogue, "age": AGES["_" + suffix if suffix else ""],
         **({"n_negatives": 256, "negatives": "popularity"} if args.loss == "sampled" else {}),
         "tower": {"dropout": 0.1, **tower}}}
 

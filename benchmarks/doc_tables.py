@@ -242,11 +242,47 @@ def recbole_fresh_seeds(results: Path) -> str:
                    "TEST: modalrec − RecBole (paired t, seeds ahead)"], rows)
 
 
+COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
+                     "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
+                     "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
+                     "sasrec_hybrid": "SASRec, hybrid"}
+COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
+                     "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
+
+
+def cold_start(dataset: str) -> Callable[[Path], str]:
+    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset` (seed 0): VALID overall, TEST groups."""
+
+    def table(results: Path) -> str:
+        runs = [r for r in _load(results, "cold_start_cpu.json")["results"] if r["dataset"] == dataset
+                and r["seed"] == 0]
+        groups = COLD_START_GROUPS.get(dataset, ("warm", "cold_item", "repeat", "novel"))
+        pct = lambda g: "" if g["ndcg@10"] is None else f"{100 * g['ndcg@10']:.2f}"
+        rows = []
+        for r in runs:
+            label = COLD_START_MODELS.get(r["model"], r["model"])
+            if r.get("best_epoch"):  # trained: best-VALID epoch of the epochs run (capped)
+                label += f" ({r['best_epoch']}/{r['epochs_run']} ep.)"
+            rows.append([label, pct(r["valid"]["overall"]), pct(r["test"]["overall"])]
+                        + [pct(r["test"][g]) for g in groups])
+        test = runs[0]["test"]
+        names = {"cold_item": "cold-item", "cold_user": "cold-user"}
+        return _table(["model", "VALID overall", f"overall (n={test['overall']['n']})"]
+                      + [f"{names.get(g, g)} (n={test[g]['n']})" for g in groups], rows)
+
+    return table
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "demo": demo,
     "quality_amazon": quality_amazon,
     "iisan_scientific": iisan_scientific,
     "iisan_efficiency": iisan_efficiency,
+    "cold_start_ml100k": cold_start("ml100k"),
+    "cold_start_iisan_scientific": cold_start("iisan_scientific"),
+    "cold_start_iisan_instruments": cold_start("iisan_instruments"),
+    "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
+    "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
     "ablation_ml100k": ablation_ml100k,
     "baselines_ml100k": baselines_ml100k,
     "tgn_ml100k": tgn_ml100k,

@@ -18,7 +18,7 @@ import torch
 from modalrec.config import to_dict
 from modalrec.costs import dir_size_bytes, peak_memory, trainable_parameters
 from modalrec.data.dataset import Dataset
-from modalrec.data.item_age import ItemLaunch
+from modalrec.data.item_age import ItemActivity, ItemLaunch
 from modalrec.data.splits import Split, cold_items, from_presplit, global_temporal, leave_one_out
 from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
@@ -118,6 +118,7 @@ def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: 
         n_items=split.n_items, n_users=split.n_users,
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
         seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
+        item_activity=ItemActivity.for_split(split) if ds.summary.get("time", "unix_seconds") == "unix_seconds" else None,
     )
 
 

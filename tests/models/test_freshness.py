@@ -40,7 +40,7 @@ def test_buckets_match_a_hand_computation_and_never_look_ahead() -> None:
     later = prior.buckets(torch.tensor([4, 6]), torch.tensor([q + DAY]))
     assert later.tolist() == [1, 2]
     with torch.no_grad():
-        prior.bias.copy_(torch.arange(6, dtype=torch.float32))
+        prior.bias.copy_(torch.arange(6, dtype=torch.float32)[:, None])
     # one day later item 1 is 1.5 days old; item 4, released a day after q, is exactly 1 day old (not < 1 day)
     assert prior(torch.tensor([1, 4]), torch.tensor([[q], [q + 2 * DAY]])).tolist() == [[1.0, 0.0], [2.0, 2.0]]
     assert prior.reference_ts == q + DAY  # no query time: the latest time the table knows
@@ -143,3 +143,20 @@ def test_a_small_learned_scale_starts_the_loss_near_log_items() -> None:
     model.train()
     model.loss(batch).backward()
     assert model.tower.log_scale.grad is not None and float(model.tower.log_scale.grad.abs()) > 0
+
+
+def test_recent_activity_counts_whole_days_before_the_query_only() -> None:
+    from modalrec.data.item_age import ItemActivity
+
+    day0 = 100 * DAY
+    # item 1: events on days 0, 1, 1, 5; item 2: one event on day 5, a few seconds before the query
+    act = ItemActivity.from_log(3, np.array([1, 1, 1, 1, 2]),
+                                np.array([day0, day0 + DAY, day0 + DAY + 5, day0 + 5 * DAY, day0 + 5 * DAY + 10]))
+    q = torch.tensor([[day0 + 5 * DAY + 20], [day0 + 2 * DAY], [day0 + 90 * DAY]])  # [3, 1]
+    got = act.recent(torch.arange(5), q, days=7)  # items 3 (no events) and 4 (added after the log)
+    assert got.tolist() == [[0, 3, 0, 0, 0], [0, 3, 0, 0, 0], [0, 0, 0, 0, 0]]  # same-day events wait a day
+    assert act.recent(torch.tensor([1]), torch.tensor([day0 + 6 * DAY]), days=2).tolist() == [1]
+    launch = _launch([day0, day0], [None, None])
+    prior = FreshnessPrior(launch, activity=ItemActivity.from_log(2, np.array([1, 1]), np.array([day0, day0 + 1])))
+    assert prior.bias.shape == (13, 6)
+    assert prior.trend(torch.tensor([1, 2]), torch.tensor([day0 + DAY])).tolist() == [2, 0]  # 2 events -> "2-3"

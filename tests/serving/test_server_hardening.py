@@ -155,3 +155,23 @@ def test_artifact_check_command(artifact_copy: Path, capsys: pytest.CaptureFixtu
     items.write_text(items.read_text().replace("item", "itam", 1))
     assert main(["artifact", "check", str(artifact_copy)]) == 2
     assert "items.json has changed since export" in capsys.readouterr().err
+
+
+def test_health_is_503_when_the_catalogue_cannot_be_followed(artifact_copy: Path) -> None:
+    """A row written outside modalrec (an index gap) is refused, never half-applied, and reported."""
+    import sqlite3
+
+    rec = Recommender.load(artifact_copy)
+    rec.add_items([{"id": "fine", "title": "a bag"}])
+    with RunningServer(create_app(rec, api_key=KEY)) as srv:
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+        with sqlite3.connect(artifact_copy / "catalogue.sqlite") as db:
+            row = db.execute("SELECT id, record, added_at, features, missing FROM items WHERE idx = 121").fetchone()
+            db.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)", (125, "gap", *row[1:]))
+        deadline = time.monotonic() + 5
+        while (r := httpx.get(f"{srv.url}/health")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.status_code == 503 and r.json()["status"] == "degraded"
+        assert "gap" in r.json()["catalogue"]["error"] and r.json()["items"] == 121
+        assert str(artifact_copy) not in r.text and str(artifact_copy.resolve()) not in r.text
+        assert httpx.post(f"{srv.url}/recommend", json={"history": ["fine"], "k": 3}).status_code == 200

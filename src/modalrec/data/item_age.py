@@ -26,6 +26,7 @@ from modalrec.data.items import ItemTable
 
 NEVER = int(np.iinfo(np.int64).max)  # launch time of an item with no metadata date / no event
 CLOCKS = ("unix_seconds", "order")
+DAY = 86_400
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,41 @@ class ItemLaunch:
         return {"clock": self.clock, "items_with_metadata_launch": int(self.from_metadata[real].sum()),
                 "items_with_events": int((self.first_event_ts[real] != NEVER).sum()),
                 "rule": "metadata launch once <= query time, else first event strictly before the query time"}
+
+
+@dataclass(frozen=True)
+class ItemActivity:
+    """How many events each item had in the days before a query time: `cum[d, i]` = events of item i on
+    days < d (day 0 = the log's first day). Only whole days strictly before the query's day count, so the
+    event being predicted -- and anything later -- is never evidence. Logs without a clock have none."""
+
+    cum: torch.Tensor  # [D + 1, N + 1] int32
+    start_ts: int  # unix seconds of day 0
+
+    @classmethod
+    def from_log(cls, n_items: int, event_items: np.ndarray, event_ts: np.ndarray) -> ItemActivity:
+        ts = np.asarray(event_ts, dtype=np.int64)
+        start = int(ts.min()) if len(ts) else 0
+        day = (ts - start) // DAY
+        counts = np.zeros((int(day.max()) + 1 if len(ts) else 1, n_items + 1), dtype=np.int32)
+        np.add.at(counts, (day, np.asarray(event_items, dtype=np.int64)), 1)
+        cum = np.zeros((len(counts) + 1, n_items + 1), dtype=np.int32)
+        np.cumsum(counts, axis=0, out=cum[1:])
+        return cls(torch.from_numpy(cum), start)
+
+    @classmethod
+    def for_split(cls, split: Any) -> ItemActivity:
+        """The same log as ItemLaunch.for_split: training events plus the VALID / TEST events."""
+        return cls.from_log(split.n_items, np.concatenate([split.train.item, split.valid.target, split.test.target]),
+                            np.concatenate([split.train.ts, split.valid.ts, split.test.ts]))
+
+    def recent(self, items: Any, query_ts: Any, days: int) -> torch.Tensor:
+        """Events of `items` in the `days` whole days before the query's day (broadcast, int64)."""
+        items = torch.as_tensor(items, dtype=torch.int64)
+        q = torch.as_tensor(query_ts, dtype=torch.int64, device=items.device)
+        last = len(self.cum) - 1
+        d = (q - self.start_ts) // DAY  # the query's day; the window is days [d - days, d)
+        cum = self.cum.to(items.device)
+        safe = items.clamp(max=cum.shape[1] - 1)  # items added after the log have no events
+        n = (cum[d.clamp(0, last), safe] - cum[(d - days).clamp(0, last), safe]).long()
+        return torch.where(items < cum.shape[1], n, torch.zeros_like(n))

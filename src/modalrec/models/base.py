@@ -56,6 +56,7 @@ class ModelContext:
     hidden_states: Any = None  # features.hidden_cache.HiddenStateCache for adapter models (IISAN)
     item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
     item_launch: Any = None  # data.item_age.ItemLaunch: launch time / causal age of every item at a query time
+    item_activity: Any = None  # data.item_age.ItemActivity: each item's events in the days before a query time
 
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"

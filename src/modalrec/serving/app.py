@@ -240,9 +240,10 @@ def create_app(recommender: Recommender, api_key: str | None = None, max_history
     @app.get("/health")
     def health() -> JSONResponse:
         status = "ok" if writer.healthy else ("loading" if writer.encoders == "loading" else "degraded")
-        body = {"status": status, **recommender.describe(), "encoders": writer.encoders,
+        error = writer.sync_error
+        body = {"status": status, **recommender.describe(), "encoders": scrub(writer.encoders),
                 "catalogue": {"synced_s_ago": round(time.time() - writer.synced_at, 3),
-                              "error": writer.sync_error}}
+                              "error": scrub(error) if error else None}}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")

@@ -425,7 +425,11 @@ class SqliteCatalogue(CatalogueStore):
         return super().remove(ids, now)
 
     def changes(self, cursor: tuple[int, int] = (0, 0)) -> Changes | None:
-        out = super().changes(cursor)
+        try:
+            out = super().changes(cursor)
+        except BaseException:
+            self._data_version = -1  # not "seen": the next call reads (and fails) again instead of skipping
+            raise
         self._own_write = False
         return out
 

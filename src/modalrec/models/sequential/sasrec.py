@@ -39,6 +39,7 @@ class SASRecConfig:
     label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
     loss_catalogue: str = "train"  # "train": items with training events; "all": every item (new ones too)
     age: str = "none"  # "none" | "bias": a learned logit per bucket of item age at the query (models/freshness.py)
+    # | "bias+trend": per (age bucket, bucket of the item's events in the last 7 days before the query)
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -65,10 +66,11 @@ class SASRec(CausalTowerRecommender):
             cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed,
             label_smoothing=cfg.label_smoothing, catalogue=cfg.loss_catalogue,
         )
-        if cfg.age == "bias":
-            if ctx.item_launch is None:
-                raise ConfigError("sasrec: age='bias' needs item launch times (ModelContext.item_launch)")
-            self.prior = FreshnessPrior(ctx.item_launch)
+        if cfg.age != "none":
+            if ctx.item_launch is None or (cfg.age == "bias+trend" and ctx.item_activity is None):
+                raise ConfigError(f"sasrec: age={cfg.age!r} needs item launch times and, for the trend, a log with "
+                                  "a clock (ModelContext.item_launch / item_activity)")
+            self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None)
             self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
@@ -115,7 +117,7 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError(f"sasrec: norm must be 'pre' or 'post', got {cfg.norm!r}")
     if cfg.positions not in ("from_end", "from_start"):
         raise ConfigError(f"sasrec: positions must be 'from_end' or 'from_start', got {cfg.positions!r}")
-    if cfg.age not in ("none", "bias"):
-        raise ConfigError(f"sasrec: age must be 'none' or 'bias', got {cfg.age!r}")
+    if cfg.age not in ("none", "bias", "bias+trend"):
+        raise ConfigError(f"sasrec: age must be 'none', 'bias' or 'bias+trend', got {cfg.age!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
