@@ -44,6 +44,12 @@ def group_table(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10",
     return compare_table({r.name: r.test for r in runs}, metrics=metrics, groups=TABLE_GROUPS)
 
 
+def table_data(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> dict:
+    """The group table as data: {run: {"groups": {group: {metric: value}}, "counts": {group: events}}}."""
+    return {r.name: {"groups": {g: {m: _value(r.test, m, g) for m in metrics} for g in TABLE_GROUPS},
+                     "counts": {g: r.test.counts.get(g) for g in TABLE_GROUPS}} for r in runs}
+
+
 def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10", title: str | None = None) -> Path:
     """PNG, written atomically: left, TEST `metric` per group (one bar per run); right, VALID curves."""
     import matplotlib
@@ -51,6 +57,7 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     reports = {r.name: r.test for r in runs}
     names = list(reports)
@@ -60,7 +67,8 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
         width = 0.8 / max(1, len(names))
         for i, name in enumerate(names):
             values = [_value(reports[name], metric, g) for g in BAR_GROUPS]
-            drawn = bars.bar(x + (i - (len(names) - 1) / 2) * width, [v or 0.0 for v in values], width, label=name)
+            drawn = bars.bar(x + (i - (len(names) - 1) / 2) * width, [v or 0.0 for v in values], width, label=name,
+                             color=f"C{i}")  # a run keeps its colour in both panels
             for rect, v in zip(drawn, values):
                 bars.annotate("n/a" if v is None else f"{v:.3f}", (rect.get_x() + rect.get_width() / 2,
                               rect.get_height()), ha="center", va="bottom", fontsize=7)
@@ -70,10 +78,11 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
         bars.set_title(f"TEST {metric} by group")
         bars.legend(fontsize=8)
         monitors = sorted({r.monitor for r in runs if r.monitor})
-        for run in runs:
+        for i, run in enumerate(runs):
             if run.valid_curve:
                 epochs, values = zip(*run.valid_curve)
-                curves.plot(epochs, values, marker=".", label=run.name)
+                curves.plot(epochs, values, marker=".", label=run.name, color=f"C{i}")
+        curves.xaxis.set_major_locator(MaxNLocator(integer=True))
         curves.set_xlabel("epoch")
         curves.set_ylabel(f"VALID {' / '.join(monitors) or metric}")
         curves.set_title("VALID during training" if monitors else "no trained runs (no VALID curves)")

@@ -40,6 +40,8 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
     _check_monitor(cfg, model_cls)
     if cfg.split.kind == "global_temporal" and len(cfg.split.ratios) != 3:
         raise ConfigError(f"split.ratios needs three numbers (train, valid, test), got {cfg.split.ratios}")
+    for key, device in (("train", cfg.train.device), ("eval", cfg.eval.device), ("features", cfg.features.device)):
+        _check_device(f"{key}.device", device)
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"eval.ks must be positive cut-offs, got {cfg.eval.ks}")
     modalities = frozenset(model_cls.content_modalities(model_cfg))
@@ -132,6 +134,13 @@ def _check_tower(tower: Any, where: str) -> None:
         raise ConfigError(f"{where}.kind: unknown item tower {tower.kind!r}; available: {sorted(TOWERS)}")
     if tower.fusion not in FUSIONS:
         raise ConfigError(f"{where}.fusion: unknown fusion {tower.fusion!r}; available: {sorted(FUSIONS)}")
+
+
+def _check_device(key: str, device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device!r}, but torch sees no CUDA device here; use cpu")
 
 
 def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:

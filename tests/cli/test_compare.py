@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,15 @@ def test_table_and_figure_of_two_runs(tmp_path: Path, capsys: pytest.CaptureFixt
     for name, model in (("pop", {"name": "pop"}), ("sasrec", {"name": "sasrec", "params": {"dim": 16, "max_len": 8}})):
         results[name] = run_experiment(from_dict(ExperimentConfig, {**base, "name": name, "model": model}))
     runs = [str(tmp_path / "runs" / n) for n in results]
-    assert main(["compare", *runs, "--md", str(tmp_path / "table.md")]) == 0
+    assert main(["compare", *runs, "--md", str(tmp_path / "table.md"), "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     for name, result in results.items():
         want = f"{result.test.metric('ndcg@10', 'cold_item'):.4f}" if result.test.counts["cold_item"] else "n/a"
         assert want in rows[name]
+    numbers = json.loads((tmp_path / "t.json").read_text())["runs"]
+    assert numbers["sasrec"]["groups"]["warm"]["hr@10"] == results["sasrec"].test.metric("hr@10", "warm")
+    assert numbers["pop"]["counts"]["overall"] == results["pop"].test.counts["overall"]
     png = tmp_path / "runs" / "compare.png"
     assert f"figure written to {png}" in out
     with Image.open(png) as img:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from modalrec import config_keys
 from modalrec.config import from_dict
@@ -38,6 +39,8 @@ def _cfg(**sections: dict) -> ExperimentConfig:
      "data.options.path: nowhere.tsv does not exist"),
     ({"data": {"source": "movielens", "options": {"dir": "x"}}}, "unknown option(s) ['dir'] for source 'movielens'"),
     ({"model": {"name": "sasrec", "params": {"tower": {"kind": "text"}}}}, "features.text is not set"),
+    pytest.param({"train": {"epochs": 1, "device": "cuda"}}, "train.device='cuda', but torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
 def test_bad_config_is_named(sections: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=None) as err:

@@ -118,13 +118,15 @@ def load_table(
         notes += _template_images(records, catalogue or list(dict.fromkeys(items.tolist())), raw_ids,
                                   image_template, image_root)
     if strict and catalogue is not None:
-        for part, (p_users, p_items, *_rest, p_lines) in zip(parts, events):
-            what = f"item map {Path(item_map_path).name}" if id_map is not None else f"item table {Path(items_path).name}"  # type: ignore[arg-type]
-            check_known(p_items, set(catalogue), files[part], p_lines, item_col, what)
+        listing = files["item_map"] if id_map is not None else files["items"]
+        for part, (_, p_items, *_rest, p_lines) in zip(parts, events):
+            check_known(p_items, set(catalogue), files[part], p_lines, item_col, f"item listing {Path(listing).name}")
     raw = RawEvents(users, items, ts=ts, ratings=ratings, notes=notes)
     has_image = image_col is not None or image_template is not None
+    if name is None:  # a shipped split is named after its folder
+        name = Path(path).stem if path is not None else Path(train_path).resolve().parent.name  # type: ignore[arg-type]
     return build_dataset(
-        name or (Path(path).stem if path is not None else Path(train_path).resolve().parent.name), "table", raw, files=files, records=records,  # type: ignore[arg-type]
+        name, "table", raw, files=files, records=records,
         text_fields=list(text_cols), image_field="image" if has_image else None, image_root=image_root,
         launch_field="launch_ts" if launch_col else None, catalogue=catalogue,
         keep_unused_items=keep_unused_items, min_rating=min_rating, presplit=presplit,

@@ -1,0 +1,329 @@
+"""Result tables of the docs, generated from benchmarks/results/*.json.
+
+A table lives in a markdown file between `<!-- table: NAME -->` and `<!-- /table -->`; NAME is a key of
+TABLES, whose function reads the JSON and returns the table. The text between the markers is owned by this
+script: `python benchmarks/doc_tables.py` rewrites it, `--check` exits 1 naming every table that differs
+from its JSON (a test runs the check), so no number in a table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def _load(results: Path, name: str) -> Any:
+    return json.loads((results / name).read_text())
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l") -> str:
+    """Markdown; the first `len(align)` columns are left-aligned, the rest right-aligned."""
+    rule = ["---" if i < len(align) else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _params(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f} M"
+
+
+def demo(results: Path) -> str:
+    """`make demo` on the built-in dataset (`modalrec compare runs/demo/... --json benchmarks/results/demo_cpu.json`)."""
+    data = _load(results, "demo_cpu.json")
+    groups = ("overall", "warm", "cold_item", "cold_user")
+    first = next(iter(data["runs"].values()))
+    header = ["run"] + [f"{m} {g} (n={first['counts'][g]})" for g in groups for m in data["metrics"]]
+    rows = [[name] + [_f(run["groups"][g][m]) for g in groups for m in data["metrics"]]
+            for name, run in data["runs"].items()]
+    return _table(header, rows)
+
+
+def quality_amazon(results: Path) -> str:
+    """Text / hybrid vs ID SASRec on the Amazon sets (metrics in %)."""
+    data = _load(results, "quality_amazon_cpu.json")["results"]
+    labels = {"scientific": "IISAN Scientific", "instruments": "IISAN Instruments", "unisrec": "UniSRec Scientific"}
+    rows = []
+    for key, label in labels.items():
+        r = data[key]
+        best = (r.get("best_content") or {}).get("variant")
+        runs = [("SASRec, ID", r["id_sasrec"])] + [
+            (f"SASRec, {name}" + (" (best content variant on VALID)" if name == best else ""), run)
+            for name, run in r["content_variants"].items() if "test_pct" in run]  # others: not run
+        rows += [[label, name, _f(run["test_pct"]["hr@10"], 2), _f(run["test_pct"]["ndcg@10"], 2),
+                  _params(run["trainable_params"])] for name, run in runs]
+    return _table(["data", "model", "HR@10", "NDCG@10", "trainable params"], rows, "ll")
+
+
+def iisan_scientific(results: Path) -> str:
+    """IISAN and the frozen-backbone baseline on IISAN Scientific (metrics in %)."""
+    data = _load(results, "iisan_scientific_cpu.json")["results"]
+    names = {"iisan": "IISAN, text-only intra-modal SAN over cached MiniLM layers",
+             "frozen": "frozen backbone (cached last layer + linear)"}
+    rows = [[names.get(k, k), _f(r["test"]["hr@10"], 2), _f(r["test"]["ndcg@10"], 2),
+             _params(r["efficiency"]["trainable_parameters"]), _f(r["efficiency"]["seconds_per_epoch"], 1)]
+            for k, r in data.items()]
+    return _table(["model", "HR@10", "NDCG@10", "trainable params", "s / epoch"], rows)
+
+
+def iisan_efficiency(results: Path) -> str:
+    """Training cost of IISAN vs frozen / LoRA / full fine-tuning on the same batches."""
+    data = _load(results, "iisan_efficiency_cpu.json")["results"]
+    base = data["iisan"]["seconds_per_epoch"]
+    names = {"iisan": "IISAN (cached hidden states)", "frozen": "frozen backbone (cached features)",
+             "lora": "LoRA on the encoder", "fft": "full fine-tuning of the encoder"}
+    rows = [[names.get(k, k), f"{r['trainable_parameters'] / 1e6:.2f} M", _f(r["seconds_per_epoch"], 1),
+             f"{r['peak_memory_mb']:,.0f} MB", f"{r['seconds_per_epoch'] / base:.2f}×"] for k, r in data.items()]
+    return _table(["method", "trainable params", "s / epoch (extrapolated)", "peak RSS", "time vs IISAN"], rows)
+
+
+def ablation_ml100k(results: Path) -> str:
+    """Item towers on ML-100K (global temporal split)."""
+    data = _load(results, "ablation_ml100k.json")
+    cols = [(m, g) for g in data["groups"] for m in data["metrics"]]
+    rows = []
+    for p in data["points"]:
+        if p.get("status") != "ran":
+            continue
+        rep = p["report"]
+        rows.append([p["label"]] + [_f((rep["overall"] if g == "overall" else rep["groups"][g]).get(m))
+                                    for m, g in cols])
+    return _table(["item tower"] + [f"{m} {g}" for m, g in cols], rows)
+
+
+def baselines_ml100k(results: Path) -> str:
+    """Sequential, graph and multimodal baselines on ML-100K under three splits."""
+    data = _load(results, "baselines_ml100k_cpu.json")
+    runs = [("random 8:1:1", "random", "lightgcn", "LightGCN"), ("leave-one-out", "loo", "sasrec", "SASRec (ID)"),
+            ("leave-one-out", "loo", "bert4rec", "BERT4Rec (ID)"), ("temporal", "temporal", "pop", "Pop"),
+            ("temporal", "temporal", "lightgcn", "LightGCN"),
+            ("temporal", "temporal", "vbpr", "VBPR (MiniLM + EfficientNet)"),
+            ("temporal", "temporal", "mmgcn", "MMGCN (MiniLM + EfficientNet)")]
+    rows = []
+    for split, part, key, label in runs:
+        run = data[part][key]
+        t = run["test"]
+        # random and leave-one-out splits leave a handful of cold-item events (11 in random): no number
+        cold = t["cold_item"]["recall@20"] if run["test_counts"].get("cold_item", 0) >= 100 else None
+        rows.append([split, label] + [_f(t["overall"][m]) for m in ("recall@20", "ndcg@20", "recall@10", "ndcg@10")]
+                    + [_f(cold) if cold is not None else "—"])
+        if "test_per_user" in run:  # the LightGCN paper averages over users
+            u = run["test_per_user"]
+            rows.append([split, f"{label}, per-user metrics (LightGCN paper's definition)", _f(u["recall@20"]),
+                         _f(u["ndcg@20"]), "", "", ""])
+    return _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
+                  "ll")
+
+
+def recformer_transfer(results: Path) -> str:
+    """Recformer pretrained on Instruments, zero-shot and finetuned on UniSRec Scientific (bounded CPU run)."""
+    runs = [("recformer_transfer_minilm_cpu.json", "Recformer (6 × 384, initialised from MiniLM)"),
+            ("recformer_transfer_cpu.json", "Recformer-mini (6 × 256, random init)")]
+    rows = []
+    for file, label in runs:
+        d = _load(results, file)
+        for stage, key in (("zero-shot", "zero_shot_test"), ("finetuned", "finetuned_test")):
+            t = d[key]
+            extra = ["", ""] if stage == "zero-shot" else [
+                " / ".join(f"{x:.0f}" for x in d["time"]["finetune_time_per_epoch_s"]),
+                f"{d['peak_memory_mb']:,.0f} MB"]
+            rows.append([f"{label}, {stage}", _f(t["ndcg@10"]), _f(t["recall@10"], 3), _f(t["mrr"])] + extra)
+    sasrec = _load(results, "quality_amazon_cpu.json")["results"]["unisrec"]["content_variants"]["text"]["test_pct"]
+    rows.append(["text SASRec on the same split (all test events)", _f(sasrec["ndcg@10"] / 100),
+                 _f(sasrec["hr@10"] / 100), "", "", ""])
+    return _table(["model", "NDCG@10", "Recall@10", "MRR", "s / finetuning epoch", "peak RSS"], rows)
+
+
+def tgn_ml100k(results: Path) -> str:
+    """MM-TGN next to SASRec and Pop on ML-100K (global temporal split, 25-epoch cap)."""
+    data = _load(results, "tgn_ml100k_e25_cpu.json")
+    rows = []
+    for name, t in data["table"].items():
+        o, tr, ind = t["overall"], t["transductive"], t["inductive"]
+        rows.append([name, _f(o.get("ap_random"), 3), _f(o.get("auc_random"), 3), _f(o.get("ap_historical"), 3),
+                     _f(o["ndcg@10"]), _f(o["mrr"]), _f(tr["ndcg@10"]), _f(ind["ndcg@10"])])
+    return _table(["model", "AP (random neg.)", "AUC (random neg.)", "AP (historical neg.)", "NDCG@10 overall",
+                   "MRR overall", "NDCG@10 transductive", "NDCG@10 inductive"], rows)
+
+
+def recbole_side_by_side(results: Path) -> str:
+    """modalrec vs RecBole 1.2.1, ID SASRec on ML-100K, seed 0, one run each."""
+    s = _load(results, "recbole_side_by_side.json")["summary"]
+    keys = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
+    rows = [[label, _f(s[lib]["test_ndcg@10"]), _f(s[lib]["test_hr@10"]), _f(s[lib][keys[0]], 2),
+             _f(s[lib][keys[1]], 2), f"{s[lib][keys[2]]:,.0f}"]
+            for lib, label in (("modalrec", "modalrec (seed 0)"), ("recbole", "RecBole 1.2.1 (seed 0)"))]
+    ratio = s["ratios_recbole_over_modalrec"]
+    rows.append(["ratio RecBole / modalrec", "", ""] + [f"{ratio[k]:.3g}×" for k in keys])
+    return _table(["", "TEST NDCG@10", "TEST HR@10", "s / epoch", "s / full evaluation (VALID)",
+                   "s to best-VALID checkpoint"], rows)
+
+
+# (summary file, label, timing shown): seed summaries of `recbole_seeds_summary.py`. Timing is left out where
+# the runs shared the two cores with more jobs than one, so their seconds say nothing.
+SEED_RECIPES = (
+    ("recbole_seeds_stride50.json", "modalrec, stride 50 (default windows, RecBole's recipe)", True),
+    ("recbole_seeds_stride50_clip1.json", "modalrec, stride 50 + gradient clipping 1.0", True),
+    ("recbole_seeds_stride10.json", "modalrec, stride 10", True),
+    ("recbole_seeds_stride1.json", "modalrec, stride 1 (RecBole's samples)", True),
+    ("recbole_seeds_stride50_ls03.json", "modalrec, stride 50 + label smoothing 0.3", True),
+    ("recbole_seeds_stride10_ls03.json", "modalrec, stride 10 + label smoothing 0.3", True),
+    ("recbole_seeds_stride1_ls03.json", "modalrec, stride 1 + label smoothing 0.3", True),
+    ("recbole_seeds_stride10_ls05.json", "modalrec, stride 10 + label smoothing 0.5", True),
+    ("recbole_seeds_stride10_ls07.json", "modalrec, stride 10 + label smoothing 0.7", False),
+    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998",
+     False),
+    ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
+)
+FRESH_RECIPES = (
+    ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
+    ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
+)
+
+
+def _median_epoch_s(summary: dict[str, Any], lib: str) -> float:
+    values = sorted(p[lib]["seconds_per_epoch_mean"] for p in summary["per_seed"])
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _diff(d: dict[str, Any], n: int) -> str:
+    return f"{d['mean']:+.4f} ({d['paired_t']:.1f}, {d['seeds_modalrec_ahead']} / {n})".replace("-", "−")
+
+
+def recbole_seeds(results: Path) -> str:
+    """ID SASRec recipes vs RecBole over seeds 0-7 (means; differences with paired t and seeds ahead)."""
+    first = _load(results, SEED_RECIPES[0][0])
+    rb, n = first["recbole"], len(first["seeds"])
+    rows = [["RecBole 1.2.1", _f(rb["valid_ndcg@10"]["mean"]), "",
+             f"{rb['ndcg@10']['mean']:.4f} ± {rb['ndcg@10']['sd']:.4f}", _f(rb["hr@10"]["mean"]), "",
+             _f(_median_epoch_s(first, "recbole"), 1)]]
+    for file, label, timing in SEED_RECIPES:
+        d = _load(results, file)
+        if d["seeds"] != first["seeds"]:
+            raise ValueError(f"{file}: seeds {d['seeds']} differ from {first['seeds']}")
+        m = d["modalrec"]
+        rows.append([label, _f(m["valid_ndcg@10"]["mean"]), _diff(d["valid_ndcg10_modalrec_minus_recbole"], n),
+                     f"{m['ndcg@10']['mean']:.4f} ± {m['ndcg@10']['sd']:.4f}", _f(m["hr@10"]["mean"]),
+                     _diff(d["ndcg10_modalrec_minus_recbole"], n),
+                     _f(_median_epoch_s(d, "modalrec"), 1) if timing else "—"])
+    return _table([f"seeds {first['seeds'][0]}-{first['seeds'][-1]} (mean)", "VALID NDCG@10",
+                   "VALID: modalrec − RecBole (paired t, seeds ahead)", "TEST NDCG@10 ± sd", "TEST HR@10",
+                   "TEST: modalrec − RecBole (paired t, seeds ahead)", "s / epoch (median)"], rows)
+
+
+def recbole_fresh_seeds(results: Path) -> str:
+    """The same comparison on seeds run after the recipe was chosen."""
+    first = _load(results, FRESH_RECIPES[0][0])
+    rb, n = first["recbole"], len(first["seeds"])
+    rows = [["RecBole 1.2.1", _f(rb["valid_ndcg@10"]["mean"]), f"{rb['ndcg@10']['mean']:.4f} ± {rb['ndcg@10']['sd']:.4f}",
+             _f(rb["hr@10"]["mean"]), ""]]
+    for file, label in FRESH_RECIPES:
+        d = _load(results, file)
+        m = d["modalrec"]
+        rows.append([label, _f(m["valid_ndcg@10"]["mean"]), f"{m['ndcg@10']['mean']:.4f} ± {m['ndcg@10']['sd']:.4f}",
+                     _f(m["hr@10"]["mean"]), _diff(d["ndcg10_modalrec_minus_recbole"], n)])
+    seeds = ", ".join(map(str, first["seeds"]))
+    return _table([f"fresh seeds {seeds} (mean)", "VALID NDCG@10", "TEST NDCG@10 ± sd", "TEST HR@10",
+                   "TEST: modalrec − RecBole (paired t, seeds ahead)"], rows)
+
+
+COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
+                     "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
+                     "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
+                     "sasrec_hybrid": "SASRec, hybrid"}
+COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
+                     "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
+
+
+def cold_start(dataset: str) -> Callable[[Path], str]:
+    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset` (seed 0): VALID overall, TEST groups."""
+
+    def table(results: Path) -> str:
+        runs = [r for r in _load(results, "cold_start_cpu.json")["results"] if r["dataset"] == dataset
+                and r["seed"] == 0]
+        groups = COLD_START_GROUPS.get(dataset, ("warm", "cold_item", "repeat", "novel"))
+        pct = lambda g: "" if g["ndcg@10"] is None else f"{100 * g['ndcg@10']:.2f}"
+        rows = []
+        for r in runs:
+            label = COLD_START_MODELS.get(r["model"], r["model"])
+            if r.get("best_epoch"):  # trained: best-VALID epoch of the epochs run (capped)
+                label += f" ({r['best_epoch']}/{r['epochs_run']} ep.)"
+            rows.append([label, pct(r["valid"]["overall"]), pct(r["test"]["overall"])]
+                        + [pct(r["test"][g]) for g in groups])
+        test = runs[0]["test"]
+        names = {"cold_item": "cold-item", "cold_user": "cold-user"}
+        return _table(["model", "VALID overall", f"overall (n={test['overall']['n']})"]
+                      + [f"{names.get(g, g)} (n={test[g]['n']})" for g in groups], rows)
+
+    return table
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "demo": demo,
+    "quality_amazon": quality_amazon,
+    "iisan_scientific": iisan_scientific,
+    "iisan_efficiency": iisan_efficiency,
+    "cold_start_ml100k": cold_start("ml100k"),
+    "cold_start_iisan_scientific": cold_start("iisan_scientific"),
+    "cold_start_iisan_instruments": cold_start("iisan_instruments"),
+    "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
+    "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
+    "ablation_ml100k": ablation_ml100k,
+    "baselines_ml100k": baselines_ml100k,
+    "tgn_ml100k": tgn_ml100k,
+    "recformer_transfer": recformer_transfer,
+    "recbole_side_by_side": recbole_side_by_side,
+    "recbole_seeds": recbole_seeds,
+    "recbole_fresh_seeds": recbole_fresh_seeds,
+}
+
+
+def render(text: str, results: Path = RESULTS, where: str = "") -> tuple[str, list[str]]:
+    """(text with every table block regenerated, names of the blocks that changed)."""
+    changed: list[str] = []
+
+    def fill(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in TABLES:
+            raise KeyError(f"{where}: unknown table {name!r}; known: {sorted(TABLES)}")
+        body = TABLES[name](results)
+        if body != m.group("body"):
+            changed.append(f"{where}: {name}" if where else name)
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fill, text), changed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a table differs from its JSON")
+    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: docs/*.md)")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in args.files or sorted(DOCS.glob("*.md")):
+        text, changed = render(path.read_text(), where=str(path))
+        stale += changed
+        if changed and not args.check:
+            path.write_text(text)
+    for name in stale:
+        print(f"{'stale' if args.check else 'rewrote'} table {name}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Result tables in docs/ are generated from benchmarks/results/*.json: every table matches its JSON, and the
+check notices a table or a JSON that changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import doc_tables
+
+
+def test_every_docs_table_matches_its_json() -> None:
+    used = set()
+    for path in sorted(doc_tables.DOCS.glob("*.md")):
+        text = path.read_text()
+        _, stale = doc_tables.render(text, where=path.name)
+        assert not stale, f"run `python benchmarks/doc_tables.py`: {stale}"
+        used |= {m.group("name") for m in doc_tables.BLOCK.finditer(text)}
+    assert used == set(doc_tables.TABLES), "every generated table appears in docs/"
+
+
+def test_check_fails_when_a_number_or_its_json_changes(tmp_path: Path) -> None:
+    doc = tmp_path / "b.md"
+    doc.write_text("intro\n<!-- table: baselines_ml100k -->\n<!-- /table -->\noutro\n")
+    assert doc_tables.main([str(doc)]) == 0 and doc_tables.main(["--check", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| LightGCN | 0.2108 | 0.0855 |" in text and text.startswith("intro\n") and text.endswith("outro\n")
+    doc.write_text(text.replace("| LightGCN | 0.2108", "| LightGCN | 0.2109"))  # a hand edit
+    assert doc_tables.main(["--check", str(doc)]) == 1
+    results = tmp_path / "results"
+    shutil.copytree(doc_tables.RESULTS, results, ignore=shutil.ignore_patterns("*.png", "recbole_seeds"))
+    data = json.loads((results / "baselines_ml100k_cpu.json").read_text())
+    data["temporal"]["lightgcn"]["test"]["overall"]["recall@20"] = 0.3
+    (results / "baselines_ml100k_cpu.json").write_text(json.dumps(data))
+    _, stale = doc_tables.render(text, results)  # the table as committed no longer matches the JSON
+    assert stale == ["baselines_ml100k"]
