@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from modalrec.errors import ConfigError
 
-if TYPE_CHECKING:  # the model module imports this one
-    from modalrec.models.recformer.model import RecformerModel
-
 log = logging.getLogger(__name__)
 
 
-def load_bert_weights(model: RecformerModel, path: Path) -> None:
+def load_bert_weights(model: torch.nn.Module, path: Path) -> None:
     """Start from a BERT-style checkpoint (e.g. the packaged MiniLM): word / position embeddings and their
     LayerNorm into our embeddings, transformer layers into the backbone. For Longformer the global
     query/key/value projections start as copies of the local ones (as Longformer was made from RoBERTa)."""

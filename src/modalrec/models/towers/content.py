@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +27,9 @@ from torch import nn
 
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.models.base import ItemTower, ModelContext
+from modalrec.models.towers.config import TowerConfig
 from modalrec.models.towers.fusion import FUSIONS, make_fusion
 from modalrec.seeding import torch_generator
-
-if TYPE_CHECKING:  # item_towers imports this module; only the type is needed here
-    from modalrec.models.towers.item_towers import TowerConfig
 
 ADAPTORS = ("linear", "whiten", "moe")
 CONTENT_KINDS: dict[str, tuple[str, ...]] = {"text": ("text",), "image": ("image",), "text+image": ("text", "image")}

@@ -14,26 +14,14 @@ Row 0 (PAD) of `all()` must be zero.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import ItemTower, ModelContext
+from modalrec.models.towers.config import TowerConfig
 from modalrec.models.towers.content import build_content_tower, build_hybrid_tower
-
-
-@dataclass
-class TowerConfig:
-    """Which tower a sequence model uses; nested in the model config (e.g. `model.tower.kind`)."""
-
-    kind: str = "id"  # "id" | "text" | "image" | "text+image" | "hybrid"
-    fusion: str = "mlp"  # how content towers fuse modalities (ignored by "id")
-    dropout: float = 0.0  # dropout on content projections (ignored by "id")
-    options: dict[str, Any] = field(default_factory=dict)  # builder-specific extras
-
 
 TowerBuilder = Callable[[ModelContext, int, TowerConfig], ItemTower]
 
