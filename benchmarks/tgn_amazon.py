@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from modalrec.data.splits import global_temporal
 from modalrec.io import write_json_atomic
 
 log = logging.getLogger("tgn_amazon")
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-iisan"
+DEFAULT_DATA = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "amazon-iisan"
 FILES = {"scientific": ("am_Industrial_and_Scientific_users.tsv", "Industrial_and_Scientific_items.tsv"),
          "instruments": ("am_Musical_Instruments_users_10K.tsv", "Musical_Instruments_items.tsv")}
 CLOCK = 10**7

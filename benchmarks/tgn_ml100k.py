@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from modalrec.training.events import fit_tgn
 from modalrec.training.loop import TrainConfig
 
 log = logging.getLogger("tgn_ml100k")
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+DEFAULT_DATA = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "ml-100k"
 TEMPLATE = "{title}. Genres: {genres}. {plot}"
 KS = (5, 10, 20)
 
@@ -75,7 +77,7 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
     train = EventStream.from_interactions(split.train)
     valid = EventStream.from_evalset(split.valid, split.n_items)
     test = EventStream.from_evalset(split.test, split.n_items)
-    ev = StreamEvalConfig(batch_size=args.batch_size, ks=KS, seed=args.seed)
+    ev = StreamEvalConfig(batch_size=args.eval_batch_size, ks=KS, seed=args.seed)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                      monitor=args.monitor, scheduler="plateau", plateau_patience=1, seed=args.seed,
                      device=args.device, progress=False)
@@ -83,6 +85,9 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
     hist = fit_tgn(model, train, valid, tc, ev)
     train_s = time.perf_counter() - t0
     reps = run_protocol(model, train, valid, test, ev)
+    # the same weights streamed with coarser batches: more of each user's recent events are not yet visible
+    coarser = {bs: run_protocol(model, train, valid, test, replace(ev, batch_size=bs))["test"]
+               for bs in args.also_eval_batch_sizes}
     return {
         "model": f"MM-TGN ({variant} item features)", "config": model.config_dict(),
         "trainable_params": model.num_trainable_parameters(),
@@ -91,6 +96,8 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
         "valid": summary(reps["valid"]), "test": summary(reps["test"]),
         "test_eval_seconds": reps["test"].meta["seconds"], "test_events_per_s": reps["test"].meta["events_per_s"],
         "test_full": {"overall": reps["test"].overall, **reps["test"].groups},
+        "eval_batch_size": args.eval_batch_size,
+        "test_by_eval_batch_size": {str(bs): summary(r) for bs, r in coarser.items()},
     }
 
 
@@ -170,7 +177,11 @@ def model_args(p: argparse.ArgumentParser) -> None:
                         "instead of retraining (checked: same dataset hash and split description)")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--monitor", default="ndcg@10")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=200, help="training events per batch")
+    p.add_argument("--eval-batch-size", type=int, default=200,
+                   help="VALID / TEST events per streamed batch (a batch's events see none of each other)")
+    p.add_argument("--also-eval-batch-sizes", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   help="comma list: evaluate the trained weights again with these batch sizes (TEST, reported apart)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=1)
@@ -243,17 +254,27 @@ def claims(result: dict[str, Any], best: str) -> dict[str, Any]:
                                "mm_tgn_ndcg@10": ours["overall"]["ndcg@10"],
                                "mm_tgn_inductive_ndcg@10": ours["inductive"]["ndcg@10"],
                                "mm_tgn_ap_random": ours["overall"]["ap_random"]}
-    met = []
+    met, why = [], []
     if rand is not None:
         gain = ours["inductive"]["ndcg@10"] / max(rand["inductive"]["ndcg@10"], 1e-12) - 1.0
         numbers.update({"random_features_inductive_ndcg@10": rand["inductive"]["ndcg@10"],
                         "random_features_ap_random": rand["overall"]["ap_random"],
                         "content_over_random_inductive_ndcg@10": gain})
         met.append(gain >= 0.20)
+        if gain < 0.20:
+            why.append(f"content over random item features on inductive events {gain:+.1%} (target +20%)")
     if sas is not None:
-        numbers.update({"sasrec_id_ndcg@10": sas["overall"]["ndcg@10"],
-                        "mm_tgn_over_sasrec_id": ours["overall"]["ndcg@10"] / max(sas["overall"]["ndcg@10"], 1e-12)})
-        met.append(ours["overall"]["ndcg@10"] >= sas["overall"]["ndcg@10"])
+        ratio = ours["overall"]["ndcg@10"] / max(sas["overall"]["ndcg@10"], 1e-12)
+        numbers.update({"sasrec_id_ndcg@10": sas["overall"]["ndcg@10"], "mm_tgn_over_sasrec_id": ratio})
+        met.append(ratio >= 1.0)
+        if ratio < 1.0:
+            why.append(f"MM-TGN at {ratio:.2f}x ID SASRec NDCG@10")
+    batch = result["tgn"][best]
+    for bs, t in batch.get("test_by_eval_batch_size", {}).items():  # how much the batch granularity costs
+        numbers[f"mm_tgn_ndcg@10_eval_batch_{bs}"] = t["overall"]["ndcg@10"]
+        if why:
+            why.append(f"streamed in batches of {bs} instead of {batch['eval_batch_size']} (a batch's events do "
+                       f"not see each other): NDCG@10 {t['overall']['ndcg@10']:.4f}")
     return {
         "system": "MM-TGN",
         "claim": "multimodal item features make the temporal graph work for new nodes (content >= 1.2x random "
@@ -263,6 +284,7 @@ def claims(result: dict[str, Any], best: str) -> dict[str, Any]:
                     "masked, pessimistic ties; settings chosen on VALID",
         "ours": numbers,
         "target_met": bool(met) and all(met),
+        **({"why": "; ".join(why)} if why else {}),
         "command": result.get("command", ""),
     }
 
