@@ -12,6 +12,8 @@ over a different item tower:
   versa_no_inter ablation: IISAN-Versa without the inter-modal SAN
   versa_all      ablation: IISAN-Versa without LayerDrop (every layer / stage gets a block; paired by
                  explicit selections of equal length)
+  *_norm         ablation: IISAN (text) / IISAN-Versa with item vectors L2-normalised to --item-norm, as the
+                 content tower does
   fft / lora     MiniLM runs inside the item tower on the item text (forward + backward every step): all
                  weights trained, or LoRA (rank r) on query / value. Text only: fine-tuning EfficientNet
                  too would cost more still.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -45,10 +48,11 @@ import torch
 from _output import emit_json
 
 log = logging.getLogger("iisan_versa")
-ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+ML100K = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "ml-100k"
 TEMPLATES = {"ml100k": "{title}. Genres: {genres}. {plot}", "builtin": "{title}. {description}"}
 IMAGE_ENCODER = {"ml100k": "efficientnet-lite0", "builtin": "efficientnet-lite0?image_size=96"}
-METHODS = ("content", "iisan_text", "iisan_versa", "versa_no_inter", "versa_all", "fft", "lora")
+METHODS = ("content", "iisan_text", "iisan_versa", "versa_no_inter", "versa_all", "iisan_text_norm", "versa_norm",
+           "fft", "lora")
 ENCODER_METHODS = ("fft", "lora")
 
 
@@ -115,9 +119,11 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
         tower = TowerConfig(kind="text+image", fusion=args.content_fusion)
         return SASRec.build(SASRecConfig(**common, tower=tower, loss="inbatch"), ctx)
     adapters = {"bottleneck": args.bottleneck, "adapter_dropout": args.adapter_dropout}
-    if method == "iisan_text":
+    if method.endswith("_norm"):  # ablation: item vectors of fixed length, as the content tower's
+        adapters["item_norm"] = args.item_norm
+    if method in ("iisan_text", "iisan_text_norm"):
         return IISAN.build(IISANConfig(**common, **adapters, modalities=["text"]), ctx, states)
-    if method == "iisan_versa":
+    if method in ("iisan_versa", "versa_norm"):
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group"), ctx, states)
     if method == "versa_no_inter":
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group", use_inter=False), ctx, states)
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--adapter-dropout", type=float, default=0.1)
     p.add_argument("--content-fusion", default="mlp")
+    p.add_argument("--item-norm", type=float, default=3.0, help="item-vector length of the *_norm ablations")
     p.add_argument("--max-tokens", type=int, default=64, help="item-text tokens for FFT / LoRA")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--encode-batch", type=int, default=64)

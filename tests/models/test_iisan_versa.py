@@ -9,6 +9,7 @@ import torch
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.sequences import TrainWindows, history_batch
+from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
 from modalrec.models.iisan.adapters import StageProjection
 from modalrec.models.iisan.model import IISAN, IISANConfig, LayerStates, states_from_cache
@@ -121,3 +122,17 @@ def test_stage_projection_normalises_each_slot_on_its_true_width():
     torch.testing.assert_close(out[:, 0], ref0)
     states = LayerStates(torch.zeros(6, 2, 4), [0, 1], 1, dims=dims)
     assert states.widths([1]) == [4] and states.widths([0, 1]) == [2, 4]
+
+
+def test_item_norm_fixes_every_item_vector_length_and_keeps_pad_zero():
+    g = torch.Generator().manual_seed(0)
+    states = {"text": LayerStates(torch.randn(9, 3, 8, generator=g), [0, 1, 2], 2),
+              "image": LayerStates(torch.randn(9, 3, 8, generator=g), [0, 1, 2], 2, dims=[4, 6, 8])}
+    ctx = ModelContext(n_items=8, n_users=2, train_item_counts=np.ones(9, dtype=np.int64), seed=0)
+    model = IISAN.build(IISANConfig(dim=8, n_heads=1, max_len=4, bottleneck=4, item_norm=2.5, stage_width=8), ctx, states)
+    with torch.no_grad():
+        table = model.tower.all()  # [9, 8]
+    torch.testing.assert_close(table[1:].norm(dim=-1), torch.full((8,), 2.5))
+    assert float(table[0].abs().sum()) == 0.0
+    with pytest.raises(ConfigError, match="item_norm"):
+        IISAN.build(IISANConfig(dim=8, n_heads=1, max_len=4, item_norm=0.0), ctx, states)

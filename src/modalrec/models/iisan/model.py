@@ -85,6 +85,7 @@ class IISANConfig(SASRecConfig):
     use_inter: bool = True  # inter-modal SAN (needs both modalities)
     chunk_size: int = 4096  # items per chunk when computing the whole catalogue
     stage_width: int = 256  # width that cached layers of unequal widths (CNN stages) are projected to
+    item_norm: float | None = None  # L2-normalise item vectors to this length (None: the fusion output as is)
     modalities: list[str] = field(default_factory=lambda: ["text", "image"])
 
 
@@ -109,6 +110,9 @@ class IISANItemTower(ItemTower):
         log.info("IISAN LayerDrop: text layers %s, image layers %s", self.text_layers, self.image_layers)
         self.dim = int(dim)
         self.chunk_size = cfg.chunk_size
+        if cfg.item_norm is not None and cfg.item_norm <= 0:
+            raise ConfigError(f"item_norm must be > 0 or None; got {cfg.item_norm}")
+        self.item_norm = cfg.item_norm
         self.has_image = image is not None
         self.has_inter = self.has_image and cfg.use_inter
         self._register_states(text, image)
@@ -174,6 +178,8 @@ class IISANItemTower(ItemTower):
                 parts.append(self.norms[2](self.inter_san(text, image)))  # [M, d_v]
             parts.append(text_out)  # fusion input order [image : inter : text], as in the paper
         out = self.fusion(torch.cat(parts, dim=-1))  # [M, d]
+        if self.item_norm is not None:  # fixed length: popular items cannot win on vector norm alone
+            out = nn.functional.normalize(out, dim=-1) * self.item_norm
         return out * (rows != 0).unsqueeze(-1).to(out.dtype)  # PAD -> 0
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
