@@ -83,14 +83,14 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
     train = EventStream.from_interactions(split.train)
     valid = EventStream.from_evalset(split.valid, split.n_items)
     test = EventStream.from_evalset(split.test, split.n_items)
-    ev = StreamEvalConfig(batch_size=args.eval_batch_size, ks=KS, seed=args.seed)
+    ev = StreamEvalConfig(batch_size=args.eval_batch_size, ks=KS)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                      monitor=args.monitor, scheduler="plateau", plateau_patience=1, seed=args.seed,
                      device=args.device, progress=False)
     t0 = time.perf_counter()
     hist = fit_tgn(model, train, valid, tc, ev)
     train_s = time.perf_counter() - t0
-    reps = run_protocol(model, train, valid, test, ev)
+    reps = run_protocol(model, train, valid, test, ev, seed=args.seed)
     # the same weights streamed in batches of other sizes (content variants only; TEST only: train and valid
     # are observed unscored, which leaves the memory exactly as run_protocol leaves it)
     other = {}
@@ -98,7 +98,7 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
         model.reset_state()
         for part in (train, valid):
             stream_through(model, part, bs)
-        other[bs] = evaluate_stream(model, test, replace(ev, batch_size=bs), name="test")
+        other[bs] = evaluate_stream(model, test, replace(ev, batch_size=bs), name="test", seed=args.seed)
     return {
         "model": f"MM-TGN ({variant} item features)", "config": model.config_dict(),
         "trainable_params": model.num_trainable_parameters(),
