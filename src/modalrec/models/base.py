@@ -57,6 +57,7 @@ class ModelContext:
     item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
     item_launch: Any = None  # data.item_age.ItemLaunch: launch time / causal age of every item at a query time
     item_activity: Any = None  # data.item_age.ItemActivity: each item's events in the days before a query time
+    train_targets: Any = None  # (item [E], ts [E]): training events that follow an earlier event of their user
 
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
