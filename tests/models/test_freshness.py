@@ -196,3 +196,20 @@ def test_started_at_log_rates_the_untrained_model_already_ranks_new_items() -> N
 
     rates, zero = untrained_hits("rates"), untrained_hits("zero")
     assert rates > 0.9 and rates > zero + 0.5, (rates, zero)
+
+
+def test_personal_age_vectors_add_the_user_state_dot_the_items_cell_vector() -> None:
+    q = 1000 * DAY
+    launch = _launch([q - DAY // 2, q - 10 * DAY, q + DAY], [None, None, None])  # cells 1, 3, 0 at q
+    prior = FreshnessPrior(launch, edges_days=(1, 7, 30), dim=2)
+    with torch.no_grad():
+        prior.bias.copy_(torch.tensor([[-1.0], [2.0], [0.5], [0.25], [0.0]]))
+        prior.vectors.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [3.0, -1.0], [0.0, 0.0]]))
+    state = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # two users querying at q and q
+    items = torch.tensor([1, 2, 3])
+    want = torch.tensor([[2.0 + 1.0, 0.25 + 3.0, -1.0 + 0.0], [2.0 + 0.0, 0.25 - 2.0, -1.0 + 2.0]])
+    torch.testing.assert_close(prior(items, torch.tensor([[q], [q]]), state), want)  # [B, C]
+    torch.testing.assert_close(prior(items[:2], torch.tensor([q, q]), state), want[[0, 1], [0, 1]])  # one per row
+    torch.testing.assert_close(prior(items, torch.tensor([q])), torch.tensor([2.0, 0.25, -1.0]))  # no state: bias
+    prior(items, torch.tensor([[q], [q]]), state).sum().backward()
+    assert prior.vectors.grad is not None and prior.vectors.grad.abs().sum() > 0

@@ -201,7 +201,7 @@ class CausalTowerRecommender(SequentialRecommender):
             return scores
         cols = torch.arange(scores.shape[1], device=scores.device) if items is None else items
         q = None if batch.target_ts is None else batch.target_ts.reshape(-1, 1)  # [B, 1]
-        return scores + self.prior(cols, q)
+        return scores + self.prior(cols, q, state)
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         if batch.targets.dim() != 2:

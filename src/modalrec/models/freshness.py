@@ -45,11 +45,14 @@ class FreshnessPrior(nn.Module):
 
     start_from: (event items [E], event times [E], catalogue items [C]) -- the training targets and the items
     the loss ranks them against -- to start each bias at its log event rate (see the module docstring).
+    dim: also learn a vector per cell, dotted with the user state (`forward(..., state)`): how much an item's
+    age and recent activity matter then depends on the user (some take new releases, some never do). The
+    vectors start at 0.
     """
 
     def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...] = EDGES_DAYS,
                  activity: ItemActivity | None = None, trend_days: int = 7,
-                 start_from: tuple[Any, Any, Any] | None = None) -> None:
+                 start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None) -> None:
         super().__init__()
         self.launch, self.activity, self.trend_days = launch, activity, int(trend_days)
         self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
@@ -61,6 +64,7 @@ class FreshnessPrior(nn.Module):
         self.reference_ts = int(known.max()) if known.numel() else 0
         start = torch.zeros_like(self.bias) if start_from is None else self.log_rates(*start_from)
         self.register_buffer("start", start, persistent=False)
+        self.vectors = nn.Parameter(torch.zeros(self.bias.numel(), dim)) if dim else None  # [cells, d]
 
     def append_items(self, launch_ts: list[int]) -> None:
         """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
@@ -85,8 +89,18 @@ class FreshnessPrior(nn.Module):
         """Flat index into `bias` of `items` at `query_ts` (broadcast)."""
         return self.buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts)
 
-    def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
-        return self.bias.flatten()[self.cells(items, query_ts)]
+    def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None,
+                state: torch.Tensor | None = None) -> torch.Tensor:
+        """Bias of `items` at `query_ts` (broadcast), plus, with per-cell vectors and `state` [B, d] (row b the
+        user whose query is row b of the result), state . vector of the item's cell."""
+        cells = self.cells(items, query_ts)
+        out = self.bias.flatten()[cells]
+        if self.vectors is None or state is None:
+            return out
+        per = state @ self.vectors.T  # [B, cells]
+        if cells.dim() == 1 and query_ts is not None and query_ts.dim() == 1:  # one item per row: [B]
+            return out + per.gather(1, cells[:, None])[:, 0]
+        return out + per.gather(1, cells.expand(len(state), -1))  # [B, C]
 
     @torch.no_grad()
     def log_rates(self, event_items: Any, event_ts: Any, catalogue: Any, chunk: int = 1024) -> torch.Tensor:
@@ -113,3 +127,5 @@ class FreshnessPrior(nn.Module):
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():
             self.bias.copy_(self.start)
+            if self.vectors is not None:
+                self.vectors.zero_()
