@@ -34,7 +34,7 @@ RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 TOWERS = ("id", "content", "hybrid")
 AGES = {"": "none", "_age": "bias", "_trend": "bias+trend"}  # name suffix -> model.params.age
 SASRECS = tuple(f"sasrec_{t}{suffix}" for t in TOWERS for suffix in AGES)
-OPTIONS = ("content", "loss", "catalogue", "scale", "id_dropout", "age_start", "monitor", "epochs", "patience",
+OPTIONS = ("content", "loss", "catalogue", "scale", "id_dropout", "age_start", "personal", "monitor", "epochs", "patience",
            "max_len", "batch_size")
 log = logging.getLogger("age_ml100k")
 
@@ -55,6 +55,7 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"name": "sasrec", "params": {
         "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": args.loss,
         "loss_catalogue": args.catalogue, "age": AGES["_" + suffix if suffix else ""], "age_start": args.age_start,
+        "age_personal": args.personal and bool(suffix),
         **({"n_negatives": 256, "negatives": "popularity"} if args.loss == "sampled" else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
@@ -105,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalogue", default="all", choices=("train", "all"), help="model.params.loss_catalogue")
     p.add_argument("--age-start", default="rates", choices=("rates", "zero"),
                    help="model.params.age_start: the prior starts at the training log's log event rates, or at 0")
+    p.add_argument("--personal", action="store_true",
+                   help="model.params.age_personal: per-user freshness (a vector per age cell dotted with the state)")
     p.add_argument("--variant", default="", help="stored as 'MODEL (VARIANT)': runs of one model with other options")
     p.add_argument("--scale", type=float, default=1.0, help="initial length of content item vectors (learned)")
     p.add_argument("--id-dropout", type=float, default=0.3, help="hybrid tower: ID dropout in training")
