@@ -104,8 +104,10 @@ def age_ml100k(results: Path) -> str:
         name, params = run["config"]["name"], run["config"]["params"]
         if name != "sasrec":
             return name + (" (launch tie-break)" if params.get("launch_tie_break") else "")
-        return (f"SASRec {params['tower']['kind']}, age {params['age']}, `loss_catalogue={params['loss_catalogue']}`,"
-                f" cap {run['options']['epochs']}")
+        start = params.get("age_start", "rates")
+        personal = ", per-user age vectors" if params.get("age_personal") else ""
+        return (f"SASRec {params['tower']['kind']}, age {params['age']} from {start}{personal}, "
+                f"`loss_catalogue={params['loss_catalogue']}`, cap {run['options']['epochs']}")
 
     groups = ("overall", "warm", "cold_item")
     rows = [[label(r), r["best_epoch"] if r["best_epoch"] is not None else "—",
