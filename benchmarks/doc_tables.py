@@ -242,6 +242,29 @@ def recbole_fresh_seeds(results: Path) -> str:
                    "TEST: modalrec − RecBole (paired t, seeds ahead)"], rows)
 
 
+def _machine(d: dict[str, Any]) -> str:
+    load = d["loadavg_1_5_15_start"][0]
+    return f"{d['cpu_count']} shared CPU cores, {d['torch_threads']} torch thread, load {load:.0f}, {d['device']}"
+
+
+def speed(results: Path) -> str:
+    """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each."""
+    ev = _load(results, "evaluator_speed_cpu.json")
+    rows = []
+    for c in ev["catalogues"]:
+        rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20 if c["peak_rss_bytes"] else None
+        rows.append([f"full-ranking evaluation, {c['items']:,} items, {c['users']:,} events (dot-product model, d = "
+                     f"{ev['dim']}): time on top of the model's own scoring", _machine(ev),
+                     f"{100 * c['overhead_over_model_cpu']['exclude_seen=True']:.1f} %",
+                     f"{100 * c['overhead_over_model']['exclude_seen=True']:.1f} %",
+                     f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+    lo = _load(results, "loop_overhead_cpu.json")
+    rows.append([f"`fit` samples/s over a bare PyTorch loop, SASRec on ML-100K ({lo['steps_per_run']} steps, same "
+                 "batches)", _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
+                 f"{lo['fit_over_bare_samples_per_s']:.3f}", ""])
+    return _table(["measurement", "machine", "CPU-time ratio", "wall-time ratio", "memory"], rows)
+
+
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
                      "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
                      "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
@@ -290,7 +313,13 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recbole_side_by_side": recbole_side_by_side,
     "recbole_seeds": recbole_seeds,
     "recbole_fresh_seeds": recbole_fresh_seeds,
+    "speed": speed,
 }
+
+
+def doc_files() -> list[Path]:
+    """The markdown files whose tables this script owns: docs/*.md and the README."""
+    return [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 
 
 def render(text: str, results: Path = RESULTS, where: str = "") -> tuple[str, list[str]]:
@@ -312,10 +341,10 @@ def render(text: str, results: Path = RESULTS, where: str = "") -> tuple[str, li
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a table differs from its JSON")
-    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: docs/*.md)")
+    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: docs/*.md and README.md)")
     args = parser.parse_args(argv)
     stale = []
-    for path in args.files or sorted(DOCS.glob("*.md")):
+    for path in args.files or doc_files():
         text, changed = render(path.read_text(), where=str(path))
         stale += changed
         if changed and not args.check:
