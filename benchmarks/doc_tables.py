@@ -19,6 +19,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
+
+
+def doc_files() -> list[Path]:
+    """Every markdown file that may hold generated tables: the README and docs/."""
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -296,7 +301,26 @@ def cold_start(dataset: str) -> Callable[[Path], str]:
     return table
 
 
+def _claim_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def claims(results: Path) -> str:
+    """One row per design claim: every results JSON may carry a top-level "claims" object (or a list of them)
+    with system, claim, protocol, ours {name: number}, target_met, command and, when not met, why."""
+    rows = []
+    for path in sorted(results.glob("*.json")):
+        found = json.loads(path.read_text()).get("claims") if path.stat().st_size else None
+        for c in [found] if isinstance(found, dict) else (found or []):
+            ours = "; ".join(f"{k} {_claim_value(v)}" for k, v in c["ours"].items())
+            verdict = "met" if c["target_met"] else "**not met**" + (f": {c['why']}" if c.get("why") else "")
+            rows.append([c["system"], c["claim"], c["protocol"], ours, verdict,
+                         f"`{c['command']}` → `{path.name}`"])
+    return _table(["system", "claim", "protocol", "ours", "target", "reproduce"], rows, "llllll")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "claims": claims,
     "demo": demo,
     "quality_amazon": quality_amazon,
     "iisan_scientific": iisan_scientific,
@@ -315,11 +339,6 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recbole_fresh_seeds": recbole_fresh_seeds,
     "speed": speed,
 }
-
-
-def doc_files() -> list[Path]:
-    """The markdown files whose tables this script owns: docs/*.md and the README."""
-    return [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]
 
 
 def render(text: str, results: Path = RESULTS, where: str = "") -> tuple[str, list[str]]:
@@ -341,7 +360,7 @@ def render(text: str, results: Path = RESULTS, where: str = "") -> tuple[str, li
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if a table differs from its JSON")
-    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: docs/*.md and README.md)")
+    parser.add_argument("files", nargs="*", type=Path, help="markdown files (default: README.md, docs/*.md)")
     args = parser.parse_args(argv)
     stale = []
     for path in args.files or doc_files():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modalrec.errors import ConfigError
-from modalrec.evaluation.report import Report, compare_table
+from modalrec.evaluation.report import Report, compare_table, draw_group_bars, metric_or_none
 from modalrec.io import write_bytes_atomic
 
 BAR_GROUPS = ("warm", "cold_item", "cold_user")
@@ -46,7 +46,7 @@ def group_table(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10",
 
 def table_data(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> dict:
     """The group table as data: {run: {"groups": {group: {metric: value}}, "counts": {group: events}}}."""
-    return {r.name: {"groups": {g: {m: _value(r.test, m, g) for m in metrics} for g in TABLE_GROUPS},
+    return {r.name: {"groups": {g: {m: metric_or_none(r.test, m, g) for m in metrics} for g in TABLE_GROUPS},
                      "counts": {g: r.test.counts.get(g) for g in TABLE_GROUPS}} for r in runs}
 
 
@@ -56,24 +56,12 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    import numpy as np
     from matplotlib.ticker import MaxNLocator
 
     reports = {r.name: r.test for r in runs}
-    names = list(reports)
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     try:
-        x = np.arange(len(BAR_GROUPS))
-        width = 0.8 / max(1, len(names))
-        for i, name in enumerate(names):
-            values = [_value(reports[name], metric, g) for g in BAR_GROUPS]
-            drawn = bars.bar(x + (i - (len(names) - 1) / 2) * width, [v or 0.0 for v in values], width, label=name,
-                             color=f"C{i}")  # a run keeps its colour in both panels
-            for rect, v in zip(drawn, values):
-                bars.annotate("n/a" if v is None else f"{v:.3f}", (rect.get_x() + rect.get_width() / 2,
-                              rect.get_height()), ha="center", va="bottom", fontsize=7)
-        counts = [next((r.counts.get(g) for r in reports.values() if g in r.counts), None) for g in BAR_GROUPS]
-        bars.set_xticks(x, [g if c is None else f"{g}\n(n={c})" for g, c in zip(BAR_GROUPS, counts)])
+        draw_group_bars(bars, reports, metric, BAR_GROUPS)
         bars.set_ylabel(f"TEST {metric}")
         bars.set_title(f"TEST {metric} by group")
         bars.legend(fontsize=8)
@@ -97,13 +85,6 @@ def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10"
         plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return Path(path)
-
-
-def _value(rep: Report, metric: str, group: str) -> float | None:
-    try:
-        return rep.metric(metric, group)
-    except KeyError:  # a run evaluated without this metric or group
-        return None
 
 
 def summaries(run_dirs: Sequence[str | Path]) -> list[RunSummary]:

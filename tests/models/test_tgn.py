@@ -230,6 +230,80 @@ def test_new_items_can_be_scored_after_growing() -> None:
     assert scores.shape == (3, N_ITEMS + 3) and torch.isfinite(scores[:, 1:]).all()
 
 
+def _warm(m: TGN, upto: int = 6) -> EventStream:
+    """Observe the first `upto` events so memory, pending messages and neighbours are all non-trivial."""
+    s = stream()
+    m.reset_state()
+    for lo in range(0, upto, 3):
+        m.observe(s.batch(lo, lo + 3))
+    return s
+
+
+@pytest.mark.parametrize("features", ["random", "content"])
+def test_sampled_softmax_with_whole_catalogue_is_full_softmax(features: str) -> None:
+    """With every item in the pool, no in-batch part and no correction, the sampled loss is the full
+    softmax cross-entropy over `score`'s full-ranking scores (the dense reference)."""
+    kw = {"item_features": features}
+    if features == "content":
+        kw = {"item_features": "content", "fusion": "film"}
+    feats = {"text": torch.randn(N_ITEMS + 1, 6), "image": torch.randn(N_ITEMS + 1, 5)}
+    missing = {k: torch.zeros(N_ITEMS + 1, dtype=torch.bool) for k in feats}
+    cfg = TGNConfig(dim=8, time_dim=4, n_neighbors=3, n_layers=2, n_heads=2, dropout=0.0, random_dim=8,
+                    loss="softmax", in_batch=False, logq=False, observe_in_loss=False, **kw)
+    m = TGN(cfg, N_USERS, N_ITEMS, feats if features == "content" else None, missing, seed=3).train()
+    s = _warm(m)
+    batch = s.batch(6, 10)
+    batch.negatives = torch.arange(1, N_ITEMS + 1)  # the whole catalogue as the shared pool
+    dense = torch.nn.functional.cross_entropy(m.score(batch), batch.items)  # column 0 (PAD) is -inf
+    sampled = m.loss(batch)
+    assert torch.isfinite(sampled) and sampled.item() == pytest.approx(dense.item(), rel=1e-5, abs=1e-6)
+    # accidental hits are removed: the event's own item drawn 3 more times changes nothing
+    one = s.batch(6, 7)
+    one.negatives = torch.cat([torch.arange(1, N_ITEMS + 1), one.items.repeat(3)])
+    dense_one = torch.nn.functional.cross_entropy(m.score(one), one.items)
+    assert m.loss(one).item() == pytest.approx(dense_one.item(), rel=1e-5, abs=1e-6)
+
+
+def test_logq_correction_uses_expected_candidate_counts() -> None:
+    """In-batch + uniform pool with logQ: the loss equals a naive per-event softmax whose logits are
+    shifted by log(B p(item) + N / n_items), p from add-one counts of the items observed so far."""
+    m = model(loss="softmax", in_batch=True, logq=True, observe_in_loss=False).train()
+    s = _warm(m)
+    batch = s.batch(6, 10)
+    pool = torch.tensor([2, 4, 4])
+    batch.negatives = pool
+    seen = torch.zeros(N_ITEMS + 1)
+    for _, i, _ in EVENTS[:6]:
+        seen[i] += 1
+    full = m.score(batch)  # [B, n_items + 1] same scores as the candidates get
+    b, n = len(batch), len(pool)
+    p = (seen + 1) / (seen[1:] + 1).sum()
+    cand = torch.cat([batch.items, pool])
+    logits = full[:, cand] - torch.log(b * p[cand] + n / N_ITEMS)
+    ref = []
+    for r in range(b):
+        keep = [j for j in range(len(cand)) if j == r or int(cand[j]) != int(batch.items[r])]
+        ref.append(torch.logsumexp(logits[r, keep], 0) - logits[r, r])
+    assert m.loss(batch).item() == pytest.approx(torch.stack(ref).mean().item(), rel=1e-5)
+
+
+@torch.no_grad()
+def test_fresh_item_memory_starts_from_its_features() -> None:
+    m = model(memory_init="features").eval()
+    s = _warm(m, upto=3)  # events 0-2 touch users 1, 2 and items 1, 2
+    ctx = m.context()
+    x = m.node_features(torch.arange(m.n_nodes))
+    item3, item2 = N_USERS + 3, N_USERS + 2
+    assert torch.allclose(ctx.memory[item3], torch.tanh(m.mem_init(x[item3])))  # never seen: from features
+    assert not m.memory.touched[item3] and m.memory.touched[item2]
+    assert float(ctx.memory[3].abs().sum()) == 0.0  # an unseen user starts at zero
+    m.observe(s.batch(3, 6))  # item 3 takes part: its persisted memory is the feature init
+    assert torch.allclose(m.memory.memory[item3], torch.tanh(m.mem_init(x[item3])))
+    z = model(memory_init="zero").eval()
+    _warm(z, upto=3)
+    assert float(z.context().memory[item3].abs().sum()) == 0.0
+
+
 def planted(n_users: int = 24, n_items: int = 32, n_events: int = 1200) -> tuple[Interactions, dict]:
     """Users belong to one of 4 tastes and only interact with items of their taste; item features are
     the taste one-hot plus noise (text) and pure noise (image)."""

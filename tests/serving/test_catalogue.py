@@ -123,7 +123,10 @@ def test_crash_test_every_acknowledged_add_survives_sigkill(artifact_copy: Path)
         else:
             time.sleep(rng.uniform(0.15, 0.5))  # start-up, opening, or anywhere in the loop
         proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
+        proc.wait()
+        # Not communicate(): it reads the raw pipe and would skip lines readline() already buffered
+        # (on a slow machine the child may have written several lines past the one we waited for).
+        out, err = proc.stdout.read(), proc.stderr.read()
         assert proc.returncode == -signal.SIGKILL, err
         kills += 1
         lines += out.splitlines(keepends=True)

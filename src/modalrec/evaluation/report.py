@@ -114,7 +114,7 @@ def compare_table(
     lines = ["| run | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for name in names:
         rep = reports[name]
-        cells = [_fmt(_maybe(rep, m, g)) for g in groups for m in metrics]
+        cells = [_fmt(metric_or_none(rep, m, g)) for g in groups for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -132,25 +132,9 @@ def bar_chart(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    names = list(reports)
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups) + 0.4 * len(names)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(groups) + 0.4 * len(reports)), 3.6))
     try:
-        x = np.arange(len(groups))
-        for i, name in enumerate(names):
-            values = [_maybe(reports[name], metric, g) for g in groups]
-            heights = [0.0 if v is None else v for v in values]
-            bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
-            for bar, v in zip(bars, values):
-                ax.annotate(
-                    "n/a" if v is None else f"{v:.3f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
-        counts = [next((r.counts.get(g) for r in reports.values() if g in r.counts), None) for g in groups]
-        ax.set_xticks(x, [g if c is None else f"{g}\n(n={c})" for g, c in zip(groups, counts)])
+        draw_group_bars(ax, reports, metric, groups)
         ax.set_ylabel(metric)
         ax.set_title(title or f"{metric} by group")
         ax.legend(fontsize=8)
@@ -163,7 +147,23 @@ def bar_chart(
     return Path(path)
 
 
-def _maybe(rep: Report, metric: str, group: str) -> float | None:
+def draw_group_bars(ax: Any, reports: Mapping[str, Report], metric: str, groups: Sequence[str]) -> None:
+    """On a matplotlib axis: x = groups (labelled with their event counts), one annotated bar per run; run i
+    is drawn in colour Ci so another panel of the same figure can match it."""
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(reports))
+    for i, (name, rep) in enumerate(reports.items()):
+        values = [metric_or_none(rep, metric, g) for g in groups]
+        drawn = ax.bar(x + (i - (len(reports) - 1) / 2) * width, [0.0 if v is None else v for v in values], width,
+                       label=name, color=f"C{i}")
+        for rect, v in zip(drawn, values):
+            ax.annotate("n/a" if v is None else f"{v:.3f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    counts = [next((r.counts.get(g) for r in reports.values() if g in r.counts), None) for g in groups]
+    ax.set_xticks(x, [g if c is None else f"{g}\n(n={c})" for g, c in zip(groups, counts)])
+
+
+def metric_or_none(rep: Report, metric: str, group: str) -> float | None:
     """Metric value, or None when the run lacks that group/metric (so tables of mixed runs still render)."""
     try:
         return rep.metric(metric, group)

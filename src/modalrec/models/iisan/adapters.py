@@ -182,6 +182,26 @@ class IntraSAN(nn.Module):
         return [float(g().detach()) for g in self.gates]
 
 
+class StageProjection(nn.Module):
+    """Per cached slot: LayerNorm over the slot's true width, then Linear to one common width.
+
+    CNN stages (EfficientNet: stem 32, stages 16 .. 320, head 1280) have unequal widths and scales; the cache
+    zero-pads them to the widest. Mixing such zero-padded vectors in one chain lets a few wide slots dominate
+    and blows up the branch norm, so each slot is normalised on its real features and mapped to `width` first.
+    Input [N, S, W_cache] (slot j real in [:, j, :dims[j]]) -> [N, S, width].
+    """
+
+    def __init__(self, dims: Sequence[int], width: int):
+        super().__init__()
+        self.dims = [int(d) for d in dims]
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
+        self.projs = nn.ModuleList(nn.Linear(d, width) for d in self.dims)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, S, W_cache] -> [N, S, width]
+        return torch.stack([proj(norm(hidden[:, j, :d]))
+                            for j, (d, norm, proj) in enumerate(zip(self.dims, self.norms, self.projs))], dim=1)
+
+
 class InterSAN(nn.Module):
     """Inter-modal side adapter network over paired text and image hidden states.
 

@@ -24,7 +24,7 @@ from modalrec.costs import PeakMemory, dir_size_bytes, total_parameters, trainab
 from modalrec.errors import ConfigError, MismatchError
 from modalrec.features.hidden_cache import HiddenStateCache
 from modalrec.models.base import ItemTower, ModelContext
-from modalrec.models.iisan.adapters import AdapterBlock, InterSAN, IntraSAN, layerdrop_layers
+from modalrec.models.iisan.adapters import AdapterBlock, InterSAN, IntraSAN, StageProjection, layerdrop_layers
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class LayerStates:
     layers: list[int]
     depth: int
     missing: torch.Tensor | None = None  # [n_items + 1] bool, item has no content for this modality
+    dims: list[int] | None = None  # true width of each cached slot (CNN stages are zero-padded); None = all equal
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -47,6 +48,8 @@ class LayerStates:
             raise MismatchError(f"{len(self.layers)} layer indices for {self.array.shape[1]} cached layers")
         if 0 not in self.layers:
             raise MismatchError(f"the cache must hold layer 0 (embedding layer); it holds {self.layers}")
+        if self.dims is not None and (len(self.dims) != len(self.layers) or max(self.dims) > self.array.shape[2]):
+            raise MismatchError(f"slot widths {self.dims} do not fit {len(self.layers)} slots of width {self.array.shape[2]}")
 
     def take(self, layers: Sequence[int]) -> torch.Tensor:
         """[n_items + 1, len(layers), d] for the given encoder layers (a copy; float16 stays float16)."""
@@ -57,6 +60,13 @@ class LayerStates:
         arr = self.array[:, [slot[layer] for layer in layers]]
         out = torch.as_tensor(np.ascontiguousarray(arr)) if isinstance(arr, np.ndarray) else arr.contiguous()
         return out if out.dtype in (torch.float16, torch.bfloat16) else out.float()
+
+    def widths(self, layers: Sequence[int]) -> list[int]:
+        """True width of each of `layers` (the cache width where slot widths are not recorded)."""
+        if self.dims is None:
+            return [int(self.array.shape[2])] * len(layers)
+        slot = {layer: i for i, layer in enumerate(self.layers)}
+        return [self.dims[slot[layer]] for layer in layers]
 
 
 @dataclass
@@ -74,6 +84,7 @@ class IISANConfig(SASRecConfig):
     use_image: bool = True  # use the image cache when one is given
     use_inter: bool = True  # inter-modal SAN (needs both modalities)
     chunk_size: int = 4096  # items per chunk when computing the whole catalogue
+    stage_width: int = 256  # width that cached layers of unequal widths (CNN stages) are projected to
     modalities: list[str] = field(default_factory=lambda: ["text", "image"])
 
 
@@ -101,12 +112,15 @@ class IISANItemTower(ItemTower):
         self.has_image = image is not None
         self.has_inter = self.has_image and cfg.use_inter
         self._register_states(text, image)
-        d_t = int(text.array.shape[2])
+        # unequal slot widths (CNN stages) -> per-slot LayerNorm + projection to one width; else the cache width
+        self.text_proj = _stage_projection(text, [0, *self.text_layers], cfg.stage_width)
+        d_t = cfg.stage_width if self.text_proj is not None else int(text.array.shape[2])
         n = len(self.text_layers)
         widths = [d_t]
         self.text_san = IntraSAN(d_t, n, cfg.bottleneck, cfg.adapter_dropout, cfg.gate_init)
         if image is not None:
-            d_v = int(image.array.shape[2])
+            self.image_proj = _stage_projection(image, [0, *self.image_layers], cfg.stage_width)
+            d_v = cfg.stage_width if self.image_proj is not None else int(image.array.shape[2])
             self.image_san = IntraSAN(d_v, n, cfg.bottleneck, cfg.adapter_dropout, cfg.gate_init)
             widths.append(d_v)
             if self.has_inter:
@@ -145,11 +159,15 @@ class IISANItemTower(ItemTower):
     def encode_rows(self, rows: torch.Tensor) -> torch.Tensor:  # [M] int64 -> [M, d]
         """Item vectors for cache rows `rows` (PAD row 0 gives zeros)."""
         text = self.text_h[rows].float()  # [M, 1+n, d_t]
+        if self.text_proj is not None:
+            text = self.text_proj(text)  # [M, 1+n, stage_width]
         keep_t = (~self.text_missing[rows]).unsqueeze(-1).float()  # [M, 1]
         text_out = self.norms[0](self.text_san(text)) * keep_t  # [M, d_t]
         parts = [text_out]
         if self.has_image:
             image = self.image_h[rows].float()  # [M, 1+n, d_v]
+            if self.image_proj is not None:
+                image = self.image_proj(image)  # [M, 1+n, stage_width]
             keep_v = (~self.image_missing[rows]).unsqueeze(-1).float()  # [M, 1]
             parts = [self.norms[1](self.image_san(image)) * keep_v]  # [M, d_v]
             if self.has_inter:
@@ -191,6 +209,11 @@ class IISANItemTower(ItemTower):
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         raise TypeError("IISAN items come from hidden-state caches; use set_hidden_states(states)")
+
+
+def _stage_projection(states: LayerStates, layers: list[int], width: int) -> StageProjection | None:
+    dims = states.widths(layers)
+    return StageProjection(dims, width) if len(set(dims)) > 1 else None
 
 
 def _drop_table(module: nn.Module, _keys: object) -> None:
@@ -260,7 +283,8 @@ def states_from_cache(cache: HiddenStateCache, modalities: Sequence[str] = ("tex
         layers = cache.layers(m)
         n_hidden = cache.meta["modalities"][m].get("n_encoder_layers")
         depth = int(n_hidden) - 1 if n_hidden is not None else max(layers)
-        out[m] = LayerStates(cache.array(m), layers, depth, torch.from_numpy(np.array(cache.missing(m))))
+        out[m] = LayerStates(cache.array(m), layers, depth, torch.from_numpy(np.array(cache.missing(m))),
+                             cache.layer_dims(m))
     return out
 
 

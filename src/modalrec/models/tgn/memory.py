@@ -8,9 +8,15 @@ computed with gradients, so the loss of batch t trains the message function and 
 pending messages are applied and persisted (detached) when the node takes part in a batch, right before
 that batch's own messages are stored. Everything a batch is scored with therefore comes from earlier
 batches only.
+
+Memory of a node that has never taken part in a batch ("fresh") is zero, or, when `view` / `commit` get an
+`init` function, init(node) computed with gradients (MM-TGN: a projection of the item's content), so the
+first message a new item sends to its user already carries what the item is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -110,17 +116,19 @@ class TGNMemory(nn.Module):
             raise ConfigError(f"updater must be 'gru' or 'rnn', got {updater!r}")
         self.register_buffer("memory", torch.zeros(n_nodes, dim), persistent=False)
         self.register_buffer("last_update", torch.zeros(n_nodes, dtype=torch.float64), persistent=False)
+        self.register_buffer("touched", torch.zeros(n_nodes, dtype=torch.bool), persistent=False)  # memory persisted
         # pending raw messages, flat and chronological: node [M], raw [M, 2d], dt [M], ts [M]
         self.register_buffer("p_node", torch.zeros(0, dtype=torch.int64), persistent=False)
         self.register_buffer("p_raw", torch.zeros(0, 2 * dim), persistent=False)
         self.register_buffer("p_dt", torch.zeros(0), persistent=False)
         self.register_buffer("p_ts", torch.zeros(0, dtype=torch.float64), persistent=False)
 
-    STATE = ("memory", "last_update", "p_node", "p_raw", "p_dt", "p_ts")
+    STATE = ("memory", "last_update", "touched", "p_node", "p_raw", "p_dt", "p_ts")
 
     def reset(self) -> None:
         self.memory = torch.zeros_like(self.memory)
         self.last_update = torch.zeros_like(self.last_update)
+        self.touched = torch.zeros_like(self.touched)
         self.p_node, self.p_raw = self.p_node[:0], self.p_raw[:0]
         self.p_dt, self.p_ts = self.p_dt[:0], self.p_ts[:0]
 
@@ -128,6 +136,7 @@ class TGNMemory(nn.Module):
         extra = n_nodes - self.memory.shape[0]
         self.memory = torch.cat([self.memory, self.memory.new_zeros(extra, self.dim)])
         self.last_update = torch.cat([self.last_update, self.last_update.new_zeros(extra)])
+        self.touched = torch.cat([self.touched, self.touched.new_zeros(extra)])
 
     def _aggregate(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Aggregate the pending messages at positions `sel` ([S]) -> (nodes [U], message [U, m], ts [U])."""
@@ -147,26 +156,39 @@ class TGNMemory(nn.Module):
         cnt = torch.bincount(inv, minlength=nodes.shape[0]).clamp(min=1).unsqueeze(1).to(msg.dtype)
         return nodes, total / cnt, self.p_ts[pick]
 
-    def view(self, nodes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Memory [N, d] and last-update [N] with pending messages applied (for `nodes` only, or all).
-        Differentiable w.r.t. the message function and updater; the stored state is not changed."""
+    def view(
+        self, nodes: torch.Tensor | None = None, init: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory [N, d] and last-update [N] with pending messages applied (for `nodes` only, or all), fresh
+        nodes among them starting from `init(fresh)` ([F] -> [F, d]) instead of zero. Differentiable w.r.t.
+        the message function, updater and `init`; the stored state is not changed."""
+        base = self.memory
+        if init is not None:
+            want = ~self.touched if nodes is None else torch.zeros_like(self.touched).index_fill_(0, nodes, True)
+            fresh = (want & ~self.touched).nonzero().squeeze(1)  # [F]
+            if fresh.numel():
+                base = base.index_copy(0, fresh, init(fresh).to(base.dtype))
         if nodes is None:
             sel = torch.arange(self.p_node.shape[0], device=self.p_node.device)
         else:
             sel = torch.isin(self.p_node, nodes).nonzero().squeeze(1)  # [S]
         if sel.numel() == 0:
-            return self.memory, self.last_update
+            return base, self.last_update
         upd_nodes, msg, ts = self._aggregate(sel)
-        new = self.updater(msg, self.memory[upd_nodes]).to(self.memory.dtype)  # [U, d] (fp32 under autocast)
-        return self.memory.index_copy(0, upd_nodes, new), self.last_update.index_copy(0, upd_nodes, ts)
+        new = self.updater(msg, base[upd_nodes]).to(base.dtype)  # [U, d] (fp32 under autocast)
+        return base.index_copy(0, upd_nodes, new), self.last_update.index_copy(0, upd_nodes, ts)
 
     @torch.no_grad()
-    def commit(self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor) -> None:
+    def commit(
+        self, src: torch.Tensor, dst: torch.Tensor, ts: torch.Tensor,
+        init: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """After a batch was scored: persist the pending messages of its nodes, then store its own messages."""
         batch_nodes = torch.unique(torch.cat([src, dst]))
-        mem, last = self.view(batch_nodes)
+        mem, last = self.view(batch_nodes, init)
         self.memory[batch_nodes] = mem[batch_nodes].detach()
         self.last_update[batch_nodes] = last[batch_nodes]
+        self.touched[batch_nodes] = True
         keep = ~torch.isin(self.p_node, batch_nodes)
         t = ts.to(torch.float64)
         m_s, m_d = self.memory[src], self.memory[dst]  # [E, d]

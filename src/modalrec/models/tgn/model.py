@@ -9,6 +9,14 @@ Scores are z_u(t) . z_i(t) + b(z_i(t)) (optionally with a user-state FiLM on the
 ranking over the catalogue is one matrix product per batch; b is a linear item term through which
 memory can express popularity / recency for any item, new ones included.
 
+Training (`loss`): "softmax" (default) is the full-ranking objective estimated on a candidate set -- the
+batch's positives (in-batch negatives) plus a pool of uniformly drawn items shared by the batch, all
+embedded at the batch's reference time exactly as `score` embeds the catalogue; logits are corrected by
+log of each candidate's expected count in the set (logQ; the in-batch part follows item frequency,
+estimated from the events observed so far) and accidental hits (a candidate equal to the event's own item)
+are removed. With the whole catalogue as pool and no in-batch part it is the full softmax cross-entropy.
+"bpr" / "bce" score each event against its own few negatives (link prediction).
+
 No leakage: `loss(batch)` / `score(batch)` read only state built from earlier batches; `observe(batch)`
 then commits the batch (messages + neighbours). With `observe_in_loss=True` (default) `loss` observes
 the batch itself right after the loss is computed, so the shared training loop can drive the model
@@ -53,8 +61,11 @@ class TGNConfig:
     user_film: bool = False  # user memory modulates the item side of the score
     item_bias: bool = True  # score += b(z_i): a user-independent term (popularity / recency from memory)
     user_init_std: float = 0.01  # small: a user never seen in training starts near zero, not as noise
-    loss: str = "bpr"  # bpr | bce
-    n_negatives: int = 1  # negatives per event drawn by EventStream for training
+    loss: str = "softmax"  # softmax (sampled, logQ-corrected) | bpr | bce
+    n_negatives: int = 4  # random items per event drawn by EventStream (softmax: one pool of B * n per batch)
+    in_batch: bool = True  # softmax: the batch's other positives are negatives too
+    logq: bool = True  # softmax: subtract log expected count of each candidate (sampling-bias correction)
+    memory_init: str = "features"  # features: a fresh item's memory = tanh(W x(item)) | zero
     observe_in_loss: bool = True
     rank_chunk: int = 4096  # items embedded per chunk in full ranking
 
@@ -62,7 +73,8 @@ class TGNConfig:
         choices = {
             "embedding": ("attn", "identity", "time"), "time_encoding": ("log", "raw"),
             "message": ("mlp", "identity"), "aggregator": ("last", "mean"), "updater": ("gru", "rnn"), "item_features": ("content", "id", "random"),
-            "fusion": ("mlp", "concat", "gated", "film", "sum"), "loss": ("bpr", "bce"),
+            "fusion": ("mlp", "concat", "gated", "film", "sum"), "loss": ("softmax", "bpr", "bce"),
+            "memory_init": ("features", "zero"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -117,12 +129,15 @@ class TGN(Recommender):
                 cfg.time_encoding,
             )
             self.bias = nn.Linear(cfg.dim, 1) if cfg.item_bias else None
+            self.mem_init = nn.Linear(cfg.dim, cfg.dim) if cfg.memory_init == "features" else None
             if cfg.user_film:
                 self.film = nn.Linear(cfg.dim, 2 * cfg.dim)
                 nn.init.zeros_(self.film.weight)
                 nn.init.zeros_(self.film.bias)
         self.neighbors = NeighborBuffer(n_nodes, cfg.n_neighbors)
         self.n_observed = 0  # running event index (edge idx in the neighbour buffer)
+        # items observed since reset_state: the in-batch sampling frequencies of the softmax loss
+        self.register_buffer("item_seen", torch.zeros(self.n_items + 1), persistent=False)
         self._feat_cache: torch.Tensor | None = None  # x(n) for all nodes, only in eval mode without grad
 
     # Weights can only change through training, loading or moving: each drops the eval-time feature cache.
@@ -169,18 +184,23 @@ class TGN(Recommender):
         self.memory.reset()
         self.neighbors.reset()
         self.n_observed = 0
+        self.item_seen = torch.zeros_like(self.item_seen)
 
     def state_dict_memory(self) -> dict[str, torch.Tensor]:
         """A copy of all streaming state (memory, pending messages, neighbour buffer, event counter)."""
         out = {f"memory.{k}": getattr(self.memory, k).detach().clone() for k in TGNMemory.STATE}
         out.update({f"neighbors.{k}": getattr(self.neighbors, k).clone() for k in NeighborBuffer.STATE})
         out["n_observed"] = torch.tensor(self.n_observed, dtype=torch.int64)
+        out["item_seen"] = self.item_seen.clone()
         return out
 
     def load_memory(self, state: dict[str, torch.Tensor]) -> None:
         for key, value in state.items():
             if key == "n_observed":
                 self.n_observed = int(value)
+                continue
+            if key == "item_seen":
+                self.item_seen = value.clone().to(self.device)
                 continue
             owner, name = key.split(".", 1)
             setattr(getattr(self, owner), name, value.detach().clone().to(self.device))
@@ -192,12 +212,25 @@ class TGN(Recommender):
         src, dst = batch.users.to(self.device), self.item_nodes(batch.items.to(self.device))
         ts = batch.ts.to(self.device)
         if self.cfg.use_memory:
-            self.memory.commit(src, dst, ts)
+            self.memory.commit(src, dst, ts, self._init_fn)
+        self.item_seen.index_add_(0, batch.items.to(self.device), self.item_seen.new_ones(src.shape[0]))
         eidx = torch.arange(self.n_observed, self.n_observed + src.shape[0], device=self.device)
         self.neighbors.insert(src, dst, ts, eidx)
         self.n_observed += int(src.shape[0])
 
     # ---- embeddings ---------------------------------------------------------------------------------
+    @property
+    def _init_fn(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self._memory_init if self.mem_init is not None else None
+
+    def _memory_init(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Starting memory of fresh nodes [F] -> [F, d]: users zero, items tanh(W x(item)) (memory_init="features")."""
+        out = torch.zeros(nodes.shape[0], self.cfg.dim, device=self.device)
+        idx = (nodes > self.n_users).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return out
+        return out.index_copy(0, idx, torch.tanh(self.mem_init(self.node_features(nodes[idx]))).to(out.dtype))
+
     def _neighbors(self, nodes: torch.Tensor) -> Neighbors:
         return self.neighbors.get(nodes)
 
@@ -207,7 +240,7 @@ class TGN(Recommender):
             return NodeContext(self.memory.memory, self.memory.last_update)
         if nodes is not None:
             nodes = self.embedding.receptive_field(self._neighbors, nodes)
-        mem, last = self.memory.view(nodes)
+        mem, last = self.memory.view(nodes, self._init_fn)
         return NodeContext(mem, last)
 
     def embed(self, ctx: NodeContext, nodes: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -245,23 +278,49 @@ class TGN(Recommender):
         return torch.einsum("bd,bmd->bm", w, z_i) + off.unsqueeze(1) + self._bias(z_i)
 
     def loss(self, batch: EventBatch) -> torch.Tensor:
-        """BPR (or BCE) of each event's item against `batch.negatives`; observes the batch afterwards when
-        `observe_in_loss` and training."""
+        """Sampled softmax (or BPR / BCE) of each event's item against `batch.negatives`; observes the batch
+        afterwards when `observe_in_loss` and training."""
         if batch.negatives is None:
             raise ValueError("TGN.loss needs EventBatch.negatives (EventStream.batches samples them)")
         neg = batch.negatives.to(self.device)
-        neg = neg.unsqueeze(1) if neg.dim() == 1 else neg  # [B, N]
-        s = self.pair_scores(batch, torch.cat([batch.items.to(self.device).unsqueeze(1), neg], dim=1))  # [B, 1 + N]
-        pos, negs = s[:, :1], s[:, 1:]
-        if self.cfg.loss == "bpr":
-            loss = -F.logsigmoid(pos - negs).mean()
+        if self.cfg.loss == "softmax":
+            loss = self._softmax_loss(batch, neg.reshape(-1))
         else:
-            loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
-                negs, torch.zeros_like(negs)
-            )
+            neg = neg.unsqueeze(1) if neg.dim() == 1 else neg  # [B, N]
+            s = self.pair_scores(batch, torch.cat([batch.items.to(self.device).unsqueeze(1), neg], dim=1))  # [B, 1 + N]
+            pos, negs = s[:, :1], s[:, 1:]
+            if self.cfg.loss == "bpr":
+                loss = -F.logsigmoid(pos - negs).mean()
+            else:
+                loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + \
+                    F.binary_cross_entropy_with_logits(negs, torch.zeros_like(negs))
         if self.cfg.observe_in_loss and self.training:
             self.observe(batch)  # the loss graph only references tensors computed above
         return loss
+
+    def _softmax_loss(self, batch: EventBatch, pool: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over [the batch's positives, `pool` ([N] uniform items shared by the batch)], scored
+        like `score` (users at their event times, items at the batch's latest time)."""
+        users, ts = batch.users.to(self.device), batch.ts.to(self.device, torch.float64)
+        pos = batch.items.to(self.device)  # [B]
+        b, n = pos.shape[0], pool.shape[0]
+        cand = torch.cat([pos, pool])  # [B + N]
+        ctx = self.context(torch.cat([users, self.item_nodes(cand)]))
+        w, off = self._user_side(ctx, users, ts)  # [B, d], [B]
+        table = self.item_table(ctx, ts.max(), cand)  # [B + N, d]
+        logits = w @ table.T + off.unsqueeze(1) + self._bias(table).unsqueeze(0)  # [B, B + N]
+        own = torch.arange(b, device=self.device)
+        if self.cfg.logq:  # expected count of each candidate in the set: B p(item) (in-batch) + N / n_items
+            count = torch.full_like(table[:, 0], n / self.n_items)  # [B + N]
+            if self.cfg.in_batch:
+                seen = self.item_seen + 1.0  # add-one: unseen and new items keep a finite correction
+                count = count + b * seen[cand] / seen[1:].sum()
+            logits = logits - torch.log(count).unsqueeze(0)
+        drop = cand.unsqueeze(0) == pos.unsqueeze(1)  # [B, B + N] accidental hits: the event's own item
+        if not self.cfg.in_batch:
+            drop[:, :b] = True
+        drop[own, own] = False  # the positive column itself
+        return F.cross_entropy(logits.masked_fill(drop, float("-inf")), own)
 
     def item_table(self, ctx: NodeContext, t_ref: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of `items` (default: 1..n_items) at time t_ref (0-dim float64), in chunks -> [M, d]."""
@@ -305,3 +364,4 @@ class TGN(Recommender):
         if grown:  # new items are appended after the existing nodes, so old node ids keep their state
             self.memory.grow(self.n_nodes)
             self.neighbors.grow(self.n_nodes)
+            self.item_seen = torch.cat([self.item_seen, self.item_seen.new_zeros(n_new + 1 - self.item_seen.shape[0])])
