@@ -257,17 +257,16 @@ def speed(results: Path) -> str:
     ev = _load(results, "evaluator_speed_cpu.json")
     rows = []
     for c in ev["catalogues"]:
-        rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20 if c["peak_rss_bytes"] else None
-        rows.append([f"full-ranking evaluation, {c['items']:,} items, {c['users']:,} events (dot-product model, d = "
-                     f"{ev['dim']}): time on top of the model's own scoring", _machine(ev),
-                     f"{100 * c['overhead_over_model_cpu']['exclude_seen=True']:.1f} %",
-                     f"{100 * c['overhead_over_model']['exclude_seen=True']:.1f} %",
+        what = f"evaluation over the model's own scoring, {c['items']:,} items, {c['users']:,} events"
+        rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20
+        rows.append([what, _machine(ev), f"+{100 * c['overhead_over_model_cpu']['exclude_seen=True']:.1f} %",
+                     f"+{100 * c['overhead_over_model']['exclude_seen=True']:.1f} %",
                      f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
     lo = _load(results, "loop_overhead_cpu.json")
-    rows.append([f"`fit` samples/s over a bare PyTorch loop, SASRec on ML-100K ({lo['steps_per_run']} steps, same "
-                 "batches)", _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
+    what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
+    rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
                  f"{lo['fit_over_bare_samples_per_s']:.3f}", ""])
-    return _table(["measurement", "machine", "CPU-time ratio", "wall-time ratio", "memory"], rows)
+    return _table(["measurement", "machine", "CPU time", "wall time", "memory"], rows, align="ll")
 
 
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",

@@ -68,7 +68,7 @@ def bare_loop(model: SASRec, batches: list[SeqBatch], cfg: TrainConfig) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens-100K folder (u.data)")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per timed run (both sides)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per timed run (both sides)")
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="windows per step")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
