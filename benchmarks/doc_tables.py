@@ -96,6 +96,26 @@ def iisan_efficiency(results: Path) -> str:
     return _table(["method", "trainable params", "s / epoch (extrapolated)", "peak RSS", "time vs IISAN"], rows)
 
 
+def age_ml100k(results: Path) -> str:
+    """Item-age priors and age-aware baselines on ML-100K: NDCG@10 per group, epoch chosen on VALID."""
+    runs = _load(results, "age_ml100k_cpu.json")["results"]
+
+    def label(run: dict[str, Any]) -> str:
+        name, params = run["config"]["name"], run["config"]["params"]
+        if name != "sasrec":
+            return name + (" (launch tie-break)" if params.get("launch_tie_break") else "")
+        return (f"SASRec {params['tower']['kind']}, age {params['age']}, `loss_catalogue={params['loss_catalogue']}`,"
+                f" cap {run['options']['epochs']}")
+
+    groups = ("overall", "warm", "cold_item")
+    rows = [[label(r), r["best_epoch"] if r["best_epoch"] is not None else "—",
+             *(_f(r[part][g]["ndcg@10"]) for part in ("valid", "test") for g in groups)]
+            for r in sorted(runs, key=lambda r: r["best_epoch"] is not None)]  # untrained rankers first
+    header = ["model", "best epoch"] + [f"{part.upper()} {g.replace('_', ' ')} (n={runs[0][part][g]['n']})"
+                                        for part in ("valid", "test") for g in groups]
+    return _table(header, rows)
+
+
 def ablation_ml100k(results: Path) -> str:
     """Item towers on ML-100K (global temporal split)."""
     data = _load(results, "ablation_ml100k.json")
@@ -330,6 +350,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
     "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
     "ablation_ml100k": ablation_ml100k,
+    "age_ml100k": age_ml100k,
     "baselines_ml100k": baselines_ml100k,
     "tgn_ml100k": tgn_ml100k,
     "recformer_transfer": recformer_transfer,

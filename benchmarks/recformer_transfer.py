@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if opt["pretrain_steps"] > 0:
         pre = pretrain(model, corpus, PretrainConfig(
             epochs=1000, max_steps=opt["pretrain_steps"], batch_size=args.pretrain_batch, lr=args.pretrain_lr,
-            warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device, seed=args.seed))
+            warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device))
         pre.pop("config", None)
 
     valid = subsample(split.valid, opt["valid_events"], args.seed, "bench/valid_subset")
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ft = finetune(model, PrefixPairs(split.train, cfg.max_items),
                   FinetuneConfig(stage1_epochs=opt["stage1_epochs"], stage2_epochs=opt["stage2_epochs"],
                                  batch_size=args.finetune_batch, lr=args.lr,
-                                 max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device,
-                                 seed=args.seed),
+                                 max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device),
                   validate=lambda m: ev_valid.run(m, name="valid").overall)
     tuned = ev_test.run(model, name="finetuned_test")
 

@@ -77,16 +77,16 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
     train = EventStream.from_interactions(split.train)
     valid = EventStream.from_evalset(split.valid, split.n_items)
     test = EventStream.from_evalset(split.test, split.n_items)
-    ev = StreamEvalConfig(batch_size=args.eval_batch_size, ks=KS, seed=args.seed)
+    ev = StreamEvalConfig(batch_size=args.eval_batch_size, ks=KS)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                      monitor=args.monitor, scheduler="plateau", plateau_patience=1, seed=args.seed,
                      device=args.device, progress=False)
     t0 = time.perf_counter()
     hist = fit_tgn(model, train, valid, tc, ev)
     train_s = time.perf_counter() - t0
-    reps = run_protocol(model, train, valid, test, ev)
+    reps = run_protocol(model, train, valid, test, ev, seed=args.seed)
     # the same weights streamed with coarser batches: more of each user's recent events are not yet visible
-    coarser = {bs: run_protocol(model, train, valid, test, replace(ev, batch_size=bs))["test"]
+    coarser = {bs: run_protocol(model, train, valid, test, replace(ev, batch_size=bs), seed=args.seed)["test"]
                for bs in args.also_eval_batch_sizes}
     return {
         "model": f"MM-TGN ({variant} item features)", "config": model.config_dict(),

@@ -202,7 +202,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             raise ConfigError(f"model {cfg.model.name!r} learns from the time-ordered event stream in one process")
         streams, stream_cfg = _event_streams(split, cfg)
         history = fit_tgn(model, streams[0], streams[1], train_cfg, stream_cfg)
-        reports = run_protocol(model, *streams, stream_cfg)
+        reports = run_protocol(model, *streams, stream_cfg, seed=cfg.seed)
         valid_report, test_report = reports["valid"], reports["test"]
     else:
         valid_eval = evaluator("valid")
@@ -261,7 +261,7 @@ def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]
 
     streams = [EventStream.from_interactions(split.train)] + [
         EventStream.from_evalset(es, split.n_items) for es in (split.valid, split.test)]
-    return streams, StreamEvalConfig(ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen, seed=cfg.seed)
+    return streams, StreamEvalConfig(ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen)
 
 
 def _efficiency(model: Any, history: Any, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -317,7 +317,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
         from modalrec.evaluation.streaming import run_protocol
 
         streams, stream_cfg = _event_streams(split, cfg)
-        return run_protocol(model.to(device), *streams, stream_cfg)[part]
+        return run_protocol(model.to(device), *streams, stream_cfg, seed=cfg.seed)[part]
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                      max_len=model.history_length, device=device).run(model, name=part)

@@ -83,3 +83,31 @@ def test_recformer_build_honours_the_context_seed() -> None:
     assert all(torch.equal(a[k], again[k]) for k in a)
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert "embeddings.token.weight" in differ and any(k.startswith("backbone.") for k in differ)
+
+
+# Dataclasses allowed a `seed` field, and why each is not a second home of an experiment's seed.
+SEED_FIELDS = {
+    "experiment.ExperimentConfig": "the experiment's one seed",
+    "training/loop.TrainConfig": "the trainer's run seed; `seeded` sets it from the experiment and refuses another",
+    "models/base.ModelContext": "the build context; the pipeline fills it from the experiment",
+    "data/sources/synthetic.SyntheticConfig": "the generated data's seed (data.options.seed, default the experiment's)",
+    "evaluation/sampled.SampledConfig": "a stand-alone evaluator's sampled negatives; no experiment sets it",
+}
+
+
+def test_seed_fields_have_one_home() -> None:
+    """Components that draw random numbers take the run's seed (TrainConfig.seed, a model's build seed, a
+    `seed` argument) instead of declaring their own seed field; a new one must be justified here."""
+    import ast
+    from pathlib import Path
+
+    import modalrec
+
+    root = Path(modalrec.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            dataclass = isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+            if dataclass and any(isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == "seed" for s in node.body):
+                found.add(f"{path.relative_to(root).with_suffix('').as_posix()}.{node.name}")
+    assert found == set(SEED_FIELDS)

@@ -14,8 +14,7 @@ from modalrec.evaluation.streaming import StreamEvalConfig, evaluate_stream
 from modalrec.models.tgn.model import TGN, TGNConfig
 
 
-def test_report_groups_and_ranks_match_a_naive_replay() -> None:
-    torch.set_num_threads(1)
+def _stream_and_model() -> tuple[EventStream, TGN, int]:
     rng = np.random.default_rng(0)
     n_users, n_items, n = 12, 15, 160
     late = np.arange(n) >= 100  # users 11-12 and items 13-15 appear only late: cold in VALID / TEST
@@ -27,6 +26,12 @@ def test_report_groups_and_ranks_match_a_naive_replay() -> None:
     model = TGN(TGNConfig(dim=8, time_dim=4, n_neighbors=3, n_heads=1, dropout=0.0, item_features="random",
                           random_dim=8), n_users, n_items, seed=1).eval()
     model.reset_state()
+    return test, model, n_items
+
+
+def test_report_groups_and_ranks_match_a_naive_replay() -> None:
+    torch.set_num_threads(1)
+    test, model, n_items = _stream_and_model()
     cfg = StreamEvalConfig(batch_size=7, ks=(5,), negatives=("random",))
     rep = evaluate_stream(model, test, cfg, restore=True)
     assert isinstance(rep, Report)
@@ -50,3 +55,14 @@ def test_report_groups_and_ranks_match_a_naive_replay() -> None:
     inductive = torch.from_numpy(test.group_masks()["inductive"])
     hits = float((torch.as_tensor(expected)[inductive] <= 5).double().mean())
     assert rep.metric("hr@5", "inductive") == hits
+
+
+def test_ap_negatives_come_from_the_run_seed() -> None:
+    """AP / AUC negatives are drawn from the `seed` argument (the run's one seed), not from a config field."""
+    torch.set_num_threads(1)
+    test, model, _ = _stream_and_model()
+    cfg = StreamEvalConfig(batch_size=7, ks=(5,), negatives=("random",), n_negatives=3)
+    ap = {s: [evaluate_stream(model, test, cfg, restore=True, seed=s).metric("ap_random") for _ in range(2)]
+          for s in (1, 2)}
+    assert ap[1][0] == ap[1][1] and ap[2][0] == ap[2][1]
+    assert ap[1][0] != ap[2][0]

@@ -162,3 +162,34 @@ def test_scores_as_declared(name: str, split: Split) -> None:
             torch.testing.assert_close(scores, model(batch) @ table.T, rtol=1e-4, atol=1e-4)
             some = torch.tensor([3, 1, 7])
             torch.testing.assert_close(model.embed_items(some), table[some], rtol=1e-4, atol=1e-5)
+
+
+# loss() draws its masks inside the call, so its term count is known only in expectation (see BERT4Rec)
+RANDOM_TERMS = {"bert4rec"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.split(":")[0] not in RANDOM_TERMS))
+def test_loss_averages_over_the_declared_terms(name: str, split: Split) -> None:
+    """Data-parallel training weights each rank's rows by `loss_terms`: the loss of a batch must be the
+    loss_terms-weighted mean of the losses of its row slices (rows holding different numbers of terms)."""
+    from modalrec.training.distributed import slice_rows
+
+    model, cfg = _build(name, split)
+    if model.training_kind is Training.COUNTS or model.stateful:
+        pytest.skip("not trained by data-parallel gradient steps")
+    if getattr(cfg, "loss", None) == "inbatch":  # in-batch negatives change with the slice; the count does not
+        model = build_model(name.split(":")[0], dataclasses.replace(cfg, loss="ce"), _ctx(split))
+    model.eval()
+    if model.training_kind is Training.PAIRS:
+        batch = next(iter(model.training_source(split).batches(8, seed=0, epoch=1)))
+    else:
+        batch = next(iter(TrainWindows(split.train, model.history_length).batches(8, seed=0, epoch=1)))
+    parts = [slice_rows(batch, slice(0, 3)), slice_rows(batch, slice(3, len(batch)))]
+    terms = [model.loss_terms(p) for p in parts]
+    assert model.loss_terms(batch) == sum(terms) and terms[0] > 0 and terms[1] > 0
+    with torch.no_grad():
+        whole = model.loss(batch)
+        weighted = sum(model.loss(p) * w for p, w in zip(parts, terms)) / sum(terms)
+    torch.testing.assert_close(whole, weighted, rtol=1e-4, atol=1e-5)
+    if model.training_kind is not Training.PAIRS:  # windows: one term per target, not per row
+        assert sum(terms) > len(batch)

@@ -371,7 +371,7 @@ def test_pipeline_trains_on_the_event_stream_and_reports_streaming_groups(tmp_pa
     from modalrec.pipeline import evaluate_run, run_experiment
 
     cfg = from_dict(ExperimentConfig, {
-        "name": "tgn", "seed": 0, "output_dir": str(tmp_path),
+        "name": "tgn", "seed": 3, "output_dir": str(tmp_path),  # not the default: both runs must pass it on
         "data": {"source": "synthetic", "options": {"n_users": 40, "n_items": 30, "avg_seq_len": 6}},
         "split": {"kind": "global_temporal"},
         "model": {"name": "tgn", "params": {"dim": 8, "time_dim": 4, "n_neighbors": 3, "n_heads": 1,

@@ -68,7 +68,6 @@ def roc_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 class StreamEvalConfig:
     batch_size: int = 200
     ks: tuple[int, ...] = (5, 10, 20)
-    seed: int = 0
     n_negatives: int = 1  # per event, for AP / AUC
     negatives: tuple[str, ...] = ("random", "historical")
     full_ranking: bool = True
@@ -78,15 +77,16 @@ class StreamEvalConfig:
 @torch.no_grad()
 def evaluate_stream(
     model: Any, stream: EventStream, cfg: StreamEvalConfig | None = None, *, observe: bool = True,
-    restore: bool = False, name: str = "test",
+    restore: bool = False, name: str = "test", seed: int = 0,
 ) -> Report:
     """Score `stream` in time order (each batch before it is observed). With `restore`, the model's
-    streaming state is put back exactly as it was afterwards."""
+    streaming state is put back exactly as it was afterwards. AP / AUC negatives are drawn from `seed`
+    (the run's seed: `TrainConfig.seed`, in an experiment its one `seed`)."""
     cfg = cfg or StreamEvalConfig()
     was_training = model.training
     model.eval()
     snapshot = model.state_dict_memory() if restore else None
-    gen = torch_generator(cfg.seed, f"tgn_eval/{name}")  # the stream name negatives were always drawn from
+    gen = torch_generator(seed, f"tgn_eval/{name}")  # the stream name negatives were always drawn from
     n_e, n_neg = len(stream), cfg.n_negatives
     pos_s = {k: torch.zeros(n_e) for k in cfg.negatives}
     neg_s = {k: torch.zeros(n_e, n_neg) for k in cfg.negatives}
@@ -155,12 +155,12 @@ def evaluate_stream(
     }, ranks=ranks.numpy() if cfg.full_ranking else None)
 
 
-def stream_validator(valid: EventStream, cfg: StreamEvalConfig | None = None) -> Callable[[Any], Report]:
+def stream_validator(valid: EventStream, cfg: StreamEvalConfig | None = None, seed: int = 0) -> Callable[[Any], Report]:
     """`validate(model)` for training: streams VALID in time order from the end-of-epoch training memory
     (scored before observed), restores that memory exactly, and returns the Report."""
 
     def validate(model: Any) -> Report:
-        return evaluate_stream(model, valid, cfg, observe=True, restore=True, name="valid")
+        return evaluate_stream(model, valid, cfg, observe=True, restore=True, name="valid", seed=seed)
 
     return validate
 
@@ -174,7 +174,8 @@ def stream_through(model: Any, stream: EventStream, batch_size: int) -> None:
 
 
 def run_protocol(
-    model: Any, train: EventStream, valid: EventStream, test: EventStream, cfg: StreamEvalConfig | None = None
+    model: Any, train: EventStream, valid: EventStream, test: EventStream, cfg: StreamEvalConfig | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:  # {"valid": Report, "test": Report, "train_stream_seconds": float}
     """The chronological protocol: reset, observe train, evaluate valid (then observe it), evaluate test."""
     cfg = cfg or StreamEvalConfig()
@@ -182,8 +183,8 @@ def run_protocol(
     t0 = time.perf_counter()
     stream_through(model, train, cfg.batch_size)
     warm_s = time.perf_counter() - t0
-    rep_valid = evaluate_stream(model, valid, cfg, observe=True, name="valid")
-    rep_test = evaluate_stream(model, test, cfg, observe=True, name="test")
+    rep_valid = evaluate_stream(model, valid, cfg, observe=True, name="valid", seed=seed)
+    rep_test = evaluate_stream(model, test, cfg, observe=True, name="test", seed=seed)
     return {"valid": rep_valid, "test": rep_test, "train_stream_seconds": warm_s}
 
 

@@ -11,7 +11,9 @@ never probe a model with `hasattr`:
 - `history_length`: how many of the user's most recent items it reads (training windows, evaluation and
   serving cut histories to this; 0 = it reads no history window);
 - `content_modalities(cfg)`: which FeatureStore modalities ("text", "image") a configuration reads, so
-  models that need none are built without encoding anything.
+  models that need none are built without encoding anything;
+- `loss_terms(batch)`: how many terms `loss(batch)` averages over, so data-parallel training can weight
+  each rank's loss and step on the mean over the whole global batch.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class Recommender(nn.Module):
     def loss(self, batch: Any) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is not trained by gradient steps ({self.training_kind.value})")
 
+    def loss_terms(self, batch: Any) -> int:
+        """Number of terms `loss(batch)` averages over; default: one per row (pairs, events)."""
+        return len(batch)
+
     def training_source(self, split: Any) -> Any:
         """PAIRS models: the (user, positive, negatives) source over `split.train`. Others refuse."""
         raise TypeError(f"{type(self).__name__} is trained from {self.training_kind.value}, not pairs")
@@ -143,6 +149,13 @@ class SequentialRecommender(Recommender):
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d]
         raise NotImplementedError
+
+    def loss_terms(self, batch: Any) -> int:
+        """A SeqBatch: one term per non-PAD target (every next-item target of [B, L] training windows);
+        other batches (pairs): one per row."""
+        if isinstance(batch, SeqBatch):
+            return int((batch.targets > 0).sum())
+        return len(batch)
 
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
         raise NotImplementedError

@@ -9,7 +9,8 @@ step (gradients of the first k-1 stay local under DDP's `no_sync`), so one step 
 single process sees with batch_size * k.
 
 Gradients: each rank's mean loss is scaled by w_r * W / sum(w) before backward, where w_r is the
-number of loss terms in its rows (next-item targets for [B, L] SeqBatch targets, else rows). DDP averages over the W ranks, so the step's gradient is the
+number of terms its loss averages over, as the model declares (`loss_terms`: next-item targets of
+training windows, rows of pairs). DDP averages over the W ranks, so the step's gradient is the
 gradient of the mean over all terms of the global batch -- what single-process training computes --
 even when ranks hold different numbers of targets. Reported losses are all-reduced the same way.
 
@@ -43,7 +44,6 @@ from modalrec.evaluation.report import Report
 from modalrec.parallel import all_reduce, broadcast_json, is_distributed, rank_and_world
 from modalrec.seeding import derive_seed
 from modalrec.training.loop import StepStrategy
-from modalrec.types import SeqBatch
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DistributedTraining(StepStrategy):
         every loss term of the global batch; returns that global step loss (all-reduced)."""
         net, amp, scaler = self._net, t.amp_dtype, t.scaler
         group = [b.to(t.device) for b in group]
-        weights = [loss_weight(b) for b in group]
+        weights = [float(t.model.loss_terms(b)) for b in group]
         (w_total,) = all_reduce([sum(weights)])
         local, bad = 0.0, 0.0
         for i, (batch, w) in enumerate(zip(group, weights)):
@@ -169,13 +169,6 @@ class LossModule(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.model.loss(batch)
-
-
-def loss_weight(batch: Any) -> float:
-    """Number of terms a model's (mean) loss averages over in `batch`."""
-    if isinstance(batch, SeqBatch) and batch.targets.dim() == 2:
-        return float((batch.targets > 0).sum())  # next-item targets of [B, L] training windows
-    return float(_rows(batch))
 
 
 class ShardedSource:

@@ -14,10 +14,11 @@ def fit_tgn(model: Any, train: EventStream, valid: EventStream, cfg: TrainConfig
     """Train with the shared trainer (`training.loop.fit`): it calls `reset_state()` at every epoch start and
     `loss(batch)` per chronological batch (the model observes each batch right after its loss), selects
     on VALID with early stopping / ReduceLROnPlateau (`cfg.scheduler="plateau"`) and restores the best
-    weights. Memory is not part of the weights; rebuild it with `run_protocol` before testing."""
+    weights. VALID negatives are drawn from `cfg.seed`, the seed of the whole run. Memory is not part of the
+    weights; rebuild it with `run_protocol(..., seed=cfg.seed)` before testing."""
     if not model.cfg.observe_in_loss:
         raise ValueError("fit_tgn needs TGNConfig.observe_in_loss=True (the shared loop never calls observe)")
     cfg = cfg or TrainConfig(scheduler="plateau", monitor="mrr", progress=False)
-    return fit(model, train.with_negatives(model.cfg.n_negatives), cfg, stream_validator(valid, eval_cfg))
+    return fit(model, train.with_negatives(model.cfg.n_negatives), cfg, stream_validator(valid, eval_cfg, cfg.seed))
 
 

@@ -83,7 +83,6 @@ class PretrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     device: str = "cpu"
-    seed: int = 0
     log_every: int = 20
 
 
@@ -119,7 +118,7 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
         raise ValueError("pretraining corpus has no sequence with two or more items")
     train_cfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                            device=cfg.device, seed=cfg.seed, progress=False)
+                            device=cfg.device, seed=model.seed, progress=False)
     model.pretrain_parts = []
     hist = Trainer(model, source, train_cfg).fit()
     parts, steps = model.pretrain_parts, hist.steps
@@ -182,7 +181,6 @@ class FinetuneConfig:
     max_steps_per_epoch: int | None = None
     monitor: str = "ndcg@10"
     device: str = "cpu"
-    seed: int = 0
     checkpoint_dir: str | None = None
 
 
@@ -230,7 +228,7 @@ def finetune(
         train_cfg = TrainConfig(
             epochs=epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
             lr=cfg.lr if stage == 1 or cfg.stage2_lr is None else cfg.stage2_lr, patience=cfg.patience or 0,
-            monitor=cfg.monitor, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=cfg.seed, device=cfg.device,
+            monitor=cfg.monitor, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=model.seed, device=cfg.device,
             progress=False, validate_first=False,  # selection runs across both stages over trained epochs
             checkpoint_dir=None if cfg.checkpoint_dir is None else
             str(Path(cfg.checkpoint_dir) / "train_state" / f"stage{stage}"))

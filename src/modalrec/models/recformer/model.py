@@ -172,13 +172,14 @@ class RecformerModel(SequentialRecommender):
         return frozenset()  # reads item text itself (ModelContext.item_table), not the FeatureStore
 
     def __init__(self, cfg: RecformerConfig, items: ItemTokens | None = None, seed: int = 0):
-        """`seed`: the initial weights and the first MLM masks (the experiment's, via `build`)."""
+        """`seed` (the experiment's, via `build`): the initial weights, the MLM masks and the order in which
+        `training.recformer.pretrain` / `finetune` visit examples."""
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ConfigError("RecformerConfig.vocab_size is unset; build with RecformerModel.create(cfg, tokenizer)")
         if cfg.max_item_tokens + 1 > cfg.max_tokens:
             raise ConfigError(f"max_tokens ({cfg.max_tokens}) must exceed max_item_tokens ({cfg.max_item_tokens})")
-        self.cfg = cfg
+        self.cfg, self.seed = cfg, int(seed)
         h, *_, win = cfg.dims()
         self.pad_multiple = win if cfg.backbone == "longformer" else 8
         # HF init draws from the global RNG: fork it so building a model never shifts anything else

@@ -45,6 +45,9 @@ class BERT4RecConfig:
 
 
 class BERT4Rec(SequentialRecommender):
+    """Bidirectional masked-item model. `loss` averages over the positions it masks, drawn inside the call,
+    so the inherited `loss_terms` (next-item targets of the window) is a weight proportional in expectation."""
+
     def __init__(self, cfg: BERT4RecConfig, ctx: ModelContext, tower: ItemTower | None = None) -> None:
         super().__init__()
         _check(cfg)
