@@ -34,6 +34,8 @@ RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 TOWERS = ("id", "content", "hybrid")
 AGES = {"": "none", "_age": "bias", "_trend": "bias+trend"}  # name suffix -> model.params.age
 SASRECS = tuple(f"sasrec_{t}{suffix}" for t in TOWERS for suffix in AGES)
+OPTIONS = ("content", "loss", "catalogue", "scale", "id_dropout", "age_start", "personal", "monitor", "epochs", "patience",
+           "max_len", "batch_size")
 log = logging.getLogger("age_ml100k")
 
 
@@ -52,7 +54,8 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
                         "options": {**content, "content": args.content, "id_dropout": args.id_dropout}}}[kind]
     return {"name": "sasrec", "params": {
         "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": args.loss,
-        "loss_catalogue": args.catalogue, "age": AGES["_" + suffix if suffix else ""],
+        "loss_catalogue": args.catalogue, "age": AGES["_" + suffix if suffix else ""], "age_start": args.age_start,
+        "age_personal": args.personal and bool(suffix),
         **({"n_negatives": 256, "negatives": "popularity"} if args.loss == "sampled" else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
@@ -85,6 +88,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if hist is not None:  # the monitored VALID metric per epoch, epoch 0 = untrained
         curve = [None if v is None else v.get(args.monitor) for v in [hist.initial_valid, *hist.valid]]
     return {"model": model, "seed": seed, "config": res.manifest["config"]["model"],
+            "options": {k: getattr(args, k) for k in OPTIONS},
             "valid": groups_of(res.valid), "test": groups_of(res.test),
             "epochs_run": hist.epochs if hist is not None else 0,
             "best_epoch": hist.best_epoch if hist is not None else None,
@@ -100,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--content", default="text", choices=("text", "text+image"))
     p.add_argument("--loss", default="ce", choices=("ce", "sampled"))
     p.add_argument("--catalogue", default="all", choices=("train", "all"), help="model.params.loss_catalogue")
+    p.add_argument("--age-start", default="rates", choices=("rates", "zero"),
+                   help="model.params.age_start: the prior starts at the training log's log event rates, or at 0")
+    p.add_argument("--personal", action="store_true",
+                   help="model.params.age_personal: per-user freshness (a vector per age cell dotted with the state)")
+    p.add_argument("--variant", default="", help="stored as 'MODEL (VARIANT)': runs of one model with other options")
     p.add_argument("--scale", type=float, default=1.0, help="initial length of content item vectors (learned)")
     p.add_argument("--id-dropout", type=float, default=0.3, help="hybrid tower: ID dropout in training")
     p.add_argument("--monitor", default="ndcg@10", help="VALID metric that selects the epoch (GROUP/metric too)")
@@ -128,10 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = previous.get("results", [])
     done = {(r["model"], r["seed"]) for r in results}
     for model in args.models:
+        name = f"{model} ({args.variant})" if args.variant else model
         for seed in args.seeds if model in SASRECS else args.seeds[:1]:
-            if (model, seed) not in done:
-                log.info("%s / seed %d", model, seed)
-                results.append(run_one(model, seed, args))
+            if (name, seed) not in done:
+                log.info("%s / seed %d", name, seed)
+                results.append({**run_one(model, seed, args), "model": name})
                 out = summary(results, args)
                 if args.out:
                     emit_json(out, args.out)
@@ -154,8 +164,7 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
                 "strictly before the query", "ranking": "full ranking, pessimistic ties",
         "candidates": EXCLUDE_SEEN_RULE, "groups": GROUP_DEFINITIONS,
         "selection": f"best VALID {args.monitor} epoch (epoch 0 = untrained included), TEST once",
-        "options": {k: getattr(args, k) for k in ("content", "loss", "catalogue", "scale", "id_dropout", "epochs",
-                                                  "patience", "max_len", "batch_size")}},
+        "options": "per run: results[].options"},
         "ndcg@10_mean": means, "results": results}
 
 

@@ -39,7 +39,11 @@ from _output import emit_json
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
-SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid")
+SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age")
+UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
+# The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
+# content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
+AGE = {"loss": "ce", "loss_catalogue": "all", "age": "bias+trend", "age_start": "rates", "age_personal": True}
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -89,13 +93,17 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
+    base = model.removesuffix(UNTRAINED)
+    aged = base.endswith("_age")
+    scale = {"learn_scale": True, "scale": 1.0} if aged else {}
     tower = {"sasrec_id": {"kind": "id"},
-             "sasrec_content": {"kind": ds["content"], "fusion": "film"},
-             "sasrec_hybrid": {"kind": "hybrid", "options": {"content": ds["content"], "id_dropout": 0.2}}}[model]
-    loss = ds["loss"]
+             "sasrec_content": {"kind": ds["content"], "fusion": "film", "options": scale},
+             "sasrec_hybrid": {"kind": "hybrid", **({"fusion": "film"} if aged else {}), "options": {
+                 "content": ds["content"], "id_dropout": 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
+    loss = AGE["loss"] if aged else ds["loss"]
     return {"name": "sasrec", "params": {
         "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
-        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}),
+        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE if aged else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
 
@@ -108,7 +116,8 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "name": f"{name}-{model}-s{seed}", "seed": seed, "data": ds["data"], "split": ds["split"],
         "features": {**ds["features"], "cache_dir": args.cache_dir, "device": args.device},
         "model": model_spec(model, ds, args),
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "patience": args.patience,
+        "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
+                  "lr": 1e-3, "patience": args.patience,
                   "device": args.device, "progress": False},
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
@@ -131,7 +140,8 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> dict[
         "valid": groups_of(res.valid), "test": groups_of(res.test),
         "epochs_run": getattr(hist, "epochs", 0) if hist is not None else 0,
         "best_epoch": getattr(hist, "best_epoch", None) if hist is not None else None,
-        "epoch_cap": args.epochs if model in SASRECS else None,
+        "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS
+        else None,
         "seconds": round(time.perf_counter() - t0, 1),
         "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
                                                              "duplicate_events_removed", "items_with_launch_time")},
@@ -185,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     models = [m for spec in args.models for m in (RULES if spec == "rules" else SASRECS if spec == "sasrec" else [spec])]
-    unknown = sorted(set(models) - {*RULES, *SASRECS}) + sorted(set(args.datasets) - set(datasets(args.data_root)))
+    known = {*RULES, *SASRECS, *(m + UNTRAINED for m in SASRECS)}
+    unknown = sorted(set(models) - known) + sorted(set(args.datasets) - set(datasets(args.data_root)))
     if unknown:
         raise SystemExit(f"unknown model / dataset: {unknown}")
     previous = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
@@ -193,10 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = {(r["dataset"], r["model"], r["seed"]) for r in results}
     for name in args.datasets:
         for model in models:
-            for seed in args.seeds if model in SASRECS or "cold10" in name else args.seeds[:1]:
+            for seed in args.seeds if model.removesuffix(UNTRAINED) in SASRECS or "cold10" in name else args.seeds[:1]:
                 if (name, model, seed) in done:
                     continue
-                if model == "newest_first" and datasets(args.data_root)[name].get("clock", True) is False:
+                if ((model == "newest_first" or "_age" in model)
+                        and datasets(args.data_root)[name].get("clock", True) is False):
                     continue  # order-only log, no metadata dates: no launch time to rank by
                 log.info("%s / %s / seed %d", name, model, seed)
                 try:
@@ -219,7 +231,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,
         "selection": "best VALID NDCG@10 epoch (SASRec), TEST once", "groups": GROUP_DEFINITIONS,
         "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
-        "results": results}
+        "checks": {n: checks(results, n) for n in names}, "results": results}
     if args.out:
         _write_json(out, args.out)
     if args.table:
@@ -228,6 +240,54 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
             parts.append(f"### {n}: {protocols[n]}\n\nTEST NDCG@10 by group (mean over the seeds listed)\n\n"
                          f"{table(results, n)}\n\nVALID NDCG@10 by group\n\n{table(results, n, 'valid')}\n")
         args.table.write_text("\n".join(parts))
+    return out
+
+
+def _stats(results: list[dict[str, Any]], name: str, part: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """model -> group -> (mean, sd over seeds, seeds) of NDCG@10."""
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for model in dict.fromkeys(r["model"] for r in results if r["dataset"] == name and "error" not in r):
+        runs = [r for r in results if r["dataset"] == name and r["model"] == model and "error" not in r]
+        for g in GROUPS:
+            vals = [r[part][g]["ndcg@10"] for r in runs if g in r[part] and r[part][g]["ndcg@10"] is not None]
+            if vals:
+                mean = sum(vals) / len(vals)
+                sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+                out.setdefault(model, {})[g] = (mean, sd, len(vals))
+    return out
+
+
+def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Per group, on VALID and TEST (NDCG@10, means over seeds):
+    - `content_vs_untrained_and_knn`: each trained content model >= its own untrained self (MODEL@0) and >=
+      content-kNN;
+    - `hybrid_vs_best`: each hybrid model >= the best of the ID, content and rule models, within seed noise
+      (the two models' seed standard deviations added; 0 with one seed)."""
+    out: dict[str, Any] = {}
+    for part in ("valid", "test"):
+        st = _stats(results, name, part)
+        content = {}
+        for m in (m for m in st if "content" in m and not m.endswith(UNTRAINED) and m + UNTRAINED in st):
+            rows = {}
+            for g, (mean, _, seeds) in st[m].items():
+                refs = {r: st[r][g][0] for r in (m + UNTRAINED, "content_knn") if g in st.get(r, {})}
+                rows[g] = {"trained": round(mean, 5), "seeds": seeds, **{k: round(v, 5) for k, v in refs.items()},
+                           "holds": all(mean >= v for v in refs.values())}
+            content[m] = {"holds": all(r["holds"] for r in rows.values()), "groups": rows}
+        hybrid = {}
+        others = [m for m in st if "hybrid" not in m and not m.endswith(UNTRAINED)]
+        for h in (m for m in st if "hybrid" in m and not m.endswith(UNTRAINED)):
+            rows = {}
+            for g, (mean, sd, seeds) in st[h].items():
+                rivals = [(st[o][g][0], st[o][g][1], o) for o in others if g in st[o]]
+                if not rivals:
+                    continue
+                best, best_sd, who = max(rivals)
+                rows[g] = {"hybrid": round(mean, 5), "hybrid_sd": round(sd, 5), "seeds": seeds, "best_other": who,
+                           "best": round(best, 5), "best_sd": round(best_sd, 5),
+                           "holds": mean >= best - (sd + best_sd)}
+            hybrid[h] = {"holds": all(r["holds"] for r in rows.values()), "groups": rows}
+        out[part] = {"content_vs_untrained_and_knn": content, "hybrid_vs_best": hybrid}
     return out
 
 

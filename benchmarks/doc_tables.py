@@ -104,8 +104,10 @@ def age_ml100k(results: Path) -> str:
         name, params = run["config"]["name"], run["config"]["params"]
         if name != "sasrec":
             return name + (" (launch tie-break)" if params.get("launch_tie_break") else "")
-        return (f"SASRec {params['tower']['kind']}, age {params['age']}, `loss_catalogue={params['loss_catalogue']}`,"
-                f" cap {run['options']['epochs']}")
+        start = params.get("age_start", "rates")
+        personal = ", per-user age vectors" if params.get("age_personal") else ""
+        return (f"SASRec {params['tower']['kind']}, age {params['age']} from {start}{personal}, "
+                f"`loss_catalogue={params['loss_catalogue']}`, cap {run['options']['epochs']}")
 
     groups = ("overall", "warm", "cold_item")
     rows = [[label(r), r["best_epoch"] if r["best_epoch"] is not None else "—",
@@ -183,6 +185,49 @@ def tgn_ml100k(results: Path) -> str:
                      _f(o["ndcg@10"]), _f(o["mrr"]), _f(tr["ndcg@10"]), _f(ind["ndcg@10"])])
     return _table(["model", "AP (random neg.)", "AUC (random neg.)", "AP (historical neg.)", "NDCG@10 overall",
                    "MRR overall", "NDCG@10 transductive", "NDCG@10 inductive"], rows)
+
+
+def tgn_softmax(results: Path) -> str:
+    """MM-TGN trained with the sampled softmax, content vs random item features, next to ID SASRec and Pop on
+    the same TEST events: ML-100K (real clock) and Amazon Scientific (relative clock)."""
+    rows = []
+    for label, name in (("ML-100K", "tgn_ml100k_softmax_cpu.json"), ("Amazon Scientific", "tgn_amazon_scientific_cpu.json")):
+        if not (results / name).exists():
+            continue
+        data = _load(results, name)
+        for key, t in data["table"].items():
+            run = data["tgn"].get(key.removeprefix("MM-TGN "), {})
+            coarse = {bs: r["overall"]["ndcg@10"] for bs, r in run.get("test_by_eval_batch_size", {}).items()}
+            o, tr, ind = t["overall"], t["transductive"], t["inductive"]
+            rows.append([label, key + (" (chosen on VALID)" if key == f"MM-TGN {data.get('selection', {}).get('chosen')}"
+                                       else ""),
+                         _f(run["valid"]["overall"]["ndcg@10"] if run else None), _f(o.get("ap_random"), 3), _f(o["ndcg@10"]),
+                         _f(tr["ndcg@10"]), _f(ind["ndcg@10"]),
+                         " / ".join(f"{_f(v)} (batch {bs})" for bs, v in coarse.items())])
+    return _table(["data", "model", "VALID NDCG@10", "AP (random neg.)", "NDCG@10 overall", "NDCG@10 transductive",
+                   "NDCG@10 inductive", "same weights, other eval batch"], rows, "ll")
+
+
+def tgn_ablation(results: Path) -> str:
+    """MM-TGN on Amazon Scientific with one part of the design changed at a time (content/mlp is the full design)."""
+    full = _load(results, "tgn_amazon_scientific_cpu.json")
+    rows = []
+
+    def row(label: str, run: dict[str, Any]) -> None:
+        t = run["test"]
+        rows.append([label, _f(run["valid"]["overall"]["ndcg@10"]), _f(t["overall"]["ndcg@10"]),
+                     _f(t["transductive"]["ndcg@10"]), _f(t["inductive"]["ndcg@10"]), _f(t["overall"]["ap_random"], 3)])
+
+    for key, run in full["tgn"].items():
+        row({"content/mlp": "full design (sampled softmax, content memory init, MLP fusion)",
+             "random": "random item features instead of content"}.get(key, f"fusion {key.split('/')[-1]}"), run)
+    for name, label in (("bpr", "BPR with 4 negatives per event instead of the sampled softmax"),
+                        ("zero_init", "new item memory starts at zero instead of from content")):
+        path = results / f"tgn_amazon_scientific_{name}_cpu.json"
+        if path.exists():
+            row(label, _load(results, path.name)["tgn"]["content/mlp"])
+    return _table(["MM-TGN variant", "VALID NDCG@10", "TEST NDCG@10", "transductive", "inductive (new items)",
+                   "AP (random neg.)"], rows)
 
 
 def recbole_side_by_side(results: Path) -> str:
@@ -353,6 +398,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "age_ml100k": age_ml100k,
     "baselines_ml100k": baselines_ml100k,
     "tgn_ml100k": tgn_ml100k,
+    "tgn_softmax": tgn_softmax,
+    "tgn_ablation": tgn_ablation,
     "recformer_transfer": recformer_transfer,
     "recbole_side_by_side": recbole_side_by_side,
     "recbole_seeds": recbole_seeds,

@@ -119,6 +119,7 @@ def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: 
         train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
         seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
         item_activity=ItemActivity.for_split(split) if ds.summary.get("time", "unix_seconds") == "unix_seconds" else None,
+        train_targets=split.train.targets(),
     )
 
 

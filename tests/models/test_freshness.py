@@ -160,3 +160,56 @@ def test_recent_activity_counts_whole_days_before_the_query_only() -> None:
     prior = FreshnessPrior(launch, activity=ItemActivity.from_log(2, np.array([1, 1]), np.array([day0, day0 + 1])))
     assert prior.bias.shape == (13, 6)
     assert prior.trend(torch.tensor([1, 2]), torch.tensor([day0 + DAY])).tolist() == [2, 0]  # 2 events -> "2-3"
+
+
+def test_the_prior_starts_at_the_training_logs_log_event_rates() -> None:
+    # edges (1, 7) days -> cells 0 unknown, 1 (< 1 day), 2 (1-7 days), 3 (older); releases on days 0, 10, 100
+    launch = _launch([0, 10 * DAY, 100 * DAY], [None, None, None])
+    events = (np.array([2, 2, 1]), np.array([10 * DAY + DAY // 2, 12 * DAY, 20 * DAY]))
+    prior = FreshnessPrior(launch, edges_days=(1, 7), start_from=(*events, np.array([1, 2, 3])))
+    # hits per cell: [0, 1, 1, 1]; expected (catalogue share at each event's time, summed): item 3 is unknown
+    # at all three events, item 1 old at all three, item 2 < 1 day, then 1-7 days, then old
+    expected = torch.tensor([3 / 3, 1 / 3, 1 / 3, 4 / 3])
+    want = torch.log((torch.tensor([0.0, 1, 1, 1]) + 1) / (expected + 1))
+    torch.testing.assert_close(prior.start[:, 0], want)
+    prior.init_weights()
+    torch.testing.assert_close(prior.bias.detach(), prior.start)
+    assert not FreshnessPrior(launch, edges_days=(1, 7)).start.any()  # no log: no effect
+
+
+def test_started_at_log_rates_the_untrained_model_already_ranks_new_items() -> None:
+    inter, release = _fresh_log()
+    split = global_temporal(inter, (0.7, 0.15, 0.15))
+    ctx = _context(inter, release, split)
+    ctx.train_targets = split.train.targets()
+    cold = np.flatnonzero(split.test.cold_item)
+
+    def untrained_hits(start: str) -> float:
+        model = SASRec(SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, loss="ce",
+                                    loss_catalogue="all", age="bias", age_start=start), ctx)
+        model.eval()
+        with torch.no_grad():
+            batch = eval_batch(split.test, cold, 8)
+            scores = model.score(batch)
+        rank = (scores[:, 1:] > scores.gather(1, batch.targets[:, None])).sum(1)
+        return float((rank < 3).float().mean())
+
+    rates, zero = untrained_hits("rates"), untrained_hits("zero")
+    assert rates > 0.9 and rates > zero + 0.5, (rates, zero)
+
+
+def test_personal_age_vectors_add_the_user_state_dot_the_items_cell_vector() -> None:
+    q = 1000 * DAY
+    launch = _launch([q - DAY // 2, q - 10 * DAY, q + DAY], [None, None, None])  # cells 1, 3, 0 at q
+    prior = FreshnessPrior(launch, edges_days=(1, 7, 30), dim=2)
+    with torch.no_grad():
+        prior.bias.copy_(torch.tensor([[-1.0], [2.0], [0.5], [0.25], [0.0]]))
+        prior.vectors.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [3.0, -1.0], [0.0, 0.0]]))
+    state = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # two users querying at q and q
+    items = torch.tensor([1, 2, 3])
+    want = torch.tensor([[2.0 + 1.0, 0.25 + 3.0, -1.0 + 0.0], [2.0 + 0.0, 0.25 - 2.0, -1.0 + 2.0]])
+    torch.testing.assert_close(prior(items, torch.tensor([[q], [q]]), state), want)  # [B, C]
+    torch.testing.assert_close(prior(items[:2], torch.tensor([q, q]), state), want[[0, 1], [0, 1]])  # one per row
+    torch.testing.assert_close(prior(items, torch.tensor([q])), torch.tensor([2.0, 0.25, -1.0]))  # no state: bias
+    prior(items, torch.tensor([[q], [q]]), state).sum().backward()
+    assert prior.vectors.grad is not None and prior.vectors.grad.abs().sum() > 0

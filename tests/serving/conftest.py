@@ -36,12 +36,14 @@ def tiny_config(out: Path, name: str, tower: str, epochs: int = 4) -> dict[str, 
     }
 
 
-def _train(out: Path, name: str, tower: str, epochs: int) -> Any:
+def _train(out: Path, name: str, tower: str, epochs: int, **params: Any) -> Any:
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
     from modalrec.pipeline import run_experiment
 
-    return run_experiment(from_dict(ExperimentConfig, tiny_config(out, name, tower, epochs)))
+    cfg = tiny_config(out, name, tower, epochs)
+    cfg["model"]["params"].update(params)
+    return run_experiment(from_dict(ExperimentConfig, cfg))
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,12 @@ def id_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run = _train(tmp_path_factory.mktemp("runs_id"), "idmodel", "id", epochs=1)
     return export_artifact(run, tmp_path_factory.mktemp("artifacts") / "id")
+
+
+@pytest.fixture(scope="session")
+def age_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A content SASRec with a freshness prior (model.params.age = "bias"), exported."""
+    from modalrec.serving.artifact import export_artifact
+
+    run = _train(tmp_path_factory.mktemp("runs_age"), "agemodel", "text+image", epochs=1, age="bias")
+    return export_artifact(run, tmp_path_factory.mktemp("artifacts") / "age")

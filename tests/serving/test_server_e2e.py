@@ -65,6 +65,41 @@ def test_new_item_over_http_is_recommended(server: Any) -> None:
     assert c.get("/health").json()["items"] == 122
 
 
+def test_an_item_added_over_http_is_scored_with_its_add_time(age_artifact: Path, tmp_path: Path,
+                                                            image_root: Path) -> None:
+    import shutil
+    import time
+
+    import torch
+
+    from modalrec.models.freshness import FreshnessPrior
+
+    shutil.copytree(age_artifact, tmp_path / "a")
+    rec = Recommender.load(tmp_path / "a")
+    prior = rec.model.prior
+    assert isinstance(prior, FreshnessPrior)
+    with torch.no_grad():  # a prior that only freshness can satisfy: < 1 day old +50, launch unknown -50
+        prior.bias.zero_()
+        prior.bias[1] = 50.0
+        prior.bias[0] = -50.0
+    app = create_app(rec, api_key=KEY, image_root=image_root, max_history=20, max_k=200, max_new_items=50,
+                     max_body_bytes=64_000)
+    with RunningServer(app, host="127.0.0.1", port=0) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        history = ["item00001", "item00002", "item00003"]
+        before = c.post("/recommend", json={"history": history, "k": 200}).json()["items"]
+        fields = c.get("/items/item00004").json()["fields"]
+        t0 = time.time()
+        r = c.post("/items", json={"items": [{"id": "fresh", "fields": fields}]}, headers=WRITE)
+        assert r.status_code == 201, r.text
+        added_at = c.get("/items/fresh").json()["added_at"]
+        assert t0 - 1 <= added_at <= time.time() + 1
+        after = c.post("/recommend", json={"history": history, "k": 200}).json()["items"]
+    assert after[0]["item_id"] == "fresh"  # launched now, so < 1 day old at the request
+    old = {it["item_id"]: it["score"] for it in before}
+    assert all(abs(it["score"] - old[it["item_id"]]) < 1e-3 for it in after[1:])  # exported items: old, unchanged
+    assert int(prior.launch.metadata_ts[-1]) == int(added_at)
+
+
 def test_bad_requests_get_4xx_and_server_keeps_serving(server: Any) -> None:
     c = server
     r = c.post("/recommend", json={"history": ["item00001", "ghost-a", "ghost-b"]})

@@ -75,6 +75,11 @@ class Interactions:
         """[n_items + 1] number of events per item index (0 for PAD)."""
         return np.bincount(self.item, minlength=self.n_items + 1).astype(np.int64)
 
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item [T], ts [T]) of the events a next-item model is trained to predict: all but each user's first."""
+        keep = self.position_in_user() > 0
+        return self.item[keep], self.ts[keep]
+
     def position_in_user(self) -> np.ndarray:
         """[E] 0-based position of each event inside its user's sequence."""
         return np.arange(len(self.user), dtype=np.int64) - self.offsets[self.user]

@@ -59,6 +59,7 @@ class ModelContext:
     item_table: Any = None  # data.items.ItemTable, for models that read item text themselves (Recformer)
     item_launch: Any = None  # data.item_age.ItemLaunch: launch time / causal age of every item at a query time
     item_activity: Any = None  # data.item_age.ItemActivity: each item's events in the days before a query time
+    train_targets: Any = None  # (item [E], ts [E]): training events that follow an earlier event of their user
 
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
@@ -213,7 +214,7 @@ class CausalTowerRecommender(SequentialRecommender):
             return scores
         cols = torch.arange(scores.shape[1], device=scores.device) if items is None else items
         q = None if batch.target_ts is None else batch.target_ts.reshape(-1, 1)  # [B, 1]
-        return scores + self.prior(cols, q)
+        return scores + self.prior(cols, q, state)
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         if batch.targets.dim() != 2:

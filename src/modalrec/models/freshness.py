@@ -5,19 +5,29 @@ learned vector to say so. The prior adds `bias[bucket(age)]` to every item's sco
 - the item's launch time as known at the query (data/item_age.py: metadata launch once reached, else the
 first event strictly before the query). It is shared by all users and scores every catalogue item,
 interactions or not. Bucket 0 is "launch unknown at the query time" (not launched yet, or never seen);
-buckets 1.. are ages below each edge in `EDGES_DAYS`, and the last one every older item. All biases start
-at 0, so an untrained prior changes nothing.
+buckets 1.. are ages below each edge in `EDGES_DAYS`, and the last one every older item.
+
+The biases start where the training log puts them (`start_from`): each cell's log ratio of the share of
+training events whose item sits in that cell at the event's time to the share of the loss catalogue that
+sits there -- the logit a model with no other knowledge would give, and what ranking by launch date
+exploits. Started at 0 the prior stays within a few hundredths of it while item-vector dot products
+spread over several units, so freshness never changes a ranking; started at the log rates it does from
+the first step, and training corrects it. Without `start_from` the biases start at 0 (no effect).
 
 With `activity` (data/item_age.ItemActivity) the bias is a table over (age bucket, bucket of the item's
 events in the `trend_days` whole days before the query: 0, 1, 2-3, 4-7, 8-15, 16+): a new item that people
 have started to take is told apart from one nobody took, and from an old item with the same recent count.
 
-The query time is the target event's time in training and evaluation (`SeqBatch.target_ts`) and, without
-one (ad-hoc serving), the latest time the launch table knows.
+The query time is the target event's time in training and evaluation (`SeqBatch.target_ts`), the time of
+the request at serving (serving/recommender.py; items added there launch at their add time), and, without
+one, the latest time the launch table knows.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,11 +37,22 @@ EDGES_DAYS = (1, 3, 7, 14, 30, 60, 120, 240, 365, 730, 1825)
 TREND_EDGES = (1, 2, 4, 8, 16)
 
 
+MAX_CELLS = 50_000_000  # events x catalogue items looked at when fitting the starting biases
+
+
 class FreshnessPrior(nn.Module):
-    """`prior(items, query_ts)` -> bias of each item at each query time (broadcast like ItemLaunch.age_at)."""
+    """`prior(items, query_ts)` -> bias of each item at each query time (broadcast like ItemLaunch.age_at).
+
+    start_from: (event items [E], event times [E], catalogue items [C]) -- the training targets and the items
+    the loss ranks them against -- to start each bias at its log event rate (see the module docstring).
+    dim: also learn a vector per cell, dotted with the user state (`forward(..., state)`): how much an item's
+    age and recent activity matter then depends on the user (some take new releases, some never do). The
+    vectors start at 0.
+    """
 
     def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...] = EDGES_DAYS,
-                 activity: ItemActivity | None = None, trend_days: int = 7) -> None:
+                 activity: ItemActivity | None = None, trend_days: int = 7,
+                 start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None) -> None:
         super().__init__()
         self.launch, self.activity, self.trend_days = launch, activity, int(trend_days)
         self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
@@ -41,6 +62,14 @@ class FreshnessPrior(nn.Module):
         known = torch.cat([launch.metadata_ts, launch.first_event_ts])
         known = known[known != NEVER]
         self.reference_ts = int(known.max()) if known.numel() else 0
+        start = torch.zeros_like(self.bias) if start_from is None else self.log_rates(*start_from)
+        self.register_buffer("start", start, persistent=False)
+        self.vectors = nn.Parameter(torch.zeros(self.bias.numel(), dim)) if dim else None  # [cells, d]
+
+    def append_items(self, launch_ts: list[int]) -> None:
+        """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
+        self.launch = self.launch.extended(launch_ts)
+        self.reference_ts = max([self.reference_ts, *launch_ts])
 
     def buckets(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
         """Bucket index of `items` at `query_ts` (broadcast; None = the reference time)."""
@@ -56,9 +85,47 @@ class FreshnessPrior(nn.Module):
         n = self.activity.recent(items, q.to(torch.int64), self.trend_days)
         return torch.bucketize(n, self.trend_edges, right=True)
 
-    def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
-        return self.bias[self.buckets(items, query_ts), self.trend(items, query_ts)]
+    def cells(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
+        """Flat index into `bias` of `items` at `query_ts` (broadcast)."""
+        return self.buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts)
+
+    def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None,
+                state: torch.Tensor | None = None) -> torch.Tensor:
+        """Bias of `items` at `query_ts` (broadcast), plus, with per-cell vectors and `state` [B, d] (row b the
+        user whose query is row b of the result), state . vector of the item's cell."""
+        cells = self.cells(items, query_ts)
+        out = self.bias.flatten()[cells]
+        if self.vectors is None or state is None:
+            return out
+        per = state @ self.vectors.T  # [B, cells]
+        if cells.dim() == 1 and query_ts is not None and query_ts.dim() == 1:  # one item per row: [B]
+            return out + per.gather(1, cells[:, None])[:, 0]
+        return out + per.gather(1, cells.expand(len(state), -1))  # [B, C]
+
+    @torch.no_grad()
+    def log_rates(self, event_items: Any, event_ts: Any, catalogue: Any, chunk: int = 1024) -> torch.Tensor:
+        """log((events in cell + 1) / (expected events in cell + 1)) per bias cell, where an event's expected
+        count in a cell is the share of `catalogue` in that cell at the event's time. Evenly spaced events
+        stand in for all of them when events x catalogue exceeds MAX_CELLS."""
+        items = torch.as_tensor(np.asarray(event_items), dtype=torch.int64)
+        ts = torch.as_tensor(np.asarray(event_ts), dtype=torch.int64)
+        cat = torch.as_tensor(np.asarray(catalogue), dtype=torch.int64)
+        n_cells = self.bias.numel()
+        if len(items) == 0 or len(cat) == 0:
+            return torch.zeros_like(self.bias)
+        keep = max(1, MAX_CELLS // len(cat))
+        if len(items) > keep:
+            pick = torch.linspace(0, len(items) - 1, keep).round().long()
+            items, ts = items[pick], ts[pick]
+        hits = torch.bincount(self.cells(items, ts), minlength=n_cells).double()
+        expected = torch.zeros(n_cells, dtype=torch.float64)
+        for i in range(0, len(ts), chunk):
+            c = self.cells(cat[None, :], ts[i : i + chunk, None])  # [chunk, C]
+            expected += torch.bincount(c.flatten(), minlength=n_cells).double() / len(cat)
+        return torch.log((hits + 1.0) / (expected + 1.0)).float().view_as(self.bias)
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():
-            self.bias.zero_()
+            self.bias.copy_(self.start)
+            if self.vectors is not None:
+                self.vectors.zero_()

@@ -274,7 +274,7 @@ class NextItemLoss(nn.Module):
     catalogue: "train" scores targets against items with training events only; "all" against every item
     (softmax classes and negatives), so items launched after training are pushed down where they do not
     fit -- and a freshness prior learns what "not launched yet" means.
-    `forward(..., prior, query_ts)` adds `prior(items, query_ts)` (models/freshness.py) to every logit.
+    `forward(..., prior, query_ts)` adds `prior(items, query_ts, states)` (models/freshness.py) to every logit.
     """
 
     def __init__(
@@ -339,7 +339,7 @@ class NextItemLoss(nn.Module):
         def bias(items: torch.Tensor) -> torch.Tensor | float:  # items [M] -> [M], [K] or [M, K] -> [M, K]
             if prior is None:
                 return 0.0
-            return prior(items, q[:, 0]) if items.shape == t.shape else prior(items, q)
+            return prior(items, q[:, 0], h) if items.shape == t.shape else prior(items, q, h)
 
         if self.kind == "ce":
             cls = self.class_of[t]  # [M]

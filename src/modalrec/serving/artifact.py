@@ -60,6 +60,7 @@ class Artifact:
     user_vocab: Vocabulary
     user_offsets: np.ndarray  # [n_users + 2] int64 CSR offsets by user index
     user_items: np.ndarray  # [E] int64 item indices, chronological per user
+    user_ts: np.ndarray | None  # [E] int64 event times (None: exported before times were kept)
     train_item_counts: np.ndarray  # [n_train_items + 1] int64
     store: Any = None  # FeatureStore | None
     _encoders: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -216,7 +217,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         from safetensors.numpy import save_file
 
         save_file({"offsets": inter.offsets.astype(np.int64), "items": inter.item.astype(np.int64),
-                   "train_item_counts": split.train.item_counts().astype(np.int64)},
+                   "ts": inter.ts.astype(np.int64), "train_item_counts": split.train.item_counts().astype(np.int64)},
                   str(tmp / "users.safetensors"))
         store_info = _export_features(ds, features, tmp / "features")
         meta = {
@@ -224,6 +225,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "source_run": str(run_dir.resolve()),
             "model": {"name": cfg.model.name, "params": cfg.model.params},
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
+            "clock": ds.summary.get("time", "unix_seconds"),
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
             "user_vocab_hash": ds.user_vocab.hash, "dataset_hash": ds.content_hash(),
             "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
@@ -367,8 +369,9 @@ def load_artifact(directory: str | Path) -> Artifact:
         store = FeatureStore.open(d / "features", vocab)  # MismatchError names the store and both hashes
     elif meta["features"].get("store"):
         raise MismatchError(f"{d}: artifact.json records a FeatureStore but features/ is missing")
+    user_ts = arrays["ts"].astype(np.int64) if "ts" in arrays else None
     return Artifact(d, meta, vocab, items, user_vocab, offsets.astype(np.int64), user_items.astype(np.int64),
-                    arrays["train_item_counts"].astype(np.int64), store)
+                    user_ts, arrays["train_item_counts"].astype(np.int64), store)
 
 
 def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:
@@ -377,6 +380,19 @@ def _read_items(path: Path, vocab: Vocabulary) -> ItemTable:
         raise MismatchError(f"{path} belongs to item vocabulary {payload.get('vocab_hash')}, vocab.json is {vocab.hash}")
     return ItemTable(vocab, payload["fields"], payload["image_paths"], payload.get("image_root"),
                      payload.get("launch_ts") or [])
+
+
+def item_clock(art: Artifact) -> dict[str, Any]:
+    """ModelContext's item_launch / item_activity from the exported log: what a model with a freshness prior
+    reads at serving (launch = metadata date, else first event; items added later extend it)."""
+    from modalrec.data.item_age import ItemActivity, ItemLaunch
+
+    clock = str(art.meta.get("clock", "unix_seconds"))
+    ts = art.user_ts if art.user_ts is not None else np.zeros(0, dtype=np.int64)
+    items = art.user_items if art.user_ts is not None else np.zeros(0, dtype=np.int64)
+    launch = ItemLaunch.from_log(art.items, items, ts, clock)
+    activity = ItemActivity.from_log(art.n_train_items, items, ts) if clock == "unix_seconds" and len(ts) else None
+    return {"item_launch": launch, "item_activity": activity}
 
 
 def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bool]:
@@ -398,7 +414,8 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
     ctx = ModelContext(n_items=n, n_users=int(art.meta["n_users"]), item_table=art.items,
                        train_item_counts=art.train_item_counts,
                        item_features={m: f[: n + 1] for m, f in feats.items()},
-                       feature_missing={m: f[: n + 1] for m, f in missing.items()}, seed=0)
+                       feature_missing={m: f[: n + 1] for m, f in missing.items()}, seed=0,
+                       **item_clock(art))
     model, model_cfg = build(art.model_name, art.model_params, ctx)
     load_state(art.directory / "model", model)
     content = bool(feats) and bool(type(model).content_modalities(model_cfg))

@@ -341,6 +341,7 @@ class Recommender:
             return _masked_topk(counts, allowed, k)
         batch = history_batch([hist], self.model.history_length)
         batch.users[0] = user  # user-item models (LightGCN, VBPR) read it; sequence models ignore it
+        batch.target_ts = torch.tensor([int(time.time())])  # the query time: item ages are counted to now
         batch = batch.to(self.device)
         with torch.no_grad():
             if self._index is not None:
@@ -474,6 +475,8 @@ class Recommender:
                 missing = {m: torch.cat([self._missing[m], miss[m].to(self._missing[m].device)]) for m in rows}
                 self.model.set_item_features({m: f.to(self.device) for m, f in feats.items()},
                                              {m: f.to(self.device) for m, f in missing.items()})
+                if getattr(self.model, "prior", None) is not None:  # a freshness prior ages items from their add
+                    self.model.prior.append_items([int(it.added_at) for it in new])
                 self._feats, self._missing = feats, missing
                 first = len(self.catalogue)
                 self.catalogue.append(new)

@@ -40,6 +40,8 @@ class SASRecConfig:
     loss_catalogue: str = "train"  # "train": items with training events; "all": every item (new ones too)
     age: str = "none"  # "none" | "bias": a learned logit per bucket of item age at the query (models/freshness.py)
     # | "bias+trend": per (age bucket, bucket of the item's events in the last 7 days before the query)
+    age_start: str = "rates"  # "rates": the prior starts at the training log's log event rates; "zero"
+    age_personal: bool = False  # each age cell also gets a vector dotted with the user state (per-user freshness)
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -70,7 +72,10 @@ class SASRec(CausalTowerRecommender):
             if ctx.item_launch is None or (cfg.age == "bias+trend" and ctx.item_activity is None):
                 raise ConfigError(f"sasrec: age={cfg.age!r} needs item launch times and, for the trend, a log with "
                                   "a clock (ModelContext.item_launch / item_activity)")
-            self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None)
+            start = None if cfg.age_start == "zero" or ctx.train_targets is None else (
+                *ctx.train_targets, self.criterion.classes)
+            self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None,
+                                        start_from=start, dim=cfg.dim if cfg.age_personal else None)
             self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
@@ -119,5 +124,9 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError(f"sasrec: positions must be 'from_end' or 'from_start', got {cfg.positions!r}")
     if cfg.age not in ("none", "bias", "bias+trend"):
         raise ConfigError(f"sasrec: age must be 'none', 'bias' or 'bias+trend', got {cfg.age!r}")
+    if cfg.age_personal and cfg.age == "none":
+        raise ConfigError("sasrec: age_personal needs a freshness prior (age 'bias' or 'bias+trend')")
+    if cfg.age_start not in ("rates", "zero"):
+        raise ConfigError(f"sasrec: age_start must be 'rates' or 'zero', got {cfg.age_start!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
