@@ -258,6 +258,8 @@ SEED_RECIPES = (
     ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998",
      False),
     ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
+    ("recbole_seeds_defaults.json", "modalrec, stride 50 + positions from start + smoothing 0.5 + clipping 1.0",
+     False),
 )
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
@@ -331,6 +333,14 @@ def speed(results: Path) -> str:
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
                  f"{lo['fit_over_bare_samples_per_s']:.3f}", ""])
+    sd = _load(results, "recbole_seeds_defaults.json")
+    ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
+    test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
+    what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's stride-50 recipe with smoothing, "
+            f"ML-100K SASRec, seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier, quieter days)")
+    loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
+    machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
+    rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
     return _table(["measurement", "machine", "CPU time", "wall time", "memory"], rows, align="ll")
 
 
