@@ -32,6 +32,7 @@ from modalrec.training.recformer import (
     PrefixPairs,
     PretrainConfig,
     PretrainCorpus,
+    _PretrainPairs,
     finetune,
     pretrain,
 )
@@ -196,6 +197,42 @@ def test_contrastive_pretraining_learns_planted_next_item_pattern(tok) -> None:
     assert out["curve"][-1]["iic"] < out["curve"][0]["iic"]  # the training loss (with MLM noise) fell too
 
 
+def test_chunked_pretraining_stream_is_the_unchunked_stream(tok) -> None:
+    """Checkpoint chunks cut one continuous batch stream: chunk e holds global batches (e-1)*k .. e*k-1,
+    running across corpus passes (here 4 batches per pass, chunks of 3)."""
+    items, seqs = _pair_domain(tok, 0)
+    corpus = PretrainCorpus.from_domains([("a", items, seqs[:13])])  # 13 pairs: 4 batches of <= 4 per pass
+    whole = _PretrainPairs(corpus, 10)
+    stream = [b for p in (1, 2, 3) for b in whole.batches(4, 0, p)]
+    chunked = _PretrainPairs(corpus, 10, chunk=3)
+    got = [b for e in (1, 2, 3, 4) for b in chunked.batches(4, 0, e)]
+    assert chunked.num_batches(4) == 3 and len(got) == 12
+    for a, b in zip(got, stream):
+        np.testing.assert_array_equal(a.targets, b.targets)
+        assert all(np.array_equal(x, y) for x, y in zip(a.histories, b.histories))
+
+
+def test_pretraining_resumes_from_its_checkpoint(tok, tmp_path) -> None:
+    """Two calls (4 steps, then extended to 8) end with exactly the weights of one 8-step call."""
+    items, seqs = _pair_domain(tok, 0)
+    corpus = PretrainCorpus.from_domains([("a", items, seqs)])
+
+    def run(directory, steps):
+        cfg = PretrainConfig(max_steps=steps, batch_size=8, lr=1e-3, checkpoint_dir=str(directory), checkpoint_every=2)
+        return pretrain(model, corpus, cfg)
+
+    model = tiny(tok)
+    run(tmp_path / "a", 8)
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+    model = tiny(tok)
+    assert run(tmp_path / "b", 4)["steps"] == 4
+    model = tiny(tok)  # a fresh process: weights, optimizer and data position come from the checkpoint
+    out = run(tmp_path / "b", 8)
+    assert out["steps"] == 8 and out["resumed_from_step"] == 4 and out["curve"][-1]["step"] == 8
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, straight[k], msg=k)
+
+
 def _tiny_split(tok):
     items, seqs = _chain_domain(tok, 8, 0)
     users = np.concatenate([np.full(len(s), u + 1) for u, s in enumerate(seqs)])
@@ -243,6 +280,19 @@ def test_chunked_item_encoding_matches_one_chunk(tok) -> None:
     model.cfg = dataclasses.replace(model.cfg, item_chunk_size=3)
     torch.testing.assert_close(model.item_vectors(), whole, atol=1e-5, rtol=1e-4)
     assert whole[0].abs().sum() == 0 and torch.allclose(whole[1:].norm(dim=1), torch.ones(8))
+
+
+def test_length_sorted_evaluation_chunks_keep_each_row_its_own_vector(tok) -> None:
+    """Evaluation encodes sequences in length-sorted chunks; row b must still be history b's vector."""
+    items, _ = _chain_domain(tok, 8, 0)
+    model = tiny(tok, item_chunk_size=16).eval()  # chunks of 2 sequences
+    model.set_items(items)
+    rows = [[0, 0, 0, 5, 6, 7], [0, 0, 0, 0, 0, 2], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 3, 1], [0, 0, 0, 0, 0, 8]]
+    batch = SeqBatch(items=torch.tensor(rows), targets=torch.zeros(5, dtype=torch.long), users=torch.arange(5))
+    with torch.no_grad():
+        got = model(batch)
+        one_by_one = torch.cat([model.encode_histories([np.array([i for i in r if i])]) for r in rows])
+    torch.testing.assert_close(got, one_by_one, atol=1e-5, rtol=1e-4)
 
 
 def test_finetune_two_stages_keeps_best_valid_model(tok, tmp_path) -> None:

@@ -84,25 +84,49 @@ class PretrainConfig:
     grad_clip: float = 1.0
     device: str = "cpu"
     log_every: int = 20
+    # Resumable pretraining: the Trainer saves its state every `checkpoint_every` steps (one "epoch" of the
+    # Trainer is then a chunk of that many steps of one continuous data stream) and a later call with the
+    # same directory continues; a larger `max_steps` there extends the run.
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
 
 
 @dataclass
 class _PretrainPairs:
-    """A corpus's (history, next item) pairs in a fresh seeded order each epoch, as PretrainBatch."""
+    """A corpus's (history, next item) pairs as PretrainBatch: pass p over the corpus is a seeded
+    permutation of its own; with `chunk` set, Trainer epoch e is global batches [(e-1)*chunk, e*chunk) of
+    the concatenated passes, so chunked (checkpointed) training sees exactly the unchunked batch stream."""
 
     corpus: PretrainCorpus
     max_items: int
+    chunk: int | None = None
 
     def __post_init__(self) -> None:
         self.seq_idx, self.ends = _pairs(self.corpus.sequences)
 
     def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self.seq_idx) / batch_size)
+        return self.chunk or math.ceil(len(self.seq_idx) / batch_size)
 
     def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[PretrainBatch]:
+        if self.chunk is None:
+            yield from self._pass(batch_size, seed, epoch, 0)
+            return
+        per_pass = math.ceil(len(self.seq_idx) / batch_size)
+        first = (epoch - 1) * self.chunk
+        done = 0
+        while done < self.chunk:
+            g = first + done
+            for batch in self._pass(batch_size, seed, g // per_pass + 1, g % per_pass):
+                yield batch
+                done += 1
+                if done == self.chunk:
+                    return
+
+    def _pass(self, batch_size: int, seed: int, n: int, skip: int) -> Iterator[PretrainBatch]:
+        """Batches of pass `n` over the corpus, from batch `skip` on."""
         seqs = self.corpus.sequences
-        order = numpy_rng(seed, f"recformer/pretrain/epoch{epoch}").permutation(len(self.seq_idx))
-        for lo in range(0, len(order), batch_size):
+        order = numpy_rng(seed, f"recformer/pretrain/epoch{n}").permutation(len(self.seq_idx))
+        for lo in range(skip * batch_size, len(order), batch_size):
             sel = order[lo : lo + batch_size]
             pairs = list(zip(self.seq_idx[sel], self.ends[sel]))
             yield PretrainBatch([seqs[s][max(0, e - self.max_items) : e] for s, e in pairs],
@@ -113,21 +137,31 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
     """MLM + item-item contrastive pretraining on a shuffled mix of all domains' (history, next item) pairs,
     run by the shared Trainer (AdamW, linear warmup, clipping; `max_steps` caps the total)."""
     model.stage = None
-    source = _PretrainPairs(corpus, model.cfg.max_items)
+    chunk = cfg.checkpoint_every if cfg.checkpoint_dir is not None else None
+    if chunk is not None and (chunk <= 0 or cfg.max_steps is None):
+        raise ValueError("checkpointed pretraining needs checkpoint_every > 0 and max_steps")
+    source = _PretrainPairs(corpus, model.cfg.max_items, chunk)
     if len(source.seq_idx) == 0:
         raise ValueError("pretraining corpus has no sequence with two or more items")
-    train_cfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
+    if chunk is None:
+        epochs, max_steps = cfg.epochs, cfg.max_steps
+    else:  # whole chunks, no step cap: a cap would mark the saved run finished and stop a later extension
+        assert cfg.max_steps is not None
+        epochs, max_steps = math.ceil(cfg.max_steps / chunk), None
+    train_cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                            device=cfg.device, seed=model.seed, progress=False)
+                            device=cfg.device, seed=model.seed, progress=False, checkpoint_dir=cfg.checkpoint_dir)
     model.pretrain_parts = []
     hist = Trainer(model, source, train_cfg).fit()
     parts, steps = model.pretrain_parts, hist.steps
-    curve = [{"step": min(lo + cfg.log_every, len(parts)),
+    before = steps - len(parts)  # steps an earlier call took (resumed runs)
+    curve = [{"step": before + min(lo + cfg.log_every, len(parts)),
               **{k: float(np.mean([p[k] for p in parts[lo : lo + cfg.log_every]])) for k in parts[0]}}
              for lo in range(0, len(parts), cfg.log_every)]
     model.eval()
     return {
         "steps": steps, "epochs_run": hist.epochs, "pairs_per_epoch": len(source.seq_idx),
+        "resumed_from_step": None if hist.resumed_from is None else hist.resumed_from * (chunk or 0),
         "time_s": hist.total_seconds, "time_per_epoch_s": hist.epoch_seconds,
         "time_per_step_s": hist.total_seconds / max(1, steps),
         "first": parts[0] if parts else None, "curve": curve, "corpus": corpus.describe(), "config": asdict(cfg),

@@ -354,8 +354,14 @@ class RecformerModel(SequentialRecommender):
         hist = histories_from_batch(batch.items)
         if torch.is_grad_enabled():
             return self.encode_histories(hist)
-        step = max(1, self.cfg.item_chunk_size // 4)  # no grad (evaluation): bounded chunks of sequences
-        return torch.cat([self.encode_histories(hist[lo : lo + step]) for lo in range(0, len(hist), step)])
+        # no grad (evaluation): bounded chunks of sequences of similar length (less padding to compute)
+        step = max(1, self.cfg.item_chunk_size // 8)
+        order = np.argsort([len(h) for h in hist], kind="stable")
+        out = torch.empty(len(hist), self.cfg.dims()[0], device=self.device)  # [B, H]
+        for lo in range(0, len(hist), step):
+            idx = order[lo : lo + step]
+            out[torch.from_numpy(idx).to(self.device)] = self.encode_histories([hist[i] for i in idx])
+        return out
 
     @torch.no_grad()
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
