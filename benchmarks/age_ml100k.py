@@ -165,7 +165,33 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         "candidates": EXCLUDE_SEEN_RULE, "groups": GROUP_DEFINITIONS,
         "selection": f"best VALID {args.monitor} epoch (epoch 0 = untrained included), TEST once",
         "options": "per run: results[].options"},
-        "ndcg@10_mean": means, "results": results}
+        "ndcg@10_mean": means, "claims": claim(results), "results": results}
+
+
+def claim(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The cold-start target on this split: the content or hybrid SASRec run best on VALID overall NDCG@10 ranks
+    cold items at TEST NDCG@10 >= 0.06 while its TEST overall stays >= 0.0765 (the best tower of the ablation grid)."""
+    runs = [r for r in results if r["model"].startswith(("sasrec_content", "sasrec_hybrid"))]
+    if not runs:
+        return None
+    best = max(runs, key=lambda r: r["valid"]["overall"]["ndcg@10"])
+    cold, overall = best["test"]["cold_item"]["ndcg@10"], best["test"]["overall"]["ndcg@10"]
+    rules = {r["model"]: r["test"]["cold_item"]["ndcg@10"] for r in results if r["model"] in RULES}
+    met = cold >= 0.06 and overall >= 0.0765
+    return {"system": "item-age prior (models/freshness.py)",
+            "claim": "content / hybrid SASRec with item age: cold-item NDCG@10 >= 0.06 and overall >= 0.0765",
+            "protocol": "ML-100K global temporal 70/15/15, full ranking, pessimistic ties; run chosen on VALID "
+                        "overall NDCG@10 (epoch too, epoch 0 included), TEST once",
+            "ours": {"run": best["model"], "seed": best["seed"], "epoch_cap": best["options"]["epochs"],
+                     "valid_overall": best["valid"]["overall"]["ndcg@10"],
+                     "test_overall": overall, "test_cold_item": cold,
+                     **{f"{m}_test_cold_item": v for m, v in rules.items() if m in ("newest_first", "content_knn")}},
+            "target_met": met,
+            **({} if met else {"why": "in the training period new movies are taken less often per item than old "
+                               "ones (the prior's log rates), so no shared freshness signal ranks them high; the "
+                               "per-user age vectors reach a fraction of newest-first's cold-item score"}),
+            "command": "python benchmarks/age_ml100k.py --content text+image --models sasrec_content_trend --personal "
+                       "--variant 'rates, personal' --epochs 6 --patience 2 --out benchmarks/results/age_ml100k_cpu.json"}
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -344,7 +344,8 @@ def speed(results: Path) -> str:
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
                      "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
                      "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
-                     "sasrec_hybrid": "SASRec, hybrid"}
+                     "sasrec_hybrid": "SASRec, hybrid", "sasrec_content_age": "SASRec, content + age prior",
+                     "sasrec_hybrid_age": "SASRec, hybrid + age prior"}
 COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
                      "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
 
@@ -359,7 +360,8 @@ def cold_start(dataset: str) -> Callable[[Path], str]:
         pct = lambda g: "" if g["ndcg@10"] is None else f"{100 * g['ndcg@10']:.2f}"
         rows = []
         for r in runs:
-            label = COLD_START_MODELS.get(r["model"], r["model"])
+            base = r["model"].removesuffix("@0")
+            label = COLD_START_MODELS.get(base, base) + (", untrained" if r["model"].endswith("@0") else "")
             if r.get("best_epoch"):  # trained: best-VALID epoch of the epochs run (capped)
                 label += f" ({r['best_epoch']}/{r['epochs_run']} ep.)"
             rows.append([label, pct(r["valid"]["overall"]), pct(r["test"]["overall"])]
@@ -390,6 +392,21 @@ def claims(results: Path) -> str:
     return _table(["system", "claim", "protocol", "ours", "target", "reproduce"], rows, "llllll")
 
 
+def cold_start_checks(dataset: str) -> Callable[[Path], str]:
+    """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN."""
+
+    def table(results: Path) -> str:
+        checks = _load(results, "cold_start_cpu.json")["checks"][dataset]["test"]["content_vs_untrained_and_knn"]
+        rows = []
+        for model, c in checks.items():
+            for g, row in c["groups"].items():
+                rows.append([COLD_START_MODELS.get(model, model), g, _f(row["trained"]), _f(row.get(model + "@0")),
+                             _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
+        return _table(["model", "group", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"], rows)
+
+    return table
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": claims,
     "demo": demo,
@@ -397,6 +414,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "iisan_scientific": iisan_scientific,
     "iisan_efficiency": iisan_efficiency,
     "cold_start_ml100k": cold_start("ml100k"),
+    "cold_start_ml100k_checks": cold_start_checks("ml100k"),
     "cold_start_iisan_scientific": cold_start("iisan_scientific"),
     "cold_start_iisan_instruments": cold_start("iisan_instruments"),
     "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
