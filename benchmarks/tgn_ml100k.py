@@ -4,7 +4,8 @@ Protocol: chronological 70/15/15 split of all events (data.splits.global_tempora
 real: MiniLM (all-MiniLM-L6-v2) over "title. Genres: ... . plot" and EfficientNet-Lite0 over the
 posters, encoded once into a FeatureStore under --cache-root (features.build.encode_catalogue,
 resumable). TGN variants are trained with the shared loop (reset per epoch, chronological batches,
-BPR, ReduceLROnPlateau, early stopping on VALID) and evaluated by streaming train -> valid -> test
+sampled softmax by default or --loss bpr, ReduceLROnPlateau, early stopping on VALID; content once per
+--fusions entry, the best on VALID is the headline of "claims") and evaluated by streaming train -> valid -> test
 (every batch scored before it updates memory): AP / AUC against random and historical negatives and
 full ranking over all 1,682 items (user's earlier items masked, pessimistic ties), overall,
 transductive (user and item seen in training) and inductive (new user or new item).
@@ -12,6 +13,9 @@ SASRec (modalrec.models.MODELS["sasrec"]) is trained on the same training events
 same test events with the shared Evaluator (full ranking, same masking and tie rule).
 
     nice -n 10 python benchmarks/tgn_ml100k.py --threads 1 --out runs/tgn_ml100k.json
+    nice -n 10 python benchmarks/tgn_ml100k.py --threads 1 --epochs 4 --patience 2 --sasrec id \
+        --sasrec-from benchmarks/results/tgn_ml100k_cpu.json --also-eval-batch-sizes 50 \
+        --out benchmarks/results/tgn_ml100k_softmax_cpu.json   # the sampled-softmax run
     python benchmarks/tgn_ml100k.py --epochs 1 --variants random --sasrec none   # smoke run
 """
 

@@ -187,7 +187,7 @@ class TGN(Recommender):
         self.item_seen = torch.zeros_like(self.item_seen)
 
     def state_dict_memory(self) -> dict[str, torch.Tensor]:
-        """A copy of all streaming state (memory, pending messages, neighbour buffer, event counter)."""
+        """A copy of all streaming state (memory, pending messages, neighbour buffer, event and item counters)."""
         out = {f"memory.{k}": getattr(self.memory, k).detach().clone() for k in TGNMemory.STATE}
         out.update({f"neighbors.{k}": getattr(self.neighbors, k).clone() for k in NeighborBuffer.STATE})
         out["n_observed"] = torch.tensor(self.n_observed, dtype=torch.int64)
