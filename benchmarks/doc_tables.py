@@ -255,6 +255,8 @@ SEED_RECIPES = (
     ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998",
      False),
     ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
+    ("recbole_seeds_defaults.json", "modalrec, stride 50 + positions from start + smoothing 0.5 + clipping 1.0",
+     False),
 )
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
@@ -307,6 +309,36 @@ def recbole_fresh_seeds(results: Path) -> str:
     seeds = ", ".join(map(str, first["seeds"]))
     return _table([f"fresh seeds {seeds} (mean)", "VALID NDCG@10", "TEST NDCG@10 ± sd", "TEST HR@10",
                    "TEST: modalrec − RecBole (paired t, seeds ahead)"], rows)
+
+
+def _machine(d: dict[str, Any]) -> str:
+    load = d["loadavg_1_5_15_start"][0]
+    return f"{d['cpu_count']} shared CPU cores, {d['torch_threads']} torch thread, load {load:.0f}, {d['device']}"
+
+
+def speed(results: Path) -> str:
+    """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each."""
+    ev = _load(results, "evaluator_speed_cpu.json")
+    rows = []
+    for c in ev["catalogues"]:
+        what = f"evaluation over the model's own scoring, {c['items']:,} items, {c['users']:,} events"
+        rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20
+        rows.append([what, _machine(ev), f"+{100 * c['overhead_over_model_cpu']['exclude_seen=True']:.1f} %",
+                     f"+{100 * c['overhead_over_model']['exclude_seen=True']:.1f} %",
+                     f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+    lo = _load(results, "loop_overhead_cpu.json")
+    what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
+    rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
+                 f"{lo['fit_over_bare_samples_per_s']:.3f}", ""])
+    sd = _load(results, "recbole_seeds_defaults.json")
+    ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
+    test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
+    what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's stride-50 recipe with smoothing, "
+            f"ML-100K SASRec, seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier, quieter days)")
+    loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
+    machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
+    rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
+    return _table(["measurement", "machine", "CPU time", "wall time", "memory"], rows, align="ll")
 
 
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
@@ -397,6 +429,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recbole_side_by_side": recbole_side_by_side,
     "recbole_seeds": recbole_seeds,
     "recbole_fresh_seeds": recbole_fresh_seeds,
+    "speed": speed,
 }
 
 

@@ -29,6 +29,8 @@ MODALREC_DEFAULTS = modalrec_hparams(parse_args([]))
 MODALREC_KEYS = tuple(MODALREC_DEFAULTS)
 # Per-seed values kept from each side's result, besides test NDCG@10 / HR@10; the timings are also averaged.
 TIMINGS = ("seconds_per_epoch_mean", "seconds_per_valid_eval_mean", "seconds_to_best")
+# Process CPU time, kept when every run recorded it: on a shared machine wall time mostly measures the other jobs.
+CPU_TIMINGS = ("cpu_seconds_per_epoch_mean", "cpu_seconds_to_best")
 
 
 def load(paths: list[Path], side: str) -> dict[int, tuple[Path, dict[str, Any]]]:
@@ -63,11 +65,13 @@ def side_row(result: dict[str, Any], hr_key: str) -> dict[str, Any]:
     test = result["test"]
     return {"ndcg@10": test["ndcg@10"], "hr@10": test[hr_key], "valid_ndcg@10": result["valid_best"]["ndcg@10"],
             "best_epoch": result["best_epoch"],
-            **{k: result[k] for k in TIMINGS}}
+            **{k: result[k] for k in TIMINGS}, **{k: result[k] for k in CPU_TIMINGS if result.get(k) is not None}}
 
 
 def seed_row(seed: int, mr_file: Path, mr_run: dict[str, Any], rb_file: Path, rb_run: dict[str, Any]) -> dict[str, Any]:
     return {"seed": seed, "modalrec_file": str(mr_file), "recbole_file": str(rb_file),
+            "load_1min": {lib: run.get("load", {}).get("start", {}).get("loadavg_1_5_15", [None])[0]
+                          for lib, run in (("modalrec", mr_run), ("recbole", rb_run))},
             "modalrec": side_row(mr_run["modalrec"], "hr@10"), "recbole": side_row(rb_run["recbole"], "hit@10")}
 
 
@@ -93,7 +97,8 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
     check_same([mr[s] for s in seeds], MODALREC_KEYS)
     rows = [seed_row(s, *mr[s], *rb[s]) for s in seeds]
     first = hparams(mr[seeds[0]][1])
-    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "valid_ndcg@10") + TIMINGS}
+    timings = TIMINGS + tuple(k for k in CPU_TIMINGS if all(k in r[lib] for r in rows for lib in ("modalrec", "recbole")))
+    side = {lib: {m: spread([r[lib][m] for r in rows]) for m in ("ndcg@10", "hr@10", "valid_ndcg@10") + timings}
             for lib in ("modalrec", "recbole")}
     return {
         "benchmark": "recbole_side_by_side over seeds",
@@ -107,7 +112,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
         # VALID picks recipes (TEST is looked at once per recipe), so its gap is reported next to TEST's.
         "valid_ndcg10_modalrec_minus_recbole": paired(rows, "valid_ndcg@10"),
         "ratios_recbole_over_modalrec_of_means": {
-            m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"] for m in TIMINGS},
+            m: side["recbole"][m]["mean"] / side["modalrec"][m]["mean"] for m in timings},
         "acceptance": {"modalrec_mean_test_ndcg10_ge_recbole_mean":
                        side["modalrec"]["ndcg@10"]["mean"] >= side["recbole"]["ndcg@10"]["mean"]},
     }

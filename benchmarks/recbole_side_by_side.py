@@ -190,7 +190,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     n_targets = windows.n_targets
     batch_size = args.batch_size
     if args.batch_unit == "targets":  # windows per step so that a step holds ~batch_size targets
-        batch_size = max(1, round(args.batch_size * len(windows) / max(n_targets, 1)))
+        batch_size = windows.windows_per_step(args.batch_size)
     cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       grad_clip=args.grad_clip, ema_decay=args.ema_decay,
                       patience=args.patience, monitor="ndcg@10", seed=args.seed, device=args.device,

@@ -42,6 +42,13 @@ def test_each_target_once_with_promised_context(stride: int | None) -> None:
             assert context >= min(seen, MAX_LEN - s + 1)
 
 
+def test_windows_per_step_holds_the_asked_targets_on_average() -> None:
+    windows = TrainWindows(_log([30, 9, 2]), MAX_LEN)  # 29 + 8 + 1 = 38 targets in 4 + 1 + 1 = 6 windows
+    assert (len(windows), windows.n_targets) == (6, 38)
+    assert windows.windows_per_step(19) == 3  # 19 targets = half the epoch = half the windows
+    assert windows.windows_per_step(1) == 1  # never fewer than one window
+
+
 def test_default_is_non_overlapping_and_bad_stride_refused() -> None:
     inter = _log([30])
     assert len(TrainWindows(inter, MAX_LEN)) == len(TrainWindows(inter, MAX_LEN, stride=MAX_LEN)) == 4

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from modalrec.evaluation import ranking
 from modalrec.evaluation.metrics import (
     METRICS,
     compute_metrics,
@@ -73,6 +74,22 @@ def test_rank_block_matches_naive_with_ties(use_mask: bool) -> None:
     got = ranks_of(torch.from_numpy(scores), torch.from_numpy(targets), None if mask is None else torch.from_numpy(mask))
     assert got.dtype == torch.int64
     np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
+
+
+@pytest.mark.parametrize("chunk", [7, 30, 64])  # chunks of columns of one row / whole rows / several rows
+def test_chunked_counting_matches_naive(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ranking, "CPU_CHUNK", chunk)
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(9, 31)).astype(np.float32)  # many ties; rows and columns split unevenly
+    targets = rng.integers(1, 31, size=9)
+    mask = rng.random((9, 31)) < 0.7
+    got = ranks_of(torch.from_numpy(scores), torch.from_numpy(targets), torch.from_numpy(mask))
+    np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
+    for row, col in ((8, 30), (0, 0)):  # a NaN in the last chunk, and in PAD's column (checked too)
+        bad = torch.from_numpy(scores.copy())
+        bad[row, col] = float("nan")
+        with pytest.raises(ValueError, match=rf"NaN.*rows \[{row}\]"):
+            ranks_of(bad, torch.from_numpy(targets))
 
 
 def test_constant_scores_get_the_worst_rank() -> None:

@@ -78,6 +78,10 @@ class TrainWindows:
         """Trained targets in one epoch (= training events minus each user's first)."""
         return int((self.ends - self.first_targets).sum())
 
+    def windows_per_step(self, targets: int) -> int:
+        """Windows per step that hold about `targets` trained targets on average (at least 1)."""
+        return max(1, round(targets * len(self) / max(self.n_targets, 1)))
+
     def batch(self, idx: np.ndarray) -> SeqBatch:
         item, ts = self.train.item, self.train.ts
         inputs = [item[s : e - 1] for s, e in zip(self.starts[idx], self.ends[idx])]

@@ -22,16 +22,50 @@ def rank_block(scores: torch.Tensor, targets: torch.Tensor, excluded_rows: torch
     """Ranks of one block. scores [B, N + 1]; targets [B]; (excluded_rows, excluded_items) [M]: candidates
     removed from their row (unique per row, never the row's target: see `exclusion_pairs`).
     Returns ([B] int64 ranks, [B, 1] target scores)."""
-    if scores.is_floating_point() and bool(torch.isnan(scores.sum())):  # cheap: only then scan per row
-        check_no_nan(scores, where)
     targets = targets.to(scores.device, torch.int64)
     t_score = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
     # Candidates 1..N scoring >= the target; the target itself is counted once (s >= s for non-NaN).
-    ge = (scores[:, 1:] >= t_score).sum(dim=1, dtype=torch.int32)  # [B]
+    ge, has_nan = count_ge(scores, t_score)  # [B] int64
+    if has_nan:
+        check_no_nan(scores, where)
     if excluded_rows is not None and excluded_items is not None and excluded_rows.numel():
-        hit = (scores[excluded_rows, excluded_items] >= t_score[excluded_rows, 0]).to(torch.int32)  # [M]
+        hit = (scores[excluded_rows, excluded_items] >= t_score[excluded_rows, 0]).to(torch.int64)  # [M]
         ge = ge - torch.zeros_like(ge).index_add_(0, excluded_rows, hit)  # [B]
-    return ge.to(torch.int64), t_score
+    return ge, t_score
+
+
+# Elements per CPU chunk of `count_ge`: the chunk and its [R, C] float buffer (2 MiB each) stay in cache
+# between the passes (measured fastest among 2**17..2**20 at 1e5 and 1e6 items, one thread).
+CPU_CHUNK = 2**19
+
+
+def count_ge(scores: torch.Tensor, t_score: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """([B] int64 #(columns 1..N with score >= t_score), whether any score may be NaN) of scores [B, N + 1].
+
+    One pass over the block. On CPU it runs in cache-sized [R, C] chunks, each read once from memory:
+    the comparison is written as 0/1 floats into a reused buffer (summing floats is vectorised, summing
+    bools is not) and the NaN test sums the chunk while it is still in cache (an overflow to inf - inf also
+    reads as NaN: callers confirm with `check_no_nan`). A float sum of 0/1 values is
+    exact while it is < 2**24 (float32) -- C never exceeds that -- and the chunk sums add up in int64.
+    """
+    cand = scores[:, 1:]  # [B, N]
+    if scores.device.type != "cpu" or not scores.is_floating_point():
+        has_nan = scores.is_floating_point() and bool(torch.isnan(scores.sum()))
+        return (cand >= t_score).sum(dim=1), has_nan
+    n_rows, n_cols = cand.shape
+    cols = min(n_cols, CPU_CHUNK)
+    rows = max(1, CPU_CHUNK // max(cols, 1))
+    buf = torch.empty(min(rows, n_rows) * cols, dtype=torch.float32)
+    counts = torch.zeros(n_rows, dtype=torch.int64)
+    nan_sum = scores[:, 0].sum(dtype=torch.float64)  # PAD's column is checked too
+    for r0 in range(0, n_rows, rows):
+        r1 = min(n_rows, r0 + rows)
+        for c0 in range(0, n_cols, cols):
+            part = cand[r0:r1, c0 : c0 + cols]  # [R, C] view
+            nan_sum += part.sum()
+            hit = torch.ge(part, t_score[r0:r1], out=buf[: part.numel()].view(part.shape))
+            counts[r0:r1] += hit.sum(dim=1).to(torch.int64)
+    return counts, bool(torch.isnan(nan_sum))
 
 
 def sampled_ranks(scores: torch.Tensor, target_score: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
