@@ -19,7 +19,6 @@ encoded once into a FeatureStore under --cache-root.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -29,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tgn_ml100k import model_args, run_all
+from tgn_ml100k import model_args, run_and_write
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import global_temporal
-from modalrec.io import write_json_atomic
 
 log = logging.getLogger("tgn_amazon")
 DEFAULT_DATA = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "amazon-iisan"
@@ -110,11 +108,7 @@ def main() -> None:
         "command": "python benchmarks/tgn_amazon.py " + " ".join(sys.argv[1:]),
         "tgn": {}, "sasrec": {}, "pop": None,
     }
-    run_all(split, feats, missing, args, result)
-    result["total_seconds"] = time.perf_counter() - t_start
-    print(json.dumps({"table": result["table"], "claims": result.get("claims")}, indent=2))
-    if args.out:
-        write_json_atomic(args.out, result)
+    run_and_write(split, feats, missing, args, result, t_start)
 
 
 if __name__ == "__main__":

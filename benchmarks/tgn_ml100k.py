@@ -359,6 +359,12 @@ def main() -> None:
         "command": "python benchmarks/tgn_ml100k.py " + " ".join(sys.argv[1:]),
         "tgn": {}, "sasrec": {}, "pop": None,
     }
+    run_and_write(split, feats, missing, args, result, t_start)
+
+
+def run_and_write(split: Any, feats: Any, missing: Any, args: argparse.Namespace, result: dict[str, Any],
+                  t_start: float) -> None:
+    """Every run into `result`, then the table and claims printed and the JSON written (both TGN benchmarks)."""
     run_all(split, feats, missing, args, result)
     result["total_seconds"] = time.perf_counter() - t_start
     print(json.dumps({"table": result["table"], "claims": result.get("claims")}, indent=2))
