@@ -37,6 +37,7 @@ the IISAN-Versa target, check by check, met or not.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -196,7 +197,7 @@ def cost_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     model = build(method, prep, args)
     model.train()
     windows = TrainWindows(prep["split"].train, args.max_len)
-    batches = windows.batches(args.batch_size, seed=args.seed, epoch=1)
+    batches = (b for epoch in itertools.count(1) for b in windows.batches(args.batch_size, seed=args.seed, epoch=epoch))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
 
     def step() -> None:
@@ -315,8 +316,8 @@ def claims(out: dict[str, Any], command: str) -> dict[str, Any]:
         "protocol": f"{out['dataset']['name']} ({names['subset'] if not parts['full'] else 'all users'}), "
                     "leave-one-out, full ranking, TEST once after VALID early stopping; SASRec over each item "
                     "tower, same batches and epochs; each method in its own process (seconds per training epoch, "
-                    f"peak RSS); FFT's MiniLM at lr x {out['args'].get('encoder_lr_scale')}; CPU, "
-                    f"{out['threads']} thread(s)",
+                    "peak RSS)" + (f"; FFT's MiniLM at lr x {out['args'].get('encoder_lr_scale', 1.0)}" if fft_part else "")
+                    + f"; CPU, {out['threads']} thread(s)",
         "ours": ours, "checks": checks,
         "target_met": all(v is True for v in checks.values()),
         "why": "; ".join(verdicts),
@@ -376,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--claims-from", type=Path, default=None,
                    help="recompute the claims object of an existing result JSON (rewritten in place); runs nothing")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the methods --out already holds when it was written with the same settings")
     raw = list(argv if argv is not None else sys.argv[1:])
     args = p.parse_args(raw)
     if args.claims_from:
@@ -419,22 +422,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json_atomic(args.out, json.loads(json.dumps(result, default=str)))
         return result
 
+    def measure(part: str, m: str) -> dict[str, Any]:
+        if m in earlier.get(part, {}):
+            out.setdefault("resumed", {}).setdefault(part, []).append(m)
+            return earlier[part][m]
+        return run_worker(part, m, raw)
+
+    earlier = finished_earlier(args, p)
     out["cost"] = {}
     for m in [m for m in args.cost_methods.split(",") if m]:
-        out["cost"][m] = run_worker("cost", m, raw)
+        out["cost"][m] = measure("cost", m)
         save(False)
     out["full"] = {"results": {}}
     for m in [m for m in args.quality.split(",") if m]:
-        out["full"]["results"][m] = run_worker("full", m, raw)
+        out["full"]["results"][m] = measure("full", m)
         save(False)
     if args.subset_users:
         sub = prepare(args, args.subset_users, with_cache=False)
         out["subset"] = {"users": args.subset_users, "history": args.subset_history or "all",
                          "split": sub["split"].describe(), "results": {}}
         for m in [m for m in args.subset_methods.split(",") if m]:
-            out["subset"]["results"][m] = run_worker("subset", m, raw)
+            out["subset"]["results"][m] = measure("subset", m)
             save(False)
     return save(True)
+
+
+def finished_earlier(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """--resume: per part, the methods the --out file already holds (without an error) when it was written with
+    the same settings (method lists aside; the subset's settings only matter for the subset part)."""
+    if not (args.resume and args.out and args.out.exists()):
+        return {}
+    old = json.loads(args.out.read_text())
+    stored = old.get("args", {})
+
+    def same(keys: list[str]) -> bool:  # a setting the earlier run did not have yet counts as its default
+        norm = lambda v: str(v) if isinstance(v, Path) else v
+        return all(norm(stored.get(k, parser.get_default(k))) == norm(getattr(args, k)) for k in keys)
+
+    lists = {"quality", "cost_methods", "subset_methods", "out", "resume", "claims_from", "worker"}
+    subset_keys = {"subset_users", "subset_history", "subset_epochs"}
+    shared = [k for k in vars(args) if k not in lists | subset_keys]
+    found = {"cost": old.get("cost", {}), "full": old.get("full", {}).get("results", {}),
+             "subset": old.get("subset", {}).get("results", {})}
+    keep = {part: same(shared + (sorted(subset_keys) if part == "subset" else [])) for part in found}
+    out = {part: {m: r for m, r in found[part].items() if "error" not in r} for part in found if keep[part]}
+    log.info("resume: reusing %s", {part: sorted(r) for part, r in out.items()})
+    return out
 
 
 if __name__ == "__main__":
