@@ -118,7 +118,8 @@ class Evaluator:
         return list(range(0, len(self.evalset), self.batch_size))
 
     def run(self, model: Scorer, name: str = "test", keep_ranks: bool = True) -> Report:
-        """Score every event with `model.score(batch)` ([B, n_items + 1]) and build the Report."""
+        """Score every event with `model.score(batch)` ([B, n_items + 1]; dot-product models: their state
+        times the item table computed once) and build the Report."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
@@ -144,10 +145,12 @@ class Evaluator:
             if is_module:
                 model.eval()
             with torch.no_grad():
+                table = _item_table(model) if starts else None  # [n_items + 1, d] or None
                 for lo in starts:
                     hi = min(len(es), lo + self.batch_size)
                     batch = eval_batch(es, np.arange(lo, hi), self.max_len).to(dev)
-                    scores = model.score(batch)  # [B, n_items + 1]
+                    # [B, n_items + 1]; a dot-product model's item table is computed once, not once per block
+                    scores = model.score(batch) if table is None else model(batch) @ table.T
                     at = f"batch {lo // self.batch_size} (events {lo}..{hi - 1}) of evaluation '{name}'{where}"
                     if tuple(scores.shape) != (hi - lo, self.n_items + 1):
                         raise ValueError(f"model.score returned shape {tuple(scores.shape)} in {at}; expected "
@@ -213,6 +216,15 @@ class Evaluator:
             meta=meta,
             ranks=ranks.numpy() if keep_ranks else None,
         )
+
+
+def _item_table(model: Scorer) -> torch.Tensor | None:
+    """The item table of a model whose scores are `forward(batch) @ item_embeddings().T` (the
+    Recommender contract `dot_product_scores`), else None. Content towers compute every item's vector
+    in each `score` call, which at 10^6 items would cost more than the scoring itself."""
+    if isinstance(model, nn.Module) and getattr(model, "dot_product_scores", False):
+        return model.item_embeddings()
+    return None
 
 
 def _prefixed(metrics: dict[str, float | None]) -> dict[str, float | None]:
