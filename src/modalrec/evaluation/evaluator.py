@@ -161,6 +161,7 @@ class Evaluator:
                     if negatives is not None:
                         neg = torch.from_numpy(negatives[lo:hi]).to(dev)  # [B, n]
                         s_ranks.append(sampled_ranks(scores, t_score, neg).cpu())
+                    del scores  # freed before the next block is scored: one block in memory, not two
         finally:
             if is_module and was_training:
                 model.train()
