@@ -339,7 +339,7 @@ def speed(results: Path) -> str:
                 continue  # measured before the dot-product path existed
             what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
                     "(history excluded / included)")
-            cell = lambda o: " / ".join(f"{100 * o[f'{prefix}exclude_seen={x}']:+.1f} %" for x in (True, False))
+            cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
                          f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
     lo = _load(results, "loop_overhead_cpu.json")
