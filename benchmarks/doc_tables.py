@@ -166,6 +166,11 @@ def recformer_transfer(results: Path) -> str:
     rows = [[f"{label}, zero-shot ({steps})", _f(d["zero_shot_test"]["ndcg@10"]), _f(d["zero_shot_test"]["hr@10"])],
             [f"{label}, finetuned ({steps} + {ft_steps} finetuning steps)", _f(d["finetuned_test"]["ndcg@10"]),
              _f(d["finetuned_test"]["hr@10"])]]
+    for r in d.get("ablation", {}).get("budgets", [])[:-1]:  # earlier, smaller budgets (the last is this run)
+        rows += [[f"{label}, zero-shot ({r['pretrain_steps']} pretraining steps; `{r['source']}`)",
+                  _f(r["zero_shot_test_ndcg@10"]), ""],
+                 [(f"{label}, finetuned ({r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning "
+                   f"steps; `{r['source']}`)"), _f(r["finetuned_test_ndcg@10"]), ""]]
     names = {"content_knn": "content-kNN (MiniLM, no training)", "pop": "Pop", "sasrec_text": "text SASRec"}
     rows += [[label_, _f(d["reference"][key]["ndcg@10"]), _f(d["reference"][key]["hr@10"])]
              for key, label_ in names.items()]

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pretrain-dir", default=None, help="resumable pretraining state (continued when present)")
     p.add_argument("--checkpoint-every", type=int, default=25, help="pretraining steps between checkpoints")
     p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (print its summary)")
+    p.add_argument("--earlier", default=None, help="this benchmark's JSON from a smaller budget on the same protocol: "
+                   "its TEST numbers join the pretraining ablation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -203,10 +205,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ev_valid, ev_test = (Evaluator(es, sci.n_items, ks=(5, 10, 20), exclude_seen=True, max_len=50, device=args.device,
                                    batch_size=128) for es in (valid, test))
 
-    # finetuned TEST first (the claim), then zero-shot TEST with the pretrained weights put back; the
+    # zero-shot VALID first (finetuning step 0 of the curve; its item vectors serve the zero-shot TEST too),
+    # finetuned TEST next (the claim), then zero-shot TEST with the pretrained weights put back; the
     # finetuned numbers are written to --out as soon as they exist (a run cut short keeps them)
     pretrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.set_items(sci_tokens)
+    t0 = time.perf_counter()
+    zero_vecs = model.refresh_item_vectors().detach().clone()
+    item_encode_s = time.perf_counter() - t0
+    zero_valid = pick(ev_valid.run(model, name="zero_shot_valid"))
     prefixes = PrefixPairs(split.train, cfg.max_items)
     ft = finetune(model, prefixes,
                   FinetuneConfig(stage1_epochs=opt["stage1_epochs"], stage2_epochs=opt["stage2_epochs"],
@@ -219,9 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "finetune_best": ft["best"], "test_events": len(test), "pretrain_steps": pre["steps"]}, args.out)
     model.load_state_dict(pretrained)
     model.set_items(sci_tokens)
-    t0 = time.perf_counter()
-    model.refresh_item_vectors()
-    item_encode_s = time.perf_counter() - t0
+    model.set_item_vectors(zero_vecs)
     zero = ev_test.run(model, name="zero_shot_test")
 
     epochs = ft["history"]
@@ -229,6 +234,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     zs, tuned_m = pick(zero), pick(tuned)
     all_events = len(test) == len(split.test)
     sasrec = ref["sasrec_text"]["ndcg@10"]
+    curve = finetune_curve(zero_valid, epochs)
+    runs = ([earlier_run(Path(args.earlier))] if args.earlier else []) + [
+        {"pretrain_steps": pre["steps"], "finetune_steps": curve[-1]["finetune_steps"],
+         "zero_shot_test_ndcg@10": zs["ndcg@10"], "finetuned_test_ndcg@10": tuned_m["ndcg@10"], "source": "this run"}]
     claims = {
         "system": "Recformer",
         "claim": "finetuned Recformer ranks above text SASRec (Recformer paper, Scientific); zero-shot it "
@@ -243,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": "finetuned Recformer NDCG@10 >= text SASRec NDCG@10 on all TEST events",
         "target_met": bool(all_events and tuned_m["ndcg@10"] >= sasrec),
         "why": None if tuned_m["ndcg@10"] >= sasrec else
-               "compute: " + limits(ft["history"], len(prefixes), args.finetune_batch, pre["steps"]),
+               "compute: " + limits(ft["history"], len(prefixes), args.finetune_batch, pre["steps"]) + "; "
+               + ablation_text(runs, curve),
         "command": "python benchmarks/recformer_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     result = {
@@ -270,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reference": ref,
         "finetuned_test_groups": {g: {m: v for m, v in d.items() if m in METRICS} for g, d in tuned.groups.items()},
         "finetune_best": ft["best"],
+        "ablation": {"budgets": runs, "finetune_valid_curve": curve},
         "time": {
             "load_s": load_s, "tokenize_s": tokenize_s, "pretrain_s": pre["time_s"],
             "pretrain_time_per_step_s": pre["time_per_step_s"],
@@ -288,6 +299,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["memory_kind"] = final["memory_kind"] + " (max over pretraining, finetuning epochs and the end)"
     emit_json(result, args.out)
     return result
+
+
+def finetune_curve(zero_valid: dict[str, float], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """VALID NDCG@10 after 0 (zero-shot), then after each finetuning epoch, by finetuning steps taken so far
+    (stage 2 continues from the best stage-1 epoch, so its steps add to that epoch's)."""
+    out = [{"finetune_steps": 0, "stage": 0, "valid_ndcg@10": zero_valid["ndcg@10"]}]
+    done = 0
+    for e in history:
+        done += e["steps"]
+        out.append({"finetune_steps": done, "stage": e["stage"], "valid_ndcg@10": float(e["valid"]["ndcg@10"])})
+    return out
+
+
+def earlier_run(path: Path) -> dict[str, Any]:
+    """The budget and TEST numbers of an earlier run of this benchmark (its JSON)."""
+    d = json.loads(path.read_text())
+    if d.get("protocol", {}).get("test_events") != d.get("protocol", {}).get("test_events_total"):
+        raise ValueError(f"{path}: protocol.test_events: the earlier run did not rank every TEST event")
+    return {"pretrain_steps": d["pretrain"]["steps"], "finetune_steps": sum(e["steps"] for e in d["finetune_history"]),
+            "zero_shot_test_ndcg@10": d["zero_shot_test"]["ndcg@10"],
+            "finetuned_test_ndcg@10": d["finetuned_test"]["ndcg@10"], "source": path.name}
+
+
+def ablation_text(runs: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
+    """The budgets side by side, then the VALID curve over finetuning steps."""
+    tests = "; ".join(f"{r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning steps: zero-shot "
+                      f"{r['zero_shot_test_ndcg@10']:.4f}, finetuned {r['finetuned_test_ndcg@10']:.4f}" for r in runs)
+    valid = ", ".join(f"{c['finetune_steps']}: {c['valid_ndcg@10']:.4f}" for c in curve)
+    return f"TEST NDCG@10 by budget: {tests}; VALID NDCG@10 by finetuning steps: {valid}"
 
 
 def pick_dict(metrics: dict[str, float]) -> dict[str, float]:

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 import torch
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.splits import Split, leave_one_out
 from modalrec.models.base import ModelContext
 from modalrec.types import SeqBatch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP stalls (100x slower ops)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cyclic_interactions(

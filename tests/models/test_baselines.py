@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seq_testdata import context, cyclic_split, evaluate, one_thread  # noqa: F401
+from seq_testdata import context, cyclic_split, evaluate
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.pairs import PairBatch, PairSource, normalized_adjacency, random_split, sparse_propagate

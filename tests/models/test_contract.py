@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from seq_testdata import one_thread, random_batch  # noqa: F401
+from seq_testdata import random_batch
 
 from modalrec.models import MODELS
 from modalrec.models.base import ModelContext

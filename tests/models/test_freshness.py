@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from seq_testdata import one_thread  # noqa: F401
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.item_age import NEVER, ItemLaunch

@@ -23,15 +23,6 @@ from modalrec.models.iisan.peft_baselines import (
 )
 from modalrec.training.loop import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ---- LayerDrop ------------------------------------------------------------------------------------
 
 

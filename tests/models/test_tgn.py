@@ -29,14 +29,6 @@ EVENTS = [(1, 1, 10), (2, 1, 20), (1, 2, 30), (3, 3, 40), (2, 2, 50),
 N_USERS, N_ITEMS = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared; one intra-op thread avoids oversubscription (10-40x faster here)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def stream() -> EventStream:
     u, i, t = (np.array(c, dtype=np.int64) for c in zip(*EVENTS))

@@ -8,16 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is fastest."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(out: Path, name: str, tower: str, epochs: int = 4) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from train_testdata import context, cyclic_split, one_thread  # noqa: F401
+from train_testdata import context, cyclic_split
 
 from modalrec.errors import MismatchError
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from train_testdata import context, cyclic_split, one_thread  # noqa: F401
+from train_testdata import context, cyclic_split
 
 from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError
