@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from seq_testdata import one_thread, random_batch  # noqa: F401
+from seq_testdata import random_batch
 
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
