@@ -391,24 +391,35 @@ COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
 
 
 def cold_start(dataset: str) -> Callable[[Path], str]:
-    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset` (seed 0): VALID overall, TEST groups."""
+    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset`: VALID overall, TEST groups; the
+    mean over the seeds run, with the seeds' standard deviation where there are several."""
 
     def table(results: Path) -> str:
         runs = [r for r in _load(results, "cold_start_cpu.json")["results"] if r["dataset"] == dataset
-                and r["seed"] == 0]
+                and "error" not in r]
         groups = COLD_START_GROUPS.get(dataset, ("warm", "cold_item", "repeat", "novel"))
-        pct = lambda g: "" if g["ndcg@10"] is None else f"{100 * g['ndcg@10']:.2f}"
+
+        def cell(parts: list[dict[str, Any]]) -> str:
+            vals = [100 * p["ndcg@10"] for p in parts if p["ndcg@10"] is not None]
+            if not vals:
+                return ""
+            mean = sum(vals) / len(vals)
+            sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            return f"{mean:.2f}" + ("" if sd is None else f" ± {sd:.2f}")
+
         rows = []
-        for r in runs:
-            base = r["model"].removesuffix("@0")
-            label = COLD_START_MODELS.get(base, base) + (", untrained" if r["model"].endswith("@0") else "")
-            if r.get("best_epoch"):  # trained: best-VALID epoch of the epochs run (capped)
-                label += f" ({r['best_epoch']}/{r['epochs_run']} ep.)"
-            rows.append([label, pct(r["valid"]["overall"]), pct(r["test"]["overall"])]
-                        + [pct(r["test"][g]) for g in groups])
+        for model in dict.fromkeys(r["model"] for r in runs):
+            seeds = [r for r in runs if r["model"] == model]
+            base = model.removesuffix("@0")
+            label = COLD_START_MODELS.get(base, base) + (", untrained" if model.endswith("@0") else "")
+            if seeds[0].get("epoch_cap") and not model.endswith("@0"):  # trained: best-VALID epoch of those run
+                label += " (best epoch " + ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in seeds) + ")"
+            rows.append([label, ",".join(str(r["seed"]) for r in seeds), cell([r["valid"]["overall"] for r in seeds]),
+                         cell([r["test"]["overall"] for r in seeds])]
+                        + [cell([r["test"][g] for r in seeds]) for g in groups])
         test = runs[0]["test"]
         names = {"cold_item": "cold-item", "cold_user": "cold-user"}
-        return _table(["model", "VALID overall", f"overall (n={test['overall']['n']})"]
+        return _table(["model", "seeds", "VALID overall", f"overall (n={test['overall']['n']})"]
                       + [f"{names.get(g, g)} (n={test[g]['n']})" for g in groups], rows)
 
     return table
@@ -465,16 +476,18 @@ def claims(results: Path) -> str:
 
 
 def cold_start_checks(dataset: str) -> Callable[[Path], str]:
-    """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN."""
+    """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN
+    (NDCG@10, means over the seeds run)."""
 
     def table(results: Path) -> str:
         checks = _load(results, "cold_start_cpu.json")["checks"][dataset]["test"]["content_vs_untrained_and_knn"]
         rows = []
         for model, c in checks.items():
             for g, row in c["groups"].items():
-                rows.append([COLD_START_MODELS.get(model, model), g, _f(row["trained"]), _f(row.get(model + "@0")),
-                             _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
-        return _table(["model", "group", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"], rows)
+                rows.append([COLD_START_MODELS.get(model, model), g, row["seeds"], _f(row["trained"]),
+                             _f(row.get(model + "@0")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
+        return _table(["model", "group", "seeds", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"],
+                      rows, "ll")
 
     return table
 
@@ -491,6 +504,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cold_start_iisan_scientific": cold_start("iisan_scientific"),
     "cold_start_iisan_instruments": cold_start("iisan_instruments"),
     "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
+    "cold_start_unisrec_scientific_checks": cold_start_checks("unisrec_scientific"),
     "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
     "ablation_ml100k": ablation_ml100k,
     "age_ml100k": age_ml100k,
