@@ -321,29 +321,62 @@ def _machine(d: dict[str, Any]) -> str:
     return f"{d['cpu_count']} shared CPU cores, {d['torch_threads']} torch thread, load {load:.0f}, {d['device']}"
 
 
+# (seed summary, recipe): ratios of time to the best checkpoint in the README's speed table.
+SPEED_RECIPES = (
+    ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
+    ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
+)
+
+
 def speed(results: Path) -> str:
     """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each."""
     ev = _load(results, "evaluator_speed_cpu.json")
     rows = []
     for c in ev["catalogues"]:
-        what = f"evaluation over the model's own scoring, {c['items']:,} items, {c['users']:,} events"
         rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20
-        rows.append([what, _machine(ev), f"+{100 * c['overhead_over_model_cpu']['exclude_seen=True']:.1f} %",
-                     f"+{100 * c['overhead_over_model']['exclude_seen=True']:.1f} %",
-                     f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+        for prefix, model in (("", "a model known by its `score`"), ("dot_product,", "a dot-product model")):
+            if f"{prefix}exclude_seen=True" not in c["overhead_over_model_cpu"]:
+                continue  # measured before the dot-product path existed
+            what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
+                    "(history excluded / included)")
+            cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
+            rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
+                         f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
     lo = _load(results, "loop_overhead_cpu.json")
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
                  f"{lo['fit_over_bare_samples_per_s']:.3f}", ""])
-    sd = _load(results, "recbole_seeds_defaults.json")
-    ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
-    test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
-    what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's stride-50 recipe with smoothing, "
-            f"ML-100K SASRec, seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier, quieter days)")
-    loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
-    machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
-    rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
+    for file, recipe in SPEED_RECIPES:
+        sd = _load(results, file)
+        ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
+        test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
+        what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's {recipe}, ML-100K SASRec, "
+                f"seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier days, not the same run)")
+        loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
+        machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
+        rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
     return _table(["measurement", "machine", "CPU time", "wall time", "memory"], rows, align="ll")
+
+
+def scale(results: Path) -> str:
+    """`scale.py`: training step / extrapolated epoch, full-ranking evaluation and peak RSS per catalogue size,
+    then the growth between consecutive sizes."""
+    data = _load(results, "scale_cpu.json")
+    mib = lambda b: f"{b / 2**20:,.0f}"
+    rows = []
+    for c in data["sizes"]:
+        t, e = c["train"], c["eval"]
+        rows.append([f"{c['items']:,}", f"{c['events']:,}", f"{t['cpu_s_per_step']:.3f}",
+                     f"{t['epoch_cpu_s_extrapolated']:,.0f} ({t['steps_per_epoch']:,} steps)",
+                     f"{e['cpu_s']:.1f} ({e['events']:,} users)", mib(c["memory"]["peak_rss_bytes"]),
+                     mib(c["memory"]["rss_file_bytes_end"])])
+    for g in data["growth"]:
+        rows.append([f"growth {g['from_items']:,} → {g['to_items']:,}", f"×{g['items']:.0f}", f"×{g['train_cpu_s_per_step']:.2f}",
+                     f"×{g['epoch_cpu_s_extrapolated']:.1f}", f"×{g['eval_cpu_s']:.1f}", f"×{g['peak_rss_bytes']:.2f}", ""])
+    return _table(["items", "events", "CPU s / training step", "CPU s / epoch (extrapolated)",
+                   "CPU s / full-ranking evaluation", "peak RSS (MiB)",
+                   "file-backed RSS at the end: libraries + mapped features (MiB)"],
+                  rows)
 
 
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
@@ -435,6 +468,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recbole_seeds": recbole_seeds,
     "recbole_fresh_seeds": recbole_fresh_seeds,
     "speed": speed,
+    "scale": scale,
 }
 
 

@@ -88,7 +88,7 @@ def paired(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
             "seeds_modalrec_ahead": sum(x >= 0 for x in diff)}
 
 
-def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str, Any]:
+def summarise(modalrec_paths: list[Path], recbole_paths: list[Path], note: str | None = None) -> dict[str, Any]:
     mr, rb = load(modalrec_paths, "modalrec"), load(recbole_paths, "recbole")
     if set(mr) != set(rb):
         raise SystemExit(f"seeds differ: modalrec {sorted(mr)}, RecBole {sorted(rb)}")
@@ -102,6 +102,7 @@ def summarise(modalrec_paths: list[Path], recbole_paths: list[Path]) -> dict[str
             for lib in ("modalrec", "recbole")}
     return {
         "benchmark": "recbole_side_by_side over seeds",
+        **({"note": note} if note else {}),
         "hparams": {k: first.get(k) for k in SHARED_KEYS + MODALREC_KEYS},
         "dataset_summary": mr[seeds[0]][1].get("dataset_summary"),
         "seeds": seeds,
@@ -122,9 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modalrec", type=Path, nargs="+", required=True, help="runs whose modalrec side to use, one per seed")
     p.add_argument("--recbole", type=Path, nargs="+", required=True, help="runs whose RecBole side to use, one per seed")
+    p.add_argument("--note", default=None, help="free text recorded in the JSON (e.g. where each side was run)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    result = summarise(args.modalrec, args.recbole)
+    result = summarise(args.modalrec, args.recbole, args.note)
     emit_json(result, args.out)
     return result
 

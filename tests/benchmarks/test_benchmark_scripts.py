@@ -94,3 +94,27 @@ def test_recformer_ablation_counts_finetuning_steps_across_epochs_and_stages():
     assert ablation_text([run], curve) == ("TEST NDCG@10 by budget: 300 pretraining + 600 finetuning steps: zero-shot "
                                            "0.0700, finetuned 0.0800; VALID NDCG@10 by finetuning steps: 0: 0.0800, "
                                            "250: 0.0900, 500: 0.1000, 600: 0.1100")
+
+
+def test_scale_measures_one_catalogue_size_and_growth(tmp_path):
+    """scale.py's per-size run on a tiny catalogue: the generated log, the memory-mapped store, timed steps,
+    evaluation of the requested users; growth divides consecutive sizes."""
+    import torch
+    from scale import FEATURE_DIM, growth, one_size, parse_args
+
+    threads = torch.get_num_threads()
+    args = parse_args(["--eval-users", "20", "--steps", "1", "--batch-size", "8", "--dim", "16", "--max-len", "10",
+                       "--work-dir", str(tmp_path)])
+    try:
+        out = one_size(300, args)
+    finally:
+        torch.set_num_threads(threads)
+    assert (out["events"], out["users"], out["train_events"], out["eval"]["events"]) == (3000, 300, 2700, 20)
+    assert out["store_bytes"] >= 301 * FEATURE_DIM * 2  # float16 rows, PAD included
+    assert out["train"]["steps_timed"] == 1 and out["train"]["steps_per_epoch"] == -(-out["train"]["windows"] // 8)
+    assert out["memory"]["peak_rss_bytes"] > 0
+    sizes = [{"items": n, "train": {"s_per_step": s}, "eval": {"wall_s": e}, "memory": {"peak_rss_bytes": m}}
+             for n, s, e, m in ((10, 1.0, 2.0, 100), (100, 1.5, 20.0, 150))]
+    (row,) = growth(sizes)
+    assert (row["items"], row["train_s_per_step"], row["eval_wall_s"], row["peak_rss_bytes"]) == (10, 1.5, 10, 1.5)
+    assert row["eval_cpu_s"] is None  # not measured in either size

@@ -308,3 +308,34 @@ def test_repeat_and_history_groups_match_a_naive_reference() -> None:
         expected = "hist_0" if n == 0 else "hist_1" if n == 1 else "hist_2-4" if n <= 4 else "hist_5-19" if n <= 19 else "hist_20+"
         assert [g for g in masks if g.startswith("hist_") and masks[g][e]] == [expected]
     assert 0 < masks["repeat"].sum() < len(es)
+
+
+def test_dot_product_models_compute_their_item_table_once() -> None:
+    """A model with `dot_product_scores` is ranked as forward(batch) @ item_embeddings().T with the table
+    computed once per run (not per score block), and ranks exactly as its own `score` does."""
+    from modalrec.models.base import ModelContext
+    from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+
+    n_items = 40
+    es = random_evalset(30, n_items, seed=3)
+    model = SASRec(SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8), ModelContext(n_items=n_items, n_users=30))
+    model.eval()  # ScoreOnly is no nn.Module: the evaluator cannot switch its dropout off
+    calls = []
+    table = model.item_embeddings
+
+    def counted() -> torch.Tensor:
+        calls.append(1)
+        return table()
+
+    model.item_embeddings = counted
+
+    class ScoreOnly:  # the same scores through `score` only (no dot-product contract)
+        def score(self, batch: SeqBatch) -> torch.Tensor:
+            return model.score(batch)
+
+    for masked in (True, False):
+        ev = Evaluator(es, n_items, exclude_seen=masked, max_len=8, batch_size=7)  # 5 blocks
+        calls.clear()
+        fast = ev.run(model)
+        assert len(calls) == 1
+        assert np.array_equal(fast.ranks, ev.run(ScoreOnly()).ranks)

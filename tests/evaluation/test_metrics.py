@@ -121,3 +121,31 @@ def test_metric_table_names_every_reported_metric_with_a_direction() -> None:
     assert set(definitions()) == set(METRICS)
     with pytest.raises(KeyError, match="unknown metric"):
         metric("precision@10")
+
+
+@pytest.mark.parametrize("chunk", [20, 64, 2**19])  # a few columns per chunk / several / the whole catalogue
+def test_dot_product_ranking_without_the_score_block_matches_naive(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank_dot_block (scores formed chunk by chunk from state @ table.T) = the naive ranks of the full score
+    block, ties included: small integer vectors give exact, often equal, scores; duplicate and zero items tie."""
+    monkeypatch.setattr(ranking, "CPU_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    table = rng.integers(-2, 3, size=(31, 4)).astype(np.float32)  # PAD + 30 items
+    table[0] = 0.0
+    table[5] = table[9]  # duplicates tie exactly
+    table[12] = 0.0
+    state = rng.integers(-2, 3, size=(9, 4)).astype(np.float32)
+    targets = rng.integers(1, 31, size=9)
+    targets[:3] = (9, 5, 12)
+    mask = rng.random((9, 31)) < 0.7
+    scores = state @ table.T
+    want = naive_ranks(scores, targets, mask)
+    t, s = torch.from_numpy(targets), torch.from_numpy(state)
+    got, t_score = ranking.rank_dot_block(s, torch.from_numpy(table), t, *exclusion_pairs(~torch.from_numpy(mask), t))
+    np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(t_score[:, 0].numpy(), scores[np.arange(9), targets])
+    no_mask = ranking.rank_dot_block(s, torch.from_numpy(table), t)[0]
+    np.testing.assert_array_equal(no_mask.numpy(), naive_ranks(scores, targets, None))
+    bad = torch.from_numpy(table.copy())
+    bad[17, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN.*rows \[0, 1, 2"):
+        ranking.rank_dot_block(s, bad, t)

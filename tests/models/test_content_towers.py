@@ -214,3 +214,24 @@ def test_losses_with_content_towers(loss: str) -> None:
         assert max(rows) <= 11 and sum(rows) < 25
     else:  # plus the sampled negatives (5 shared, or 5 per position for BPR)
         assert max(rows) < 60 and n + 1 not in rows
+
+
+@pytest.mark.parametrize("kind", ["text+image", "hybrid"])
+def test_chunked_feature_reads_match_whole_table(kind: str, monkeypatch) -> None:
+    """Without autograd `all()` embeds the catalogue in row chunks and the train mean is read in chunks:
+    the same numbers as one pass over the whole table (a chunk of 5 rows splits the 13-row table unevenly)."""
+    from modalrec.models.towers import content
+
+    whole = _tower(kind, ctx=_ctx(), adaptor="whiten", mlp=True, layernorm=True).eval()
+    with torch.no_grad():
+        expected = whole.embed(torch.arange(N + 1))
+    monkeypatch.setattr(content, "EMBED_CHUNK", 5)
+    chunked = _tower(kind, ctx=_ctx(), adaptor="whiten", mlp=True, layernorm=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(chunked.all(), expected, atol=1e-6)
+    assert torch.allclose(chunked.all(), expected, atol=1e-6)  # with autograd: one pass, same rows
+    white = next(m for m in chunked.modules() if isinstance(m, Whitening))
+    feats = _ctx().item_features["text"]
+    # warm items 1..8 with text (item 5 has none), L2-normalised, averaged (test_whitening_bias_starts_at_train_mean)
+    ref = torch.nn.functional.normalize(feats[[1, 2, 3, 4, 6, 7, 8]], dim=-1).mean(0)
+    assert torch.allclose(white.bias.detach(), ref, atol=1e-6)

@@ -9,9 +9,11 @@ from seq_testdata import context, cyclic_split, evaluate, random_batch
 from modalrec.data.sequences import TrainWindows
 from modalrec.errors import ConfigError
 from modalrec.models import build_model
+from modalrec.models.base import ModelContext
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.models.towers.item_towers import TowerConfig
 from modalrec.training.loop import TrainConfig, fit
+from modalrec.types import SeqBatch
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,30 @@ def test_prefix_state_in_a_training_window_matches_evaluation(positions: str) ->
 def test_unknown_position_numbering_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="positions"):
         build_model("sasrec", SASRecConfig(positions="middle"), context(cyclic_split(n_items=10, n_users=5)))
+
+
+@pytest.mark.parametrize(("norm", "layers"), [("post", 2), ("pre", 2), ("post", 1), ("post", 0)])
+def test_states_of_selected_positions_equal_the_full_encoding(norm: str, layers: int) -> None:
+    """encode_at (the last block computes only the scored rows) = encode(...)[at]: the states, and the
+    training loss and its gradients, which read only those states."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(dim=16, n_layers=layers, n_heads=2, max_len=12, norm=norm, dropout=0.0,
+                                label_smoothing=0.3), ModelContext(n_items=30, n_users=6)).eval()
+    items = torch.randint(1, 31, (6, 12))
+    items[0, :5] = 0  # a short history
+    at = torch.rand(6, 12) < 0.4
+    at[1] = False  # a row with nothing to score
+    at[2, :3] = True  # PAD and real rows alike
+    assert torch.allclose(model.encode_at(items, at), model.encode(items)[at], atol=1e-6)
+    targets = torch.where(at, torch.randint(1, 31, (6, 12)), 0)
+    batch = SeqBatch(items=items, targets=targets, users=torch.arange(6))
+    grads = []
+    for encode_at in (model.encode_at, lambda x, a: model.encode(x)[a]):  # the selected rows, or all rows
+        model.zero_grad()
+        model.encode_at = encode_at
+        loss = model.loss(batch)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        del model.encode_at
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1], strict=True))

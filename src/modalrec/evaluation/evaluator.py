@@ -30,7 +30,7 @@ from modalrec.data.sequences import eval_batch
 from modalrec.data.splits import GROUP_DEFINITIONS, EvalSet
 from modalrec.devices import resolve_device
 from modalrec.evaluation.metrics import compute_metrics, definitions
-from modalrec.evaluation.ranking import rank_block, sampled_ranks
+from modalrec.evaluation.ranking import rank_block, rank_dot_block, sampled_ranks
 from modalrec.evaluation.report import Report
 from modalrec.evaluation.sampled import SampledConfig, draw_negatives
 from modalrec.types import Scorer
@@ -118,7 +118,8 @@ class Evaluator:
         return list(range(0, len(self.evalset), self.batch_size))
 
     def run(self, model: Scorer, name: str = "test", keep_ranks: bool = True) -> Report:
-        """Score every event with `model.score(batch)` ([B, n_items + 1]) and build the Report."""
+        """Score every event with `model.score(batch)` ([B, n_items + 1]; dot-product models: their state
+        times the item table computed once) and build the Report."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
@@ -144,20 +145,32 @@ class Evaluator:
             if is_module:
                 model.eval()
             with torch.no_grad():
+                table = _item_table(model) if starts else None  # [n_items + 1, d] or None
+                if table is not None:
+                    _check_shape(table, (self.n_items + 1, table.shape[1]), "item_embeddings()", f"evaluation '{name}'")
+                # sampled metrics read scores at drawn negatives: they need the score block
+                fused = table is not None and negatives is None and dev.type == "cpu"
                 for lo in starts:
                     hi = min(len(es), lo + self.batch_size)
                     batch = eval_batch(es, np.arange(lo, hi), self.max_len).to(dev)
-                    scores = model.score(batch)  # [B, n_items + 1]
                     at = f"batch {lo // self.batch_size} (events {lo}..{hi - 1}) of evaluation '{name}'{where}"
-                    if tuple(scores.shape) != (hi - lo, self.n_items + 1):
-                        raise ValueError(f"model.score returned shape {tuple(scores.shape)} in {at}; expected "
-                                         f"({hi - lo}, {self.n_items + 1}) = (batch, n_items + 1 with column 0 = PAD)")
                     a, z = int(self._mask_offsets[lo]), int(self._mask_offsets[hi])
-                    r, t_score = rank_block(scores, targets[lo:hi], mask_rows[a:z] - lo, mask_items[a:z], at)
+                    excluded = (mask_rows[a:z] - lo, mask_items[a:z])
+                    if fused:  # dot-product model on CPU: scores formed and ranked chunk by chunk, never stored
+                        state = model(batch)  # [B, d]
+                        _check_shape(state, (hi - lo, table.shape[1]), "forward (the state)", at)
+                        r, t_score = rank_dot_block(state, table, targets[lo:hi], *excluded, at)
+                        ranks.append(r)
+                        continue
+                    # [B, n_items + 1]; a dot-product model's item table is computed once, not once per block
+                    scores = model.score(batch) if table is None else model(batch) @ table.T
+                    _check_shape(scores, (hi - lo, self.n_items + 1), "model.score", at)
+                    r, t_score = rank_block(scores, targets[lo:hi], *excluded, at)
                     ranks.append(r.cpu())
                     if negatives is not None:
                         neg = torch.from_numpy(negatives[lo:hi]).to(dev)  # [B, n]
                         s_ranks.append(sampled_ranks(scores, t_score, neg).cpu())
+                    del scores  # freed before the next block is scored: one block in memory, not two
         finally:
             if is_module and was_training:
                 model.train()
@@ -213,6 +226,21 @@ class Evaluator:
             meta=meta,
             ranks=ranks.numpy() if keep_ranks else None,
         )
+
+
+def _check_shape(t: torch.Tensor, want: tuple[int, int], what: str, at: str) -> None:
+    if tuple(t.shape) != want:
+        raise ValueError(f"{what} returned shape {tuple(t.shape)} in {at}; expected {want} (score columns: "
+                         "n_items + 1 with column 0 = PAD)")
+
+
+def _item_table(model: Scorer) -> torch.Tensor | None:
+    """The item table of a model whose scores are `forward(batch) @ item_embeddings().T` (the
+    Recommender contract `dot_product_scores`), else None. Content towers compute every item's vector
+    in each `score` call, which at 10^6 items would cost more than the scoring itself."""
+    if isinstance(model, nn.Module) and getattr(model, "dot_product_scores", False):
+        return model.item_embeddings()
+    return None
 
 
 def _prefixed(metrics: dict[str, float | None]) -> dict[str, float | None]:

@@ -68,6 +68,46 @@ def count_ge(scores: torch.Tensor, t_score: torch.Tensor) -> tuple[torch.Tensor,
     return counts, bool(torch.isnan(nan_sum))
 
 
+def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                   excluded_rows: torch.Tensor | None = None, excluded_items: torch.Tensor | None = None,
+                   where: str = "this block") -> tuple[torch.Tensor, torch.Tensor]:
+    """`rank_block(state @ table.T, ...)` on CPU without the [B, N + 1] score block. state [B, d], table
+    [N + 1, d] (row 0 = PAD). The scores are formed one cache-sized column chunk at a time and counted
+    while in cache, so the block is never written to memory and read back (and memory is one chunk).
+
+    The target's score comes from a product of the same kind as every other score; the target is counted
+    once by rule (1 + other candidates scoring >= it), whatever the rounding of its own column."""
+    targets = targets.to(state.device, torch.int64)
+    b, n_cols = state.shape[0], table.shape[0]
+    t_score = torch.mm(state, table[targets].T).diagonal().unsqueeze(1)  # [B, 1]
+    cols = max(1, min(n_cols - 1, CPU_CHUNK // max(b, 1)))
+    score_buf = torch.empty(b * cols, dtype=state.dtype)
+    hit_buf = torch.empty(b * cols, dtype=torch.float32)
+    counts = torch.ones(b, dtype=torch.int64)  # the target itself
+    nan_sum = t_score.sum(dtype=torch.float64)
+    rows = torch.arange(b)
+    pairs = excluded_rows is not None and excluded_items is not None and excluded_rows.numel() > 0
+    if pairs:  # pairs sorted by item: each chunk's pairs are one slice
+        order = torch.argsort(excluded_items)
+        ex_rows, ex_items = excluded_rows[order], excluded_items[order]
+    for c0 in range(1, n_cols, cols):  # column 0 (PAD) is never a candidate
+        c1 = min(n_cols, c0 + cols)
+        part = torch.mm(state, table[c0:c1].T, out=score_buf[: b * (c1 - c0)].view(b, c1 - c0))  # [B, C]
+        nan_sum += part.sum()
+        hit = torch.ge(part, t_score, out=hit_buf[: part.numel()].view(part.shape))  # [B, C] 0/1
+        counts += hit.sum(dim=1).to(torch.int64)
+        own = (targets >= c0) & (targets < c1)  # [B] rows whose target column is in this chunk
+        counts[own] -= hit[rows[own], targets[own] - c0].to(torch.int64)
+        if pairs:
+            lo, hi = torch.searchsorted(ex_items, torch.tensor([c0, c1])).tolist()
+            if hi > lo:
+                r, i = ex_rows[lo:hi], ex_items[lo:hi] - c0
+                counts.index_add_(0, r, -hit[r, i].to(torch.int64))
+    if bool(torch.isnan(nan_sum)):
+        check_no_nan(state @ table.T, where)
+    return counts, t_score
+
+
 def sampled_ranks(scores: torch.Tensor, target_score: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """[B] int64 ranks against sampled negatives only, same tie rule: 1 + #(valid negatives scoring >= the
     target). scores [B, N + 1], target_score [B, 1] (from `rank_block`), negatives [B, n] (-1 = none)."""

@@ -194,6 +194,10 @@ class CausalTowerRecommender(SequentialRecommender):
     def encode(self, items: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, d]
         raise NotImplementedError
 
+    def encode_at(self, items: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """`encode(items)[at]` ([M, d]) for a [B, L] bool `at`; models may compute only those states."""
+        return self.encode(items)[at]
+
     def reseed(self, seed: int) -> None:
         self.criterion.reseed(seed)
 
@@ -220,12 +224,14 @@ class CausalTowerRecommender(SequentialRecommender):
         if batch.targets.dim() != 2:
             raise ValueError(f"{type(self).__name__}.loss needs training batches with [B, L] targets (TrainWindows)")
         L = min(batch.items.shape[1], self.cfg.max_len)
+        targets = batch.targets[:, -L:]  # [B, L]
+        at = targets > 0  # only these states are scored (with overlapping windows, few of them)
+        states = self.encode_at(batch.items, at)  # [M, d]
         if self.prior is None:
-            return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower)
+            return self.criterion(states, targets[at], self.tower)
         if batch.target_ts is None:
             raise ValueError(f"{type(self).__name__} has a freshness prior: training batches need target_ts")
-        return self.criterion(self.encode(batch.items), batch.targets[:, -L:], self.tower, self.prior,
-                              batch.target_ts[:, -L:])
+        return self.criterion(states, targets[at], self.tower, self.prior, batch.target_ts[:, -L:][at])
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         self.tower.set_item_features(features, missing)

@@ -22,14 +22,16 @@ class SelfAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-8)
         self.drop = nn.Dropout(dropout)
 
-    def _attend(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention output [B, L, d], or [M, d] at the rows `at` ([B, L] bool) only."""
         b, L, d = x.shape
         q, k, v = (
             self.qkv(x).view(b, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         )  # 3 x [B, H, L, dh]
         p = self.attn_dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, L, dh]
-        return self.drop(self.out(a.transpose(1, 2).reshape(b, L, d)))  # [B, L, d]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # [B, L, H, dh]
+        a = a.reshape(b, L, d) if at is None else a[at].reshape(-1, d)  # [B, L, d] or [M, d]
+        return self.drop(self.out(a))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [B, L, d] -> [B, L, d]
         if self.pre_norm:
@@ -37,6 +39,18 @@ class SelfAttentionBlock(nn.Module):
             return x + self.drop(self.ffn(self.norm2(x)))
         x = self.norm1(x + self._attend(x, mask))
         return self.norm2(x + self.drop(self.ffn(x)))
+
+    def forward_at(self, x: torch.Tensor, mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """`forward(x, mask)[at]` ([M, d]) for the rows `at` ([B, L] bool) alone.
+
+        Attention runs over every row (each is a key and a value), but its output projection, the
+        feed-forward and the norms (most of a block's cost) run on the M selected rows: a last block whose
+        other states nobody reads (training windows whose early positions are context only) costs less."""
+        if self.pre_norm:
+            h = x[at] + self._attend(self.norm1(x), mask, at)  # [M, d]
+            return h + self.drop(self.ffn(self.norm2(h)))
+        h = self.norm1(x[at] + self._attend(x, mask, at))
+        return self.norm2(h + self.drop(self.ffn(h)))
 
 
 def init_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:

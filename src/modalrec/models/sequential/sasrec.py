@@ -85,6 +85,22 @@ class SASRec(CausalTowerRecommender):
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] left-padded -> states [B, L, d] (state t has seen items[:, :t + 1])."""
+        x, mask = self._embed_and_mask(items)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x)
+
+    def encode_at(self, items: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """`encode(items)[at]` ([M, d]); the last block computes only the `at` rows ([B, L] bool)."""
+        x, mask = self._embed_and_mask(items)
+        if not self.blocks:
+            return self.final_norm(x[at])
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        return self.final_norm(self.blocks[-1].forward_at(x, mask, at))
+
+    def _embed_and_mask(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items [B, L] -> (block input [B, L, d], attention mask [B, 1, L, L])."""
         items = items[:, -self.cfg.max_len :]  # [B, L] keep the most recent max_len
         L = items.shape[1]
         valid = items > 0  # [B, L]
@@ -94,10 +110,7 @@ class SASRec(CausalTowerRecommender):
         eye = torch.eye(L, dtype=torch.bool, device=items.device)  # [L, L]
         # Real queries see earlier real items; a PAD query sees only itself (no all-masked row -> no NaN).
         mask = (causal & valid[:, None, :]) | eye  # [B, L, L]
-        mask = mask[:, None]  # [B, 1, L, L] broadcast over heads
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.final_norm(x)
+        return x, mask[:, None]  # [B, 1, L, L] broadcast over heads
 
     def _position_embeddings(self, valid: torch.Tensor) -> torch.Tensor:
         """[B, L] real-item mask -> position embeddings, [L, d] (from_end) or [B, L, d] (from_start).

@@ -32,6 +32,7 @@ from modalrec.models.towers.fusion import FUSIONS, make_fusion
 from modalrec.seeding import torch_generator
 
 ADAPTORS = ("linear", "whiten", "moe")
+EMBED_CHUNK = 2**16  # rows per chunk when a whole feature table is read (mean, all items without autograd)
 CONTENT_KINDS: dict[str, tuple[str, ...]] = {"text": ("text",), "image": ("image",), "text+image": ("text", "image")}
 
 
@@ -163,16 +164,33 @@ class ModalityProjector(nn.Module):
 
 
 def _feature_mean(feat: torch.Tensor, missing: torch.Tensor | None, counts: Any, l2: bool) -> torch.Tensor:
-    """Mean (L2-normalised) feature over real, present items seen in training (all real items if no counts)."""
-    x = feat[1:].float()  # [N, d_m]
-    keep = torch.ones(len(x), dtype=torch.bool)
+    """Mean (L2-normalised) feature over real, present items seen in training (all real items if no counts).
+
+    Read in row chunks, so a memory-mapped [10^6, d] table never becomes a float32 copy in memory."""
+    n = feat.shape[0] - 1
+    keep = torch.ones(n + 1, dtype=torch.bool)
+    keep[0] = False
     if missing is not None:
-        keep &= ~missing[1:].cpu().bool()
+        keep &= ~missing.cpu().bool()
     if counts is not None:
-        keep &= torch.as_tensor(counts[1 : len(x) + 1] > 0)
-    if l2:
-        x = F.normalize(x, dim=-1)
-    return x[keep.to(x.device)].mean(0) if bool(keep.any()) else torch.zeros(x.shape[1])
+        keep[1:] &= torch.as_tensor(counts[1 : n + 1] > 0)
+    if not bool(keep.any()):
+        return torch.zeros(feat.shape[1])
+    total = torch.zeros(feat.shape[1], dtype=torch.float64)
+    for lo in range(0, n + 1, EMBED_CHUNK):
+        x = feat[lo : lo + EMBED_CHUNK].float()  # [C, d_m]
+        rows = keep[lo : lo + EMBED_CHUNK].to(x.device)
+        total += (F.normalize(x, dim=-1) if l2 else x)[rows].sum(0, dtype=torch.float64).cpu()
+    return (total / int(keep.sum())).float()
+
+
+def embed_all(embed: Any, n_items: int, device: torch.device) -> torch.Tensor:
+    """[n_items + 1, d] = embed(0..n_items). Without autograd (evaluation, serving) the rows go through
+    `embed` in chunks, so the float32 copies of the features are one chunk, not the catalogue."""
+    idx = torch.arange(n_items + 1, device=device)
+    if torch.is_grad_enabled():
+        return embed(idx)
+    return torch.cat([embed(idx[lo : lo + EMBED_CHUNK]) for lo in range(0, n_items + 1, EMBED_CHUNK)])
 
 
 class ContentTower(ItemTower):
@@ -273,7 +291,7 @@ class ContentTower(ItemTower):
         return out
 
     def all(self) -> torch.Tensor:  # [n_items + 1, d]
-        return self.embed(torch.arange(self.n_items + 1, device=self.feat_0.device))
+        return embed_all(self.embed, self.n_items, self.feat_0.device)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         # Embed each distinct item once (a batch repeats items; in-batch losses then touch only batch items).
@@ -326,7 +344,7 @@ class HybridTower(ItemTower):
         return self.content.embed(idx) + ids
 
     def all(self) -> torch.Tensor:  # [n_items + 1, d]
-        return self.embed(torch.arange(self.n_items + 1, device=self.warm.device))
+        return embed_all(self.embed, self.n_items, self.warm.device)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         uniq, inv = torch.unique(items, return_inverse=True)
