@@ -171,6 +171,11 @@ def recformer_transfer(results: Path) -> str:
                   _f(r["zero_shot_test_ndcg@10"]), ""],
                  [(f"{label}, finetuned ({r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning "
                    f"steps; `{r['source']}`)"), _f(r["finetuned_test_ndcg@10"]), ""]]
+    untrained = "recformer_transfer_minilm_cpu_p0.json"  # the same run without pretraining or finetuning
+    if (results / untrained).exists():
+        zero = _load(results, untrained)["zero_shot_test"]
+        rows.append([f"{label}, zero-shot (MiniLM as initialised, no pretraining; `{untrained}`)", _f(zero["ndcg@10"]),
+                     _f(zero["hr@10"])])
     names = {"content_knn": "content-kNN (MiniLM, no training)", "pop": "Pop", "sasrec_text": "text SASRec"}
     rows += [[label_, _f(d["reference"][key]["ndcg@10"]), _f(d["reference"][key]["hr@10"])]
              for key, label_ in names.items()]
