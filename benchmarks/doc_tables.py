@@ -349,8 +349,10 @@ def speed(results: Path) -> str:
             what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
                     "(history excluded / included)")
             cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
+            block = (f"score block {c['score_block_bytes'] / 2**20:.0f} MiB" if not prefix
+                     else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
-                         f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+                         f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
     lo = _load(results, "loop_overhead_cpu.json")
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
