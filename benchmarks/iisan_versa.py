@@ -15,17 +15,19 @@ over a different item tower:
   *_norm         ablation: IISAN (text) / IISAN-Versa with item vectors L2-normalised to --item-norm, as the
                  content tower does
   fft / lora     MiniLM runs inside the item tower on the item text (forward + backward every step): all
-                 weights trained, or LoRA (rank r) on query / value. Text only: fine-tuning EfficientNet
-                 too would cost more still.
+                 weights trained (MiniLM at --lr x --encoder-lr-scale: pretrained weights), or LoRA (rank r)
+                 on query / value. Text only: fine-tuning EfficientNet too would cost more still.
 Hidden states are cached once (features.build.encode_hidden_cache; MiniLM layers 0..6 mean-pooled,
 EfficientNet-Lite0 stem, 7 stages and head global-average-pooled, zero-padded to 1280).
 
 Parts, in this order, the JSON rewritten after every method ("complete": false until the end): cost, then
-quality. `--quality` methods trained on all users; `--subset-users N`: the `--subset-methods` (FFT / LoRA and
-the others, for a like-for-like comparison) trained on the first N users only (FFT / LoRA over all users do
-not fit a shared CPU). Cost: every `--cost-methods` method times `--cost-steps` optimizer steps on the same
-full-data batches in its own subprocess (seconds per epoch = mean step time x batches per epoch, extrapolated)
-and records peak RSS. A top-level "claims" object states the IISAN-Versa target and whether it is met.
+quality. Every method runs in its own subprocess, so its peak RSS is its own. `--quality` methods trained on
+all users; `--subset-users N` (and `--subset-history K`: each user's last K events): the `--subset-methods`
+(FFT / LoRA and the others, for a like-for-like comparison) trained on that subset only (FFT / LoRA over all
+users do not fit a shared CPU); each records its measured seconds per training epoch and peak RSS. Cost:
+every `--cost-methods` method times `--cost-steps` optimizer steps on full-data batches (seconds per epoch =
+mean step time x batches per epoch, extrapolated) and records peak RSS. A top-level "claims" object states
+the IISAN-Versa target, check by check, met or not.
 
     nice -n 10 python benchmarks/iisan_versa.py --dataset ml100k --threads 1 \
         --out benchmarks/results/iisan_versa_ml100k_cpu.json
@@ -35,6 +37,7 @@ and records peak RSS. A top-level "claims" object states the IISAN-Versa target 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -81,7 +84,10 @@ def prepare(args: argparse.Namespace, subset_users: int | None, with_cache: bool
                       image_dir=args.cache_root / "builtin-images")
     inter = ds.interactions
     if subset_users:
-        inter = inter.subset(inter.user <= subset_users)  # index spaces kept: the cache rows still match
+        keep = inter.user <= subset_users  # index spaces kept: the cache rows still match
+        if args.subset_history:  # each subset user's last N events: fewer windows, so FFT / LoRA fit
+            keep &= inter.position_in_user() >= inter.seq_lengths()[inter.user] - args.subset_history
+        inter = inter.subset(keep)
     split = leave_one_out(inter)
     cache_dir = args.cache_root / f"{ds.name}-{ds.item_vocab.hash}-minilm-effnetlite0-all"
     out: dict[str, Any] = {"dataset": ds, "split": split, "cache": None, "cache_dir": cache_dir}
@@ -116,7 +122,8 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
         module, tokenizer, _, _ = load_hf_text("minilm", local_files_only=True)
         ids, mask = tokenize_items(tokenizer, prep["dataset"].items.texts(TEMPLATES[args.dataset]), args.max_tokens)
         cfg = EncoderFinetuneConfig(**common, mode="full" if method == "fft" else "lora", lora_r=args.lora_r,
-                                    lora_alpha=2.0 * args.lora_r, encode_batch=args.encode_batch)
+                                    lora_alpha=2.0 * args.lora_r, encode_batch=args.encode_batch,
+                                    encoder_lr_scale=args.encoder_lr_scale)
         return EncoderFinetune.build(cfg, ctx, module, ids, mask)
     states = states_from_cache(prep["cache"], ("text", "image"))
     if method == "content":
@@ -166,7 +173,9 @@ def train_and_test(method: str, prep: dict[str, Any], args: argparse.Namespace, 
     eff = efficiency_report(model, seconds_per_epoch=float(np.mean(hist.epoch_seconds)), memory=mem)
     out = {"test": _pct(test.overall), "valid": _pct(valid.overall), "test_events": int(test.counts["overall"]),
            "epochs_run": hist.epochs, "best_epoch": hist.best_epoch, "train_seconds_total": round(train_s, 1),
-           "seconds_per_epoch_measured": eff["seconds_per_epoch"], "trainable_parameters": eff["trainable_parameters"]}
+           "seconds_per_epoch_measured": eff["seconds_per_epoch"], "trainable_parameters": eff["trainable_parameters"],
+           "peak_memory_mb": round(mem.peak_bytes / 2**20, 1),
+           "peak_memory_is": "RSS of this method's own process while training (sampled), data and cache included"}
     out.update({k: eff[k] for k in ("layers", "gates") if k in eff})
     log.info("%s: valid %s test %s (%.0f s)", method, out["valid"], out["test"], train_s)
     return out
@@ -188,7 +197,7 @@ def cost_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     model = build(method, prep, args)
     model.train()
     windows = TrainWindows(prep["split"].train, args.max_len)
-    batches = windows.batches(args.batch_size, seed=args.seed, epoch=1)
+    batches = (b for epoch in itertools.count(1) for b in windows.batches(args.batch_size, seed=args.seed, epoch=epoch))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
 
     def step() -> None:
@@ -212,69 +221,116 @@ def cost_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_epoch_is": "extrapolated: mean step time x steps_per_epoch (full training split)"}
 
 
-def run_cost(method: str, argv: list[str]) -> dict[str, Any]:
-    """cost_worker in a fresh subprocess (peak RSS of that method alone)."""
+def worker(part: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One method of one part ("cost", "full" or "subset"), run inside its own process."""
+    if part == "cost":
+        return cost_worker(method, args)
+    prep = prepare(args, args.subset_users if part == "subset" else None)
+    return train_and_test(method, prep, args, (args.subset_epochs or args.epochs) if part == "subset" else args.epochs)
+
+
+def run_worker(part: str, method: str, argv: list[str]) -> dict[str, Any]:
+    """`worker` in a fresh subprocess: the peak RSS is that method's alone (a process keeps its high-water mark)."""
     passthrough = [a for i, a in enumerate(argv) if not a.startswith("--out") and not (i > 0 and argv[i - 1] == "--out")]
-    log.info("cost: %s", method)
-    proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", method],
+    log.info("%s: %s", part, method)
+    proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", f"{part}:{method}"],
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else {"error": proc.stderr[-2000:]}
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1][7:])
+    log.error("%s %s failed:\n%s", part, method, proc.stderr[-2000:])
+    return {"error": proc.stderr[-2000:]}
 
 
 def claims(out: dict[str, Any], command: str) -> dict[str, Any]:
-    """The IISAN-Versa target on this data, from the measured numbers only (None where a part was not run), and
-    for every check that fails, the measured numbers and ablations that bear on it."""
-    sub, full = out.get("subset", {}).get("results", {}), out.get("full", {}).get("results", {})
+    """The IISAN-Versa target on this data, from the measured numbers only, each check met / not met with its
+    numbers, and the ablations that bear on a failed one. Quality vs FFT, time and memory come from the part
+    that trained FFT (its own per-method measured seconds per epoch and peak RSS; else the timed `cost` steps);
+    quality vs content SASRec from the all-users part if it ran both, else the subset."""
+    parts = {"full": out.get("full", {}).get("results", {}), "subset": out.get("subset", {}).get("results", {})}
     cost = out.get("cost", {})
-    cap = {"full": out["args"]["epochs"], "subset": out["args"].get("subset_epochs") or out["args"]["epochs"]}
+    caps = {"full": out["args"]["epochs"], "subset": out["args"].get("subset_epochs") or out["args"]["epochs"]}
+    names = {"full": "all users", "subset": _subset_name(out)}
 
-    def ndcg(part: dict[str, Any], m: str) -> float | None:
-        return part.get(m, {}).get("test", {}).get("ndcg@10")
+    def metric(part: str, m: str, key: str = "ndcg@10") -> float | None:
+        return parts[part].get(m, {}).get("test", {}).get(key)
 
-    def ratio(m: str, key: str) -> float | None:
-        a, b = cost.get(m, {}).get(key), cost.get("iisan_versa", {}).get(key)
+    def ratio(values: dict[str, Any], m: str, key: str) -> float | None:
+        a, b = values.get(m, {}).get(key), values.get("iisan_versa", {}).get(key)
         return None if a is None or not b else round(a / b, 2)
 
-    ours: dict[str, float | None] = {f"TEST NDCG@10 % {LABELS.get(m, m)}": ndcg(full, m) for m in full}
-    ours.update({f"subset ({out['subset']['users']} users) TEST NDCG@10 % {LABELS.get(m, m)}": ndcg(sub, m)
-                 for m in sub})
-    ours.update({
-        "FFT / Versa seconds per epoch": ratio("fft", "seconds_per_epoch"),
-        "LoRA / Versa seconds per epoch": ratio("lora", "seconds_per_epoch"),
-        "FFT / Versa peak RSS": ratio("fft", "peak_memory_mb"),
-        "LoRA / Versa peak RSS": ratio("lora", "peak_memory_mb"),
-    })
-    checks = {
-        "versa_ge_fft_quality": _ge(ndcg(sub, "iisan_versa"), ndcg(sub, "fft")),
-        "time_10x_less_than_fft": _ge(ours["FFT / Versa seconds per epoch"], 10.0),
-        "memory_2x_less_than_fft": _ge(ours["FFT / Versa peak RSS"], 2.0),
-        "versa_ge_content_sasrec": _ge(ndcg(full, "iisan_versa"), ndcg(full, "content")),
+    ours: dict[str, Any] = {}
+    for part, results in parts.items():
+        for m, r in results.items():
+            if "test" not in r:
+                ours[f"{names[part]}: {LABELS.get(m, m)}"] = "failed"
+                continue
+            ours[f"{names[part]}: {LABELS.get(m, m)}"] = (
+                f"TEST NDCG@10 {r['test']['ndcg@10']} %, HR@10 {r['test']['hr@10']} %, best epoch {r['best_epoch']} "
+                f"of {caps[part]}, {r['seconds_per_epoch_measured']:.3g} s/epoch, peak RSS "
+                + (f"{r['peak_memory_mb']:.0f} MB" if "peak_memory_mb" in r else "not recorded"))
+    fft_part = next((p for p in ("subset", "full") if metric(p, "fft") is not None and metric(p, "iisan_versa") is not None), None)
+    for m in ("fft", "lora"):
+        label = "FFT" if m == "fft" else "LoRA"
+        if fft_part is not None and m in parts[fft_part]:
+            ours[f"{label} / Versa seconds per epoch ({names[fft_part]})"] = ratio(parts[fft_part], m, "seconds_per_epoch_measured")
+            ours[f"{label} / Versa peak RSS ({names[fft_part]})"] = ratio(parts[fft_part], m, "peak_memory_mb")
+        if m in cost and "iisan_versa" in cost:
+            ours[f"{label} / Versa seconds per epoch (all users, timed steps)"] = ratio(cost, m, "seconds_per_epoch")
+            ours[f"{label} / Versa peak RSS (all users, timed steps)"] = ratio(cost, m, "peak_memory_mb")
+    time_key = next((k for k in ours if k.startswith("FFT / Versa seconds")), None)
+    mem_key = next((k for k in ours if k.startswith("FFT / Versa peak RSS")), None)
+    content_part = next((p for p in ("full", "subset") if metric(p, "content") is not None
+                         and metric(p, "iisan_versa") is not None), None)
+    checks: dict[str, bool | None] = {
+        "versa_ge_fft_quality": None if fft_part is None else _ge(metric(fft_part, "iisan_versa"), metric(fft_part, "fft")),
+        "time_10x_less_than_fft": None if time_key is None else _ge(ours[time_key], 10.0),
+        "memory_2x_less_than_fft": None if mem_key is None else _ge(ours[mem_key], 2.0),
+        "versa_ge_content_sasrec": None if content_part is None else _ge(metric(content_part, "iisan_versa"),
+                                                                         metric(content_part, "content")),
     }
-    why = [f"{name}: not measured" for name, ok in checks.items() if ok is None]
+    said = {
+        "versa_ge_fft_quality": lambda: f"Versa {metric(fft_part, 'iisan_versa')} vs FFT {metric(fft_part, 'fft')} "
+                                        f"(TEST NDCG@10 %, {names[fft_part]})",
+        "time_10x_less_than_fft": lambda: f"FFT / Versa seconds per epoch {ours[time_key]}",
+        "memory_2x_less_than_fft": lambda: f"FFT / Versa peak RSS {ours[mem_key]}",
+        "versa_ge_content_sasrec": lambda: f"Versa {metric(content_part, 'iisan_versa')} vs content SASRec "
+                                           f"{metric(content_part, 'content')} (TEST NDCG@10 %, {names[content_part]})",
+    }
+    verdicts = [f"{name}: {'not measured in this run' if ok is None else ('met' if ok else 'NOT MET')}"
+                + ("" if ok is None else f" ({said[name]()})") for name, ok in checks.items()]
     if checks["versa_ge_content_sasrec"] is False:
-        ablations = ", ".join(f"{LABELS.get(m, m)} {ndcg(full, m)}" for m in full if m not in ("content", "iisan_versa"))
-        why.append(f"IISAN-Versa {ndcg(full, 'iisan_versa')} < content SASRec {ndcg(full, 'content')} "
-                   f"(TEST NDCG@10 %, all users); ablations: {ablations}")
-    if checks["versa_ge_fft_quality"] is False:
-        why.append(f"subset: IISAN-Versa {ndcg(sub, 'iisan_versa')} < FFT {ndcg(sub, 'fft')}")
-    for part, cap in ((full, out["args"]["epochs"]), (sub, out["args"].get("subset_epochs") or out["args"]["epochs"])):
-        capped = [LABELS.get(m, m) for m, r in part.items() if r.get("best_epoch") == cap]
+        ablations = [m for m in parts[content_part] if m not in ("content", "iisan_versa", "fft", "lora")]
+        if ablations:
+            verdicts.append("ablations (TEST NDCG@10 %): " + ", ".join(
+                f"{LABELS.get(m, m)} {metric(content_part, m)}" for m in ablations))
+    for part, results in parts.items():
+        capped = [LABELS.get(m, m) for m, r in results.items() if r.get("best_epoch") == caps[part]]
         if capped:
-            why.append(f"best VALID epoch = the {cap}-epoch cap (still improving): {', '.join(capped)}")
+            verdicts.append(f"{names[part]}: best VALID epoch = the {caps[part]}-epoch cap: {', '.join(capped)}")
     return {
         "system": "IISAN-Versa",
         "claim": "IISAN-Versa (text + image side adapters over cached hidden states) reaches full fine-tuning's "
                  "quality at >= 10x less time per epoch and >= 2x less memory, and beats the frozen-feature "
                  "content SASRec",
-        "protocol": f"{out['dataset']['name']}, leave-one-out, full ranking, TEST once after VALID early stopping; "
-                    "SASRec over each item tower, same batches; seconds per epoch and peak RSS from timed steps on "
-                    "full-data batches (CPU, 1 thread)",
+        "protocol": f"{out['dataset']['name']} ({names['subset'] if not parts['full'] else 'all users'}), "
+                    "leave-one-out, full ranking, TEST once after VALID early stopping; SASRec over each item "
+                    "tower, same batches and epochs; each method in its own process (seconds per training epoch, "
+                    "peak RSS)" + (f"; FFT's MiniLM at lr x {out['args'].get('encoder_lr_scale', 1.0)}" if fft_part else "")
+                    + f"; CPU, {out['threads']} thread(s)",
         "ours": ours, "checks": checks,
         "target_met": all(v is True for v in checks.values()),
-        "why": "; ".join(why),
+        "why": "; ".join(verdicts),
         "command": command,
     }
+
+
+def _subset_name(out: dict[str, Any]) -> str:
+    sub = out.get("subset")
+    if not sub:
+        return "subset"
+    history = sub.get("history", "all")
+    return f"first {sub['users']} users" + ("" if history == "all" else f", last {history} events each")
 
 
 def _ge(a: float | None, b: float | None) -> bool | None:
@@ -291,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quality", default="content,iisan_text,iisan_versa,versa_no_inter,versa_all",
                    help="methods trained on all users (comma list; empty = none)")
     p.add_argument("--subset-users", type=int, default=150, help="0 = no subset part")
+    p.add_argument("--subset-history", type=int, default=0,
+                   help="keep each subset user's last N events only (0 = all)")
     p.add_argument("--subset-methods", default="content,iisan_text,iisan_versa,lora,fft")
     p.add_argument("--cost-methods", default="iisan_text,iisan_versa,content,lora,fft")
     p.add_argument("--cost-steps", type=int, default=3)
@@ -309,13 +367,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--item-norm", type=float, default=3.0, help="item-vector length of the *_norm ablations")
     p.add_argument("--max-tokens", type=int, default=64, help="item-text tokens for FFT / LoRA")
     p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--encoder-lr-scale", type=float, default=0.05,
+                   help="FFT: MiniLM's lr = --lr x this (pretrained weights; the rest of the model trains at --lr)")
     p.add_argument("--encode-batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[f"{part}:{m}" for part in ("cost", "full", "subset") for m in METHODS],
+                   default=None, help=argparse.SUPPRESS)
     p.add_argument("--claims-from", type=Path, default=None,
                    help="recompute the claims object of an existing result JSON (rewritten in place); runs nothing")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the methods --out already holds when it was written with the same settings")
     raw = list(argv if argv is not None else sys.argv[1:])
     args = p.parse_args(raw)
     if args.claims_from:
@@ -326,7 +389,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print("RESULT " + json.dumps(cost_worker(args.worker, args)))
+        part, _, method = args.worker.partition(":")
+        print("RESULT " + json.dumps(worker(part, method, args)))
         return {}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
@@ -358,21 +422,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_json_atomic(args.out, json.loads(json.dumps(result, default=str)))
         return result
 
+    def measure(part: str, m: str) -> dict[str, Any]:
+        if m in earlier.get(part, {}):
+            out.setdefault("resumed", {}).setdefault(part, []).append(m)
+            return earlier[part][m]
+        return run_worker(part, m, raw)
+
+    earlier = finished_earlier(args, p)
     out["cost"] = {}
     for m in [m for m in args.cost_methods.split(",") if m]:
-        out["cost"][m] = run_cost(m, raw)
+        out["cost"][m] = measure("cost", m)
         save(False)
     out["full"] = {"results": {}}
     for m in [m for m in args.quality.split(",") if m]:
-        out["full"]["results"][m] = train_and_test(m, prep, args, args.epochs)
+        out["full"]["results"][m] = measure("full", m)
         save(False)
     if args.subset_users:
-        sub = prepare(args, args.subset_users)
-        out["subset"] = {"users": args.subset_users, "split": sub["split"].describe(), "results": {}}
+        sub = prepare(args, args.subset_users, with_cache=False)
+        out["subset"] = {"users": args.subset_users, "history": args.subset_history or "all",
+                         "split": sub["split"].describe(), "results": {}}
         for m in [m for m in args.subset_methods.split(",") if m]:
-            out["subset"]["results"][m] = train_and_test(m, sub, args, args.subset_epochs or args.epochs)
+            out["subset"]["results"][m] = measure("subset", m)
             save(False)
     return save(True)
+
+
+def finished_earlier(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """--resume: per part, the methods the --out file already holds (without an error) when it was written with
+    the same settings (method lists aside; the subset's settings only matter for the subset part)."""
+    if not (args.resume and args.out and args.out.exists()):
+        return {}
+    old = json.loads(args.out.read_text())
+    stored = old.get("args", {})
+
+    def same(keys: list[str]) -> bool:  # a setting the earlier run did not have yet counts as its default
+        norm = lambda v: str(v) if isinstance(v, Path) else v
+        return all(norm(stored.get(k, parser.get_default(k))) == norm(getattr(args, k)) for k in keys)
+
+    lists = {"quality", "cost_methods", "subset_methods", "out", "resume", "claims_from", "worker"}
+    subset_keys = {"subset_users", "subset_history", "subset_epochs"}
+    shared = [k for k in vars(args) if k not in lists | subset_keys]
+    found = {"cost": old.get("cost", {}), "full": old.get("full", {}).get("results", {}),
+             "subset": old.get("subset", {}).get("results", {})}
+    keep = {part: same(shared + (sorted(subset_keys) if part == "subset" else [])) for part in found}
+    out = {part: {m: r for m, r in found[part].items() if "error" not in r} for part in found if keep[part]}
+    log.info("resume: reusing %s", {part: sorted(r) for part, r in out.items()})
+    return out
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ def test_baselines_train_and_rank_their_trainable_parameters(tiny_encoders):
     for name, model in {
         "iisan": IISAN.build(IISANConfig(**base_cfg, bottleneck=8), ctx, states),
         "frozen": FrozenBackbone.build(FrozenBackboneConfig(**base_cfg), ctx, states),
-        "full": EncoderFinetune.build(EncoderFinetuneConfig(**base_cfg, mode="full"), ctx,
+        "full": EncoderFinetune.build(EncoderFinetuneConfig(**base_cfg, mode="full", encoder_lr_scale=0.1), ctx,
                                       copy.deepcopy(text_enc.module), ids, mask),
         "lora": EncoderFinetune.build(EncoderFinetuneConfig(**base_cfg, mode="lora", lora_r=2), ctx,
                                       copy.deepcopy(text_enc.module), ids, mask),
@@ -313,6 +313,10 @@ def test_baselines_train_and_rank_their_trainable_parameters(tiny_encoders):
         with torch.no_grad():
             assert model.score(history_batch([np.array([1, 2])], 6)).shape == (1, n + 1)
         counts[name] = model.num_trainable_parameters()
+        scaled = {n for n, p in model.named_parameters() if getattr(p, "lr_scale", 1.0) != 1.0}
+        assert scaled == ({n for n in scaled if n.startswith("tower.encoder.")} if name == "full" else set()), name
+        if name == "full":  # the pretrained encoder at lr x 0.1, the item projection and SASRec at lr
+            assert len(scaled) == len(list(model.tower.encoder.parameters()))
     # Known answers: the frozen baseline trains SASRec plus a 48 -> 16 projection, like the encoder towers;
     # full fine-tuning adds every encoder weight, LoRA r=2 on query and value (4 layers, 48 -> 48) adds
     # 8 x 2 x (48 + 48) factors, and IISAN's adapters are far fewer than the encoder's weights.

@@ -138,6 +138,19 @@ def test_schedules_warmup_cosine_plateau_and_step_limit() -> None:
     assert h.lr == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05])  # halved after the 2nd bad validation
 
 
+def test_lr_scale_gives_a_parameter_its_own_learning_rate_under_the_schedule() -> None:
+    """AdamW's first step moves every weight with a non-zero gradient by lr (m / sqrt(v) = +-1): the scaled
+    weight must move by lr x lr_scale, also under a warmup schedule that rewrites the lr every step."""
+    for warmup, lr in ((0, 0.1), (2, 0.1 / 2)):  # warmup: step 1 of 2 runs at lr / 2
+        model = Linear()
+        model.lin.weight.lr_scale = 0.1  # type: ignore[attr-defined]
+        w0, b0 = model.lin.weight.detach().clone(), model.lin.bias.detach().clone()
+        fit(model, Regression(), _quiet(epochs=1, batch_size=64, lr=0.1, warmup_steps=warmup,
+                                        max_steps=1, validate_first=False))
+        torch.testing.assert_close((model.lin.weight - w0).abs(), torch.full_like(w0, 0.1 * lr), rtol=1e-4, atol=0)
+        torch.testing.assert_close((model.lin.bias - b0).abs(), torch.full_like(b0, lr), rtol=1e-4, atol=0)
+
+
 def _sasrec_run(split, ckpt: Path, log_dir: Path | None = None, fail_at: int | None = None, ema: float = 0.0):  # type: ignore[no-untyped-def]
     model = SASRec.build(
         SASRecConfig(dim=16, n_layers=1, dropout=0.3, max_len=10, loss="sampled", n_negatives=10),

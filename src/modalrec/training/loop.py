@@ -391,12 +391,15 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    """AdamW; a parameter with an `lr_scale` attribute (e.g. a pretrained encoder fine-tuned inside a model
+    trained from scratch) gets lr x lr_scale, which the lr schedule keeps (LRSchedule.apply)."""
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+            groups.setdefault((p.dim() >= 2, float(getattr(p, "lr_scale", 1.0))), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale,
+                               "lr": cfg.lr * scale} for (decay, scale), ps in sorted(groups.items(), reverse=True)],
+                             lr=cfg.lr)
 
 
 def _monitor_value(result: Any, monitor: str) -> float:

@@ -42,7 +42,7 @@ class LRSchedule:
         """Set the lr for the coming step."""
         self.current_lr = self.lr_at(self.step_count)
         for group in optimizer.param_groups:
-            group["lr"] = self.current_lr
+            group["lr"] = self.current_lr * group.get("lr_scale", 1.0)
 
     def step(self) -> None:
         self.step_count += 1

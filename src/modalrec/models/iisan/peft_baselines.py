@@ -131,6 +131,7 @@ class EncoderFinetuneConfig(SASRecConfig):
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
+    encoder_lr_scale: float = 1.0  # full mode: the pretrained encoder's lr = lr x this (the tower trains at lr)
     encode_batch: int = 256  # items per encoder call when computing the whole catalogue
     encoder: str = "minilm"  # text encoder (name or local path) when `build` is not handed a module
     template: str = "{title}"  # item text fed to the encoder (ItemTable.texts)
@@ -208,8 +209,11 @@ class EncoderFinetune(SASRec):
             self.lora_modules = apply_lora(encoder, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                            torch_generator(ctx.seed, "init/lora"))
         else:
+            if cfg.encoder_lr_scale <= 0:
+                raise ConfigError(f"encoder_lr_scale must be > 0; got {cfg.encoder_lr_scale}")
             for p in encoder.parameters():
                 p.requires_grad_(True)
+                p.lr_scale = cfg.encoder_lr_scale  # read by the trainer's optimizer (training.loop)
         self.tower.attach(encoder)
 
     @classmethod
