@@ -171,6 +171,11 @@ def recformer_transfer(results: Path) -> str:
                   _f(r["zero_shot_test_ndcg@10"]), ""],
                  [(f"{label}, finetuned ({r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning "
                    f"steps; `{r['source']}`)"), _f(r["finetuned_test_ndcg@10"]), ""]]
+    untrained = "recformer_transfer_minilm_cpu_p0.json"  # the same run without pretraining or finetuning
+    if (results / untrained).exists():
+        zero = _load(results, untrained)["zero_shot_test"]
+        rows.append([f"{label}, zero-shot (MiniLM as initialised, no pretraining; `{untrained}`)", _f(zero["ndcg@10"]),
+                     _f(zero["hr@10"])])
     names = {"content_knn": "content-kNN (MiniLM, no training)", "pop": "Pop", "sasrec_text": "text SASRec"}
     rows += [[label_, _f(d["reference"][key]["ndcg@10"]), _f(d["reference"][key]["hr@10"])]
              for key, label_ in names.items()]
@@ -266,6 +271,7 @@ SEED_RECIPES = (
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
     ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998"),
 )
 
 
@@ -325,7 +331,15 @@ def _machine(d: dict[str, Any]) -> str:
 SPEED_RECIPES = (
     ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
     ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
 )
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """'0-7' for a run of consecutive seeds, else '8, 9, 12'."""
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def speed(results: Path) -> str:
@@ -340,8 +354,10 @@ def speed(results: Path) -> str:
             what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
                     "(history excluded / included)")
             cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
+            block = (f"score block {c['score_block_bytes'] / 2**20:.0f} MiB" if not prefix
+                     else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
-                         f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+                         f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
     lo = _load(results, "loop_overhead_cpu.json")
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
@@ -351,7 +367,7 @@ def speed(results: Path) -> str:
         ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
         test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
         what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's {recipe}, ML-100K SASRec, "
-                f"seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier days, not the same run)")
+                f"seeds {_seed_list(seeds)} ({test}; RecBole's runs from earlier days, not the same run)")
         loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
         machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
         rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
