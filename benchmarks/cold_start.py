@@ -5,12 +5,14 @@ Datasets (../shared/data; each is one `modalrec.pipeline.run_experiment` configu
   training), MiniLM over "{title}. Genres: {genres}. {plot}" + EfficientNet-Lite0 posters, item launch =
   u.item release date;
 - `iisan_scientific`, `iisan_instruments`: the IISAN users/items TSVs, leave-one-out (cold targets as they
-  occur), MiniLM titles — the IISAN papers' protocol (leave-one-out, full ranking, HR / NDCG@10);
+  occur), MiniLM titles — the IISAN papers' split (they also mask repeat targets: `published` in the JSON
+  restates every model so, next to the papers' numbers; benchmarks/_published.py);
 - `unisrec_scientific`: UniSRec's own train/valid/test files, MiniLM over "title. categories. brand.";
 - `iisan_scientific_cold10`: iisan_scientific with `split.cold_item_fraction = 0.1` (the MMSR protocol:
   10% of items never seen in training; which items depends on the seed).
 Models: the no-learning rules (pop, recent_pop with a launch-time tie-break, newest_first — only where the
-log has a clock or the items have dates, i.e. not on the order-only Amazon files —, content_knn, repeat_history) and SASRec with an ID, a content and a hybrid (content + ID) item tower.
+log has a clock or the items have dates, i.e. not on the order-only Amazon files —, content_knn, repeat_history) and SASRec with an ID, a content and a hybrid (content + ID) item tower; `_knn_`
+models are SASRec residuals over content-kNN (models/sequential/knn_start.py: untrained, they rank as content_knn).
 
 Protocol: full ranking over every item, history items other than the target excluded (a repeat target stays
 rankable and is counted in the `repeat` group), pessimistic ties, best VALID epoch, TEST once. Groups:
@@ -36,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from _output import emit_json
+from _published import IISAN, comparison
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
-SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age")
+SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
+           "sasrec_knn_content", "sasrec_knn_hybrid")  # knn: SASRec residual over content-kNN (knn_sasrec)
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -47,6 +51,8 @@ AGE = {"loss": "ce", "loss_catalogue": "all", "age": "bias+trend", "age_start": 
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
+PAPERS_SPLIT = ("the IISAN papers' leave-one-out split, full ranking; repeat targets kept rankable (the papers mask "
+                "them: `published` restates every model under their rule)")
 log = logging.getLogger("cold_start")
 
 
@@ -65,12 +71,12 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
                    "protocol": "global temporal 70/15/15 (this project's protocol; no published reference)"},
         "iisan_scientific": {"data": iisan_sci, "split": {"kind": "leave_one_out"}, "features": text_only, "clock": False,
                              "content": "text", "loss": "ce",
-                             "protocol": "leave-one-out, full ranking (the IISAN papers' protocol)"},
+                             "protocol": PAPERS_SPLIT},
         "iisan_instruments": {"data": {"source": "amazon_iisan", "options": {
                                   "users_tsv": str(iisan / "am_Musical_Instruments_users_10K.tsv"),
                                   "items_tsv": str(iisan / "Musical_Instruments_items.tsv")}},
                               "split": {"kind": "leave_one_out"}, "features": text_only, "content": "text", "clock": False,
-                              "loss": "ce", "protocol": "leave-one-out, full ranking (the IISAN papers' protocol)"},
+                              "loss": "ce", "protocol": PAPERS_SPLIT},
         "unisrec_scientific": {"data": {"source": "recbole", "options": {
                                    "directory": str(root / "amazon-scientific-unisrec"), "name": "Scientific",
                                    "presplit": True}},
@@ -94,6 +100,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base = model.removesuffix(UNTRAINED)
+    knn = "_knn_" in base
+    base = base.replace("_knn_", "_")
     aged = base.endswith("_age")
     scale = {"learn_scale": True, "scale": 1.0} if aged else {}
     tower = {"sasrec_id": {"kind": "id"},
@@ -101,8 +109,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
              "sasrec_hybrid": {"kind": "hybrid", **({"fusion": "film"} if aged else {}), "options": {
                  "content": ds["content"], "id_dropout": 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
     loss = AGE["loss"] if aged else ds["loss"]
-    return {"name": "sasrec", "params": {
-        "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
+    return {"name": "knn_sasrec" if knn else "sasrec", "params": {
+        **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE if aged else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
@@ -178,6 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20, help="epoch cap for the SASRec runs (stated in the JSON)")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=10.0, help="knn models: initial temperature of the kNN term")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--cache-dir", default=".cache/features")
     p.add_argument("--device", default="cpu")
@@ -231,7 +240,8 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,
         "selection": "best VALID NDCG@10 epoch (SASRec), TEST once", "groups": GROUP_DEFINITIONS,
         "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
-        "checks": {n: checks(results, n) for n in names}, "results": results}
+        "checks": {n: checks(results, n) for n in names},
+        "published": {n: published(results, n) for n in names if n in IISAN["pct"]}, "results": results}
     if args.out:
         _write_json(out, args.out)
     if args.table:
@@ -241,6 +251,16 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
                          f"{table(results, n)}\n\nVALID NDCG@10 by group\n\n{table(results, n, 'valid')}\n")
         args.table.write_text("\n".join(parts))
     return out
+
+
+def published(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Every model of `name` (TEST, means over seeds) restated under the published protocol (_published.py)."""
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for model in dict.fromkeys(r["model"] for r in results if r["dataset"] == name and "error" not in r):
+        tests = [r["test"] for r in results if r["dataset"] == name and r["model"] == model and "error" not in r]
+        runs[model] = {g: {"n": tests[0][g]["n"], **{m: sum(t[g][m] for t in tests) / len(tests) for m in METRICS}}
+                       for g in ("overall", "novel")}
+    return comparison(name, runs)
 
 
 def _stats(results: list[dict[str, Any]], name: str, part: str) -> dict[str, dict[str, tuple[float, float, int]]]:

@@ -171,6 +171,11 @@ def recformer_transfer(results: Path) -> str:
                   _f(r["zero_shot_test_ndcg@10"]), ""],
                  [(f"{label}, finetuned ({r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning "
                    f"steps; `{r['source']}`)"), _f(r["finetuned_test_ndcg@10"]), ""]]
+    untrained = "recformer_transfer_minilm_cpu_p0.json"  # the same run without pretraining or finetuning
+    if (results / untrained).exists():
+        zero = _load(results, untrained)["zero_shot_test"]
+        rows.append([f"{label}, zero-shot (MiniLM as initialised, no pretraining; `{untrained}`)", _f(zero["ndcg@10"]),
+                     _f(zero["hr@10"])])
     names = {"content_knn": "content-kNN (MiniLM, no training)", "pop": "Pop", "sasrec_text": "text SASRec"}
     rows += [[label_, _f(d["reference"][key]["ndcg@10"]), _f(d["reference"][key]["hr@10"])]
              for key, label_ in names.items()]
@@ -266,6 +271,7 @@ SEED_RECIPES = (
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
     ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998"),
 )
 
 
@@ -325,7 +331,15 @@ def _machine(d: dict[str, Any]) -> str:
 SPEED_RECIPES = (
     ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
     ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
 )
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    """'0-7' for a run of consecutive seeds, else '8, 9, 12'."""
+    if list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def speed(results: Path) -> str:
@@ -340,8 +354,10 @@ def speed(results: Path) -> str:
             what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
                     "(history excluded / included)")
             cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
+            block = (f"score block {c['score_block_bytes'] / 2**20:.0f} MiB" if not prefix
+                     else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
-                         f"peak RSS +{rss:.0f} MiB (score block {c['score_block_bytes'] / 2**20:.0f} MiB)"])
+                         f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
     lo = _load(results, "loop_overhead_cpu.json")
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",
@@ -351,7 +367,7 @@ def speed(results: Path) -> str:
         ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
         test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
         what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's {recipe}, ML-100K SASRec, "
-                f"seeds {seeds[0]}-{seeds[-1]} ({test}; RecBole's runs from earlier days, not the same run)")
+                f"seeds {_seed_list(seeds)} ({test}; RecBole's runs from earlier days, not the same run)")
         loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
         machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
         rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
@@ -383,33 +399,78 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
                      "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
                      "sasrec_hybrid": "SASRec, hybrid", "sasrec_content_age": "SASRec, content + age prior",
-                     "sasrec_hybrid_age": "SASRec, hybrid + age prior"}
+                     "sasrec_hybrid_age": "SASRec, hybrid + age prior",
+                     "sasrec_knn_content": "SASRec content residual over content-kNN",
+                     "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN"}
 COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
                      "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
 
 
 def cold_start(dataset: str) -> Callable[[Path], str]:
-    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset` (seed 0): VALID overall, TEST groups."""
+    """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset`: VALID overall, TEST groups; the
+    mean over the seeds run, with the seeds' standard deviation where there are several."""
 
     def table(results: Path) -> str:
         runs = [r for r in _load(results, "cold_start_cpu.json")["results"] if r["dataset"] == dataset
-                and r["seed"] == 0]
+                and "error" not in r]
         groups = COLD_START_GROUPS.get(dataset, ("warm", "cold_item", "repeat", "novel"))
-        pct = lambda g: "" if g["ndcg@10"] is None else f"{100 * g['ndcg@10']:.2f}"
+
+        def cell(parts: list[dict[str, Any]]) -> str:
+            vals = [100 * p["ndcg@10"] for p in parts if p["ndcg@10"] is not None]
+            if not vals:
+                return ""
+            mean = sum(vals) / len(vals)
+            sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            return f"{mean:.2f}" + ("" if sd is None else f" ± {sd:.2f}")
+
         rows = []
-        for r in runs:
-            base = r["model"].removesuffix("@0")
-            label = COLD_START_MODELS.get(base, base) + (", untrained" if r["model"].endswith("@0") else "")
-            if r.get("best_epoch"):  # trained: best-VALID epoch of the epochs run (capped)
-                label += f" ({r['best_epoch']}/{r['epochs_run']} ep.)"
-            rows.append([label, pct(r["valid"]["overall"]), pct(r["test"]["overall"])]
-                        + [pct(r["test"][g]) for g in groups])
+        for model in dict.fromkeys(r["model"] for r in runs):
+            seeds = [r for r in runs if r["model"] == model]
+            base = model.removesuffix("@0")
+            label = COLD_START_MODELS.get(base, base) + (", untrained" if model.endswith("@0") else "")
+            if seeds[0].get("epoch_cap") and not model.endswith("@0"):  # trained: best-VALID epoch of those run
+                label += " (best epoch " + ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in seeds) + ")"
+            rows.append([label, ",".join(str(r["seed"]) for r in seeds), cell([r["valid"]["overall"] for r in seeds]),
+                         cell([r["test"]["overall"] for r in seeds])]
+                        + [cell([r["test"][g] for r in seeds]) for g in groups])
         test = runs[0]["test"]
         names = {"cold_item": "cold-item", "cold_user": "cold-user"}
-        return _table(["model", "VALID overall", f"overall (n={test['overall']['n']})"]
+        return _table(["model", "seeds", "VALID overall", f"overall (n={test['overall']['n']})"]
                       + [f"{names.get(g, g)} (n={test[g]['n']})" for g in groups], rows)
 
     return table
+
+
+def published_iisan(results: Path) -> str:
+    """Our IISAN-data runs next to the IISAN papers' numbers (%): all targets, novel targets and history masked
+    as the papers mask it (`published` blocks of cold_start_cpu.json and iisan_scientific_cpu.json)."""
+    iisan, cold = _load(results, "iisan_scientific_cpu.json"), _load(results, "cold_start_cpu.json")
+    blocks = [("cold_start.py", cold["published"])]
+    if "published" in iisan:  # runs before the restatement stored none
+        blocks.append(("iisan_scientific.py", {f"iisan_{iisan['args']['dataset'].lower()}": iisan["published"]}))
+    names = {"iisan": "IISAN, text-only (cached MiniLM layers)", "frozen": "frozen backbone (cached MiniLM + linear)"}
+    rows = []
+    for dataset, label in (("iisan_scientific", "Scientific"), ("iisan_instruments", "Instruments")):
+        pubs = [(src, b[dataset]) for src, b in blocks if dataset in b]
+        if not pubs:
+            continue
+        rows += [[label, f"{model} (titles + images)", pubs[0][1]["paper"], "", "", "", "", _f(m["hr@10"], 2),
+                  _f(m["ndcg@10"], 2)]
+                 for model, m in pubs[0][1]["published_pct"].items()]
+        for src, pub in pubs:
+            for model, v in pub["ours_pct"].items():
+                base = model.removesuffix("@0")
+                name = names.get(base) or COLD_START_MODELS.get(base, base)
+                runs = [r for r in cold["results"] if src == "cold_start.py" and r["dataset"] == dataset
+                        and r["model"] == model and "error" not in r]
+                if runs and runs[0].get("best_epoch") is not None and not model.endswith("@0"):
+                    name += f" (best epoch {runs[0]['best_epoch']} of {runs[0]['epochs_run']})" if len(runs) == 1 \
+                        else f" (mean of {len(runs)} seeds)"
+                rows.append([label, name + (", untrained" if model.endswith("@0") else ""), f"`{src}`"]
+                            + [_f(v[view][m], 2) for view in ("all_targets", "novel_targets", "history_masked")
+                               for m in ("hr@10", "ndcg@10")])
+    return _table(["data", "model", "from", "HR@10 all", "NDCG@10 all", "HR@10 novel", "NDCG@10 novel",
+                   "HR@10 history masked", "NDCG@10 history masked"], rows, "lll")
 
 
 def _claim_value(value: Any) -> str:
@@ -431,16 +492,18 @@ def claims(results: Path) -> str:
 
 
 def cold_start_checks(dataset: str) -> Callable[[Path], str]:
-    """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN."""
+    """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN
+    (NDCG@10, means over the seeds run)."""
 
     def table(results: Path) -> str:
         checks = _load(results, "cold_start_cpu.json")["checks"][dataset]["test"]["content_vs_untrained_and_knn"]
         rows = []
         for model, c in checks.items():
             for g, row in c["groups"].items():
-                rows.append([COLD_START_MODELS.get(model, model), g, _f(row["trained"]), _f(row.get(model + "@0")),
-                             _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
-        return _table(["model", "group", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"], rows)
+                rows.append([COLD_START_MODELS.get(model, model), g, row["seeds"], _f(row["trained"]),
+                             _f(row.get(model + "@0")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
+        return _table(["model", "group", "seeds", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"],
+                      rows, "ll")
 
     return table
 
@@ -450,12 +513,14 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "demo": demo,
     "quality_amazon": quality_amazon,
     "iisan_scientific": iisan_scientific,
+    "published_iisan": published_iisan,
     "iisan_efficiency": iisan_efficiency,
     "cold_start_ml100k": cold_start("ml100k"),
     "cold_start_ml100k_checks": cold_start_checks("ml100k"),
     "cold_start_iisan_scientific": cold_start("iisan_scientific"),
     "cold_start_iisan_instruments": cold_start("iisan_instruments"),
     "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
+    "cold_start_unisrec_scientific_checks": cold_start_checks("unisrec_scientific"),
     "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
     "ablation_ml100k": ablation_ml100k,
     "age_ml100k": age_ml100k,

@@ -82,6 +82,20 @@ def test_seed_summary_pairs_seeds_and_refuses_mixed_recipes(tmp_path):
         summarise(mr[:2], rb)
 
 
+def test_recformer_ablation_counts_finetuning_steps_across_epochs_and_stages():
+    from recformer_transfer import ablation_text, finetune_curve
+
+    history = [{"stage": 1, "steps": 250, "valid": {"ndcg@10": 0.09}}, {"stage": 1, "steps": 250, "valid": {"ndcg@10": 0.1}},
+               {"stage": 2, "steps": 100, "valid": {"ndcg@10": 0.11}}]
+    curve = finetune_curve({"ndcg@10": 0.08}, history)
+    assert [(c["finetune_steps"], c["stage"], c["valid_ndcg@10"]) for c in curve] == [
+        (0, 0, 0.08), (250, 1, 0.09), (500, 1, 0.1), (600, 2, 0.11)]
+    run = {"pretrain_steps": 300, "finetune_steps": 600, "zero_shot_test_ndcg@10": 0.07, "finetuned_test_ndcg@10": 0.08}
+    assert ablation_text([run], curve) == ("TEST NDCG@10 by budget: 300 pretraining + 600 finetuning steps: zero-shot "
+                                           "0.0700, finetuned 0.0800; VALID NDCG@10 by finetuning steps: 0: 0.0800, "
+                                           "250: 0.0900, 500: 0.1000, 600: 0.1100")
+
+
 def test_scale_measures_one_catalogue_size_and_growth(tmp_path):
     """scale.py's per-size run on a tiny catalogue: the generated log, the memory-mapped store, timed steps,
     evaluation of the requested users; growth divides consecutive sizes."""

@@ -18,6 +18,7 @@ from modalrec.models.graph.mmgcn import MMGCN, MMGCNConfig
 from modalrec.models.graph.vbpr import VBPR, VBPRConfig
 from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.knn_start import KNNSASRec, KNNSASRecConfig
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.training.checkpoint import load_state, read_config, save_checkpoint
 from modalrec.types import SeqBatch
@@ -28,6 +29,8 @@ N_ITEMS = 40
 CASES: list[tuple[str, Callable[[ModelContext], torch.nn.Module]]] = [
     ("sasrec", lambda ctx: SASRec.build(SASRecConfig(dim=16, n_layers=2, n_heads=2, max_len=8), ctx)),
     ("sasrec-preln", lambda ctx: SASRec.build(SASRecConfig(dim=16, n_layers=1, max_len=8, norm="pre"), ctx)),
+    ("knn_sasrec", lambda ctx: KNNSASRec.build(KNNSASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8),
+                                               _with_features(ctx))),
     ("gru4rec", lambda ctx: GRU4Rec.build(GRU4RecConfig(dim=16, hidden=24, max_len=8), ctx)),
     ("bert4rec", lambda ctx: BERT4Rec.build(BERT4RecConfig(dim=16, n_layers=2, n_heads=2, max_len=8), ctx)),
     ("lightgcn", lambda ctx: LightGCN.build(LightGCNConfig(dim=16, n_layers=2, max_len=8), ctx)),

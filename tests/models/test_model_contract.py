@@ -34,6 +34,7 @@ from modalrec.models.iisan.peft_baselines import EncoderFinetuneConfig, FrozenBa
 from modalrec.models.popularity import PopConfig, RecentPopConfig
 from modalrec.models.sequential.bert4rec import BERT4RecConfig
 from modalrec.models.sequential.gru4rec import GRU4RecConfig
+from modalrec.models.sequential.knn_start import KNNSASRecConfig
 from modalrec.models.sequential.sasrec import SASRecConfig
 from modalrec.models.tgn.model import TGNConfig
 
@@ -57,6 +58,7 @@ CASES: dict[str, Any] = {
     "content_knn": ContentKNNConfig(max_len=5),
     "repeat_history": RepeatHistoryConfig(max_len=6),
     "sasrec": SASRecConfig(dim=8, n_layers=1, n_heads=1, max_len=6),
+    "knn_sasrec": KNNSASRecConfig(dim=8, n_layers=1, n_heads=1, max_len=6),
     "gru4rec": GRU4RecConfig(dim=8, hidden=8, max_len=7),
     "bert4rec": BERT4RecConfig(dim=8, n_layers=1, n_heads=1, max_len=6),
     "lightgcn": LightGCNConfig(dim=8, n_layers=1, max_len=5),

@@ -33,6 +33,7 @@ from modalrec.models.popularity import Pop, PopConfig, RecentPop, RecentPopConfi
 from modalrec.models.recformer.model import RecformerConfig, RecformerModel
 from modalrec.models.sequential.bert4rec import BERT4Rec, BERT4RecConfig
 from modalrec.models.sequential.gru4rec import GRU4Rec, GRU4RecConfig
+from modalrec.models.sequential.knn_start import KNNSASRec, KNNSASRecConfig
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.models.tgn.model import TGN, TGNConfig
 
@@ -43,6 +44,7 @@ MODELS: dict[str, tuple[type, type]] = {
     "content_knn": (ContentKNN, ContentKNNConfig),
     "repeat_history": (RepeatHistory, RepeatHistoryConfig),
     "sasrec": (SASRec, SASRecConfig),
+    "knn_sasrec": (KNNSASRec, KNNSASRecConfig),  # SASRec residual over content-kNN, untrained = content-kNN
     "gru4rec": (GRU4Rec, GRU4RecConfig),
     "bert4rec": (BERT4Rec, BERT4RecConfig),
     "lightgcn": (LightGCN, LightGCNConfig),

@@ -82,6 +82,21 @@ class NewestFirst(_Rule):
         return scores.to(batch.items.device)
 
 
+def content_table(features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor],
+                  modalities: list[str]) -> torch.Tensor:
+    """[N + 1, D] unit item vectors: per-modality unit vectors (0 where missing) concatenated, renormalised
+    (items with a missing modality stay unit length); row 0 (PAD) is 0."""
+    parts = []
+    for m in modalities:
+        x = F.normalize(features[m].float(), dim=-1)  # [N + 1, d_m]
+        if m in missing:
+            x = x.masked_fill(missing[m].unsqueeze(1), 0.0)
+        parts.append(x)
+    table = F.normalize(torch.cat(parts, dim=1), dim=-1)
+    table[0] = 0.0
+    return table
+
+
 @dataclass
 class ContentKNNConfig:
     max_len: int = 50  # history items averaged
@@ -113,15 +128,7 @@ class ContentKNN(SequentialRecommender, _Rule):
         return ANY_CONTENT if cfg.modalities == "auto" else frozenset(cfg.modalities.split("+"))
 
     def _table(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = []
-        for m in self.modalities:
-            x = F.normalize(features[m].float(), dim=-1)  # [N + 1, d_m]
-            if m in missing:
-                x = x.masked_fill(missing[m].unsqueeze(1), 0.0)
-            parts.append(x)
-        table = F.normalize(torch.cat(parts, dim=1), dim=-1)  # items with a missing modality stay unit length
-        table[0] = 0.0
-        return table
+        return content_table(features, missing, self.modalities)
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         self.table = self._table(features, missing)

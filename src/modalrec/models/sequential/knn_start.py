@@ -1,0 +1,91 @@
+"""SASRec that starts as content-kNN and learns a residual on top of it.
+
+score(history, item) = tau * cos(mean unit content of the history, unit content of the item)
+                       + gate * SASRec(history) . tower(item)
+
+The first term is exactly the `content_knn` rule (frozen features, no training) scaled by a learned
+temperature `tau`; `gate` starts at 0, so the untrained model ranks every item as content-kNN does and the
+VALID evaluation at epoch 0 lets early stopping keep that starting point when training does not beat it.
+Content similarity generalises to items without training events; what SASRec learns is added only as far as
+it helps the training loss. Implemented as one dot product: the state is [gate * s ; tau * q] and the item
+vector [e ; c], so the shared losses and the evaluator's table scoring apply unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.models.base import ANY_CONTENT, CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.coldstart import content_table
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+
+
+@dataclass
+class KNNSASRecConfig(SASRecConfig):
+    temperature: float = 10.0  # initial tau (learned, kept positive through its log)
+    knn_modalities: str = "auto"  # content of the kNN term: "text", "image", "text+image", "auto" = all provided
+
+
+class _JointTower(ItemTower):
+    """Item vectors [e ; c]: the backbone tower's next to the frozen unit content vectors `content`."""
+
+    def __init__(self, backbone: ItemTower, ctx: ModelContext, modalities: list[str]) -> None:
+        super().__init__()
+        self.backbone, self.modalities = backbone, modalities
+        self.register_buffer("content", content_table(ctx.item_features, ctx.feature_missing, modalities))
+        self.dim = backbone.dim + self.content.shape[1]
+
+    def all(self) -> torch.Tensor:  # [N + 1, d + D]
+        return torch.cat([self.backbone.all(), self.content], dim=-1)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d + D]
+        return torch.cat([self.backbone(items), self.content[items]], dim=-1)
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        self.backbone.set_item_features(features, missing)  # an ID backbone refuses: it cannot score new items
+        self.content = content_table(features, missing, self.modalities)
+
+
+class KNNSASRec(CausalTowerRecommender):
+    def __init__(self, cfg: KNNSASRecConfig, ctx: ModelContext) -> None:
+        super().__init__()
+        if cfg.temperature <= 0:
+            raise ConfigError(f"knn_sasrec: temperature must be > 0, got {cfg.temperature}")
+        if cfg.age_personal:
+            raise ConfigError("knn_sasrec: age_personal reads the SASRec state alone; use age 'bias' / 'bias+trend'")
+        self.cfg, self.n_items = cfg, ctx.n_items
+        self.modalities = sorted(m for m in type(self).knn_modalities(cfg) if m in ctx.item_features)
+        if not self.modalities:
+            raise ConfigError(f"knn_sasrec needs content features ({cfg.knn_modalities}); the features provide "
+                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image)")
+        self.backbone = SASRec(cfg, ctx)
+        self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
+        self.gate = nn.Parameter(torch.zeros(()))
+        self.tower = _JointTower(self.backbone.tower, ctx, self.modalities)
+        self.criterion = self.backbone.criterion
+        self.prior = self.backbone.prior
+        self.dot_product_scores = self.backbone.dot_product_scores
+
+    @classmethod
+    def build(cls, cfg: KNNSASRecConfig, ctx: ModelContext) -> KNNSASRec:
+        return cls(cfg, ctx)
+
+    @classmethod
+    def knn_modalities(cls, cfg: KNNSASRecConfig) -> frozenset[str]:
+        return ANY_CONTENT if cfg.knn_modalities == "auto" else frozenset(cfg.knn_modalities.split("+"))
+
+    @classmethod
+    def content_modalities(cls, cfg: KNNSASRecConfig) -> frozenset[str]:
+        return super().content_modalities(cfg) | cls.knn_modalities(cfg)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, L] left-padded -> [B, L, d + D]: [gate * SASRec state ; tau * unit running content sum]."""
+        items = items[:, -self.cfg.max_len :]
+        running = F.normalize(self.tower.content[items].cumsum(1), dim=-1)  # [B, L, D] PAD rows add 0
+        return torch.cat([self.gate * self.backbone.encode(items), self.log_tau.exp() * running], dim=-1)
