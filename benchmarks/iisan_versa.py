@@ -12,8 +12,8 @@ over a different item tower:
   versa_no_inter ablation: IISAN-Versa without the inter-modal SAN
   versa_all      ablation: IISAN-Versa without LayerDrop (every layer / stage gets a block; paired by
                  explicit selections of equal length)
-  *_norm         ablation: IISAN (text) / IISAN-Versa with item vectors L2-normalised to --item-norm, as the
-                 content tower does
+  *_norm[_no_inter]  ablation: IISAN (text) / IISAN-Versa (without the inter-modal SAN) with item vectors
+                 L2-normalised to --item-norm, as the content tower does
   fft / lora     MiniLM runs inside the item tower on the item text (forward + backward every step): all
                  weights trained (MiniLM at --lr x --encoder-lr-scale: pretrained weights), or LoRA (rank r)
                  on query / value. Text only: fine-tuning EfficientNet too would cost more still.
@@ -58,11 +58,12 @@ ML100K = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve()
 TEMPLATES = {"ml100k": "{title}. Genres: {genres}. {plot}", "builtin": "{title}. {description}"}
 IMAGE_ENCODER = {"ml100k": "efficientnet-lite0", "builtin": "efficientnet-lite0?image_size=96"}
 METHODS = ("content", "iisan_text", "iisan_versa", "versa_no_inter", "versa_all", "iisan_text_norm", "versa_norm",
-           "fft", "lora")
+           "versa_norm_no_inter", "fft", "lora")
 ENCODER_METHODS = ("fft", "lora")
 LABELS = {"content": "content SASRec (frozen features)", "iisan_text": "IISAN (text)", "iisan_versa": "IISAN-Versa",
           "versa_no_inter": "Versa w/o inter-modal SAN", "versa_all": "Versa w/o LayerDrop",
           "iisan_text_norm": "IISAN (text) + fixed-length items", "versa_norm": "Versa + fixed-length items",
+          "versa_norm_no_inter": "Versa w/o inter-modal SAN + fixed-length items",
           "fft": "FFT (MiniLM)", "lora": "LoRA (MiniLM)"}
 
 
@@ -133,13 +134,13 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
         tower = TowerConfig(kind="text+image", fusion=args.content_fusion)
         return SASRec.build(SASRecConfig(**common, tower=tower, loss="inbatch"), ctx)
     adapters = {"bottleneck": args.bottleneck, "adapter_dropout": args.adapter_dropout}
-    if method.endswith("_norm"):  # ablation: item vectors of fixed length, as the content tower's
+    if "_norm" in method:  # ablation: item vectors of fixed length, as the content tower's
         adapters["item_norm"] = args.item_norm
     if method in ("iisan_text", "iisan_text_norm"):
         return IISAN.build(IISANConfig(**common, **adapters, modalities=["text"]), ctx, states)
     if method in ("iisan_versa", "versa_norm"):
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group"), ctx, states)
-    if method == "versa_no_inter":
+    if method in ("versa_no_inter", "versa_norm_no_inter"):
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group", use_inter=False), ctx, states)
     if method == "versa_all":  # 6 text layers paired with the last 6 of 8 image stages: no LayerDrop
         t, v = states["text"].depth, states["image"].depth
@@ -304,16 +305,22 @@ def claims(out: dict[str, Any], command: str) -> dict[str, Any]:
         if ablations:
             verdicts.append("ablations (TEST NDCG@10 %): " + ", ".join(
                 f"{LABELS.get(m, m)} {metric(content_part, m)}" for m in ablations))
+    requested = {"full": out["args"]["quality"], "subset": out["args"]["subset_methods"] if out.get("subset") else ""}
     for part, results in parts.items():
+        unrun = [LABELS.get(m, m) for m in requested[part].split(",") if m and m not in results]
+        if unrun:
+            verdicts.append(f"{names[part]}: not run (the run was stopped before them): {', '.join(unrun)}")
         capped = [LABELS.get(m, m) for m, r in results.items() if r.get("best_epoch") == caps[part]]
         if capped:
             verdicts.append(f"{names[part]}: best VALID epoch = the {caps[part]}-epoch cap: {', '.join(capped)}")
+    described = out["subset"] if parts["subset"] and not parts["full"] else out  # the part the checks read
     return {
         "system": "IISAN-Versa",
         "claim": "IISAN-Versa (text + image side adapters over cached hidden states) reaches full fine-tuning's "
                  "quality at >= 10x less time per epoch and >= 2x less memory, and beats the frozen-feature "
                  "content SASRec",
-        "protocol": f"{out['dataset']['name']} ({names['subset'] if not parts['full'] else 'all users'}), "
+        "protocol": f"{out['dataset']['name']} ({names['subset'] if described is not out else 'all users'}; "
+                    f"{described['split']['test']['events']} TEST events), "
                     "leave-one-out, full ranking, TEST once after VALID early stopping; SASRec over each item "
                     "tower, same batches and epochs; each method in its own process (seconds per training epoch, "
                     "peak RSS)" + (f"; FFT's MiniLM at lr x {out['args'].get('encoder_lr_scale', 1.0)}" if fft_part else "")
