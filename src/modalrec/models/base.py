@@ -65,12 +65,17 @@ class ModelContext:
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
 
 
+def content_modality_set(spec: str) -> frozenset[str]:
+    """A content modality option ("auto" = ANY_CONTENT, else "text", "image" or "text+image") as a set."""
+    return ANY_CONTENT if spec == "auto" else frozenset(str(spec).split("+"))
+
+
 def tower_modalities(kind: str, options: dict[str, Any] | None = None) -> frozenset[str]:
     """FeatureStore modalities an item tower of this kind reads (towers over hidden-state caches or
     live encoders read none)."""
     if kind == "hybrid":
         content = (options or {}).get("content", "auto")
-        return ANY_CONTENT if content == "auto" else frozenset(str(content).split("+"))
+        return content_modality_set(content)
     if kind in ("text", "image", "text+image"):
         return frozenset(kind.split("+"))
     return frozenset()

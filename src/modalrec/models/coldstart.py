@@ -17,7 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ANY_CONTENT, ModelContext, Recommender, SequentialRecommender, Training
+from modalrec.models.base import (
+    ModelContext,
+    Recommender,
+    SequentialRecommender,
+    Training,
+    content_modality_set,
+)
 from modalrec.types import SeqBatch
 
 
@@ -125,7 +131,7 @@ class ContentKNN(SequentialRecommender, _Rule):
 
     @classmethod
     def content_modalities(cls, cfg: ContentKNNConfig) -> frozenset[str]:
-        return ANY_CONTENT if cfg.modalities == "auto" else frozenset(cfg.modalities.split("+"))
+        return content_modality_set(cfg.modalities)
 
     def _table(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> torch.Tensor:
         return content_table(features, missing, self.modalities)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import ANY_CONTENT, CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext, content_modality_set
 from modalrec.models.coldstart import content_table
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
@@ -78,7 +78,7 @@ class KNNSASRec(CausalTowerRecommender):
 
     @classmethod
     def knn_modalities(cls, cfg: KNNSASRecConfig) -> frozenset[str]:
-        return ANY_CONTENT if cfg.knn_modalities == "auto" else frozenset(cfg.knn_modalities.split("+"))
+        return content_modality_set(cfg.knn_modalities)
 
     @classmethod
     def content_modalities(cls, cfg: KNNSASRecConfig) -> frozenset[str]:
