@@ -253,7 +253,7 @@ def recbole_side_by_side(results: Path) -> str:
 # (summary file, label, timing shown): seed summaries of `recbole_seeds_summary.py`. Timing is left out where
 # the runs shared the two cores with more jobs than one, so their seconds say nothing.
 SEED_RECIPES = (
-    ("recbole_seeds_stride50.json", "modalrec, stride 50 (default windows, RecBole's recipe)", True),
+    ("recbole_seeds_stride50.json", "modalrec, stride 50 (library default windows, RecBole's recipe)", True),
     ("recbole_seeds_stride50_clip1.json", "modalrec, stride 50 + gradient clipping 1.0", True),
     ("recbole_seeds_stride10.json", "modalrec, stride 10", True),
     ("recbole_seeds_stride1.json", "modalrec, stride 1 (RecBole's samples)", True),
@@ -262,16 +262,16 @@ SEED_RECIPES = (
     ("recbole_seeds_stride1_ls03.json", "modalrec, stride 1 + label smoothing 0.3", True),
     ("recbole_seeds_stride10_ls05.json", "modalrec, stride 10 + label smoothing 0.5", True),
     ("recbole_seeds_stride10_ls07.json", "modalrec, stride 10 + label smoothing 0.7", False),
-    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998",
+    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)",
      False),
     ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
     ("recbole_seeds_defaults.json", "modalrec, stride 50 + positions from start + smoothing 0.5 + clipping 1.0",
      False),
 )
 FRESH_RECIPES = (
-    ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (default windows, RecBole's recipe)"),
+    ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (library default windows, RecBole's recipe)"),
     ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)"),
 )
 
 
@@ -330,8 +330,8 @@ def _machine(d: dict[str, Any]) -> str:
 # (seed summary, recipe): ratios of time to the best checkpoint in the README's speed table.
 SPEED_RECIPES = (
     ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
-    ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "stride-10 recipe with smoothing 0.5 and weight average 0.998"),
+    ("recbole_seeds_stride10_ls05_ema998.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
 )
 
 

@@ -29,6 +29,7 @@ from modalrec.data.sequences import TrainWindows
 from modalrec.data.sources.movielens import load_movielens
 from modalrec.data.splits import leave_one_out
 from modalrec.models.base import ModelContext
+from modalrec.models.recipe import with_library_defaults
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.training.loop import TrainConfig, fit
 from modalrec.types import SeqBatch
@@ -86,8 +87,8 @@ def main() -> None:
     ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
                        train_item_counts=split.train.item_counts(), seed=0)
     initial = SASRec(model_cfg, ctx).to(args.device)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, progress=False,
-                      amp="off", seed=0)
+    cfg = with_library_defaults(TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                                            progress=False, amp="off", seed=0))  # fit's values, for the bare loop
     source = FixedBatches(batches)
     runs: dict[str, Any] = {
         "bare_loop": lambda m: bare_loop(m, batches, cfg),

@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from _output import emit_json
 
+from modalrec.models.recipe import LIBRARY_RECIPE
+from modalrec.models.sequential.sasrec import SASREC_RECIPE
 from modalrec.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
                    help="modalrec side: SASRec position numbering (from_start = RecBole's: 0 at the first item)")
     p.add_argument("--grad-clip", type=float, default=0.0,
                    help="modalrec side: max global gradient norm (default 0 = no clipping, RecBole's SASRec recipe; "
-                        f"modalrec's own default is {TrainConfig.grad_clip})")
+                        f"modalrec's library default is {LIBRARY_RECIPE.grad_clip}, SASRec's recipe {SASREC_RECIPE.grad_clip})")
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="modalrec side: label smoothing of the full-softmax CE (default 0 = RecBole's loss; "
                         "RecBole 1.2.1's SASRec has no such option)")

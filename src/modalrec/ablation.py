@@ -39,7 +39,7 @@ from typing import Any
 from modalrec.config import from_dict, to_dict
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report, bar_chart
-from modalrec.experiment import ExperimentConfig, seeded
+from modalrec.experiment import ExperimentConfig, seeded, with_model_defaults
 from modalrec.io import write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,8 @@ def _same_config(run_dir: Path, cfg: ExperimentConfig) -> bool:
     if not manifest.is_file():
         return True
     saved = json.loads(manifest.read_text()).get("config")  # runs record their seeded config
-    return saved is None or saved == json.loads(json.dumps(to_dict(seeded(cfg)), default=str))
+    effective = with_model_defaults(seeded(cfg))[0]  # as the run recorded it: the model's recipe filled in
+    return saved is None or saved == json.loads(json.dumps(to_dict(effective), default=str))
 
 
 def run_ablation(

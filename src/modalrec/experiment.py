@@ -86,3 +86,28 @@ def seeded(cfg: ExperimentConfig) -> ExperimentConfig:
     if data.source == "synthetic" and "seed" not in data.options:
         data = dataclasses.replace(data, options={**data.options, "seed": cfg.seed})
     return dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, seed=cfg.seed))
+
+
+def with_model_defaults(cfg: ExperimentConfig) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """(`cfg` with the model's training recipe filled in where the user set nothing, the provenance).
+
+    Unset TrainConfig fields (None) take the recipe's values, else the library defaults; model params the
+    user did not give take the recipe's `model` values. The provenance, recorded in the run's manifest,
+    names the recipe and every resolved value's source ("user", "model recipe", "library default").
+    An unknown model name is left for `validation.check_experiment` to report.
+    """
+    from modalrec.models import MODELS
+    from modalrec.models.recipe import resolve_model_params, resolve_train
+
+    model_cls = MODELS[cfg.model.name][0] if cfg.model.name in MODELS else None
+    recipe = model_cls.training_recipe(cfg.model.params) if model_cls is not None else None
+    train, train_sources = resolve_train(cfg.train, recipe)
+    params, param_sources = resolve_model_params(cfg.model.params, recipe)
+    provenance = {
+        "recipe": cfg.model.name if recipe is not None else None,
+        "evidence": recipe.evidence if recipe is not None else None,
+        "train": {k: {"value": getattr(train, k), "source": s} for k, s in train_sources.items()},
+        "model_params": {k: {"value": params[k], "source": s} for k, s in param_sources.items()},
+    }
+    model = dataclasses.replace(cfg.model, params=params)
+    return dataclasses.replace(cfg, model=model, train=train), provenance

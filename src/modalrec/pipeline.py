@@ -23,7 +23,14 @@ from modalrec.data.splits import Split, cold_items, from_presplit, global_tempor
 from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.metrics import definitions
-from modalrec.experiment import DataConfig, ExperimentConfig, FeaturesConfig, SplitConfig, seeded
+from modalrec.experiment import (
+    DataConfig,
+    ExperimentConfig,
+    FeaturesConfig,
+    SplitConfig,
+    seeded,
+    with_model_defaults,
+)
 from modalrec.io import write_json_atomic
 from modalrec.models.base import ModelContext, Training
 from modalrec.validation import check_experiment
@@ -165,6 +172,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     from modalrec.training.loop import fit
 
     started = time.perf_counter()
+    cfg, defaults = with_model_defaults(cfg)  # the model's training recipe where the user set nothing
     checked = check_experiment(cfg)  # the whole config, before any data is read or encoded
     cfg = seeded(cfg)
     ds = load_data(cfg.data)
@@ -214,6 +222,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
                 source = model.training_source(split)
             else:
                 source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
+                if train_cfg.batch_unit == "targets":
+                    defaults["windows_per_step"] = source.windows_per_step(train_cfg.batch_size)
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
         valid_report = run_eval(valid_eval, model, "valid")
@@ -225,7 +235,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "split": split.describe(),
         "item_launch": ctx.item_launch.describe() if ctx.item_launch is not None else None,
         "seed": cfg.seed,
-        "config": to_dict(cfg),
+        "config": to_dict(cfg),  # effective: the model's recipe filled in
+        "training_defaults": defaults,  # where each recipe value came from (user, model recipe, library)
         "model": {"name": cfg.model.name, "config": to_dict(model_cfg),
                   "trainable_parameters": trainable_parameters(model)},
         "metric_definitions": definitions(),

@@ -13,7 +13,7 @@ import torch
 
 from modalrec.config import from_dict
 from modalrec.errors import ConfigError
-from modalrec.experiment import ExperimentConfig
+from modalrec.experiment import ExperimentConfig, with_model_defaults
 from modalrec.models.base import ModelContext
 
 SEED = 3
@@ -39,6 +39,7 @@ def _train_by_hand(cfg: ExperimentConfig, train_seed: int) -> list[float]:
     from modalrec.pipeline import build_model, load_data, make_split
     from modalrec.training.loop import fit
 
+    cfg = with_model_defaults(cfg)[0]  # the run's effective config: SASRec's training recipe filled in
     ds = load_data(cfg.data)
     split = make_split(ds, cfg.split)
     ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),

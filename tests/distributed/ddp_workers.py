@@ -98,6 +98,7 @@ def run_worker(rank: int, world: int, ports: list[int], out: str) -> None:
     import contextlib
     import io
     import os
+    import sys
     import time
 
     from safetensors.torch import save_file
@@ -117,8 +118,12 @@ def run_worker(rank: int, world: int, ports: list[int], out: str) -> None:
     def lap(name: str) -> None:
         nonlocal clock
         seconds[name], clock = round(time.perf_counter() - clock, 2), time.perf_counter()
+        (Path(out) / f"rank{rank}.laps").write_text(json.dumps(seconds))  # what a timed-out parent reports
 
     deterministic()
+    if sys.platform.startswith("linux") and Path("/sys/class/net/lo").exists():
+        # gloo otherwise binds to the address the host name resolves to, which a sandbox may not route
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     root = Path(out)
     result: dict[str, Any] = {"rank": rank}
     # 0. `modalrec encode` as torchrun starts it: the variables torchrun sets, env:// rendezvous

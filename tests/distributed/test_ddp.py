@@ -11,6 +11,7 @@ Encoding and evaluation must be exact.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from modalrec.training.loop import fit
 RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 WORLD = 2
+DDP_DEADLINE_S = 300  # the whole workload takes ~20-60 s on a busy 2-core machine
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo is required")
@@ -64,11 +66,18 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> tu
     """One 2-process gloo group runs every workload once; returns (directory, per-rank results)."""
     out = tmp_path_factory.mktemp("ddp")
     synthetic_items(out / "images")  # write the pictures once, before the workers read them
-    # fork: the children inherit the imported torch (a spawn re-imports it, ~5-15 s on a busy 2-core box);
-    # they run with one OpenMP thread, which keeps a fork after OpenMP use in the parent safe.
-    method = "fork" if "fork" in torch.multiprocessing.get_all_start_methods() else "spawn"
-    torch.multiprocessing.start_processes(run_worker, args=(WORLD, free_ports(2), str(out)), nprocs=WORLD,
-                                          join=True, start_method=method)
+    # spawn, not fork: a fork copies whatever locks the parent's thread pools (OpenMP, Arrow, tokenizers)
+    # held at that instant, and a child that inherits a held lock waits forever. Daemon children and a
+    # deadline turn any hang (a stuck rendezvous, a peer that died in a collective) into a failure here.
+    ctx = torch.multiprocessing.start_processes(run_worker, args=(WORLD, free_ports(2), str(out)), nprocs=WORLD,
+                                                join=False, daemon=True, start_method="spawn")
+    deadline = time.monotonic() + DDP_DEADLINE_S
+    while not ctx.join(timeout=2):  # raises if a worker raised
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            laps = {p.name: p.read_text() for p in out.glob("rank*.laps")}
+            pytest.fail(f"the {WORLD} gloo workers did not finish within {DDP_DEADLINE_S} s; progress: {laps}")
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

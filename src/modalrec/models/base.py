@@ -13,14 +13,17 @@ never probe a model with `hasattr`:
 - `content_modalities(cfg)`: which FeatureStore modalities ("text", "image") a configuration reads, so
   models that need none are built without encoding anything;
 - `loss_terms(batch)`: how many terms `loss(batch)` averages over, so data-parallel training can weight
-  each rank's loss and step on the mean over the whole global batch.
+  each rank's loss and step on the mean over the whole global batch;
+- `training_recipe(params)`: the training settings the family recommends (models/recipe.py), used by
+  `run_experiment` wherever the user set none; None = the library defaults.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +31,9 @@ from torch import nn
 
 from modalrec.costs import trainable_parameters
 from modalrec.types import SeqBatch
+
+if TYPE_CHECKING:
+    from modalrec.models.recipe import TrainingRecipe
 
 
 class Training(str, Enum):
@@ -98,6 +104,12 @@ class Recommender(nn.Module):
     def content_modalities(cls, cfg: Any) -> frozenset[str]:
         """FeatureStore modalities this configuration reads; empty when it needs no content features."""
         return frozenset()
+
+    @classmethod
+    def training_recipe(cls, params: Mapping[str, Any]) -> TrainingRecipe | None:
+        """The recommended training recipe for model params `params` (as the user gave them); None = the
+        library defaults. Not inherited by accident: a subclass that is its own family returns None."""
+        return None
 
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
         raise NotImplementedError

@@ -23,10 +23,12 @@ import torch
 
 from modalrec import progress
 from modalrec.costs import peak_memory, trainable_parameters
+from modalrec.data.sequences import TrainWindows
 from modalrec.devices import resolve_device
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report
 from modalrec.models.base import Recommender, Training
+from modalrec.models.recipe import with_library_defaults
 from modalrec.seeding import derive_seed
 from modalrec.training.ema import WeightAverage
 from modalrec.training.logging import EpochLogger
@@ -40,13 +42,17 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
+    # Fields marked "recipe" default to None: unset, filled by run_experiment from the model's training recipe
+    # (models/recipe.py), else -- and always in a bare `fit` -- from the library default named here.
     epochs: int = 50
-    batch_size: int = 256
+    batch_size: int = 256  # windows (sequence models) or rows per step; with batch_unit "targets": targets
+    batch_unit: str | None = None  # recipe; "windows" (library) | "targets": as many windows as hold batch_size
+    # targets on average (TrainWindows.windows_per_step); sources other than TrainWindows: one row = one target
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0 = off (ema.py)
-    window_stride: int | None = None  # sequence models: TrainWindows stride (None = max_len, no overlap)
+    grad_clip: float | None = None  # recipe; max global grad norm, 0 = off (library: 1.0)
+    ema_decay: float | None = None  # recipe; validate and keep a moving average of the weights, 0 = off (library)
+    window_stride: int | None = None  # recipe; sequence models: TrainWindows stride (library: max_len, no overlap)
     patience: int = 5  # validations without improvement before stopping; 0 = never stop early
     monitor: str = "ndcg@10"  # a metric ("ndcg@10") or a group's metric ("cold_item/ndcg@10")
     monitor_mode: str = "max"  # "max" for ranking metrics, "min" for losses
@@ -76,8 +82,10 @@ class TrainConfig:
             raise ConfigError(
                 "train: epochs >= 0, batch_size >= 1, eval_every >= 1 and patience >= 0 required"
             )
-        if not 0.0 <= self.ema_decay < 1.0:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if self.batch_unit not in (None, "windows", "targets"):
+            raise ConfigError(f"train.batch_unit must be 'windows' or 'targets', got {self.batch_unit!r}")
 
 
 class BatchSource(Protocol):
@@ -193,7 +201,10 @@ class Trainer:
     def __init__(self, model: Recommender, source: BatchSource, cfg: TrainConfig | None = None,
                  validate: Callable[[torch.nn.Module], Any] | None = None,
                  strategy: StepStrategy | None = None) -> None:
-        self.cfg = cfg = cfg or TrainConfig()
+        cfg = with_library_defaults(cfg or TrainConfig())
+        if cfg.batch_unit == "targets" and isinstance(source, TrainWindows):  # a step of ~batch_size targets
+            cfg = dataclasses.replace(cfg, batch_size=source.windows_per_step(cfg.batch_size))
+        self.cfg = cfg  # batch_size in the source's rows from here on
         self.strategy = strategy or SingleProcess()
         _check_trainable(model)
         self.strategy.check(model)
