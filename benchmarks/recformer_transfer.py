@@ -377,7 +377,7 @@ def pretrain_recipe(args: argparse.Namespace) -> str:
 
 
 def _run_note(r: dict[str, Any]) -> str:
-    if r["source"] == "this run":
+    if r.get("source", "this run") == "this run":
         return ""
     return f" ({r['source']}" + (f"; {r['pretrain_recipe']}" if r.get("pretrain_recipe") else "") + ")"
 
