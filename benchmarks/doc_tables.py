@@ -481,13 +481,13 @@ def _claim_value(value: Any) -> str:
 
 def claims(results: Path) -> str:
     """One row per design claim: every results JSON may carry a top-level "claims" object (or a list of them)
-    with system, claim, protocol, ours {name: number}, target_met, command and, when not met, why."""
+    with system, claim, protocol, ours {name: number}, target_met, command and why (each check, met or not)."""
     rows = []
     for path in sorted(results.glob("*.json")):
         found = json.loads(path.read_text()).get("claims") if path.stat().st_size else None
         for c in [found] if isinstance(found, dict) else (found or []):
             ours = "; ".join(f"{k} {_claim_value(v)}" for k, v in c["ours"].items())
-            verdict = "met" if c["target_met"] else "**not met**" + (f": {c['why']}" if c.get("why") else "")
+            verdict = ("met" if c["target_met"] else "**not met**") + (f": {c['why']}" if c.get("why") else "")
             rows.append([c["system"], c["claim"], c["protocol"], ours, verdict,
                          f"`{c['command']}` → `{path.name}`"])
     return _table(["system", "claim", "protocol", "ours", "target", "reproduce"], rows, "llllll")

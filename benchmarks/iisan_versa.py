@@ -6,14 +6,15 @@ over a different item tower:
   content        frozen features: the encoders' last-layer pooled outputs (MiniLM sentence vector, EfficientNet
                  head) through the content tower (L2-normalised, projected, fused) — "content SASRec"
   iisan_text     IISAN: intra-modal SAN over MiniLM's cached per-layer hidden states (LayerDrop 2, 4, 6)
-  iisan_versa    IISAN-Versa: text and image intra-modal SANs + inter-modal SAN (with the dimension
-                 transformation layer 384 -> 1280) over cached MiniLM layers and EfficientNet-Lite0 stages,
-                 asymmetric group LayerDrop
-  versa_no_inter ablation: IISAN-Versa without the inter-modal SAN
-  versa_all      ablation: IISAN-Versa without LayerDrop (every layer / stage gets a block; paired by
-                 explicit selections of equal length)
-  *_norm[_no_inter]  ablation: IISAN (text) / IISAN-Versa (without the inter-modal SAN) with item vectors
-                 L2-normalised to --item-norm, as the content tower does
+  iisan_versa    IISAN-Versa as the library builds it by default: text and image intra-modal SANs +
+                 inter-modal SAN (with the dimension transformation layer 384 -> 1280) over cached MiniLM layers
+                 and EfficientNet-Lite0 stages, asymmetric group LayerDrop, item vectors of fixed length
+                 (IISANConfig item_norm "auto", as the content tower's; chosen on VALID, see versa_paper)
+  versa_paper    the IISAN papers' variant: item vectors as the fusion layer outputs them (item_norm None)
+  versa_no_inter / versa_all  ablations: IISAN-Versa without the inter-modal SAN / without LayerDrop (every
+                 layer / stage gets a block; paired by explicit selections of equal length)
+  versa_paper_no_inter / versa_paper_all  the same ablations of the papers' variant
+  iisan_text_norm  ablation: IISAN (text) with item vectors L2-normalised to --item-norm
   fft / lora     MiniLM runs inside the item tower on the item text (forward + backward every step): all
                  weights trained (MiniLM at --lr x --encoder-lr-scale: pretrained weights), or LoRA (rank r)
                  on query / value. Text only: fine-tuning EfficientNet too would cost more still.
@@ -57,14 +58,14 @@ log = logging.getLogger("iisan_versa")
 ML100K = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "ml-100k"
 TEMPLATES = {"ml100k": "{title}. Genres: {genres}. {plot}", "builtin": "{title}. {description}"}
 IMAGE_ENCODER = {"ml100k": "efficientnet-lite0", "builtin": "efficientnet-lite0?image_size=96"}
-METHODS = ("content", "iisan_text", "iisan_versa", "versa_no_inter", "versa_all", "iisan_text_norm", "versa_norm",
-           "versa_norm_no_inter", "fft", "lora")
+METHODS = ("content", "iisan_text", "iisan_versa", "versa_no_inter", "versa_all", "versa_paper", "versa_paper_no_inter",
+           "versa_paper_all", "iisan_text_norm", "fft", "lora")
 ENCODER_METHODS = ("fft", "lora")
-LABELS = {"content": "content SASRec (frozen features)", "iisan_text": "IISAN (text)", "iisan_versa": "IISAN-Versa",
-          "versa_no_inter": "Versa w/o inter-modal SAN", "versa_all": "Versa w/o LayerDrop",
-          "iisan_text_norm": "IISAN (text) + fixed-length items", "versa_norm": "Versa + fixed-length items",
-          "versa_norm_no_inter": "Versa w/o inter-modal SAN + fixed-length items",
-          "fft": "FFT (MiniLM)", "lora": "LoRA (MiniLM)"}
+LABELS = {"content": "content SASRec (frozen features)", "iisan_text": "IISAN (text)",
+          "iisan_versa": "IISAN-Versa (default: fixed-length items)", "versa_no_inter": "Versa w/o inter-modal SAN",
+          "versa_all": "Versa w/o LayerDrop", "versa_paper": "Versa as in the papers (unnormalised items)",
+          "versa_paper_no_inter": "papers' Versa w/o inter-modal SAN", "versa_paper_all": "papers' Versa w/o LayerDrop",
+          "iisan_text_norm": "IISAN (text) + fixed-length items", "fft": "FFT (MiniLM)", "lora": "LoRA (MiniLM)"}
 TARGETS = {"versa_ge_fft_quality": "quality >= FFT", "time_10x_less_than_fft": "time per epoch >= 10x less than FFT",
            "memory_2x_less_than_fft": "memory >= 2x less than FFT", "versa_ge_content_sasrec": "quality >= content SASRec"}
 
@@ -135,16 +136,18 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
             ctx.feature_missing[m] = s.missing
         tower = TowerConfig(kind="text+image", fusion=args.content_fusion)
         return SASRec.build(SASRecConfig(**common, tower=tower, loss="inbatch"), ctx)
-    adapters = {"bottleneck": args.bottleneck, "adapter_dropout": args.adapter_dropout}
-    if "_norm" in method:  # ablation: item vectors of fixed length, as the content tower's
+    adapters: dict[str, Any] = {"bottleneck": args.bottleneck, "adapter_dropout": args.adapter_dropout}
+    if method == "iisan_text_norm":  # ablation: item vectors of fixed length, as the content tower's
         adapters["item_norm"] = args.item_norm
+    if method.startswith("versa_paper"):  # the papers' item vectors; else IISAN-Versa's default (item_norm "auto")
+        adapters["item_norm"] = None
     if method in ("iisan_text", "iisan_text_norm"):
         return IISAN.build(IISANConfig(**common, **adapters, modalities=["text"]), ctx, states)
-    if method in ("iisan_versa", "versa_norm"):
+    if method in ("iisan_versa", "versa_paper"):
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group"), ctx, states)
-    if method in ("versa_no_inter", "versa_norm_no_inter"):
+    if method in ("versa_no_inter", "versa_paper_no_inter"):
         return IISAN.build(IISANConfig(**common, **adapters, layerdrop="group", use_inter=False), ctx, states)
-    if method == "versa_all":  # 6 text layers paired with the last 6 of 8 image stages: no LayerDrop
+    if method in ("versa_all", "versa_paper_all"):  # no LayerDrop: 6 text layers paired with the last 6 of 8 stages
         t, v = states["text"].depth, states["image"].depth
         n = min(t, v)
         return IISAN.build(IISANConfig(**common, **adapters, text_layers=list(range(t - n + 1, t + 1)),
@@ -255,8 +258,8 @@ def claims(out: dict[str, Any], command: str) -> dict[str, Any]:
     caps = {"full": out["args"]["epochs"], "subset": out["args"].get("subset_epochs") or out["args"]["epochs"]}
     names = {"full": "all users", "subset": _subset_name(out)}
 
-    def metric(part: str, m: str, key: str = "ndcg@10") -> float | None:
-        return parts[part].get(m, {}).get("test", {}).get(key)
+    def metric(part: str, m: str, key: str = "ndcg@10", split: str = "test") -> float | None:
+        return parts[part].get(m, {}).get(split, {}).get(key)
 
     def ratio(values: dict[str, Any], m: str, key: str) -> float | None:
         a, b = values.get(m, {}).get(key), values.get("iisan_versa", {}).get(key)
@@ -304,16 +307,38 @@ def claims(out: dict[str, Any], command: str) -> dict[str, Any]:
     }
     verdicts = [f"{TARGETS[name]}: {'not measured in this run' if ok is None else ('met' if ok else 'NOT MET')}"
                 + ("" if ok is None else f" ({said[name]()})") for name, ok in checks.items()]
+    for name, part, other in (("versa_ge_fft_quality", fft_part, "fft"), ("versa_ge_content_sasrec", content_part, "content")):
+        if checks[name] is not None:
+            on_valid = _ge(metric(part, "iisan_versa", split="valid"), metric(part, other, split="valid"))
+            if on_valid is not None and on_valid != checks[name]:
+                verdicts.append(f"'{TARGETS[name]}' on VALID instead: {'met' if on_valid else 'NOT MET'}")
+    resumed = out.get("resumed", {}).get(fft_part or "", [])
+    if fft_part is not None and time_key and time_key.startswith("FFT / Versa seconds per epoch (" + names[fft_part]) \
+            and ("fft" in resumed) != ("iisan_versa" in resumed):
+        verdicts.append(f"FFT's and Versa's seconds per epoch ({names[fft_part]}) were measured in different runs "
+                        "(--resume) of a shared machine, under different load")
     if fft_part is not None and "lora" in parts[fft_part]:  # LoRA's quality next to FFT's (and Versa's)
         verdicts.append(f"fine-tuned MiniLM vs IISAN-Versa ({names[fft_part]}; VALID / TEST NDCG@10 %): " + ", ".join(
             f"{LABELS[m]} {_valid_test(parts[fft_part], m)}" for m in ("fft", "lora", "iisan_versa")
             if m in parts[fft_part]))
-    for name, part in (("versa_ge_fft_quality", fft_part), ("versa_ge_content_sasrec", content_part)):
-        if checks[name] is False:  # every other variant of that part: which design choice falls short
-            others = [m for m in parts[part] if m not in ("content", "iisan_versa", "fft", "lora")]
-            if others:
-                verdicts.append(f"ablations for '{TARGETS[name]}' ({names[part]}; VALID / TEST NDCG@10 %): " + ", ".join(
-                    f"{LABELS.get(m, m)} {_valid_test(parts[part], m)}" for m in others))
+    def ablations(part: str) -> str:  # every other variant of that part: which design choice falls short
+        others = [m for m in parts[part] if m not in ("content", "iisan_versa", "fft", "lora") and "test" in parts[part][m]]
+        return ", ".join(f"{LABELS.get(m, m)} {_valid_test(parts[part], m)}" for m in others)
+
+    missed: dict[str, list[str]] = {part: [] for part in parts}  # per part, the quality targets it failed
+    for name, part, other in (("versa_ge_fft_quality", fft_part, "fft"), ("versa_ge_content_sasrec", content_part, "content")):
+        if checks[name] is False:
+            missed[part].append(f"'{TARGETS[name]}'")
+            adapters = [m for m in parts[part] if m.startswith(("iisan", "versa")) and metric(part, m, split="valid") is not None]
+            best = max(adapters, key=lambda m: metric(part, m, split="valid"))  # type: ignore[arg-type, return-value]
+            reaches = _ge(metric(part, best, split="valid"), metric(part, other, split="valid"))
+            verdicts.append(f"best adapter variant on VALID ({names[part]}): {LABELS.get(best, best)} "
+                            f"{_valid_test(parts[part], best)}, {'at or above' if reaches else 'below'} "
+                            f"{LABELS[other]} on VALID")
+    for part in parts:
+        if ablations(part):
+            why_for = f" for {' and '.join(missed[part])}" if missed[part] else ""
+            verdicts.append(f"ablations{why_for} ({names[part]}; VALID / TEST NDCG@10 %): {ablations(part)}")
     requested = {"full": out["args"]["quality"], "subset": out["args"]["subset_methods"] if out.get("subset") else ""}
     for part, results in parts.items():
         unrun = [LABELS.get(m, m) for m in requested[part].split(",") if m and m not in results]
@@ -385,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--adapter-dropout", type=float, default=0.1)
     p.add_argument("--content-fusion", default="mlp")
-    p.add_argument("--item-norm", type=float, default=3.0, help="item-vector length of the *_norm ablations")
+    p.add_argument("--item-norm", type=float, default=3.0, help="item-vector length of iisan_text_norm")
     p.add_argument("--max-tokens", type=int, default=64, help="item-text tokens for FFT / LoRA")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--encoder-lr-scale", type=float, default=0.05,

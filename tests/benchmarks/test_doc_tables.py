@@ -44,8 +44,10 @@ def test_check_fails_when_a_number_or_its_json_changes(tmp_path: Path) -> None:
 def test_claims_table_shows_a_missed_target_and_why(tmp_path: Path) -> None:
     claim = {"system": "X", "claim": "beats Y", "protocol": "P", "ours": {"ndcg@10": 0.12345, "vs Y": "0.2"},
              "target_met": False, "why": "Z falls short", "command": "python benchmarks/x.py"}
-    (tmp_path / "x.json").write_text(json.dumps({"claims": [claim, {**claim, "system": "W", "target_met": True}]}))
+    met = {**claim, "system": "W", "target_met": True, "why": "each check met"}
+    (tmp_path / "x.json").write_text(json.dumps({"claims": [claim, met, {**met, "system": "V", "why": ""}]}))
     (tmp_path / "y.json").write_text(json.dumps({"results": {}}))  # no claims: no row
     table = doc_tables.claims(tmp_path)
     assert "| X | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | **not met**: Z falls short |" in table
-    assert "| W | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | met |" in table and table.count("\n") == 4
+    assert "| W | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | met: each check met |" in table  # a met row says why too
+    assert "| V | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | met |" in table and table.count("\n") == 5

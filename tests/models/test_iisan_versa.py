@@ -12,7 +12,7 @@ from modalrec.data.sequences import TrainWindows, history_batch
 from modalrec.errors import ConfigError
 from modalrec.models.base import ModelContext
 from modalrec.models.iisan.adapters import StageProjection
-from modalrec.models.iisan.model import IISAN, IISANConfig, LayerStates, states_from_cache
+from modalrec.models.iisan.model import IISAN, VERSA_ITEM_NORM, IISANConfig, LayerStates, states_from_cache
 from modalrec.training.loop import TrainConfig, fit
 
 
@@ -129,3 +129,25 @@ def test_item_norm_fixes_every_item_vector_length_and_keeps_pad_zero():
     assert float(table[0].abs().sum()) == 0.0
     with pytest.raises(ConfigError, match="item_norm"):
         IISAN.build(IISANConfig(dim=8, n_heads=1, max_len=4, item_norm=0.0), ctx, states)
+
+
+def test_versa_defaults_to_fixed_length_items_and_the_papers_variant_stays_reachable():
+    g = torch.Generator().manual_seed(1)
+    states = {"text": LayerStates(torch.randn(9, 3, 8, generator=g), [0, 1, 2], 2),
+              "image": LayerStates(torch.randn(9, 3, 8, generator=g), [0, 1, 2], 2)}
+    ctx = ModelContext(n_items=8, n_users=2, train_item_counts=np.ones(9, dtype=np.int64), seed=0)
+    small = {"dim": 8, "n_heads": 1, "max_len": 4, "bottleneck": 4}
+
+    def lengths(model: IISAN) -> torch.Tensor:
+        with torch.no_grad():
+            return model.tower.all()[1:].norm(dim=-1)
+
+    versa = IISAN.build(IISANConfig(**small), ctx, states)  # item_norm "auto" with an image tower
+    assert versa.tower.item_norm == VERSA_ITEM_NORM
+    torch.testing.assert_close(lengths(versa), torch.full((8,), VERSA_ITEM_NORM))
+    paper = IISAN.build(IISANConfig(**small, item_norm=None), ctx, states)
+    assert paper.tower.item_norm is None and float(lengths(paper).std()) > 1e-3
+    text_only = IISAN.build(IISANConfig(**small, modalities=["text"]), ctx, states)
+    assert text_only.tower.item_norm is None  # text-only IISAN keeps the papers' item vectors
+    with pytest.raises(ConfigError, match="item_norm"):
+        IISAN.build(IISANConfig(**small, item_norm="fixed"), ctx, states)
