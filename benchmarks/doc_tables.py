@@ -342,6 +342,10 @@ def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
+# (result file, commit): the evaluator benchmark run with the ranking code before `count_ge` used NumPy.
+EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "2b0fdb0")
+
+
 def speed(results: Path) -> str:
     """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each."""
     ev = _load(results, "evaluator_speed_cpu.json")
@@ -358,6 +362,12 @@ def speed(results: Path) -> str:
                      else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
                          f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
+    prev = _load(results, EVALUATOR_PREVIOUS[0])  # the code before the NumPy count, run the same hour
+    for c in prev["catalogues"]:
+        what = (f"the same, a model known by its `score`, {c['items']:,} items: previous ranking code "
+                f"(commit {EVALUATOR_PREVIOUS[1]}), run in the same hour")
+        cell = lambda o: " / ".join(f"{100 * o[f'exclude_seen={x}']:+.1f} %" for x in (True, False))
+        rows.append([what, _machine(prev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]), ""])
     lo = _load(results, "loop_overhead_cpu.json")
     what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
     rows.append([what, _machine(lo), f"{lo['fit_over_bare_samples_per_cpu_s']:.3f}",

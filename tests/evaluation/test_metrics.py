@@ -76,16 +76,19 @@ def test_rank_block_matches_naive_with_ties(use_mask: bool) -> None:
     np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
 
 
-@pytest.mark.parametrize("chunk", [7, 30, 64])  # chunks of columns of one row / whole rows / several rows
-def test_chunked_counting_matches_naive(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ranking, "CPU_CHUNK", chunk)
+@pytest.mark.parametrize("chunk", [7, 30, 64])  # chunks of columns of one row / the whole row / more than a row
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chunked_counting_matches_naive(chunk: int, dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ranking, "COUNT_CHUNK", chunk)
     rng = np.random.default_rng(1)
-    scores = rng.integers(0, 4, size=(9, 31)).astype(np.float32)  # many ties; rows and columns split unevenly
+    scores = rng.integers(0, 4, size=(9, 31)).astype(dtype)  # many ties; columns split unevenly
     targets = rng.integers(1, 31, size=9)
     mask = rng.random((9, 31)) < 0.7
     got = ranks_of(torch.from_numpy(scores), torch.from_numpy(targets), torch.from_numpy(mask))
     np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
-    for row, col in ((8, 30), (0, 0)):  # a NaN in the last chunk, and in PAD's column (checked too)
+    half = ranks_of(torch.from_numpy(scores).bfloat16(), torch.from_numpy(targets), torch.from_numpy(mask))
+    np.testing.assert_array_equal(half.numpy(), naive_ranks(scores, targets, mask))  # small integers are exact
+    for row, col in ((8, 30), (0, 0), (4, 1)):  # NaN in the last chunk, in PAD's column (checked too), the first
         bad = torch.from_numpy(scores.copy())
         bad[row, col] = float("nan")
         with pytest.raises(ValueError, match=rf"NaN.*rows \[{row}\]"):

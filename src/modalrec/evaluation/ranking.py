@@ -13,6 +13,7 @@ rules exist once:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -34,38 +35,42 @@ def rank_block(scores: torch.Tensor, targets: torch.Tensor, excluded_rows: torch
     return ge, t_score
 
 
-# Elements per CPU chunk of `count_ge`: the chunk and its [R, C] float buffer (2 MiB each) stay in cache
+# Elements per CPU chunk of `rank_dot_block`: the chunk and its [R, C] float buffer (2 MiB each) stay in cache
 # between the passes (measured fastest among 2**17..2**20 at 1e5 and 1e6 items, one thread).
 CPU_CHUNK = 2**19
+# Columns per chunk of `count_ge` on CPU: a 512 KiB float32 slice of one row and its bool comparison stay in
+# the core's cache between the NaN test and the count (measured fastest among 2**16..2**20 at 1e6 items).
+COUNT_CHUNK = 2**17
 
 
 def count_ge(scores: torch.Tensor, t_score: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """([B] int64 #(columns 1..N with score >= t_score), whether any score may be NaN) of scores [B, N + 1].
+    """([B] int64 #(columns 1..N with score >= t_score), whether any score is NaN) of scores [B, N + 1].
 
-    One pass over the block. On CPU it runs in cache-sized [R, C] chunks, each read once from memory:
-    the comparison is written as 0/1 floats into a reused buffer (summing floats is vectorised, summing
-    bools is not) and the NaN test sums the chunk while it is still in cache (an overflow to inf - inf also
-    reads as NaN: callers confirm with `check_no_nan`). A float sum of 0/1 values is
-    exact while it is < 2**24 (float32) -- C never exceeds that -- and the chunk sums add up in int64.
+    On CPU (float32 / float64) it runs through NumPy, one row slice of COUNT_CHUNK columns at a time, each
+    read once from memory: the slice's max (NaN if any score is NaN) while it comes into cache, then the
+    comparison into a reused bool buffer and its count. NumPy's SIMD comparison and `count_nonzero` are
+    2-4x faster than torch's comparison ops here (measured at 1e6 items, one thread: 5 ms against 13 ms
+    for a 16-row block, whose scoring takes 75 ms), which is most of the evaluator's own cost at scale.
     """
     cand = scores[:, 1:]  # [B, N]
-    if scores.device.type != "cpu" or not scores.is_floating_point():
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64):
         has_nan = scores.is_floating_point() and bool(torch.isnan(scores.sum()))
         return (cand >= t_score).sum(dim=1), has_nan
-    n_rows, n_cols = cand.shape
-    cols = min(n_cols, CPU_CHUNK)
-    rows = max(1, CPU_CHUNK // max(cols, 1))
-    buf = torch.empty(min(rows, n_rows) * cols, dtype=torch.float32)
-    counts = torch.zeros(n_rows, dtype=torch.int64)
-    nan_sum = scores[:, 0].sum(dtype=torch.float64)  # PAD's column is checked too
-    for r0 in range(0, n_rows, rows):
-        r1 = min(n_rows, r0 + rows)
-        for c0 in range(0, n_cols, cols):
-            part = cand[r0:r1, c0 : c0 + cols]  # [R, C] view
-            nan_sum += part.sum()
-            hit = torch.ge(part, t_score[r0:r1], out=buf[: part.numel()].view(part.shape))
-            counts[r0:r1] += hit.sum(dim=1).to(torch.int64)
-    return counts, bool(torch.isnan(nan_sum))
+    s = scores.detach().numpy()  # a view: no copy
+    t = t_score.detach().to(scores.dtype).reshape(-1).numpy()  # [B]
+    n_rows, n_cols = s.shape
+    hit = np.empty(max(1, min(COUNT_CHUNK, n_cols - 1)), dtype=bool)
+    counts = np.zeros(n_rows, dtype=np.int64)
+    has_nan = bool(np.isnan(s[:, 0]).any())  # PAD's column is checked too
+    for r in range(n_rows):
+        row, tr, c = s[r], t[r], 0
+        for c0 in range(1, n_cols, COUNT_CHUNK):
+            part = row[c0 : c0 + COUNT_CHUNK]
+            if np.isnan(part.max()):  # max propagates NaN
+                has_nan = True
+            c += np.count_nonzero(np.greater_equal(part, tr, out=hit[: part.size]))
+        counts[r] = c
+    return torch.from_numpy(counts), has_nan
 
 
 def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
