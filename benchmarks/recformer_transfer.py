@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pretrain-batch", type=int, default=16)
     p.add_argument("--finetune-batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--pretrain-lr", type=float, default=1e-4)
+    p.add_argument("--pretrain-lr", type=float, default=5e-5, help="the Recformer reference pretraining's")
+    p.add_argument("--mlm-weight", type=float, default=0.1, help="lambda in L_IIC + lambda * L_MLM (paper: 0.1)")
+    p.add_argument("--train-word-embeddings", action="store_true",
+                   help="let pretraining move the word embeddings (the reference code keeps them fixed)")
     p.add_argument("--max-items", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--gradient-checkpointing", action="store_true")
@@ -152,6 +155,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (print its summary)")
     p.add_argument("--earlier", default=None, help="this benchmark's JSON from a smaller budget on the same protocol: "
                    "its TEST numbers join the pretraining ablation")
+    p.add_argument("--zero-shot-from", default=None, help="this benchmark's JSON from a run with the same pretrained "
+                   "weights (same --pretrain-dir and steps) that ranked every TEST event: its zero-shot TEST numbers "
+                   "are reused instead of ranking TEST a second time (e.g. a --stage1-epochs 0 --stage2-epochs 0 run "
+                   "in a parallel process)")
+    p.add_argument("--control", default=None, help="this benchmark's JSON with the same finetuning budget but no "
+                   "pretraining (MiniLM as initialised): what pretraining adds or costs joins the ablation")
+    p.add_argument("--no-claims", action="store_true", help="an ablation run: write no claims row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -173,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     size = args.size or ("tiny" if args.smoke else "mini")
     cfg = RecformerConfig(size=size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
-                          max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing)
+                          max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing,
+                          mlm_weight=args.mlm_weight)
     model, tok = RecformerModel.create(cfg, seed=args.seed)
     t0 = time.perf_counter()
     inst_tokens = model.tokenize_table(inst.items, tok, cache_dir=args.cache_dir)
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pre = pretrain(model, corpus, PretrainConfig(
             epochs=1000, max_steps=opt["pretrain_steps"], batch_size=args.pretrain_batch, lr=args.pretrain_lr,
             warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device,
+            freeze_word_embeddings=not args.train_word_embeddings,
             checkpoint_dir=None if args.pretrain_dir is None else str(Path(args.pretrain_dir) / "train_state"),
             checkpoint_every=args.checkpoint_every if args.pretrain_dir else None))
         pre.pop("config", None)
@@ -220,24 +232,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  batch_size=args.finetune_batch, lr=args.lr,
                                  max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device),
                   validate=lambda m: ev_valid.run(m, name="valid").overall)
-    tuned = ev_test.run(model, name="finetuned_test")
+    finetuned = bool(ft["history"])
+    tuned = ev_test.run(model, name="finetuned_test" if finetuned else "zero_shot_test")  # no finetuning: one ranking
     if args.out:
         emit_json({"benchmark": "recformer_transfer", "partial": "finetuned TEST only", "finetuned_test": pick(tuned),
                    "finetune_best": ft["best"], "test_events": len(test), "pretrain_steps": pre["steps"]}, args.out)
-    model.load_state_dict(pretrained)
-    model.set_items(sci_tokens)
-    model.set_item_vectors(zero_vecs)
-    zero = ev_test.run(model, name="zero_shot_test")
+    if args.zero_shot_from:
+        zs, zero_groups, zero_s = reused_zero_shot(Path(args.zero_shot_from), args.pretrain_dir, pre["steps"], len(test))
+    else:
+        if finetuned:
+            model.load_state_dict(pretrained)
+            model.set_items(sci_tokens)
+            model.set_item_vectors(zero_vecs)
+            zero = ev_test.run(model, name="zero_shot_test")
+        else:
+            zero = tuned
+        zs, zero_s = pick(zero), zero.meta.get("wall_time_s")
+        zero_groups = {g: {m: v for m, v in d.items() if m in METRICS} for g, d in zero.groups.items()}
 
     epochs = ft["history"]
     ref = reference_numbers()
-    zs, tuned_m = pick(zero), pick(tuned)
+    tuned_m = pick(tuned)
     all_events = len(test) == len(split.test)
     sasrec = ref["sasrec_text"]["ndcg@10"]
     curve = finetune_curve(zero_valid, epochs)
     runs = ([earlier_run(Path(args.earlier))] if args.earlier else []) + [
         {"pretrain_steps": pre["steps"], "finetune_steps": curve[-1]["finetune_steps"],
-         "zero_shot_test_ndcg@10": zs["ndcg@10"], "finetuned_test_ndcg@10": tuned_m["ndcg@10"], "source": "this run"}]
+         "zero_shot_test_ndcg@10": zs["ndcg@10"], "finetuned_test_ndcg@10": tuned_m["ndcg@10"], "source": "this run",
+         "pretrain_recipe": pretrain_recipe(args) if pre["steps"] else None}]
+    if args.control:
+        runs.insert(len(runs) - 1, earlier_run(Path(args.control)) | {"control": "no pretraining, same finetuning budget"})
     claims = {
         "system": "Recformer",
         "claim": "finetuned Recformer ranks above text SASRec (Recformer paper, Scientific); zero-shot it "
@@ -257,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python benchmarks/recformer_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     result = {
-        "claims": claims,
+        **({} if args.no_claims else {"claims": claims}),
         "benchmark": "recformer_transfer",
         "smoke_run": bool(args.smoke),
         "note": "smoke run: proves the pipeline, the numbers are not a result" if args.smoke else
@@ -273,10 +297,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "subsampled": len(test) < len(split.test), "selection": "best ndcg@10 on VALID"},
         "model": {**model.config_dict(), "trainable_parameters": model.num_trainable_parameters()},
         "budgets": opt | {"pretrain_batch": args.pretrain_batch, "finetune_batch": args.finetune_batch,
-                          "lr": args.lr, "pretrain_lr": args.pretrain_lr},
+                          "lr": args.lr, "pretrain_lr": args.pretrain_lr, "mlm_weight": args.mlm_weight,
+                          "pretrain_recipe": pretrain_recipe(args)},
         "zero_shot_test": zs,
         "finetuned_test": tuned_m,
-        "zero_shot_test_groups": {g: {m: v for m, v in d.items() if m in METRICS} for g, d in zero.groups.items()},
+        "zero_shot_test_groups": zero_groups,
+        "zero_shot_test_source": args.zero_shot_from and Path(args.zero_shot_from).name,
         "reference": ref,
         "finetuned_test_groups": {g: {m: v for m, v in d.items() if m in METRICS} for g, d in tuned.groups.items()},
         "finetune_best": ft["best"],
@@ -287,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "item_table_encode_s": item_encode_s,
             "finetune_time_per_epoch_s": [e["time_s"] for e in epochs],
             "valid_s": [e["valid_s"] for e in epochs],
-            "zero_shot_eval_s": zero.meta.get("wall_time_s"), "test_eval_s": tuned.meta.get("wall_time_s"),
+            "zero_shot_eval_s": zero_s, "test_eval_s": tuned.meta.get("wall_time_s"),
             "total_s": time.perf_counter() - t_start,
         },
         "pretrain": pre,
@@ -317,17 +343,43 @@ def earlier_run(path: Path) -> dict[str, Any]:
     d = json.loads(path.read_text())
     if d.get("protocol", {}).get("test_events") != d.get("protocol", {}).get("test_events_total"):
         raise ValueError(f"{path}: protocol.test_events: the earlier run did not rank every TEST event")
+    recipe = d["budgets"].get("pretrain_recipe", f"lr {d['budgets']['pretrain_lr']:g}, contrastive on the masked pass, "
+                                                 "word embeddings trained")
     return {"pretrain_steps": d["pretrain"]["steps"], "finetune_steps": sum(e["steps"] for e in d["finetune_history"]),
+            "pretrain_recipe": recipe if d["pretrain"]["steps"] else None,
             "zero_shot_test_ndcg@10": d["zero_shot_test"]["ndcg@10"],
             "finetuned_test_ndcg@10": d["finetuned_test"]["ndcg@10"], "source": path.name}
 
 
+def reused_zero_shot(path: Path, pretrain_dir: str | None, steps: int, n_test: int) -> tuple[dict, dict, Any]:
+    """Zero-shot TEST metrics, groups and wall time from a run of the same pretrained weights."""
+    d = json.loads(path.read_text())
+    if d["pretrain"]["steps"] != steps or (steps and d.get("pretrain_dir") != pretrain_dir):
+        raise ValueError(f"{path}: other pretrained weights ({d['pretrain']['steps']} steps in "
+                         f"{d.get('pretrain_dir')}, this run {steps} in {pretrain_dir})")
+    if d["protocol"]["test_events"] != n_test:
+        raise ValueError(f"{path}: ranked {d['protocol']['test_events']} TEST events, this run {n_test}")
+    return d["zero_shot_test"], d["zero_shot_test_groups"], d["time"]["zero_shot_eval_s"]
+
+
 def ablation_text(runs: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
     """The budgets side by side, then the VALID curve over finetuning steps."""
-    tests = "; ".join(f"{r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning steps: zero-shot "
+    tests = "; ".join(f"{r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning steps"
+                      f"{_run_note(r)}: zero-shot "
                       f"{r['zero_shot_test_ndcg@10']:.4f}, finetuned {r['finetuned_test_ndcg@10']:.4f}" for r in runs)
     valid = ", ".join(f"{c['finetune_steps']}: {c['valid_ndcg@10']:.4f}" for c in curve)
     return f"TEST NDCG@10 by budget: {tests}; VALID NDCG@10 by finetuning steps: {valid}"
+
+
+def pretrain_recipe(args: argparse.Namespace) -> str:
+    return (f"lr {args.pretrain_lr:g}, MLM weight {args.mlm_weight:g}, contrastive on the clean pass, word embeddings "
+            + ("trained" if args.train_word_embeddings else "fixed"))
+
+
+def _run_note(r: dict[str, Any]) -> str:
+    if r.get("source", "this run") == "this run":
+        return ""
+    return f" ({r['source']}" + (f"; {r['pretrain_recipe']}" if r.get("pretrain_recipe") else "") + ")"
 
 
 def pick_dict(metrics: dict[str, float]) -> dict[str, float]:

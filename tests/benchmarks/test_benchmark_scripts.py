@@ -94,6 +94,11 @@ def test_recformer_ablation_counts_finetuning_steps_across_epochs_and_stages():
     assert ablation_text([run], curve) == ("TEST NDCG@10 by budget: 300 pretraining + 600 finetuning steps: zero-shot "
                                            "0.0700, finetuned 0.0800; VALID NDCG@10 by finetuning steps: 0: 0.0800, "
                                            "250: 0.0900, 500: 0.1000, 600: 0.1100")
+    control = {"pretrain_steps": 0, "finetune_steps": 600, "zero_shot_test_ndcg@10": 0.06,
+               "finetuned_test_ndcg@10": 0.075, "source": "control.json", "pretrain_recipe": None}
+    assert ablation_text([control, run], curve[:1]).startswith(
+        "TEST NDCG@10 by budget: 0 pretraining + 600 finetuning steps (control.json): zero-shot 0.0600, finetuned "
+        "0.0750; 300 pretraining + 600 finetuning steps: zero-shot 0.0700")
 
 
 def test_scale_measures_one_catalogue_size_and_growth(tmp_path):

@@ -362,3 +362,27 @@ def test_window_loss_trains_every_target_from_its_own_prefix(tok) -> None:
         torch.testing.assert_close(model.loss(window), model.loss(one_each))
         last_column_only = model.loss(SeqBatch(items=window.items, targets=window.targets[:, -1], users=window.users))
         assert abs(float(model.loss(window)) - float(last_column_only)) > 0.01
+
+
+def test_pretraining_contrasts_the_clean_sequence_and_keeps_word_embeddings_fixed(tok) -> None:
+    """The contrastive part scores the unmasked sequence (what inference scores); MLM's masked pass only
+    adds its own term. Word embeddings stay fixed through pretraining and are trainable again after it."""
+    items, seqs = _pair_domain(tok, 0)
+    model = tiny(tok)  # no dropout: both passes are deterministic
+    hist, targets = [s[:1] for s in seqs[:8]], np.array([s[1] for s in seqs[:8]])
+    with torch.no_grad():
+        _, parts = model.pretrain_loss(hist, targets, items, torch.Generator().manual_seed(0))
+        logits = model.encode_histories(hist, items) @ model.encode_items(targets, items).T / model.cfg.temperature
+    clean = torch.nn.functional.cross_entropy(logits, torch.arange(8))
+    assert parts["iic"] == pytest.approx(float(clean), rel=1e-5)
+    assert parts["mlm"] > 0 and parts["loss"] == pytest.approx(parts["iic"] + 0.1 * parts["mlm"], rel=1e-5)
+
+    corpus = PretrainCorpus.from_domains([("a", items, seqs)])
+    words = model.embeddings.token.weight.detach().clone()
+    layer = model.embeddings.item_position.weight.detach().clone()
+    pretrain(model, corpus, PretrainConfig(max_steps=3, batch_size=8, lr=1e-2))
+    torch.testing.assert_close(model.embeddings.token.weight, words)
+    assert not torch.equal(model.embeddings.item_position.weight, layer)  # the rest did train
+    assert model.embeddings.token.weight.requires_grad
+    pretrain(model, corpus, PretrainConfig(max_steps=3, batch_size=8, lr=1e-2, freeze_word_embeddings=False))
+    assert not torch.equal(model.embeddings.token.weight, words)

@@ -84,6 +84,10 @@ class PretrainConfig:
     grad_clip: float = 1.0
     device: str = "cpu"
     log_every: int = 20
+    # The Recformer reference pretraining keeps the word embeddings fixed (--fix_word_embedding): the MLM
+    # decoder is tied to them and starts random, and its early gradients would otherwise move the
+    # pretrained token vectors every item text is read through.
+    freeze_word_embeddings: bool = True
     # Resumable pretraining: the Trainer saves its state every `checkpoint_every` steps (one "epoch" of the
     # Trainer is then a chunk of that many steps of one continuous data stream) and a later call with the
     # same directory continues; a larger `max_steps` there extends the run.
@@ -152,7 +156,13 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
                             weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
                             device=cfg.device, seed=model.seed, progress=False, checkpoint_dir=cfg.checkpoint_dir)
     model.pretrain_parts = []
-    hist = Trainer(model, source, train_cfg).fit()
+    word = model.embeddings.token.weight
+    trainable = word.requires_grad
+    word.requires_grad_(trainable and not cfg.freeze_word_embeddings)
+    try:
+        hist = Trainer(model, source, train_cfg).fit()
+    finally:
+        word.requires_grad_(trainable)  # finetuning trains them (as the reference finetuning does)
     parts, steps = model.pretrain_parts, hist.steps
     before = steps - len(parts)  # steps an earlier call took (resumed runs)
     curve = [{"step": before + min(lo + cfg.log_every, len(parts)),

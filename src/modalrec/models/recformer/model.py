@@ -404,21 +404,24 @@ class RecformerModel(SequentialRecommender):
     # ---- pretraining ----------------------------------------------------------------------------------
     def pretrain_loss(self, histories: list[np.ndarray], targets: np.ndarray, tokens: ItemTokens,
                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """L = L_IIC + lambda * L_MLM on one batch. MLM masks the sequence tokens; the CLS of the same
-        (masked) pass is contrasted with the next item's vector, other next items in the batch are the
-        negatives (an in-batch duplicate of the positive is not counted as a negative)."""
+        """L = L_IIC + lambda * L_MLM on one batch. As in the Recformer reference code, the CLS of the clean
+        sequence is contrasted with the next item's vector (other next items in the batch are the negatives;
+        an in-batch duplicate of the positive is not counted as one) and MLM runs on a second, masked pass:
+        the vectors that are trained are the ones scored at inference, where nothing is masked."""
         c = self.cfg
         inp = self._inputs(histories, tokens)
-        masked, labels = mlm_mask(inp, c.vocab_size, c.mask_id, generator, c.mlm_prob, (c.cls_id, c.pad_id))
-        hidden = self.hidden_states(inp.replace_ids(masked))  # [B, T, H]
-        seq = F.normalize(hidden[:, 0].float(), dim=-1)  # [B, H]
+        seq = F.normalize(self.hidden_states(inp)[:, 0].float(), dim=-1)  # [B, H]
         targets = np.asarray(targets, dtype=np.int64)
         item_vecs = self.encode_items(targets, tokens)  # [B, H]
         logits = seq @ item_vecs.T / c.temperature  # [B, B]
         t = torch.from_numpy(targets).to(self.device)
         dup = (t[:, None] == t[None, :]) & ~torch.eye(len(t), dtype=torch.bool, device=self.device)  # [B, B]
         iic = F.cross_entropy(logits.masked_fill(dup, float("-inf")), torch.arange(len(t), device=self.device))
-        mlm = self.mlm_loss(hidden, labels.to(self.device))
+        if c.mlm_weight > 0:
+            masked, labels = mlm_mask(inp, c.vocab_size, c.mask_id, generator, c.mlm_prob, (c.cls_id, c.pad_id))
+            mlm = self.mlm_loss(self.hidden_states(inp.replace_ids(masked)), labels.to(self.device))  # [B, T, H] in
+        else:
+            mlm = torch.zeros((), device=self.device)
         self.mark_encoder_changed()
         total = iic + c.mlm_weight * mlm
         return total, {"loss": float(total.detach()), "iic": float(iic.detach()), "mlm": float(mlm.detach())}
