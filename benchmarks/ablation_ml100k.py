@@ -29,6 +29,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 def base_config(args: argparse.Namespace) -> Any:
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
+    from modalrec.models.recipe import library_training
 
     return from_dict(ExperimentConfig, {
         "name": "ml100k-ablation",
@@ -39,12 +40,13 @@ def base_config(args: argparse.Namespace) -> Any:
                      "cache_dir": args.cache_dir, "device": args.device, "batch_size": 64, "store": args.store},
         "model": {"name": "sasrec", "params": {
             "dim": args.dim, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": args.dropout,
-            "loss": args.loss, "n_negatives": args.n_negatives,
+            "loss": args.loss, "n_negatives": args.n_negatives, "label_smoothing": 0.0,
             "negatives": "popularity" if args.loss in ("sampled", "bpr", "bce") else "uniform",
             "tower": {"dropout": args.tower_dropout}}},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
                   "eval_every": args.eval_every,
-                  "device": args.device, "progress": False},
+                  "device": args.device, "progress": False,
+                  **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device},
     })
 

@@ -55,7 +55,7 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"name": "sasrec", "params": {
         "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": args.loss,
         "loss_catalogue": args.catalogue, "age": AGES["_" + suffix if suffix else ""], "age_start": args.age_start,
-        "age_personal": args.personal and bool(suffix),
+        "age_personal": args.personal and bool(suffix), "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if args.loss == "sampled" else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
@@ -63,6 +63,7 @@ def model_spec(model: str, args: argparse.Namespace) -> dict[str, Any]:
 def config(model: str, seed: int, args: argparse.Namespace) -> Any:
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
+    from modalrec.models.recipe import library_training
 
     return from_dict(ExperimentConfig, {
         "name": f"age-ml100k-{model}-s{seed}", "seed": seed,
@@ -73,7 +74,8 @@ def config(model: str, seed: int, args: argparse.Namespace) -> Any:
                      "device": args.device},
         "model": model_spec(model, args),
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 1e-3, "patience": args.patience,
-                  "monitor": args.monitor, "device": args.device, "progress": False, "seed": seed},
+                  "monitor": args.monitor, "device": args.device, "progress": False, "seed": seed,
+                  **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
 

@@ -111,6 +111,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     loss = AGE["loss"] if aged else ds["loss"]
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
+        "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE if aged else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
@@ -118,6 +119,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
 def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
+    from modalrec.models.recipe import library_training
 
     ds = datasets(args.data_root)[name]
     return from_dict(ExperimentConfig, {
@@ -126,7 +128,8 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "model": model_spec(model, ds, args),
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
                   "lr": 1e-3, "patience": args.patience,
-                  "device": args.device, "progress": False},
+                  "device": args.device, "progress": False,
+                  **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
 

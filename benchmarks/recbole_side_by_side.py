@@ -36,6 +36,8 @@ combine them with recbole_seeds_summary.py.
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --grad-clip 1 --skip-recbole --out runs/mr_s3.json
     python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --window-stride 1 --label-smoothing 0.5 \
         --recbole-from runs/sbs_s3.json --out runs/mr_ls_s3.json
+    python benchmarks/recbole_side_by_side.py --threads 1 --seed 3 --modalrec-defaults \
+        --recbole-from benchmarks/results/recbole_seeds/full_s3_stride10.json --out runs/mr_defaults_s3.json
     python benchmarks/recbole_side_by_side.py --setup            # create .venv-recbole (RecBole 1.2.1) if missing
 """
 
@@ -114,9 +116,30 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
                         "(default 0 = off, RecBole's recipe)")
 
 
+# The modalrec-side options a training recipe sets (models/recipe.py)
+RECIPE_OPTIONS = ("window_stride", "batch_unit", "grad_clip", "ema_decay", "label_smoothing")
+
+
+def use_sasrec_defaults(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
+    """Set the modalrec-side options from SASRec's default recipe, resolved by the functions `modalrec train`
+    uses (no train overrides, no model params but the shared architecture); giving one of them is an error."""
+    from modalrec.models.recipe import resolve_model_params, resolve_train
+    from modalrec.models.sequential.sasrec import SASRec
+
+    given = [k for k in RECIPE_OPTIONS if getattr(args, k) != parser_defaults[k]]
+    if given:
+        raise SystemExit(f"--modalrec-defaults takes {given} from SASRec's recipe; do not give them")
+    recipe = SASRec.training_recipe({"loss": "ce", "max_len": args.max_len})
+    train, _ = resolve_train(TrainConfig(), recipe)
+    params, _ = resolve_model_params({}, recipe)
+    args.window_stride, args.grad_clip, args.ema_decay = train.window_stride, train.grad_clip, train.ema_decay
+    args.batch_unit = "targets" if train.batch_unit == "targets" else "sequences"
+    args.label_smoothing = params.get("label_smoothing", 0.0)
+
+
 def modalrec_hparams(args: argparse.Namespace) -> dict[str, Any]:
     """The modalrec-side options as recorded in the JSON's hparams (recbole_seeds_summary.py checks them)."""
-    return {"batch_unit": args.batch_unit, "modalrec_window_stride": args.window_stride or args.max_len,
+    return {"modalrec_defaults": bool(getattr(args, "modalrec_defaults", False)), "batch_unit": args.batch_unit, "modalrec_window_stride": args.window_stride or args.max_len,
             "modalrec_positions": args.positions, "modalrec_grad_clip": args.grad_clip,
             "modalrec_label_smoothing": args.label_smoothing, "modalrec_scheduler": args.scheduler,
             "modalrec_weight_decay": args.weight_decay, "modalrec_ema_decay": args.ema_decay}
@@ -445,9 +468,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--keep-tmp", type=Path, default=None, help="write RecBole's files here instead of a temp dir")
     p.add_argument("--max-users", type=int, default=None, help="only users 1..N on both sides (smoke runs)")
+    p.add_argument("--modalrec-defaults", action="store_true",
+                   help="modalrec side: train with SASRec's default recipe (what `modalrec train` uses without "
+                        "overrides) instead of the modalrec options below; giving one of them is an error")
     add_hparams(p)
     add_modalrec_options(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.modalrec_defaults:
+        use_sasrec_defaults(args, {k: p.get_default(k) for k in RECIPE_OPTIONS})
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

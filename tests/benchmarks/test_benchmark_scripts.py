@@ -123,3 +123,24 @@ def test_scale_measures_one_catalogue_size_and_growth(tmp_path):
     (row,) = growth(sizes)
     assert (row["items"], row["train_s_per_step"], row["eval_wall_s"], row["peak_rss_bytes"]) == (10, 1.5, 10, 1.5)
     assert row["eval_cpu_s"] is None  # not measured in either size
+
+
+def test_stored_sasrec_benchmarks_keep_the_library_training() -> None:
+    """Scripts whose stored results predate SASRec's recipe pin the library training values, so their
+    commands still reproduce their JSON; every recipe field resolves from the config, none from the recipe."""
+    from modalrec.experiment import with_model_defaults
+    from modalrec.models.recipe import USER
+
+    configs = [importlib.import_module("ablation_ml100k").base_config(importlib.import_module("ablation_ml100k")
+                                                                         .parse_args([]))]
+    age = importlib.import_module("age_ml100k")
+    configs += [age.config(m, 0, age.parse_args([])) for m in age.SASRECS]
+    cold = importlib.import_module("cold_start")
+    configs += [cold.config("ml100k", m, 0, cold.parse_args([])) for m in cold.SASRECS]
+    for cfg in configs:
+        resolved, prov = with_model_defaults(cfg)
+        assert {v["source"] for v in prov["train"].values()} == {USER}, cfg.name
+        t = resolved.train
+        assert (t.batch_unit, t.grad_clip, t.ema_decay) == ("windows", 1.0, 0.0), cfg.name
+        assert t.window_stride == resolved.model.params["max_len"], cfg.name
+        assert resolved.model.params["label_smoothing"] == 0.0, cfg.name

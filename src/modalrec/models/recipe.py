@@ -78,3 +78,9 @@ def resolve_model_params(params: Mapping[str, Any], recipe: TrainingRecipe | Non
         sources[name] = USER if name in params else RECIPE
         out.setdefault(name, value)
     return out, sources
+
+
+def library_training(max_len: int) -> dict[str, Any]:
+    """The library defaults of the recipe fields as explicit `train` values (windows of `max_len`): for a
+    config that must train as before models had recipes, e.g. a benchmark whose stored results used them."""
+    return {**LIBRARY_RECIPE.train_values(), "window_stride": int(max_len)}
