@@ -161,16 +161,17 @@ def recformer_transfer(results: Path) -> str:
     event), next to the baselines it is compared with on the same split."""
     d = _load(results, "recformer_transfer_minilm_cpu.json")
     label = "Recformer (6 × 384 from MiniLM, full attention, 64 tokens)"
-    steps = f"{d['pretrain']['steps']} pretraining steps"
+    steps = f"{d['pretrain']['steps']} pretraining steps" + (f", {r}" if (r := d["budgets"].get("pretrain_recipe")) else "")
     ft_steps = sum(e["steps"] for e in d["finetune_history"])  # steps of every finetuning epoch, both stages
     rows = [[f"{label}, zero-shot ({steps})", _f(d["zero_shot_test"]["ndcg@10"]), _f(d["zero_shot_test"]["hr@10"])],
             [f"{label}, finetuned ({steps} + {ft_steps} finetuning steps)", _f(d["finetuned_test"]["ndcg@10"]),
              _f(d["finetuned_test"]["hr@10"])]]
-    for r in d.get("ablation", {}).get("budgets", [])[:-1]:  # earlier, smaller budgets (the last is this run)
-        rows += [[f"{label}, zero-shot ({r['pretrain_steps']} pretraining steps; `{r['source']}`)",
-                  _f(r["zero_shot_test_ndcg@10"]), ""],
-                 [(f"{label}, finetuned ({r['pretrain_steps']} pretraining + {r['finetune_steps']} finetuning "
-                   f"steps; `{r['source']}`)"), _f(r["finetuned_test_ndcg@10"]), ""]]
+    for r in d.get("ablation", {}).get("budgets", [])[:-1]:  # other budgets / recipes (the last is this run)
+        pre = f"{r['pretrain_steps']} pretraining steps"
+        src = (f"{r['pretrain_recipe']}; " if r.get("pretrain_recipe") else "") + f"`{r['source']}`"
+        rows += [[f"{label}, zero-shot ({pre}; {src})", _f(r["zero_shot_test_ndcg@10"]), ""],
+                 [f"{label}, finetuned ({pre} + {r['finetune_steps']} finetuning steps; {src})",
+                  _f(r["finetuned_test_ndcg@10"]), ""]]
     untrained = "recformer_transfer_minilm_cpu_p0.json"  # the same run without pretraining or finetuning
     if (results / untrained).exists():
         zero = _load(results, untrained)["zero_shot_test"]

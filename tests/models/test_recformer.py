@@ -221,6 +221,7 @@ def test_pretraining_resumes_from_its_checkpoint(tok, tmp_path) -> None:
     model = tiny(tok)  # a fresh process: weights, optimizer and data position come from the checkpoint
     out = run(tmp_path / "b", 8)
     assert out["steps"] == 8 and out["resumed_from_step"] == 4 and out["curve"][-1]["step"] == 8
+    assert len(out["loss_per_chunk"]) == 4 and out["corpus"]["pairs"] == len(seqs)  # chunks of both calls
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, straight[k], msg=k)
 

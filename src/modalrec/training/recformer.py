@@ -174,7 +174,9 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
         "resumed_from_step": None if hist.resumed_from is None else hist.resumed_from * (chunk or 0),
         "time_s": hist.total_seconds, "time_per_epoch_s": hist.epoch_seconds,
         "time_per_step_s": hist.total_seconds / max(1, steps),
-        "first": parts[0] if parts else None, "curve": curve, "corpus": corpus.describe(), "config": asdict(cfg),
+        "first": parts[0] if parts else None, "curve": curve,
+        "corpus": corpus.describe(), "config": asdict(cfg),
+        "loss_per_chunk": hist.train_loss,  # mean training loss of every Trainer epoch, earlier calls included
         "peak_memory_mb": hist.peak_memory_bytes / 2**20, "memory_kind": hist.peak_memory_source,
     }
 
