@@ -339,3 +339,13 @@ def test_dot_product_models_compute_their_item_table_once() -> None:
         fast = ev.run(model)
         assert len(calls) == 1
         assert np.array_equal(fast.ranks, ev.run(ScoreOnly()).ranks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_trained_on_gpu_is_evaluated_on_the_cpu_and_put_back() -> None:
+    n_items, es = 20, random_evalset(25, 20, seed=15)
+    table = random_table(25, n_items, seed=16)
+    want = Evaluator(es, n_items, batch_size=10).run(TableModel(table)).overall
+    model = TableModel(table).cuda()
+    got = Evaluator(es, n_items, batch_size=10, device="cpu").run(model).overall
+    assert got == want and model.table.device.type == "cuda"

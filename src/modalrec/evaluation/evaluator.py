@@ -141,7 +141,13 @@ class Evaluator:
         ranks, s_ranks = [], []
         is_module = isinstance(model, nn.Module)
         was_training = bool(model.training) if is_module else False
+        # A model trained elsewhere (train.device=cuda, eval.device=cpu) is scored where the batches are,
+        # then put back, so the trainer finds its weights where its optimizer state lives.
+        home = _module_device(model) if is_module else None
+        moved = home is not None and not _same_device(home, dev)
         try:
+            if moved:
+                model.to(dev)
             if is_module:
                 model.eval()
             with torch.no_grad():
@@ -174,6 +180,8 @@ class Evaluator:
         finally:
             if is_module and was_training:
                 model.train()
+            if moved:
+                model.to(home)
         return ranks, s_ranks
 
     def report(
@@ -232,6 +240,23 @@ def _check_shape(t: torch.Tensor, want: tuple[int, int], what: str, at: str) -> 
     if tuple(t.shape) != want:
         raise ValueError(f"{what} returned shape {tuple(t.shape)} in {at}; expected {want} (score columns: "
                          "n_items + 1 with column 0 = PAD)")
+
+
+def _module_device(model: nn.Module) -> torch.device | None:
+    """Where the module's first parameter (else buffer) lives; None for a module without tensors."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return None
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """"cuda" and "cuda:<current>" are the same GPU."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    return (a.index if a.index is not None else torch.cuda.current_device()) == (
+        b.index if b.index is not None else torch.cuda.current_device())
 
 
 def _item_table(model: Scorer) -> torch.Tensor | None:
