@@ -58,9 +58,7 @@ def resolve_train(cfg: Any, recipe: TrainingRecipe | None) -> tuple[Any, dict[st
     for name, value in recipe.train_values().items():
         if getattr(cfg, name) is not None:
             sources[name] = USER
-        elif name == "window_stride" and value is None:
-            sources[name] = RECIPE if recipe is not LIBRARY_RECIPE else LIBRARY  # None stays: max_len
-        else:
+        else:  # a None stride stays None: max_len
             changes[name] = value
             sources[name] = RECIPE if recipe is not LIBRARY_RECIPE else LIBRARY
     return dataclasses.replace(cfg, **changes), sources

@@ -17,10 +17,10 @@ memory scale with the small adapters only. `efficiency_report` measures that per
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -251,10 +251,6 @@ def _missing(mask: torch.Tensor | np.ndarray | None, n_rows: int) -> torch.Tenso
 
 class IISAN(SASRec):
     """IISAN (symmetric) / IISAN-Versa (asymmetric): SASRec over an IISANItemTower, in-batch logQ CE."""
-
-    @classmethod
-    def training_recipe(cls, params: Mapping[str, Any]) -> None:
-        return None  # its own family: the library defaults, not SASRec's recipe (chosen for ID SASRec)
 
     tower: IISANItemTower
 

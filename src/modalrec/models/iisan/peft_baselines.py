@@ -12,7 +12,7 @@ Encoder modules and tokenised item texts are passed in (models never read files)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,10 +110,6 @@ class FrozenBackboneTower(ItemTower):
 class FrozenBackbone(SASRec):
     """Frozen-backbone baseline: SASRec over FrozenBackboneTower (same cache as IISAN, last layer only)."""
 
-    @classmethod
-    def training_recipe(cls, params: Mapping[str, Any]) -> None:
-        return None  # its own family: the library defaults, not SASRec's recipe (chosen for ID SASRec)
-
     def __init__(self, cfg: FrozenBackboneConfig, ctx: ModelContext, states: dict[str, LayerStates] | None = None):
         states = resolve_states(cfg.modalities, ctx, states)
         super().__init__(cfg, ctx, tower=FrozenBackboneTower(states, cfg.dim))
@@ -193,10 +189,6 @@ class EncoderTower(ItemTower):
 
 class EncoderFinetune(SASRec):
     """Full fine-tuning or LoRA of a (small) HF text encoder inside SASRec's item tower."""
-
-    @classmethod
-    def training_recipe(cls, params: Mapping[str, Any]) -> None:
-        return None  # its own family: the library defaults, not SASRec's recipe (chosen for ID SASRec)
 
     tower: EncoderTower
 

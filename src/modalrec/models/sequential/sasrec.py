@@ -74,9 +74,10 @@ class SASRec(CausalTowerRecommender):
     @classmethod
     def training_recipe(cls, params: Mapping[str, Any]) -> TrainingRecipe | None:
         """SASREC_RECIPE for the towers in RECIPE_TOWERS (else None: the library defaults); label smoothing
-        only for the full-softmax loss, the stride at most max_len."""
+        only for the full-softmax loss, the stride at most max_len. Subclasses (IISAN, the PEFT baselines)
+        are families of their own: the recipe was chosen for SASRec itself, so they get the library defaults."""
         kind = _tower_kind(params.get("tower"))
-        if kind not in RECIPE_TOWERS:
+        if cls is not SASRec or kind not in RECIPE_TOWERS:
             return None
         evidence = SASREC_RECIPE.evidence if kind == "id" else f"{SASREC_RECIPE.evidence}, {TOWERS_EVIDENCE}"
         model = SASREC_RECIPE.model if params.get("loss", SASRecConfig.loss) == "ce" else {}
