@@ -31,8 +31,9 @@ TOWERS = {"builtin": ("text", "image", "text+image", "hybrid"), "ml100k": ("text
 
 def library_overrides(max_len: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train, model params) that restore the library defaults in place of SASRec's recipe."""
-    train = {"window_stride": max_len, "batch_unit": "windows", "grad_clip": 1.0, "ema_decay": 0.0}
-    return train, {"label_smoothing": 0.0}
+    from modalrec.models.recipe import library_training
+
+    return library_training(max_len), {"label_smoothing": 0.0}
 
 
 def job_config(dataset: str, tower: str, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
