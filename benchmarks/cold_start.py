@@ -43,11 +43,14 @@ from _published import IISAN, comparison
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
-           "sasrec_knn_content", "sasrec_knn_hybrid")  # knn: SASRec residual over content-kNN (knn_sasrec)
+           "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid")  # knn: SASRec residual over content-kNN (knn_sasrec)
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
 AGE = {"loss": "ce", "loss_catalogue": "all", "age": "bias+trend", "age_start": "rates", "age_personal": True}
+# _agehist: AGE plus each history item's age bucket when it was taken as a sequence input (freshness.HistoryAge),
+# so the user state knows the user has been taking new items
+AGE_HIST = {**AGE, "age_input": True}
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -102,6 +105,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     base = model.removesuffix(UNTRAINED)
     knn = "_knn_" in base
     base = base.replace("_knn_", "_")
+    hist = base.endswith("_agehist")
+    base = base.removesuffix("hist")
     aged = base.endswith("_age")
     scale = {"learn_scale": True, "scale": 1.0} if aged else {}
     tower = {"sasrec_id": {"kind": "id"},
@@ -112,7 +117,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
-        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE if aged else {}),
+        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
 

@@ -28,7 +28,7 @@ def _cfg(**sections: dict) -> ExperimentConfig:
 
 
 @pytest.mark.parametrize("sections, named", [
-    ({"model": {"name": "sasrec", "params": {"max_lenn": 5}}}, "model.params.max_lenn; valid: ['age', 'age_personal', 'age_start', 'attn_dropout'"),
+    ({"model": {"name": "sasrec", "params": {"max_lenn": 5}}}, "model.params.max_lenn; valid: ['age', 'age_input', 'age_personal', 'age_start'"),
     ({"model": {"name": "sasrek"}}, "unknown model 'sasrek'; available: ["),
     ({"model": {"name": "sasrec", "params": {"tower": {"kind": "txt"}}}}, "model.params.tower.kind: unknown item tower 'txt'"),
     ({"model": {"name": "gru4rec", "params": {"tower": {"kind": "text", "fusion": "concat"}}},

@@ -71,8 +71,8 @@ def id_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def age_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A content SASRec with a freshness prior (model.params.age = "bias"), exported."""
+    """A content SASRec with a freshness prior (model.params.age = "bias") and history ages as inputs, exported."""
     from modalrec.serving.artifact import export_artifact
 
-    run = _train(tmp_path_factory.mktemp("runs_age"), "agemodel", "text+image", epochs=1, age="bias")
+    run = _train(tmp_path_factory.mktemp("runs_age"), "agemodel", "text+image", epochs=1, age="bias", age_input=True)
     return export_artifact(run, tmp_path_factory.mktemp("artifacts") / "age")

@@ -94,10 +94,13 @@ def test_an_item_added_over_http_is_scored_with_its_add_time(age_artifact: Path,
         added_at = c.get("/items/fresh").json()["added_at"]
         assert t0 - 1 <= added_at <= time.time() + 1
         after = c.post("/recommend", json={"history": history, "k": 200}).json()["items"]
+        r = c.post("/recommend", json={"history": [*history, "fresh"], "k": 5})  # its age is an input now
+        assert r.status_code == 200, r.text
     assert after[0]["item_id"] == "fresh"  # launched now, so < 1 day old at the request
     old = {it["item_id"]: it["score"] for it in before}
     assert all(abs(it["score"] - old[it["item_id"]]) < 1e-3 for it in after[1:])  # exported items: old, unchanged
     assert int(prior.launch.metadata_ts[-1]) == int(added_at)
+    assert int(rec.model.history_age.launch.metadata_ts[-1]) == int(added_at)
 
 
 def test_bad_requests_get_4xx_and_server_keeps_serving(server: Any) -> None:

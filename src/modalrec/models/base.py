@@ -218,8 +218,12 @@ class CausalTowerRecommender(SequentialRecommender):
     def reseed(self, seed: int) -> None:
         self.criterion.reseed(seed)
 
+    def encode_inputs(self, batch: SeqBatch) -> dict[str, Any]:
+        """Keyword arguments of `encode` / `encode_at` beyond the items (SASRec: history event times)."""
+        return {}
+
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, d] state after the last item
-        return self.encode(batch.items)[:, -1]
+        return self.encode(batch.items, **self.encode_inputs(batch))[:, -1]
 
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d]
         return self.tower.all()
@@ -243,7 +247,7 @@ class CausalTowerRecommender(SequentialRecommender):
         L = min(batch.items.shape[1], self.cfg.max_len)
         targets = batch.targets[:, -L:]  # [B, L]
         at = targets > 0  # only these states are scored (with overlapping windows, few of them)
-        states = self.encode_at(batch.items, at)  # [M, d]
+        states = self.encode_at(batch.items, at, **self.encode_inputs(batch))  # [M, d]
         if self.prior is None:
             return self.criterion(states, targets[at], self.tower)
         if batch.target_ts is None:

@@ -129,3 +129,45 @@ class FreshnessPrior(nn.Module):
             self.bias.copy_(self.start)
             if self.vectors is not None:
                 self.vectors.zero_()
+
+
+class HistoryAge(nn.Module):
+    """`history_age(items [B, L], ts)` -> [B, L, d]: a learned vector per age bucket of each history item at the
+    time the user took it (`ts`: the history's event times, [B, L]), added to the sequence model's input.
+
+    The output prior above says how much a new item is worth to *this* user only through the user state
+    (`FreshnessPrior(dim=...)`), and a state built from item vectors alone cannot tell that the user has just
+    been taking new releases -- the strongest sign that the next item is new as well (ML-100K: 25% of events
+    that follow a movie under 120 days old are on such a movie, 2-3% of all others). The age is the one
+    ItemLaunch knows at the event (metadata launch once reached, else a first event strictly before it), so
+    it is causal and one forward pass serves every target of a training window. Without history times
+    (ad-hoc histories at serving) the age is taken at the query time (`query_ts` [B, 1]), else at the launch
+    table's latest known time. Bucket 0 = launch unknown; PAD slots get 0.
+    """
+
+    def __init__(self, launch: ItemLaunch, dim: int, edges_days: tuple[int, ...] = EDGES_DAYS) -> None:
+        super().__init__()
+        self.launch = launch
+        self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
+        self.embedding = nn.Embedding(len(edges_days) + 2, dim)  # [unknown, < e_0, ..., >= e_last]
+        known = torch.cat([launch.metadata_ts, launch.first_event_ts])
+        known = known[known != NEVER]
+        self.reference_ts = int(known.max()) if known.numel() else 0
+
+    def append_items(self, launch_ts: list[int]) -> None:
+        """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
+        self.launch = self.launch.extended(launch_ts)
+        self.reference_ts = max([self.reference_ts, *launch_ts])
+
+    def buckets(self, items: torch.Tensor, ts: torch.Tensor | None, query_ts: torch.Tensor | None = None,
+                ) -> torch.Tensor:
+        """Age bucket [B, L] of each history item at its event time (or at the query time without one)."""
+        if ts is None:
+            ts = torch.tensor(self.reference_ts) if query_ts is None else query_ts.reshape(-1, 1)
+        age, known = self.launch.age_at(items, ts.to(torch.int64))
+        return torch.where(known & (items > 0), torch.bucketize(age, self.edges, right=True) + 1, 0)
+
+    def forward(self, items: torch.Tensor, ts: torch.Tensor | None,
+                query_ts: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.embedding(self.buckets(items, ts, query_ts))  # [B, L, d]
+        return out * (items > 0)[..., None].to(out.dtype)

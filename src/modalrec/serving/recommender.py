@@ -477,6 +477,8 @@ class Recommender:
                                              {m: f.to(self.device) for m, f in missing.items()})
                 if getattr(self.model, "prior", None) is not None:  # a freshness prior ages items from their add
                     self.model.prior.append_items([int(it.added_at) for it in new])
+                if getattr(self.model, "history_age", None) is not None:  # and so do the history-age inputs
+                    self.model.history_age.append_items([int(it.added_at) for it in new])
                 self._feats, self._missing = feats, missing
                 first = len(self.catalogue)
                 self.catalogue.append(new)

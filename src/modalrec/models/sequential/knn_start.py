@@ -59,6 +59,8 @@ class KNNSASRec(CausalTowerRecommender):
             raise ConfigError(f"knn_sasrec: temperature must be > 0, got {cfg.temperature}")
         if cfg.age_personal:
             raise ConfigError("knn_sasrec: age_personal reads the SASRec state alone; use age 'bias' / 'bias+trend'")
+        if cfg.age_input:
+            raise ConfigError("knn_sasrec: age_input is not supported (the kNN term reads items alone)")
         self.cfg, self.n_items = cfg, ctx.n_items
         self.modalities = sorted(m for m in type(self).knn_modalities(cfg) if m in ctx.item_features)
         if not self.modalities:

@@ -18,12 +18,13 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
-from modalrec.models.freshness import FreshnessPrior
+from modalrec.models.freshness import FreshnessPrior, HistoryAge
 from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import NextItemLoss
 from modalrec.models.recipe import TrainingRecipe
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
+from modalrec.types import SeqBatch
 
 
 @dataclass
@@ -46,6 +47,7 @@ class SASRecConfig:
     # | "bias+trend": per (age bucket, bucket of the item's events in the last 7 days before the query)
     age_start: str = "rates"  # "rates": the prior starts at the training log's log event rates; "zero"
     age_personal: bool = False  # each age cell also gets a vector dotted with the user state (per-user freshness)
+    age_input: bool = False  # each history item's input also gets a vector of its age bucket when it was taken
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -114,34 +116,52 @@ class SASRec(CausalTowerRecommender):
             self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None,
                                         start_from=start, dim=cfg.dim if cfg.age_personal else None)
             self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
+        self.history_age: HistoryAge | None = None
+        if cfg.age_input:
+            if ctx.item_launch is None:
+                raise ConfigError("sasrec: age_input needs item launch times (ModelContext.item_launch)")
+            self.history_age = HistoryAge(ctx.item_launch, cfg.dim)
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
     @classmethod
     def build(cls, cfg: SASRecConfig, ctx: ModelContext) -> SASRec:
         return cls(cfg, ctx)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """items [B, L] left-padded -> states [B, L, d] (state t has seen items[:, :t + 1])."""
-        x, mask = self._embed_and_mask(items)
+    def encode_inputs(self, batch: SeqBatch) -> dict[str, Any]:
+        if self.history_age is None:
+            return {}
+        q = batch.target_ts if batch.target_ts is not None and batch.target_ts.dim() == 1 else None
+        return {"timestamps": batch.timestamps, "query_ts": q}
+
+    def encode(self, items: torch.Tensor, timestamps: torch.Tensor | None = None,
+               query_ts: torch.Tensor | None = None) -> torch.Tensor:
+        """items [B, L] left-padded -> states [B, L, d] (state t has seen items[:, :t + 1]). `timestamps`
+        ([B, L], the items' event times) and `query_ts` ([B]) are read only with `age_input`."""
+        x, mask = self._embed_and_mask(items, timestamps, query_ts)
         for block in self.blocks:
             x = block(x, mask)
         return self.final_norm(x)
 
-    def encode_at(self, items: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def encode_at(self, items: torch.Tensor, at: torch.Tensor, timestamps: torch.Tensor | None = None,
+                  query_ts: torch.Tensor | None = None) -> torch.Tensor:
         """`encode(items)[at]` ([M, d]); the last block computes only the `at` rows ([B, L] bool)."""
-        x, mask = self._embed_and_mask(items)
+        x, mask = self._embed_and_mask(items, timestamps, query_ts)
         if not self.blocks:
             return self.final_norm(x[at])
         for block in self.blocks[:-1]:
             x = block(x, mask)
         return self.final_norm(self.blocks[-1].forward_at(x, mask, at))
 
-    def _embed_and_mask(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed_and_mask(self, items: torch.Tensor, timestamps: torch.Tensor | None = None,
+                        query_ts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """items [B, L] -> (block input [B, L, d], attention mask [B, 1, L, L])."""
         items = items[:, -self.cfg.max_len :]  # [B, L] keep the most recent max_len
         L = items.shape[1]
         valid = items > 0  # [B, L]
         x = self.tower(items) + self._position_embeddings(valid)  # [B, L, d]
+        if self.history_age is not None:
+            ts = None if timestamps is None else timestamps[:, -L:]
+            x = x + self.history_age(items, ts, query_ts)
         x = self.input_drop(self.input_norm(x))
         causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril_()  # [L, L]
         eye = torch.eye(L, dtype=torch.bool, device=items.device)  # [L, L]
