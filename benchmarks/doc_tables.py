@@ -263,7 +263,7 @@ SEED_RECIPES = (
     ("recbole_seeds_stride1_ls03.json", "modalrec, stride 1 + label smoothing 0.3", True),
     ("recbole_seeds_stride10_ls05.json", "modalrec, stride 10 + label smoothing 0.5", True),
     ("recbole_seeds_stride10_ls07.json", "modalrec, stride 10 + label smoothing 0.7", False),
-    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)",
+    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default at lr 1e-3)",
      False),
     ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
     ("recbole_seeds_defaults.json", "modalrec, stride 50 + positions from start + smoothing 0.5 + clipping 1.0",
@@ -272,7 +272,7 @@ SEED_RECIPES = (
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (library default windows, RecBole's recipe)"),
     ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default at lr 1e-3)"),
 )
 
 
@@ -331,8 +331,12 @@ def _machine(d: dict[str, Any]) -> str:
 # (seed summary, recipe): ratios of time to the best checkpoint in the README's speed table.
 SPEED_RECIPES = (
     ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
-    ("recbole_seeds_stride10_ls05_ema998.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
+    ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe (smoothing 0.5, weight average 0.998) at lr 1e-3"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "stride-10 recipe (smoothing 0.5, weight average 0.998) at lr 1e-3"),
+    ("recbole_seeds_sasrec_defaults_lr1e3.json", "stride-10 recipe at lr 1e-3 run as `--modalrec-defaults`"),
+    ("recbole_seeds_sasrec_defaults.json", "default recipe (stride 10, smoothing 0.5, weight average 0.998, lr 3e-3)"),
+    ("recbole_seeds_sasrec_defaults_loaded.json",
+     "default recipe (lr 3e-3) with seeds 0-4 taken from their first runs, made at load 3-6"),
 )
 
 

@@ -48,7 +48,7 @@ class TrainConfig:
     batch_size: int = 256  # windows (sequence models) or rows per step; with batch_unit "targets": targets
     batch_unit: str | None = None  # recipe; "windows" (library) | "targets": as many windows as hold batch_size
     # targets on average (TrainWindows.windows_per_step); sources other than TrainWindows: one row = one target
-    lr: float = 1e-3
+    lr: float | None = None  # recipe; AdamW learning rate (library: 1e-3)
     weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
     grad_clip: float | None = None  # recipe; max global grad norm, 0 = off (library: 1.0)
     ema_decay: float | None = None  # recipe; validate and keep a moving average of the weights, 0 = off (library)
