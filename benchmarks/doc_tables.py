@@ -343,8 +343,8 @@ def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-# (result file, commit): the evaluator benchmark run with the ranking code before `count_ge` used NumPy.
-EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "2b0fdb0")
+# (result file, commit): the evaluator benchmark run in the same hour with the ranking code of that commit.
+EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "055df2a")
 
 
 def speed(results: Path) -> str:
@@ -363,6 +363,11 @@ def speed(results: Path) -> str:
                      else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
                          f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
+        if "model_and_one_read" in c["overhead_over_model_cpu"]:  # the floor of ranking a returned score block
+            what = (f"the same, {c['items']:,} items: the model plus one read of each score block it returns "
+                    "(the least that ranking the block can add)")
+            floor = lambda o: f"{100 * o['model_and_one_read']:+.1f} %"
+            rows.append([what, _machine(ev), floor(c["overhead_over_model_cpu"]), floor(c["overhead_over_model"]), ""])
     prev = _load(results, EVALUATOR_PREVIOUS[0])  # the code before the NumPy count, run the same hour
     for c in prev["catalogues"]:
         what = (f"the same, a model known by its `score`, {c['items']:,} items: previous ranking code "
