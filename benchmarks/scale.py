@@ -20,6 +20,8 @@ The JSON ends with `growth`: each measure's ratio between consecutive sizes (10x
 
     nice -n 10 python benchmarks/scale.py --threads 1 --out benchmarks/results/scale_cpu.json
     python benchmarks/scale.py --items 2000 20000 --eval-users 200 --steps 2      # smoke run
+    python benchmarks/scale.py --device cuda --out benchmarks/results/scale_cuda.json    # GPU: model, features
+                                                                                        # and scoring on the GPU
 """
 
 from __future__ import annotations
@@ -127,14 +129,15 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
         ctx = ModelContext(n_items=n_items, n_users=inter.n_users, train_item_counts=train.item_counts(),
                            item_features=feats, feature_missing=missing, seed=args.seed)
         model = SASRec(SASRecConfig(dim=args.dim, max_len=args.max_len, loss="sampled",
-                                    tower=TowerConfig(kind="text")), ctx)
+                                    tower=TowerConfig(kind="text")), ctx).to(args.device)
         out["build_model_s"] = round(time.perf_counter() - t0, 2)
         steps_per_epoch = windows.num_batches(args.batch_size)
         cfg = TrainConfig(epochs=1, batch_size=args.batch_size, seed=args.seed, progress=False, amp="off",
-                          validate_first=False)
+                          validate_first=False, device=args.device)
         fit(model, windows, TrainConfig(**{**cfg.__dict__, "max_steps": 1}))  # warm-up step, not timed
         w0, c0 = time.perf_counter(), time.process_time()
         hist = fit(model, windows, TrainConfig(**{**cfg.__dict__, "max_steps": args.steps, "seed": args.seed + 1}))
+        synchronize(args.device)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         out["train"] = {
             "windows": len(windows), "targets": windows.n_targets, "batch_windows": args.batch_size,
@@ -144,7 +147,7 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
             "epoch_cpu_s_extrapolated": round(cpu / hist.steps * steps_per_epoch, 1),
             "extrapolation": f"time of {hist.steps} steps (after 1 warm-up step) x {steps_per_epoch} steps per epoch",
         }
-        ev = Evaluator(evalset, n_items, exclude_seen=True, max_len=args.max_len)
+        ev = Evaluator(evalset, n_items, exclude_seen=True, max_len=args.max_len, device=args.device)
         w0, c0 = time.perf_counter(), time.process_time()
         rep = ev.run(model, "test", keep_ranks=False)
         out["eval"] = {"events": len(evalset), "wall_s": round(time.perf_counter() - w0, 2),
@@ -153,7 +156,15 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict[str, Any]:
         status = proc_status()
         out["memory"] = {"peak_rss_bytes": status.get("VmHWM"), "rss_anon_bytes_end": status.get("RssAnon"),
                          "rss_file_bytes_end": status.get("RssFile")}
+        if args.device.startswith("cuda"):
+            out["memory"]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     return out
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that wall time covers it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def growth(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -161,7 +172,7 @@ def growth(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = {"train_s_per_step": ("train", "s_per_step"), "train_cpu_s_per_step": ("train", "cpu_s_per_step"),
             "epoch_cpu_s_extrapolated": ("train", "epoch_cpu_s_extrapolated"),
             "eval_wall_s": ("eval", "wall_s"), "eval_cpu_s": ("eval", "cpu_s"),
-            "peak_rss_bytes": ("memory", "peak_rss_bytes")}
+            "peak_rss_bytes": ("memory", "peak_rss_bytes"), "peak_gpu_bytes": ("memory", "peak_gpu_bytes")}
     out = []
     for a, b in itertools.pairwise(sizes):
         row: dict[str, Any] = {"from_items": a["items"], "to_items": b["items"], "items": b["items"] / a["items"]}
@@ -184,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu | cuda: where the model trains and scores (features move too)")
     p.add_argument("--work-dir", default=None, help="where the feature stores are written (default: system temp)")
     p.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)  # internal: a child process
     p.add_argument("--out", default=None)
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     setup = {k: getattr(args, k) for k in ("events_per_item", "events_per_user", "eval_users", "steps", "batch_size",
-                                           "dim", "max_len", "seed", "threads")}
+                                           "dim", "max_len", "seed", "threads", "device")}
     child_args = [f"--{k.replace('_', '-')}={v}" for k, v in setup.items()]
     if args.work_dir:
         child_args.append(f"--work-dir={args.work_dir}")
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "nice": os.nice(0),
                     "platform": platform.platform(), "torch": torch.__version__, "loadavg_1_5_15_start": load_start},
         "setup": setup,
+        "device": args.device,
         "model": "SASRec, text content tower over a memory-mapped 384-d float16 FeatureStore, sampled softmax "
                  "(100 shared uniform negatives)",
         "sizes": sizes,

@@ -144,3 +144,22 @@ def test_stored_sasrec_benchmarks_keep_the_library_training() -> None:
         assert (t.batch_unit, t.grad_clip, t.ema_decay) == ("windows", 1.0, 0.0), cfg.name
         assert t.window_stride == resolved.model.params["max_len"], cfg.name
         assert resolved.model.params["label_smoothing"] == 0.0, cfg.name
+
+
+def test_recformer_control_is_used_only_once_finished_and_on_every_test_event(tmp_path):
+    import json
+
+    from recformer_transfer import wait_for_run
+
+    path = tmp_path / "control.json"
+    assert wait_for_run(path, 0.0) is None  # not there: the run is written without it
+    path.write_text(json.dumps({"partial": "finetuned TEST only", "finetuned_test": {"ndcg@10": 0.07}}))
+    assert wait_for_run(path, 0.0) is None  # a partial JSON is not a finished control
+    done = {"protocol": {"test_events": 10, "test_events_total": 10}, "budgets": {"pretrain_lr": 5e-5, "max_tokens": 256},
+            "pretrain": {"steps": 0}, "finetune_history": [{"steps": 30}, {"steps": 12}],
+            "zero_shot_test": {"ndcg@10": 0.06}, "finetuned_test": {"ndcg@10": 0.08}}
+    path.write_text(json.dumps(done))
+    got = wait_for_run(path, 0.0)
+    assert got is not None and got["finetune_steps"] == 42 and got["max_tokens"] == 256 and got["pretrain_recipe"] is None
+    path.write_text(json.dumps(done | {"protocol": {"test_events": 5, "test_events_total": 10}}))
+    assert wait_for_run(path, 0.0) is None  # a subsample of TEST does not qualify

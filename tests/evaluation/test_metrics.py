@@ -95,6 +95,21 @@ def test_chunked_counting_matches_naive(chunk: int, dtype: type, monkeypatch: py
             ranks_of(bad, torch.from_numpy(targets))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # NumPy path / torch path
+def test_excluded_pairs_in_any_order_match_naive(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NumPy count subtracts each row's excluded items after the row; pairs need not come sorted by row."""
+    monkeypatch.setattr(ranking, "COUNT_CHUNK", 8)
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(12, 29)).astype(np.float32)  # many ties
+    targets = rng.integers(1, 29, size=12)
+    mask = rng.random((12, 29)) < 0.6
+    mask[5] = True  # a row with nothing excluded
+    rows, items = exclusion_pairs(~torch.from_numpy(mask), torch.from_numpy(targets))
+    order = torch.from_numpy(rng.permutation(len(rows)))
+    got, _ = rank_block(torch.from_numpy(scores).to(dtype), torch.from_numpy(targets), rows[order], items[order])
+    np.testing.assert_array_equal(got.numpy(), naive_ranks(scores, targets, mask))
+
+
 def test_constant_scores_get_the_worst_rank() -> None:
     scores = torch.full((3, 11), 0.5)  # PAD + 10 items
     mask = torch.ones(3, 11, dtype=torch.bool)

@@ -308,6 +308,29 @@ def test_finetune_two_stages_keeps_best_valid_model(tok, tmp_path) -> None:
     assert ev.run(loaded).overall["ndcg@5"] == pytest.approx(best)
 
 
+def test_finetune_time_budget_validates_the_cut_epoch_and_skips_a_stage_without_time(tok) -> None:
+    """A budget spent by the end of stage 1's first validation: no second stage-1 epoch, and stage 2 has no
+    time left and does not start; the validated epoch is the one kept."""
+    import time
+
+    items, split = _tiny_split(tok)
+    model = tiny(tok)
+    model.set_items(items)
+    seen: list[float] = []
+
+    def validate(m):
+        seen.append(time.perf_counter())
+        time.sleep(0.2)
+        return {"ndcg@10": 0.5}
+
+    cfg = FinetuneConfig(stage1_epochs=3, stage2_epochs=2, batch_size=1, lr=1e-3, time_budget_s=0.1)
+    out = finetune(model, PrefixPairs(split.train, 10), cfg, validate=validate)
+    pairs = PrefixPairs(split.train, 10)
+    assert out["out_of_time"] and [h["stage"] for h in out["history"]] == [1]
+    assert out["history"][0]["steps"] <= len(pairs)
+    assert len(seen) == 1 and out["best"] == {"stage": 1, "epoch": 0, "ndcg@10": 0.5}
+
+
 def test_item_tokens_cache_keyed_by_content(tok, tmp_path) -> None:
     vocab = Vocabulary(["a", "b"])
     table = ItemTable(vocab, {"title": ["", "red guitar", "blue drum"]})

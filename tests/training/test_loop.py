@@ -264,3 +264,26 @@ def test_weight_average_is_validated_kept_and_resumable(tmp_path: Path) -> None:
     fit(Linear(), Regression(), _quiet(epochs=1, checkpoint_dir=str(tmp_path / "ck")))
     with pytest.raises(ValueError, match="without train.ema_decay"):
         fit(Linear(), Regression(), _quiet(epochs=2, ema_decay=0.5, checkpoint_dir=str(tmp_path / "ck")))
+
+
+class SlowLinear(Linear):
+    """Each step takes ~20 ms of wall time, so a time budget ends a run at a predictable step."""
+
+    def loss(self, batch: XY) -> torch.Tensor:
+        import time
+
+        time.sleep(0.02)
+        return super().loss(batch)
+
+
+def test_time_budget_cuts_the_epoch_short_validates_it_and_starts_no_other() -> None:
+    seen: list[int] = []
+    h = fit(SlowLinear(), Regression(n=640), _quiet(epochs=5, batch_size=8, lr=0.01, time_budget_s=0.3,
+                                                    validate_first=False),
+            lambda m: seen.append(1) or {"ndcg@10": 0.5})
+    assert h.out_of_time and h.epochs == 1 and seen == [1]  # the cut epoch is still validated
+    assert 3 <= h.epoch_steps[0] == h.steps < 80  # stopped well inside the 80-step epoch
+    h = fit(Linear(), Regression(), _quiet(epochs=2, batch_size=16, time_budget_s=60.0))
+    assert not h.out_of_time and h.epoch_steps == [4, 4] and h.steps == 8
+    with pytest.raises(ConfigError, match="time_budget_s"):
+        TrainConfig(time_budget_s=0)

@@ -33,11 +33,13 @@ def resolved(data: dict) -> tuple[ExperimentConfig, dict]:
 def test_sasrec_without_overrides_trains_with_its_recipe() -> None:
     cfg, prov = resolved({"model": {"name": "sasrec"}})
     t = cfg.train
-    assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay) == ("targets", 10, 0.0, 0.998)
+    assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay, t.lr) == ("targets", 10, 0.0, 0.998, SASREC_RECIPE.lr)
     assert t.batch_size == 256 and cfg.model.params == {"label_smoothing": 0.5}
     assert {v["source"] for v in prov["train"].values()} == {RECIPE}
     assert prov["model_params"] == {"label_smoothing": {"value": 0.5, "source": RECIPE}}
-    assert prov["recipe"] == "sasrec" and Path(prov["evidence"]).name == "recbole_seeds_stride10_ls05_ema998.json"
+    assert prov["recipe"] == "sasrec" and [Path(f.strip()).name for f in prov["evidence"].split(",")] == [
+        "recbole_seeds_stride10_ls05_ema998.json", "recbole_seeds_sasrec_defaults.json"]
+    assert all((ROOT / f.strip()).is_file() for f in prov["evidence"].split(","))  # the cited results exist
 
 
 def test_explicit_values_win_even_when_equal_to_the_library_default() -> None:
@@ -63,9 +65,10 @@ def test_recipe_applies_only_to_the_item_towers_it_was_validated_on(kind: str) -
     if kind in RECIPE_TOWERS:  # text: better on VALID on the built-in data and ML-100K
         assert (t.batch_unit, t.window_stride, t.ema_decay) == ("targets", 10, 0.998)
         assert cfg.model.params["label_smoothing"] == 0.5
+        assert t.lr == LIBRARY_RECIPE.lr  # the content towers' evidence was measured at 1e-3; the ID lr is not
         assert all((ROOT / f.strip()).is_file() for f in prov["evidence"].split(","))  # the cited results exist
     else:  # hybrid lost cold-item quality on both datasets; image towers were measured on one dataset only
-        assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay) == ("windows", None, 1.0, 0.0)
+        assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay, t.lr) == ("windows", None, 1.0, 0.0, 1e-3)
         assert "label_smoothing" not in cfg.model.params and prov["recipe"] is None
     assert SASRec.training_recipe({"tower": TowerConfig(kind=kind)}) == SASRec.training_recipe({"tower": {"kind": kind}})
 
@@ -81,7 +84,7 @@ def test_user_values_still_apply_to_towers_without_the_recipe() -> None:
 def test_other_models_keep_the_library_defaults(name: str) -> None:
     cfg, prov = resolved({"model": {"name": name}})
     t = cfg.train
-    assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay) == ("windows", None, 1.0, 0.0)
+    assert (t.batch_unit, t.window_stride, t.grad_clip, t.ema_decay, t.lr) == ("windows", None, 1.0, 0.0, 1e-3)
     assert cfg.model.params == {} and prov["recipe"] is None
     assert {v["source"] for v in prov["train"].values()} == {LIBRARY}
 
@@ -91,7 +94,7 @@ def test_only_sasrec_declares_a_recipe_and_its_values_are_valid() -> None:
     assert with_recipe == ["sasrec"]  # SASRec's subclasses (IISAN, the PEFT baselines) do not inherit it
     from_dict(SASRecConfig, dict(SASREC_RECIPE.model))  # model params the config accepts
     from_dict(TrainConfig, SASREC_RECIPE.train_values())  # TrainConfig fields with valid values
-    assert set(LIBRARY_RECIPE.train_values()) == {"batch_unit", "window_stride", "grad_clip", "ema_decay"}
+    assert set(LIBRARY_RECIPE.train_values()) == {"batch_unit", "window_stride", "grad_clip", "ema_decay", "lr"}
     assert all(getattr(TrainConfig(), k) is None for k in LIBRARY_RECIPE.train_values())  # unset by default
     with pytest.raises(ConfigError, match="batch_unit"):
         TrainingRecipe(batch_unit="rows")  # type: ignore[arg-type]
@@ -104,7 +107,7 @@ def test_bare_fit_takes_library_defaults_and_counts_targets_on_request() -> None
     model = SASRec(SASRecConfig(dim=16, max_len=8), context(split))
     windows = TrainWindows(split.train, 8, stride=2)
     bare = Trainer(model, windows, TrainConfig(epochs=1, progress=False)).cfg
-    assert (bare.grad_clip, bare.ema_decay, bare.batch_unit, bare.batch_size) == (1.0, 0.0, "windows", 256)
+    assert (bare.grad_clip, bare.ema_decay, bare.batch_unit, bare.batch_size, bare.lr) == (1.0, 0.0, "windows", 256, 1e-3)
     targets = Trainer(model, windows, TrainConfig(epochs=1, batch_size=64, batch_unit="targets", progress=False)).cfg
     assert targets.batch_size == windows.windows_per_step(64) < 64  # windows of ~2 trained targets each
 

@@ -31,14 +31,15 @@ class TrainingRecipe:
     window_stride: int | None = None  # TrainWindows stride (None = max_len: windows do not overlap)
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     ema_decay: float = 0.0  # weight average validated and kept; 0 = off
+    lr: float = 1e-3  # AdamW learning rate
     model: Mapping[str, Any] = field(default_factory=dict)  # model params, where the user gave none
     evidence: str = ""  # where the recipe was chosen (a benchmark and its result file)
 
     def __post_init__(self) -> None:
         if self.batch_unit not in ("windows", "targets"):
             raise ConfigError(f"recipe batch_unit must be 'windows' or 'targets', got {self.batch_unit!r}")
-        if not 0.0 <= self.ema_decay < 1.0 or self.grad_clip < 0:
-            raise ConfigError(f"recipe: ema_decay in [0, 1) and grad_clip >= 0 required, got {self}")
+        if not 0.0 <= self.ema_decay < 1.0 or self.grad_clip < 0 or not self.lr > 0:
+            raise ConfigError(f"recipe: ema_decay in [0, 1), grad_clip >= 0 and lr > 0 required, got {self}")
 
     def train_values(self) -> dict[str, Any]:
         """{TrainConfig field: value} this recipe sets (every field but `model` and `evidence`)."""
@@ -80,5 +81,7 @@ def resolve_model_params(params: Mapping[str, Any], recipe: TrainingRecipe | Non
 
 def library_training(max_len: int) -> dict[str, Any]:
     """The library defaults of the recipe fields as explicit `train` values (windows of `max_len`): for a
-    config that must train as before models had recipes, e.g. a benchmark whose stored results used them."""
-    return {**LIBRARY_RECIPE.train_values(), "window_stride": int(max_len)}
+    config that must train as before models had recipes, e.g. a benchmark whose stored results used them.
+    The lr is left out: such a config names its own (it was not a recipe field then), which must win."""
+    values = {k: v for k, v in LIBRARY_RECIPE.train_values().items() if k != "lr"}
+    return {**values, "window_stride": int(max_len)}

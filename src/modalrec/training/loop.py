@@ -48,7 +48,7 @@ class TrainConfig:
     batch_size: int = 256  # windows (sequence models) or rows per step; with batch_unit "targets": targets
     batch_unit: str | None = None  # recipe; "windows" (library) | "targets": as many windows as hold batch_size
     # targets on average (TrainWindows.windows_per_step); sources other than TrainWindows: one row = one target
-    lr: float = 1e-3
+    lr: float | None = None  # recipe; AdamW learning rate (library: 1e-3)
     weight_decay: float = 0.0  # AdamW, applied to matrices only (not biases, norms)
     grad_clip: float | None = None  # recipe; max global grad norm, 0 = off (library: 1.0)
     ema_decay: float | None = None  # recipe; validate and keep a moving average of the weights, 0 = off (library)
@@ -71,6 +71,10 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps in total (None: the epochs decide)
+    # Wall-clock cap (seconds from the start of this `fit` call, validation included): the epoch in progress
+    # stops at its next step and is validated as usual; no later epoch starts. For runs on a fixed time
+    # budget; a resumed run counts that cut-short epoch as finished and starts a fresh budget.
+    time_budget_s: float | None = None
     resume: bool = True
 
     def __post_init__(self) -> None:
@@ -84,6 +88,8 @@ class TrainConfig:
             )
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"train.time_budget_s must be > 0 (None = no cap), got {self.time_budget_s!r}")
         if self.batch_unit not in (None, "windows", "targets"):
             raise ConfigError(f"train.batch_unit must be 'windows' or 'targets', got {self.batch_unit!r}")
 
@@ -104,6 +110,7 @@ class History:
     train_loss: list[float] = field(default_factory=list)
     valid: list[dict[str, float] | None] = field(default_factory=list)  # None where not validated
     epoch_seconds: list[float] = field(default_factory=list)  # training time only
+    epoch_steps: list[int] = field(default_factory=list)  # optimizer steps taken in each epoch
     valid_seconds: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)  # lr at the end of the epoch
     best_epoch: int | None = None
@@ -112,6 +119,7 @@ class History:
     total_seconds: float = 0.0
     steps: int = 0
     stopped_early: bool = False
+    out_of_time: bool = False  # train.time_budget_s ended the run
     resumed_from: int | None = None  # last finished epoch found in checkpoint_dir, if resumed
     peak_memory_bytes: int = 0
     peak_memory_source: str = ""  # "cuda_max_allocated" or "process_max_rss"
@@ -206,6 +214,8 @@ class Trainer:
             cfg = dataclasses.replace(cfg, batch_size=source.windows_per_step(cfg.batch_size))
         self.cfg = cfg  # batch_size in the source's rows from here on
         self.strategy = strategy or SingleProcess()
+        if cfg.time_budget_s is not None and not isinstance(self.strategy, SingleProcess):
+            raise ConfigError("train.time_budget_s needs a single process: ranks would stop at different steps")
         _check_trainable(model)
         self.strategy.check(model)
         self.source, self.validate = self.strategy.prepare(source, validate)
@@ -225,6 +235,7 @@ class Trainer:
         self.done = False
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_changed = False  # best_state was replaced in the epoch just finished
+        self.deadline: float | None = None  # perf_counter() value at which train.time_budget_s runs out
 
     def fit(self) -> History:
         """Run the remaining epochs (resuming from `checkpoint_dir` when it holds a run) and return the History."""
@@ -242,13 +253,15 @@ class Trainer:
             logger.replace([self.hist.row(e) for e in range(1, self.hist.epochs + 1)])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        self.deadline = None if cfg.time_budget_s is None else time.perf_counter() + cfg.time_budget_s
         if cfg.validate_first and self.validate is not None and self.hist.epochs == 0 and not self.done:
             self.validate_initial()
         try:
             # Dropout draws from the global RNG: fork it so the caller's RNG state is left as found.
             with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
                 for epoch in range(self.hist.epochs + 1, cfg.epochs + 1):
-                    if self.done:
+                    if self.done or self.out_of_time():
+                        self.hist.out_of_time |= not self.done
                         break
                     self.run_epoch(epoch)
                     if ckpt is not None and writer:
@@ -287,6 +300,7 @@ class Trainer:
         train_s = time.perf_counter() - t0
         hist.train_loss.append(loss)
         hist.epoch_seconds.append(train_s)
+        hist.epoch_steps.append(self.schedule.step_count - hist.steps)
         hist.lr.append(self.schedule.current_lr)
         hist.steps = self.schedule.step_count
 
@@ -355,6 +369,9 @@ class Trainer:
         for batch in bar:
             if n >= self.steps or self._out_of_steps():
                 break
+            if self.out_of_time():
+                self.hist.out_of_time = True
+                break
             self.schedule.apply(opt)
             opt.zero_grad(set_to_none=True)
             total = total + self.strategy.backward(self, batch, epoch, n)
@@ -369,6 +386,10 @@ class Trainer:
 
     def _out_of_steps(self) -> bool:
         return self.cfg.max_steps is not None and self.schedule.step_count >= self.cfg.max_steps
+
+    def out_of_time(self) -> bool:
+        """train.time_budget_s has run out (only while `fit` runs)."""
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
 
 def fit(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ class PretrainConfig:
     # same directory continues; a larger `max_steps` there extends the run.
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None
+    time_budget_s: float | None = None  # wall-clock cap: stop at the first step past it (TrainConfig.time_budget_s)
+    # Without checkpoint_dir: cut the (identical) batch stream into Trainer epochs of this many steps, one
+    # progress line each (needs max_steps); None = one Trainer epoch per pass over the corpus.
+    chunk_steps: int | None = None
 
 
 @dataclass
@@ -141,9 +146,9 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
     """MLM + item-item contrastive pretraining on a shuffled mix of all domains' (history, next item) pairs,
     run by the shared Trainer (AdamW, linear warmup, clipping; `max_steps` caps the total)."""
     model.stage = None
-    chunk = cfg.checkpoint_every if cfg.checkpoint_dir is not None else None
+    chunk = cfg.checkpoint_every if cfg.checkpoint_dir is not None else cfg.chunk_steps
     if chunk is not None and (chunk <= 0 or cfg.max_steps is None):
-        raise ValueError("checkpointed pretraining needs checkpoint_every > 0 and max_steps")
+        raise ValueError("checkpointed or chunked pretraining needs checkpoint_every / chunk_steps > 0 and max_steps")
     source = _PretrainPairs(corpus, model.cfg.max_items, chunk)
     if len(source.seq_idx) == 0:
         raise ValueError("pretraining corpus has no sequence with two or more items")
@@ -154,7 +159,8 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
         epochs, max_steps = math.ceil(cfg.max_steps / chunk), None
     train_cfg = TrainConfig(epochs=epochs, max_steps=max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
                             weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
-                            device=cfg.device, seed=model.seed, progress=False, checkpoint_dir=cfg.checkpoint_dir)
+                            device=cfg.device, seed=model.seed, progress=False, checkpoint_dir=cfg.checkpoint_dir,
+                            time_budget_s=cfg.time_budget_s)
     model.pretrain_parts = []
     word = model.embeddings.token.weight
     trainable = word.requires_grad
@@ -171,6 +177,7 @@ def pretrain(model: RecformerModel, corpus: PretrainCorpus, cfg: PretrainConfig)
     model.eval()
     return {
         "steps": steps, "epochs_run": hist.epochs, "pairs_per_epoch": len(source.seq_idx),
+        "out_of_time": hist.out_of_time,
         "resumed_from_step": None if hist.resumed_from is None else hist.resumed_from * (chunk or 0),
         "time_s": hist.total_seconds, "time_per_epoch_s": hist.epoch_seconds,
         "time_per_step_s": hist.total_seconds / max(1, steps),
@@ -228,6 +235,10 @@ class FinetuneConfig:
     monitor: str = "ndcg@10"
     device: str = "cpu"
     checkpoint_dir: str | None = None
+    # Wall-clock cap of both stages together (seconds, validation included): stage 1 may use its share by
+    # epochs (stage1_epochs / all epochs), stage 2 the rest; an epoch past its stage's cap stops at the next
+    # step and is validated as usual, so selection still sees it.
+    time_budget_s: float | None = None
 
 
 @dataclass
@@ -257,7 +268,10 @@ def finetune(
     saved there (save_recformer) and each stage's resumable trainer state under checkpoint_dir/train_state.
     """
     model.to(cfg.device)
+    start = time.perf_counter()
+    total_epochs = max(1, cfg.stage1_epochs + max(0, cfg.stage2_epochs))
     history: list[dict[str, Any]] = []
+    out_of_time = False
     best: tuple[float, dict[str, torch.Tensor], torch.Tensor, int, int] | None = None  # value, state, vecs, stage, epoch
     for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
         if epochs <= 0:
@@ -271,21 +285,33 @@ def finetune(
         else:
             model.unfreeze_item_vectors()
         model.stage = stage
+        budget = None
+        if cfg.time_budget_s is not None:  # from now to this stage's end of the shared budget
+            share = max(0, cfg.stage1_epochs) / total_epochs if stage == 1 else 1.0
+            budget = start + cfg.time_budget_s * share - time.perf_counter()
+            if budget <= 0:  # the budget ran out before this stage began
+                out_of_time = True
+                continue
         train_cfg = TrainConfig(
             epochs=epochs, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
             lr=cfg.lr if stage == 1 or cfg.stage2_lr is None else cfg.stage2_lr, patience=cfg.patience or 0,
             monitor=cfg.monitor, max_steps_per_epoch=cfg.max_steps_per_epoch, seed=model.seed, device=cfg.device,
             progress=False, validate_first=False,  # selection runs across both stages over trained epochs
+            time_budget_s=budget,
             checkpoint_dir=None if cfg.checkpoint_dir is None else
             str(Path(cfg.checkpoint_dir) / "train_state" / f"stage{stage}"))
         trainer = Trainer(model, _StageEpochs(source, stage), train_cfg, validate)
         hist = trainer.fit()  # ends with the stage's best weights
+        out_of_time |= hist.out_of_time
+        steps = hist.epoch_steps if len(hist.epoch_steps) == hist.epochs else [trainer.steps] * hist.epochs  # older saves
         for i in range(hist.epochs):
-            history.append({"stage": stage, "epoch": i, "steps": trainer.steps, "loss": hist.train_loss[i],
+            history.append({"stage": stage, "epoch": i, "steps": steps[i], "loss": hist.train_loss[i],
                             "time_s": hist.epoch_seconds[i], "valid_s": hist.valid_seconds[i],
                             "valid": hist.valid[i] or {}, "peak_memory_mb": hist.peak_memory_bytes / 2**20,
                             "memory_kind": hist.peak_memory_source})
             log.info("recformer finetune %s", history[-1])
+        if not hist.epochs:  # the time budget ran out before this stage began
+            continue
         value = hist.best_metric if validate is not None else float(hist.epochs + 1000 * stage)  # no VALID: latest
         if best is None or value > best[0]:
             if not model.item_vectors_frozen:  # stage 1: the restored weights' vectors; stage 2 keeps its frozen ones
@@ -300,5 +326,5 @@ def finetune(
     if best is not None and cfg.checkpoint_dir is not None:
         valid = history[[h["stage"] for h in history].index(best[3]) + best[4]]["valid"]
         save_recformer(cfg.checkpoint_dir, model, {"stage": best[3], "epoch": best[4], "valid": valid})
-    return {"history": history, "best": None if best is None else
+    return {"history": history, "out_of_time": out_of_time, "best": None if best is None else
             {"stage": best[3], "epoch": best[4], cfg.monitor: best[0]}, "config": asdict(cfg)}

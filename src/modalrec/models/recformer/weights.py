@@ -18,7 +18,9 @@ def load_bert_weights(model: torch.nn.Module, path: Path) -> None:
     query/key/value projections start as copies of the local ones (as Longformer was made from RoBERTa)."""
     from safetensors.torch import load_file
 
-    sd = {k.removeprefix("bert."): v for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
+    # float32 whatever the file holds (a float16 copy of the checkpoint loads as its fp16-rounded values)
+    sd = {k.removeprefix("bert."): v.float() if v.is_floating_point() else v
+          for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
     emb = model.embeddings
     word = sd["embeddings.word_embeddings.weight"]
     if word.shape != emb.token.weight.shape:
