@@ -462,6 +462,8 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
                      "sasrec_hybrid": "SASRec, hybrid", "sasrec_content_age": "SASRec, content + age prior",
                      "sasrec_hybrid_age": "SASRec, hybrid + age prior",
+                     "sasrec_content_agehist": "SASRec, content + age prior + history ages",
+                     "sasrec_hybrid_agehist": "SASRec, hybrid + age prior + history ages",
                      "sasrec_knn_content": "SASRec content residual over content-kNN",
                      "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN"}
 COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
