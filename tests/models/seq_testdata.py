@@ -54,3 +54,15 @@ def evaluate(model: object, split: Split, max_len: int = 10, part: str = "valid"
 
     evalset = split.valid if part == "valid" else split.test
     return Evaluator(evalset, split.n_items, ks=(1, 10), max_len=max_len).run(model, name=part)
+
+
+def train_adam(model: torch.nn.Module, windows: object, epochs: int, lr: float, batch_size: int = 32) -> None:
+    """A plain Adam loop over `windows.batches` (the same batches every run), then eval mode: for tests that
+    check what a model learns, not how the trainer runs."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for epoch in range(epochs):
+        for batch in windows.batches(batch_size, seed=0, epoch=epoch):
+            opt.zero_grad()
+            model.loss(batch).backward()
+            opt.step()
+    model.eval()

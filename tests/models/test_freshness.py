@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+from seq_testdata import train_adam
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.item_age import NEVER, ItemLaunch
@@ -77,14 +78,7 @@ def test_the_prior_learns_freshness_and_ranks_items_never_trained() -> None:
         torch.manual_seed(0)
         model = SASRec(SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, loss="ce",
                                     loss_catalogue="all", age=age), ctx)
-        opt = torch.optim.Adam(model.parameters(), lr=0.02)
-        windows = TrainWindows(split.train, 8)
-        for epoch in range(3):
-            for batch in windows.batches(32, seed=0, epoch=epoch):
-                opt.zero_grad()
-                model.loss(batch).backward()
-                opt.step()
-        model.eval()
+        train_adam(model, TrainWindows(split.train, 8), epochs=3, lr=0.02)
         with torch.no_grad():
             batch = eval_batch(split.test, np.flatnonzero(cold), 8)
             scores = model.score(batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from seq_testdata import train_adam
 
 from modalrec.data.interactions import Interactions
 from modalrec.data.item_age import NEVER, ItemLaunch
@@ -80,14 +81,7 @@ def test_a_planted_freshness_habit_is_learned_and_applied_to_items_never_trained
         model = SASRec(SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0, loss="ce",
                                     loss_catalogue="all", age="bias", age_personal=True, age_input=age_input,
                                     tower=TowerConfig(kind="text")), ctx)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        windows = TrainWindows(split.train, 8)
-        for epoch in range(15):
-            for batch in windows.batches(32, seed=0, epoch=epoch):
-                opt.zero_grad()
-                model.loss(batch).backward()
-                opt.step()
-        model.eval()
+        train_adam(model, TrainWindows(split.train, 8), epochs=15, lr=0.05)
         with torch.no_grad():
             batch = eval_batch(test, np.arange(len(test.user)), 8)
             scores = model.score(batch)[:, 1:]  # [E, N]
