@@ -40,7 +40,32 @@ TREND_EDGES = (1, 2, 4, 8, 16)
 MAX_CELLS = 50_000_000  # events x catalogue items looked at when fitting the starting biases
 
 
-class FreshnessPrior(nn.Module):
+class LaunchAges(nn.Module):
+    """What both age modules share: the launch table, the age-bucket edges, the latest time the table knows
+    (the query time when none is given), catalogue growth at serving, and an item's age bucket at a time."""
+
+    def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...]) -> None:
+        super().__init__()
+        self.launch = launch
+        self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
+        known = torch.cat([launch.metadata_ts, launch.first_event_ts])
+        known = known[known != NEVER]
+        self.reference_ts = int(known.max()) if known.numel() else 0
+
+    def append_items(self, launch_ts: list[int]) -> None:
+        """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
+        self.launch = self.launch.extended(launch_ts)
+        self.reference_ts = max([self.reference_ts, *launch_ts])
+
+    def age_buckets(self, items: torch.Tensor, ts: torch.Tensor | None) -> torch.Tensor:
+        """Age bucket of `items` at `ts` (broadcast; None = the reference time): 0 = launch unknown then,
+        1 = younger than edges[0], ..., len(edges) + 1 = at least edges[-1]."""
+        q = torch.tensor(self.reference_ts) if ts is None else ts
+        age, known = self.launch.age_at(items, q.to(torch.int64))
+        return torch.where(known, torch.bucketize(age, self.edges, right=True) + 1, 0)
+
+
+class FreshnessPrior(LaunchAges):
     """`prior(items, query_ts)` -> bias of each item at each query time (broadcast like ItemLaunch.age_at).
 
     start_from: (event items [E], event times [E], catalogue items [C]) -- the training targets and the items
@@ -53,29 +78,18 @@ class FreshnessPrior(nn.Module):
     def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...] = EDGES_DAYS,
                  activity: ItemActivity | None = None, trend_days: int = 7,
                  start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None) -> None:
-        super().__init__()
-        self.launch, self.activity, self.trend_days = launch, activity, int(trend_days)
-        self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
+        super().__init__(launch, edges_days)
+        self.activity, self.trend_days = activity, int(trend_days)
         self.register_buffer("trend_edges", torch.tensor(TREND_EDGES), persistent=False)
         n_trend = 1 if activity is None else len(TREND_EDGES) + 1
         self.bias = nn.Parameter(torch.zeros(len(edges_days) + 2, n_trend))  # [unknown, < e_0, ..., >= e_last] x trend
-        known = torch.cat([launch.metadata_ts, launch.first_event_ts])
-        known = known[known != NEVER]
-        self.reference_ts = int(known.max()) if known.numel() else 0
         start = torch.zeros_like(self.bias) if start_from is None else self.log_rates(*start_from)
         self.register_buffer("start", start, persistent=False)
         self.vectors = nn.Parameter(torch.zeros(self.bias.numel(), dim)) if dim else None  # [cells, d]
 
-    def append_items(self, launch_ts: list[int]) -> None:
-        """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
-        self.launch = self.launch.extended(launch_ts)
-        self.reference_ts = max([self.reference_ts, *launch_ts])
-
     def buckets(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
         """Bucket index of `items` at `query_ts` (broadcast; None = the reference time)."""
-        q = torch.tensor(self.reference_ts) if query_ts is None else query_ts
-        age, known = self.launch.age_at(items, q.to(torch.int64))
-        return torch.where(known, torch.bucketize(age, self.edges, right=True) + 1, 0)
+        return self.age_buckets(items, query_ts)
 
     def trend(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
         """Bucket of each item's recent event count at `query_ts` (0 without activity)."""
@@ -131,7 +145,7 @@ class FreshnessPrior(nn.Module):
                 self.vectors.zero_()
 
 
-class HistoryAge(nn.Module):
+class HistoryAge(LaunchAges):
     """`history_age(items [B, L], ts)` -> [B, L, d]: a learned vector per age bucket of each history item at the
     time the user took it (`ts`: the history's event times, [B, L]), added to the sequence model's input.
 
@@ -146,26 +160,15 @@ class HistoryAge(nn.Module):
     """
 
     def __init__(self, launch: ItemLaunch, dim: int, edges_days: tuple[int, ...] = EDGES_DAYS) -> None:
-        super().__init__()
-        self.launch = launch
-        self.register_buffer("edges", torch.tensor([d * DAY for d in edges_days], dtype=torch.int64), persistent=False)
+        super().__init__(launch, edges_days)
         self.embedding = nn.Embedding(len(edges_days) + 2, dim)  # [unknown, < e_0, ..., >= e_last]
-        known = torch.cat([launch.metadata_ts, launch.first_event_ts])
-        known = known[known != NEVER]
-        self.reference_ts = int(known.max()) if known.numel() else 0
-
-    def append_items(self, launch_ts: list[int]) -> None:
-        """Items appended to the catalogue after training (a served catalogue's adds), launched at `launch_ts`."""
-        self.launch = self.launch.extended(launch_ts)
-        self.reference_ts = max([self.reference_ts, *launch_ts])
 
     def buckets(self, items: torch.Tensor, ts: torch.Tensor | None, query_ts: torch.Tensor | None = None,
                 ) -> torch.Tensor:
         """Age bucket [B, L] of each history item at its event time (or at the query time without one)."""
-        if ts is None:
-            ts = torch.tensor(self.reference_ts) if query_ts is None else query_ts.reshape(-1, 1)
-        age, known = self.launch.age_at(items, ts.to(torch.int64))
-        return torch.where(known & (items > 0), torch.bucketize(age, self.edges, right=True) + 1, 0)
+        if ts is None and query_ts is not None:
+            ts = query_ts.reshape(-1, 1)
+        return torch.where(items > 0, self.age_buckets(items, ts), 0)
 
     def forward(self, items: torch.Tensor, ts: torch.Tensor | None,
                 query_ts: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from modalrec.data.items import ItemTable
 from modalrec.data.vocab import PAD_TOKEN, Vocabulary
 from modalrec.devices import resolve_device
 from modalrec.errors import DataError, MismatchError, UnknownIdError
+from modalrec.models.freshness import LaunchAges
 from modalrec.serving.artifact import Artifact, NotSupportedError, build_model, load_artifact
 from modalrec.serving.catalogue import (
     DEFAULT_FILE,
@@ -475,10 +476,9 @@ class Recommender:
                 missing = {m: torch.cat([self._missing[m], miss[m].to(self._missing[m].device)]) for m in rows}
                 self.model.set_item_features({m: f.to(self.device) for m, f in feats.items()},
                                              {m: f.to(self.device) for m, f in missing.items()})
-                if getattr(self.model, "prior", None) is not None:  # a freshness prior ages items from their add
-                    self.model.prior.append_items([int(it.added_at) for it in new])
-                if getattr(self.model, "history_age", None) is not None:  # and so do the history-age inputs
-                    self.model.history_age.append_items([int(it.added_at) for it in new])
+                for ages in self.model.modules():  # freshness priors and history-age inputs age items from their add
+                    if isinstance(ages, LaunchAges):
+                        ages.append_items([int(it.added_at) for it in new])
                 self._feats, self._missing = feats, missing
                 first = len(self.catalogue)
                 self.catalogue.append(new)
