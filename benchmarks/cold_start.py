@@ -43,7 +43,8 @@ from _published import IISAN, comparison
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
-           "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid")  # knn: SASRec residual over content-kNN (knn_sasrec)
+           "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
+           "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop")  # knn: SASRec residual over content-kNN (knn_sasrec)
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -51,6 +52,10 @@ AGE = {"loss": "ce", "loss_catalogue": "all", "age": "bias+trend", "age_start": 
 # _agehist: AGE plus each history item's age bucket when it was taken as a sequence input (freshness.HistoryAge),
 # so the user state knows the user has been taking new items
 AGE_HIST = {**AGE, "age_input": True}
+# _pop: AGE_HIST plus the training-only popularity term for the item vectors, the prior learning without it
+# (loss_popularity_scope "items"): popularity at prediction time comes from the prior's recent-activity cells,
+# which items without training events have too (benchmarks/cold_erosion_ml100k.py)
+POP = {"loss_popularity": 1.0, "loss_popularity_scope": "items"}
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -103,6 +108,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base = model.removesuffix(UNTRAINED)
+    pop = base.endswith("_pop")
+    base = base.removesuffix("_pop")
     knn = "_knn_" in base
     base = base.replace("_knn_", "_")
     hist = base.endswith("_agehist")
@@ -117,7 +124,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
-        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}),
+        **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
         "tower": {"dropout": 0.1, **tower}}}
 
 

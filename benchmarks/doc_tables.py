@@ -119,6 +119,23 @@ def age_ml100k(results: Path) -> str:
     return _table(header, rows)
 
 
+def cold_erosion_ml100k(results: Path) -> str:
+    """VALID NDCG@10 (%) overall / cold-item per epoch and, at the last epoch, the score's parts, per variant."""
+    runs = _load(results, "cold_erosion_ml100k_cpu.json")["results"]
+    epochs = max(len(r["valid_curve"]) for r in runs)
+
+    def pair(c: dict[str, Any]) -> str:
+        return f"{100 * c['overall']:.2f} / {100 * c['cold_item']:.2f}"
+
+    rows = []
+    for r in runs:
+        curve = [pair(c) for c in r["valid_curve"]] + [""] * (epochs - len(r["valid_curve"]))
+        at = r["at_best_epoch"]
+        rows.append([r["variant"], r["seed"], *curve, pair(at["dot_only"]), pair(at["prior_only"])])
+    return _table(["variant", "seed", *(f"epoch {e}" for e in range(epochs)), "last epoch: dot product only",
+                   "last epoch: prior only"], rows, align="ll")
+
+
 def ablation_ml100k(results: Path) -> str:
     """Item towers on ML-100K (global temporal split)."""
     data = _load(results, "ablation_ml100k.json")
@@ -489,7 +506,9 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_content_agehist": "SASRec, content + age prior + history ages",
                      "sasrec_hybrid_agehist": "SASRec, hybrid + age prior + history ages",
                      "sasrec_knn_content": "SASRec content residual over content-kNN",
-                     "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN"}
+                     "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN",
+                     "sasrec_content_agehist_pop": "SASRec, content + age prior + history ages, popularity split",
+                     "sasrec_hybrid_agehist_pop": "SASRec, hybrid + age prior + history ages, popularity split"}
 COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
                      "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
 
@@ -614,6 +633,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
     "ablation_ml100k": ablation_ml100k,
     "age_ml100k": age_ml100k,
+    "cold_erosion_ml100k": cold_erosion_ml100k,
     "baselines_ml100k": baselines_ml100k,
     "tgn_ml100k": tgn_ml100k,
     "tgn_softmax": tgn_softmax,

@@ -235,3 +235,26 @@ def test_chunked_feature_reads_match_whole_table(kind: str, monkeypatch) -> None
     # warm items 1..8 with text (item 5 has none), L2-normalised, averaged (test_whitening_bias_starts_at_train_mean)
     ref = torch.nn.functional.normalize(feats[[1, 2, 3, 4, 6, 7, 8]], dim=-1).mean(0)
     assert torch.allclose(white.bias.detach(), ref, atol=1e-6)
+
+
+def test_content_aux_adds_a_loss_of_the_content_part_alone_and_needs_a_hybrid_tower() -> None:
+    from seq_testdata import random_batch
+
+    def model(aux: float, kind: str = "hybrid") -> SASRec:
+        cfg = SASRecConfig(dim=DIM, n_layers=1, n_heads=1, max_len=8, loss="ce", loss_catalogue="all",
+                           content_aux=aux, tower=TowerConfig(kind=kind, options={"id_init_std": 0.5}))
+        return SASRec(cfg, _ctx()).eval()  # eval: no dropout, so the terms can be recomputed exactly
+
+    batch = random_batch(N, seed=3)
+    with_aux, plain = model(0.5), model(0.0)
+    plain.load_state_dict(with_aux.state_dict())
+    at = batch.targets > 0
+    states = with_aux.encode_at(batch.items, at)
+    content_only = with_aux.criterion(states, batch.targets[at], with_aux.tower.content)
+    torch.testing.assert_close(with_aux.loss(batch), plain.loss(batch) + 0.5 * content_only)
+    # the content part alone ranks differently from content + IDs: the term is not a copy of the main loss
+    assert not torch.allclose(content_only, plain.loss(batch))
+    with pytest.raises(ConfigError, match="content_aux"):
+        model(0.5, kind="text")
+    with pytest.raises(ConfigError, match="content_aux"):
+        model(-1.0)

@@ -248,11 +248,21 @@ class CausalTowerRecommender(SequentialRecommender):
         targets = batch.targets[:, -L:]  # [B, L]
         at = targets > 0  # only these states are scored (with overlapping windows, few of them)
         states = self.encode_at(batch.items, at, **self.encode_inputs(batch))  # [M, d]
-        if self.prior is None:
-            return self.criterion(states, targets[at], self.tower)
+        if self.prior is None and not getattr(self.criterion, "needs_query_ts", False):
+            return self.states_loss(states, targets[at], None)
         if batch.target_ts is None:
-            raise ValueError(f"{type(self).__name__} has a freshness prior: training batches need target_ts")
-        return self.criterion(states, targets[at], self.tower, self.prior, batch.target_ts[:, -L:][at])
+            raise ValueError(f"{type(self).__name__} has a freshness prior or a launch-aware loss catalogue: "
+                             "training batches need target_ts")
+        return self.states_loss(states, targets[at], batch.target_ts[:, -L:][at])
+
+    def states_loss(self, states: torch.Tensor, targets: torch.Tensor, query_ts: torch.Tensor | None,
+                    tower: nn.Module | None = None) -> torch.Tensor:
+        """The criterion of states [M, d] against targets [M] (query_ts [M] or None) through `tower`
+        (default: the item tower); subclasses add auxiliary terms here."""
+        tower = self.tower if tower is None else tower
+        if query_ts is None:
+            return self.criterion(states, targets, tower)
+        return self.criterion(states, targets, tower, self.prior, query_ts)
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         self.tower.set_item_features(features, missing)

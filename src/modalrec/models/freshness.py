@@ -73,17 +73,24 @@ class FreshnessPrior(LaunchAges):
     dim: also learn a vector per cell, dotted with the user state (`forward(..., state)`): how much an item's
     age and recent activity matter then depends on the user (some take new releases, some never do). The
     vectors start at 0.
+    launched_only: the loss ranks each target against the items that exist at its time only (loss catalogue
+    "launched"): the start rates count launched items only, and the "launch unknown" cells stay at 0 -- there
+    the only such candidate is a target at its own first event, which would push them up without bound.
     """
 
     def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...] = EDGES_DAYS,
                  activity: ItemActivity | None = None, trend_days: int = 7,
-                 start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None) -> None:
+                 start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None,
+                 launched_only: bool = False) -> None:
         super().__init__(launch, edges_days)
+        self.launched_only = bool(launched_only)
         self.activity, self.trend_days = activity, int(trend_days)
         self.register_buffer("trend_edges", torch.tensor(TREND_EDGES), persistent=False)
         n_trend = 1 if activity is None else len(TREND_EDGES) + 1
         self.bias = nn.Parameter(torch.zeros(len(edges_days) + 2, n_trend))  # [unknown, < e_0, ..., >= e_last] x trend
         start = torch.zeros_like(self.bias) if start_from is None else self.log_rates(*start_from)
+        if self.launched_only:
+            start[0] = 0.0
         self.register_buffer("start", start, persistent=False)
         self.vectors = nn.Parameter(torch.zeros(self.bias.numel(), dim)) if dim else None  # [cells, d]
 
@@ -108,10 +115,16 @@ class FreshnessPrior(LaunchAges):
         """Bias of `items` at `query_ts` (broadcast), plus, with per-cell vectors and `state` [B, d] (row b the
         user whose query is row b of the result), state . vector of the item's cell."""
         cells = self.cells(items, query_ts)
-        out = self.bias.flatten()[cells]
-        if self.vectors is None or state is None:
+        bias, vectors = self.bias, self.vectors
+        if self.launched_only:  # the "launch unknown" row stays where it started (see the class docstring)
+            bias = torch.cat([bias[:1].detach(), bias[1:]])
+            if vectors is not None:
+                n = bias.shape[1]
+                vectors = torch.cat([vectors[:n].detach(), vectors[n:]])
+        out = bias.flatten()[cells]
+        if vectors is None or state is None:
             return out
-        per = state @ self.vectors.T  # [B, cells]
+        per = state @ vectors.T  # [B, cells]
         if cells.dim() == 1 and query_ts is not None and query_ts.dim() == 1:  # one item per row: [B]
             return out + per.gather(1, cells[:, None])[:, 0]
         return out + per.gather(1, cells.expand(len(state), -1))  # [B, C]
@@ -135,7 +148,12 @@ class FreshnessPrior(LaunchAges):
         expected = torch.zeros(n_cells, dtype=torch.float64)
         for i in range(0, len(ts), chunk):
             c = self.cells(cat[None, :], ts[i : i + chunk, None])  # [chunk, C]
-            expected += torch.bincount(c.flatten(), minlength=n_cells).double() / len(cat)
+            if self.launched_only:  # each event's share over the items launched at its time
+                known = (c >= self.bias.shape[1]).double()  # row 0 of the table = launch unknown
+                w = known / known.sum(1, keepdim=True).clamp_min(1.0)
+                expected += torch.bincount(c.flatten(), weights=w.flatten(), minlength=n_cells)
+            else:
+                expected += torch.bincount(c.flatten(), minlength=n_cells).double() / len(cat)
         return torch.log((hits + 1.0) / (expected + 1.0)).float().view_as(self.bias)
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:

@@ -8,6 +8,7 @@ negative, never a candidate.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,10 @@ from modalrec.errors import ConfigError
 from modalrec.seeding import derive_seed
 
 LOSSES = ("ce", "sampled", "bce", "bpr", "inbatch")
-CATALOGUES = ("train", "all")
+CATALOGUES = ("train", "all", "launched")
+LAUNCHED_LOSSES = ("ce", "sampled")  # the losses that mask items not launched at the event
 NEGATIVES = ("uniform", "popularity")
+POPULARITY_SCOPES = ("all", "items")  # what the training-only popularity term is added for
 DEFAULT_NEGATIVES = {"sampled": 100, "bce": 1, "bpr": 1}
 
 
@@ -133,6 +136,14 @@ def sampled_softmax_ce(
     logits = torch.cat([pos[:, None], neg], dim=1)  # [M, 1 + K]
     labels = torch.zeros(len(pos), dtype=torch.long, device=pos.device)  # the target is column 0
     return F.cross_entropy(logits, labels)
+
+
+def _smoothed_ce(logits: torch.Tensor, cols: torch.Tensor, allowed: torch.Tensor, eps: float) -> torch.Tensor:
+    """CE with label smoothing eps spread over each row's allowed columns only (others are -inf logits)."""
+    logp = torch.log_softmax(logits, dim=-1)  # [M, C]
+    nll = -logp.gather(1, cols[:, None])[:, 0]  # [M]
+    spread = -(logp.masked_fill(~allowed, 0.0).sum(-1)) / allowed.sum(-1)  # [M]
+    return ((1 - eps) * nll + eps * spread).mean()
 
 
 def batch_candidates(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,8 +284,18 @@ class NextItemLoss(nn.Module):
     "bce" / "bpr" (K negatives per position), "inbatch" (batch's distinct targets, logQ debiased).
     catalogue: "train" scores targets against items with training events only; "all" against every item
     (softmax classes and negatives), so items launched after training are pushed down where they do not
-    fit -- and a freshness prior learns what "not launched yet" means.
+    fit -- and a freshness prior learns what "not launched yet" means; "launched" against every item that
+    exists at the event's time (`launch`, data/item_age.ItemLaunch: metadata launch <= the event, else a first
+    event strictly before it), plus the target: an item is never a negative before it exists, so a model
+    is not taught to push down what nobody could have taken yet ("ce" and "sampled"; needs the event times).
     `forward(..., prior, query_ts)` adds `prior(items, query_ts, states)` (models/freshness.py) to every logit.
+    popularity ("ce" only): add popularity x log(training frequency) to every training logit (items without
+    training events count as one event). The fixed term explains the training log's popularity, so item vectors
+    learn the preference left over; evaluation and serving do not add it, so items without training events are
+    not ranked below every item that had them. popularity_scope "items" (with a freshness prior): the item
+    vectors learn with that term and without the prior, and the prior learns with the item vectors fixed and
+    without the term -- one loss each, summed -- so popularity at prediction time comes from the prior's causal
+    recent-activity cells instead of vanishing with the term.
     """
 
     def __init__(
@@ -287,12 +308,27 @@ class NextItemLoss(nn.Module):
         seed: int = 0,
         label_smoothing: float = 0.0,
         catalogue: str = "train",
+        launch: Any = None,
+        popularity: float = 0.0,
+        popularity_scope: str = "all",
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {kind!r}")
         if catalogue not in CATALOGUES:
             raise ConfigError(f"loss catalogue must be one of {CATALOGUES}, got {catalogue!r}")
+        if catalogue == "launched" and (kind not in LAUNCHED_LOSSES or launch is None):
+            raise ConfigError(f"loss catalogue 'launched' needs loss in {LAUNCHED_LOSSES} and item launch times "
+                              f"(a log with a clock or item dates); got loss {kind!r}"
+                              + ("" if launch is not None else " and no launch times"))
+        self.catalogue, self.launch = catalogue, launch
+        if popularity and kind != "ce":
+            raise ConfigError(f"loss popularity applies to the full-softmax loss 'ce' only, not {kind!r}")
+        if popularity < 0:
+            raise ConfigError(f"loss popularity must be >= 0, got {popularity}")
+        if popularity_scope not in POPULARITY_SCOPES:
+            raise ConfigError(f"loss popularity scope must be one of {POPULARITY_SCOPES}, got {popularity_scope!r}")
+        self.popularity, self.popularity_scope = float(popularity), popularity_scope
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if label_smoothing and kind != "ce":
@@ -304,7 +340,7 @@ class NextItemLoss(nn.Module):
             raise ConfigError(f"loss {kind!r} needs n_negatives >= 1, got {n_negatives}")
         self.kind, self.n_items, self.n_negatives = kind, int(n_items), int(n_negatives)
         sampled_from = counts
-        if catalogue == "all" and counts is not None:  # any item may be a negative: uniform over all, or +1 counts
+        if catalogue != "train" and counts is not None:  # any item may be a negative: uniform over all, or +1 counts
             sampled_from = np.asarray(counts) + 1 if negatives == "popularity" else None
         self.sampler = NegativeSampler(n_items, negatives, sampled_from, seed=seed)
         # Not persistent: derived from the training data, so it is not part of the model's weights.
@@ -323,18 +359,38 @@ class NextItemLoss(nn.Module):
     def reseed(self, seed: int) -> None:
         self.sampler.reseed(seed)
 
+    def _ce(self, logits: torch.Tensor, cls: torch.Tensor, t: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
+        """Full-softmax CE of logits [M, C] over `classes` (class indices `cls` [M], 1-based), masking the items
+        not launched at each row's time with catalogue "launched"."""
+        if self.needs_query_ts:  # items not launched at the event are no class there (the target always is)
+            exists = self.launched(self.classes[None, :], q) | (self.classes[None, :] == t[:, None])  # [M, C]
+            logits = logits.masked_fill(~exists, float("-inf"))
+            if self.label_smoothing:  # smoothing mass only over the items that exist (no -inf * eps)
+                return _smoothed_ce(logits.float(), cls - 1, exists, self.label_smoothing)
+        return F.cross_entropy(logits.float(), cls - 1, label_smoothing=self.label_smoothing)
+
+    @property
+    def needs_query_ts(self) -> bool:
+        """Whether `forward` needs the target events' times even without a prior (catalogue "launched")."""
+        return self.catalogue == "launched"
+
+    def launched(self, items: torch.Tensor, query_ts: torch.Tensor) -> torch.Tensor:
+        """Whether each of `items` exists at `query_ts` (broadcast) -- a candidate of catalogue "launched"."""
+        return self.launch.launch_at(items, query_ts)[1]
+
     def forward(self, states: torch.Tensor, targets: torch.Tensor, tower: nn.Module,
                 prior: nn.Module | None = None, query_ts: torch.Tensor | None = None) -> torch.Tensor:
         """states [B, L, d] (or [M, d]) vs targets [B, L] (or [M], 0 = none); tower: items -> [..., d];
-        prior: (items, query times) -> additive logits, with query_ts shaped like targets."""
+        prior: (items, query times) -> additive logits, with query_ts shaped like targets (needed by a prior
+        and by catalogue "launched")."""
         keep = targets > 0  # [B, L]
         h = states[keep]  # [M, d]
         t = targets[keep]  # [M]
         if t.numel() == 0:
             return states.sum() * 0.0
-        if prior is not None and query_ts is None:
-            raise ValueError("a freshness prior needs the target times (SeqBatch.target_ts)")
-        q = query_ts[keep][:, None] if prior is not None else None  # [M, 1]
+        if (prior is not None or self.needs_query_ts) and query_ts is None:
+            raise ValueError("a freshness prior and catalogue 'launched' need the target times (SeqBatch.target_ts)")
+        q = query_ts[keep][:, None] if query_ts is not None else None  # [M, 1]
 
         def bias(items: torch.Tensor) -> torch.Tensor | float:  # items [M] -> [M], [K] or [M, K] -> [M, K]
             if prior is None:
@@ -346,10 +402,17 @@ class NextItemLoss(nn.Module):
             if bool((cls == 0).any()):
                 raise ValueError("a training target has no training events: pass the training split's item counts")
             # PAD (and, for catalogue "train", items without training events) are never classes
-            if prior is None:
+            if prior is None and not self.needs_query_ts and not self.popularity:
                 return chunked_softmax_ce(h, tower.all()[self.classes], cls, label_smoothing=self.label_smoothing)
-            logits = h @ tower.all()[self.classes].T + bias(self.classes)  # [M, C]
-            return F.cross_entropy(logits.float(), cls - 1, label_smoothing=self.label_smoothing)
+            dot = h @ tower.all()[self.classes].T  # [M, C]
+            pop = self.popularity * self.log_q[self.classes] if self.popularity else 0.0  # training only
+            if self.popularity_scope == "items" and prior is not None:
+                # the item vectors learn next to the fixed popularity term without the prior; the prior learns
+                # with the item vectors fixed and no such term, so its causal recent-activity cells carry the
+                # popularity that prediction time sees (for items with and without training events alike)
+                with_prior = dot.detach() + prior(self.classes, q, h.detach())
+                return self._ce(dot + pop, cls, t, q) + self._ce(with_prior, cls, t, q)
+            return self._ce(dot + bias(self.classes) + pop, cls, t, q)
         if self.kind == "inbatch":
             items, col = batch_candidates(t)  # [U], [M]
             return inbatch_debiased_ce(h @ tower(items).T + bias(items), col, self.log_q[items])  # logits [M, U]
@@ -357,6 +420,8 @@ class NextItemLoss(nn.Module):
         if self.kind == "sampled":
             neg_ids = self.sampler.sample((self.n_negatives,), h.device)  # [K], shared by all rows
             neg = h @ tower(neg_ids).T + bias(neg_ids)  # [M, K]
+            if self.needs_query_ts:  # a negative that does not exist yet at the row's event is dropped
+                neg = neg.masked_fill(~self.launched(neg_ids[None, :], q), float("-inf"))
             return sampled_softmax_ce(
                 pos, neg, t, neg_ids, self.sampler.log_q(t), self.sampler.log_q(neg_ids)
             )

@@ -42,12 +42,18 @@ class SASRecConfig:
     n_negatives: int | None = None  # None: 100 for "sampled", 1 for "bce" / "bpr"
     negatives: str = "uniform"  # "uniform" | "popularity"
     label_smoothing: float = 0.0  # "ce" only: share of each target's mass spread over the catalogue
-    loss_catalogue: str = "train"  # "train": items with training events; "all": every item (new ones too)
+    loss_catalogue: str = "train"  # "train": items with training events; "all": every item (new ones too);
+    # "launched": every item that exists at the event's time (never a negative before its launch)
+    loss_popularity: float = 0.0  # "ce": weight of a log training-frequency term added to training logits only
+    loss_popularity_scope: str = "all"  # "items": that term trains the item vectors only, the prior learns without it
     age: str = "none"  # "none" | "bias": a learned logit per bucket of item age at the query (models/freshness.py)
     # | "bias+trend": per (age bucket, bucket of the item's events in the last 7 days before the query)
     age_start: str = "rates"  # "rates": the prior starts at the training log's log event rates; "zero"
     age_personal: bool = False  # each age cell also gets a vector dotted with the user state (per-user freshness)
     age_input: bool = False  # each history item's input also gets a vector of its age bucket when it was taken
+    # hybrid tower only: weight of a second loss term that scores the same states against the tower's content
+    # part alone -- the vectors items without training events get -- so the content part learns to rank too
+    content_aux: float = 0.0
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -113,7 +119,8 @@ class SASRec(CausalTowerRecommender):
         self.final_norm = nn.LayerNorm(cfg.dim, eps=1e-8) if cfg.norm == "pre" else nn.Identity()
         self.criterion = NextItemLoss(
             cfg.loss, ctx.n_items, cfg.n_negatives, cfg.negatives, ctx.train_item_counts, seed=ctx.seed,
-            label_smoothing=cfg.label_smoothing, catalogue=cfg.loss_catalogue,
+            label_smoothing=cfg.label_smoothing, catalogue=cfg.loss_catalogue, launch=ctx.item_launch,
+            popularity=cfg.loss_popularity, popularity_scope=cfg.loss_popularity_scope,
         )
         if cfg.age != "none":
             if ctx.item_launch is None or (cfg.age == "bias+trend" and ctx.item_activity is None):
@@ -122,14 +129,24 @@ class SASRec(CausalTowerRecommender):
             start = None if cfg.age_start == "zero" or ctx.train_targets is None else (
                 *ctx.train_targets, self.criterion.classes)
             self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None,
-                                        start_from=start, dim=cfg.dim if cfg.age_personal else None)
+                                        start_from=start, dim=cfg.dim if cfg.age_personal else None,
+                                        launched_only=cfg.loss_catalogue == "launched")
             self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         self.history_age: HistoryAge | None = None
         if cfg.age_input:
             if ctx.item_launch is None:
                 raise ConfigError("sasrec: age_input needs item launch times (ModelContext.item_launch)")
             self.history_age = HistoryAge(ctx.item_launch, cfg.dim)
+        if cfg.content_aux and not isinstance(getattr(self.tower, "content", None), nn.Module):
+            raise ConfigError("sasrec: content_aux needs the 'hybrid' item tower (a content part next to the IDs)")
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
+
+    def states_loss(self, states: torch.Tensor, targets: torch.Tensor, query_ts: torch.Tensor | None,
+                    tower: nn.Module | None = None) -> torch.Tensor:
+        loss = super().states_loss(states, targets, query_ts, tower)
+        if tower is None and self.cfg.content_aux:
+            loss = loss + self.cfg.content_aux * super().states_loss(states, targets, query_ts, self.tower.content)
+        return loss
 
     @classmethod
     def build(cls, cfg: SASRecConfig, ctx: ModelContext) -> SASRec:
@@ -206,6 +223,8 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError("sasrec: age_personal needs a freshness prior (age 'bias' or 'bias+trend')")
     if cfg.age_start not in ("rates", "zero"):
         raise ConfigError(f"sasrec: age_start must be 'rates' or 'zero', got {cfg.age_start!r}")
+    if cfg.content_aux < 0:
+        raise ConfigError(f"sasrec: content_aux must be >= 0, got {cfg.content_aux}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
 
