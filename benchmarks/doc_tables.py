@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -365,14 +366,25 @@ def _seed_list(seeds: Sequence[int]) -> str:
 
 
 # (result file, commit): the evaluator benchmark run in the same hour with the ranking code of that commit.
-EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "055df2a")
+EVALUATOR_PREVIOUS = ("evaluator_speed_cpu_previous_code.json", "cf82c7c")
+
+
+def _median_overheads(c: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(CPU, wall) overheads over the model alone of one catalogue of `evaluator_speed.py`, from the medians of
+    its interleaved repeats: steadier than the best run when a single model run is lucky."""
+    def over(runs: dict[str, list[float]]) -> dict[str, float]:
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        return {k: (v - med["model_only"]) / med["model_only"] for k, v in med.items() if k != "model_only"}
+    return over(c["runs_cpu_s"]), over(c["runs_s"])
 
 
 def speed(results: Path) -> str:
-    """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each."""
+    """Evaluator and trainer overheads (`evaluator_speed.py`, `loop_overhead.py`): ratios from one run each
+    (the evaluator's: medians of its interleaved repeats)."""
     ev = _load(results, "evaluator_speed_cpu.json")
     rows = []
     for c in ev["catalogues"]:
+        c = {**c, **dict(zip(("overhead_over_model_cpu", "overhead_over_model"), _median_overheads(c)))}
         rss = (c["peak_rss_bytes"] - c["peak_rss_bytes_before"]) / 2**20
         for prefix, model in (("", "a model known by its `score`"), ("dot_product,", "a dot-product model")):
             if f"{prefix}exclude_seen=True" not in c["overhead_over_model_cpu"]:
@@ -380,8 +392,8 @@ def speed(results: Path) -> str:
             what = (f"evaluation over the model's own scoring, {model}, {c['items']:,} items, {c['users']:,} events "
                     "(history excluded / included)")
             cell = lambda o, p=prefix: " / ".join(f"{100 * o[f'{p}exclude_seen={x}']:+.1f} %" for x in (True, False))
-            block = (f"score block {c['score_block_bytes'] / 2**20:.0f} MiB" if not prefix
-                     else "no score block: 2 MiB chunks")
+            calls = c.get("score_call_bytes", c["score_block_bytes"])
+            block = (f"score block {calls / 2**20:.0f} MiB" if not prefix else "no score block: 2 MiB chunks")
             rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]),
                          f"peak RSS of all runs +{rss:.0f} MiB ({block})"])
         if "model_and_one_read" in c["overhead_over_model_cpu"]:  # the floor of ranking a returned score block
@@ -389,10 +401,22 @@ def speed(results: Path) -> str:
                     "(the least that ranking the block can add)")
             floor = lambda o: f"{100 * o['model_and_one_read']:+.1f} %"
             rows.append([what, _machine(ev), floor(c["overhead_over_model_cpu"]), floor(c["overhead_over_model"]), ""])
-    prev = _load(results, EVALUATOR_PREVIOUS[0])  # the code before the NumPy count, run the same hour
+        if c.get("score_rows", c["batch_size"]) < c["batch_size"]:  # whole blocks per call, as before score_rows
+            whole = f"whole {c['score_block_bytes'] / 2**20:.0f} MiB blocks ({c['batch_size']} events)"
+            what = (f"the same, {c['items']:,} items: the model alone called on {whole}, over the model alone in "
+                    f"the evaluator's {c['score_rows']}-event calls")
+            full = lambda o: f"{100 * o['model_only_full_block']:+.1f} %"
+            rows.append([what, _machine(ev), full(c["overhead_over_model_cpu"]), full(c["overhead_over_model"]), ""])
+            what = (f"the same, {c['items']:,} items: the evaluator calling the model on {whole} as before, over "
+                    f"the model alone in {c['score_rows']}-event calls (history excluded / included)")
+            cell = lambda o: " / ".join(f"{100 * o[f'whole_blocks,exclude_seen={x}']:+.1f} %" for x in (True, False))
+            rows.append([what, _machine(ev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]), ""])
+    prev = _load(results, EVALUATOR_PREVIOUS[0])  # the code before score_rows, run the same hour
     for c in prev["catalogues"]:
-        what = (f"the same, a model known by its `score`, {c['items']:,} items: previous ranking code "
-                f"(commit {EVALUATOR_PREVIOUS[1]}), run in the same hour")
+        c = {**c, **dict(zip(("overhead_over_model_cpu", "overhead_over_model"), _median_overheads(c)))}
+        what = (f"the same, a model known by its `score`, {c['items']:,} items: previous evaluator code "
+                f"(commit {EVALUATOR_PREVIOUS[1]}, whole blocks per call) over the model alone in whole blocks, "
+                "run in the same hour")
         cell = lambda o: " / ".join(f"{100 * o[f'exclude_seen={x}']:+.1f} %" for x in (True, False))
         rows.append([what, _machine(prev), cell(c["overhead_over_model_cpu"]), cell(c["overhead_over_model"]), ""])
     lo = _load(results, "loop_overhead_cpu.json")

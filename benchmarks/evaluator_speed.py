@@ -6,13 +6,16 @@ ranking, history masking, metrics and copies add on top of the scoring any evalu
 measured twice: for a model the evaluator knows only by `score` (it ranks the [B, N + 1] score block), and
 for the same model declaring `dot_product_scores` (the evaluator forms the scores chunk by chunk and
 ranks them in cache, `ranking.rank_dot_block`; negative overhead = faster than the model's own `score`).
-`model_and_one_read` is the model plus one pass over each score block it returns: the floor of the first
-kind of evaluation, which must compare every score with the target's. Peak RSS
-is reset before each catalogue's timed runs (Linux), so it shows memory bounded by the score block
-(score_budget floats), not by the catalogue.
+The model alone is called on as many events per call as the evaluator calls it with (`Evaluator.score_rows`:
+on CPU, 16 MiB of scores, at least 16 events) and, as `model_only_full_block`, on whole score blocks
+(score_budget floats: 64 MiB); `whole_blocks,...` is the evaluator calling the model on whole blocks, as it did
+before score_rows. `model_and_one_read` is the model plus one pass over each score block it returns: the floor
+of the first kind of evaluation, which must compare every score with the target's. Peak RSS is reset before
+each catalogue's timed runs (Linux), so it shows memory bounded by the score block (score_budget floats), not
+by the catalogue.
 
     nice -n 10 python benchmarks/evaluator_speed.py --items 100000 1000000 --users 4000 1000 --threads 1 \
-        --out benchmarks/results/evaluator_speed_cpu.json [--device cuda]
+        --repeats 5 --out benchmarks/results/evaluator_speed_cpu.json [--device cuda]
 """
 
 from __future__ import annotations
@@ -123,19 +126,24 @@ def measure(n_items: int, n_users: int, args: argparse.Namespace) -> dict[str, o
     model = DotModel(n_items, args.dim, 0).to(args.device)
     out: dict[str, object] = {"items": n_items, "users": n_users, "history_items": len(es.hist_items)}
     dot = DotProductModel(n_items, args.dim, 0).to(args.device)  # the same weights (same seed)
-    runs: dict[str, Callable[[], object]] = {
-        "model_only": lambda: model_only(model, es, bs, args.max_len, args.device),
-        "model_and_one_read": lambda: model_only(model, es, bs, args.max_len, args.device, read=True),
-    }
     evs = {}
     for exclude in (True, False):
         t0 = time.perf_counter()
         evs[exclude] = Evaluator(es, n_items, exclude_seen=exclude, max_len=args.max_len, device=args.device)
         out[f"setup_s_exclude_seen={exclude}"] = round(time.perf_counter() - t0, 4)
-    bs = evs[True].batch_size
+    bs, rows = evs[True].batch_size, evs[True].score_rows
+    runs: dict[str, Callable[[], object]] = {
+        "model_only": lambda: model_only(model, es, rows, args.max_len, args.device),
+        "model_only_full_block": lambda: model_only(model, es, bs, args.max_len, args.device),
+        "model_and_one_read": lambda: model_only(model, es, rows, args.max_len, args.device, read=True),
+    }
     for exclude, ev in evs.items():  # a model known only by `score` / one declaring the dot-product contract
         runs[f"exclude_seen={exclude}"] = lambda ev=ev: ev.run(model, keep_ranks=False)
         runs[f"dot_product,exclude_seen={exclude}"] = lambda ev=ev: ev.run(dot, keep_ranks=False)
+    for exclude in (True, False):  # the evaluator calling `score` on whole blocks, as before score_rows
+        whole = Evaluator(es, n_items, exclude_seen=exclude, max_len=args.max_len, device=args.device)
+        whole.score_rows = whole.batch_size
+        runs[f"whole_blocks,exclude_seen={exclude}"] = lambda ev=whole: ev.run(model, keep_ranks=False)
     walls: dict[str, list[float]] = {k: [] for k in runs}
     cpus: dict[str, list[float]] = {k: [] for k in runs}
     reset_peak_rss()
@@ -148,6 +156,7 @@ def measure(n_items: int, n_users: int, args: argparse.Namespace) -> dict[str, o
             cpus[k].append(time.process_time() - c0)
     best = {k: min(v) for k, v in walls.items()}
     best_cpu = {k: min(v) for k, v in cpus.items()}
+    median_cpu = {k: float(np.median(v)) for k, v in cpus.items()}
 
     def overhead(b: dict[str, float]) -> dict[str, float]:
         m = b["model_only"]
@@ -156,15 +165,19 @@ def measure(n_items: int, n_users: int, args: argparse.Namespace) -> dict[str, o
     out.update({
         "batch_size": bs,
         "score_block_bytes": bs * (n_items + 1) * 4,
+        "score_rows": rows,  # events per model.score call (the model-alone runs call it the same way)
+        "score_call_bytes": rows * (n_items + 1) * 4,
         "runs_s": {k: [round(x, 4) for x in v] for k, v in walls.items()},
         "runs_cpu_s": {k: [round(x, 4) for x in v] for k, v in cpus.items()},
         "best_s": {k: round(v, 4) for k, v in best.items()},
         "best_cpu_s": {k: round(v, 4) for k, v in best_cpu.items()},
+        "median_cpu_s": {k: round(v, 4) for k, v in median_cpu.items()},
         "events_per_s": round(n_users / best["exclude_seen=True"], 1),
         # The acceptance ratio: the evaluator's time on top of the model's own scoring, over that scoring
         # (best wall and best process CPU time: the CPU time is steadier on a shared machine).
         "overhead_over_model": overhead(best),
         "overhead_over_model_cpu": overhead(best_cpu),
+        "overhead_over_model_cpu_median": overhead(median_cpu),
         "peak_rss_bytes_before": base_rss,
         "peak_rss_bytes": peak_rss(),
     })

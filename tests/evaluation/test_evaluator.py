@@ -101,6 +101,31 @@ def test_matches_naive_reference_with_ties(exclude_seen: bool, budget: int) -> N
         assert rep.metric(name) == pytest.approx(value)
 
 
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_cpu_blocks_are_scored_in_allocator_sized_calls_with_exact_ranks(exclude_seen: bool) -> None:
+    # 1e5 items: the 2**24-float block holds 167 events, the model is called on 41 (16 MiB) at a time
+    n_items, n_events = 100_000, 100
+    es = random_evalset(n_events, n_items, seed=11, max_hist=60)
+    table = np.random.default_rng(12).integers(0, 6, size=(n_events + 1, n_items + 1)).astype(np.float32)
+    ev = Evaluator(es, n_items, ks=(1, 10), exclude_seen=exclude_seen)
+    assert (ev.batch_size, ev.score_rows) == (167, 41)
+    model = TableModel(table)
+    rep = ev.run(model)
+    assert len(model.calls) == 3  # events 0..40, 41..81, 82..99 of block 0
+    scores = table[es.user]  # [E, N + 1]: dense naive reference, ties counted against the target
+    t_score = scores[np.arange(n_events), es.target][:, None]
+    candidate = np.ones_like(scores, dtype=bool)
+    candidate[:, 0] = False
+    for e in range(n_events):
+        if exclude_seen:
+            candidate[e, es.history(e)] = False
+        candidate[e, es.target[e]] = False
+    np.testing.assert_array_equal(rep.ranks, 1 + ((scores >= t_score) & candidate).sum(1))
+    table[51, 7] = np.nan  # event 50: the second call of block 0
+    with pytest.raises(ValueError, match=r"NaN.*batch 0 \(events 41\.\.81\)"):
+        ev.run(TableModel(table))
+
+
 def test_agrees_with_a_dense_naive_ranking_on_a_real_split() -> None:
     rng = np.random.default_rng(3)
     n_users, n_items = 30, 25

@@ -167,3 +167,10 @@ def test_dot_product_ranking_without_the_score_block_matches_naive(chunk: int, m
     bad[17, 2] = float("nan")
     with pytest.raises(ValueError, match=r"NaN.*rows \[0, 1, 2"):
         ranking.rank_dot_block(s, bad, t)
+    inf_state = s.clone()  # an infinite state times item 12's zeros: NaN in one column of row 4
+    inf_state[4, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN.*rows \[4\]"):
+        ranking.rank_dot_block(inf_state, torch.from_numpy(table), t)
+    big = s * 1e37  # finite, but past the no-overflow bound: every chunk is checked, ranks unchanged
+    np.testing.assert_array_equal(ranking.rank_dot_block(big, torch.from_numpy(table), t)[0].numpy(),
+                                  naive_ranks((big @ torch.from_numpy(table).T).numpy(), targets, None))

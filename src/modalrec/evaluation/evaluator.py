@@ -11,7 +11,8 @@ Protocol (DESIGN.md, protocol rules):
 
 Events are scored in blocks of `batch_size` and each block is ranked by the shared ranking core
 (evaluation/ranking.py `rank_block`) against a de-duplicated, target-free (event, item) exclusion list
-precomputed once. `rank_blocks` ranks any subset of the blocks and `report` builds the Report from
+precomputed once (on CPU a model known only by `score` is called on `score_rows` events of a block at a time,
+a size the C allocator reuses). `rank_blocks` ranks any subset of the blocks and `report` builds the Report from
 ranks, so sharded evaluation (evaluation/distributed.py) computes exactly what `run` computes.
 """
 
@@ -37,6 +38,15 @@ from modalrec.types import Scorer
 
 log = logging.getLogger(__name__)
 
+# A model known only by `score` returns a new [B, n_items + 1] block per call. On CPU the evaluator calls it on
+# at most CPU_SCORE_BLOCK_BYTES of scores: glibc's malloc hands a freed block of that size out again from its
+# heap, while above its 32 MiB ceiling every block is a fresh mmap whose pages fault in as the model writes them
+# (benchmarks/evaluator_speed.py, 1e5 items: the model's own scoring took 45 % more CPU in 64 MiB blocks than in
+# 16 MiB ones). Never fewer than MIN_SCORE_ROWS events per call: a call has fixed costs, such as reading an item
+# table (at 1e6 items the model alone took 10.8 s and 6.2 s in 4- and 8-event calls, 3.9-5.2 s in 16-event ones).
+CPU_SCORE_BLOCK_BYTES = 2**24
+MIN_SCORE_ROWS = 16
+
 EXCLUDE_SEEN_RULE = ("exclude_seen: history items other than the target are removed from candidates; a repeat target "
                      "(already in the history) stays rankable and is reported in the repeat group")
 NO_EXCLUDE_RULE = "exclude_seen=False: every item 1..n_items is a candidate, history included"
@@ -46,8 +56,9 @@ class Evaluator:
     """Rank each EvalSet event's target against the whole catalogue; `.run(model) -> Report`.
 
     A score block [B, n_items + 1] never exceeds `score_budget` floats: B = score_budget // (n_items + 1)
-    (capped by `batch_size` when given; at least 1). `sampled` adds sampled-negative metrics
-    (prefixed "sampled_") on top of, never instead of, the full-ranking ones.
+    (capped by `batch_size` when given; at least 1). On CPU a model known only by `score` is called on
+    `score_rows` events at a time within each block (see CPU_SCORE_BLOCK_BYTES). `sampled` adds
+    sampled-negative metrics (prefixed "sampled_") on top of, never instead of, the full-ranking ones.
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class Evaluator:
         self.batch_size = min(rows_in_budget, batch_size) if batch_size else rows_in_budget
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.score_rows = score_rows(self.n_items + 1, self.batch_size, self.device)
         self._mask_offsets, self._mask_rows, self._mask_items = self._excluded_pairs()
         self._negatives: np.ndarray | None = None  # drawn lazily, then shared by every run
 
@@ -131,7 +143,7 @@ class Evaluator:
 
     def rank_blocks(self, model: Scorer, starts: Sequence[int], name: str = "test", where: str = "",
                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Score and rank the blocks beginning at `starts`: ([n_b] int64 full-ranking ranks per block,
+        """Score and rank the blocks beginning at `starts`: ([n] int64 full-ranking ranks per model call,
         the same for sampled negatives -- empty without `sampled`), on the CPU, in the order given."""
         es, dev = self.evalset, self.device
         negatives = self.negatives()
@@ -156,16 +168,20 @@ class Evaluator:
                     _check_shape(table, (self.n_items + 1, table.shape[1]), "item_embeddings()", f"evaluation '{name}'")
                 # sampled metrics read scores at drawn negatives: they need the score block
                 fused = table is not None and negatives is None and dev.type == "cpu"
-                for lo in starts:
-                    hi = min(len(es), lo + self.batch_size)
+                table_absmax = float(table.abs().max()) if fused else None  # once per evaluation
+                # a block the model (or the product below) returns is scored `score_rows` events at a time
+                rows = self.batch_size if fused else self.score_rows
+                spans = [(a, min(a + rows, lo + self.batch_size, len(es)), lo // self.batch_size)
+                         for lo in starts for a in range(lo, min(len(es), lo + self.batch_size), rows)]
+                for lo, hi, block in spans:
                     batch = eval_batch(es, np.arange(lo, hi), self.max_len).to(dev)
-                    at = f"batch {lo // self.batch_size} (events {lo}..{hi - 1}) of evaluation '{name}'{where}"
+                    at = f"batch {block} (events {lo}..{hi - 1}) of evaluation '{name}'{where}"
                     a, z = int(self._mask_offsets[lo]), int(self._mask_offsets[hi])
                     excluded = (mask_rows[a:z] - lo, mask_items[a:z])
                     if fused:  # dot-product model on CPU: scores formed and ranked chunk by chunk, never stored
                         state = model(batch)  # [B, d]
                         _check_shape(state, (hi - lo, table.shape[1]), "forward (the state)", at)
-                        r, t_score = rank_dot_block(state, table, targets[lo:hi], *excluded, at)
+                        r, t_score = rank_dot_block(state, table, targets[lo:hi], *excluded, at, table_absmax)
                         ranks.append(r)
                         continue
                     # [B, n_items + 1]; a dot-product model's item table is computed once, not once per block
@@ -234,6 +250,14 @@ class Evaluator:
             meta=meta,
             ranks=ranks.numpy() if keep_ranks else None,
         )
+
+
+def score_rows(n_cols: int, batch_size: int, device: torch.device) -> int:
+    """Events per `model.score` call within a block of `batch_size`: on CPU at most CPU_SCORE_BLOCK_BYTES of
+    float32 scores ([rows, n_cols]), but not under MIN_SCORE_ROWS; elsewhere the whole block."""
+    if device.type != "cpu":
+        return batch_size
+    return max(1, min(batch_size, max(MIN_SCORE_ROWS, CPU_SCORE_BLOCK_BYTES // (4 * n_cols))))
 
 
 def _check_shape(t: torch.Tensor, want: tuple[int, int], what: str, at: str) -> None:

@@ -13,6 +13,8 @@ rules exist once:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -91,13 +93,17 @@ def count_ge(scores: torch.Tensor, t_score: torch.Tensor, excluded_rows: torch.T
 
 def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
                    excluded_rows: torch.Tensor | None = None, excluded_items: torch.Tensor | None = None,
-                   where: str = "this block") -> tuple[torch.Tensor, torch.Tensor]:
+                   where: str = "this block", table_absmax: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`rank_block(state @ table.T, ...)` on CPU without the [B, N + 1] score block. state [B, d], table
     [N + 1, d] (row 0 = PAD). The scores are formed one cache-sized column chunk at a time and counted
     while in cache, so the block is never written to memory and read back (and memory is one chunk).
 
     The target's score comes from a product of the same kind as every other score; the target is counted
-    once by rule (1 + other candidates scoring >= it), whatever the rounding of its own column."""
+    once by rule (1 + other candidates scoring >= it), whatever the rounding of its own column.
+
+    A score is a sum of d products, so while d * max|state| * max|table| stays well below the float range no
+    sum can overflow, and a NaN score needs a NaN or infinite input: then checking the inputs (`table_absmax`,
+    max|table|, computed once per evaluation by the caller) replaces a pass over every score chunk."""
     targets = targets.to(state.device, torch.int64)
     b, n_cols = state.shape[0], table.shape[0]
     t_score = torch.mm(state, table[targets].T).diagonal().unsqueeze(1)  # [B, 1]
@@ -106,6 +112,10 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     hit_buf = torch.empty(b * cols, dtype=torch.float32)
     counts = torch.ones(b, dtype=torch.int64)  # the target itself
     nan_sum = t_score.sum(dtype=torch.float64)
+    if table_absmax is None:
+        table_absmax = float(table.abs().max())
+    bound = table.shape[1] * float(state.abs().max()) * table_absmax  # NaN if an input is NaN
+    no_nan_possible = math.isfinite(bound) and bound < torch.finfo(state.dtype).max / 4
     rows = torch.arange(b)
     pairs = excluded_rows is not None and excluded_items is not None and excluded_rows.numel() > 0
     if pairs:  # pairs sorted by item: each chunk's pairs are one slice
@@ -114,7 +124,8 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     for c0 in range(1, n_cols, cols):  # column 0 (PAD) is never a candidate
         c1 = min(n_cols, c0 + cols)
         part = torch.mm(state, table[c0:c1].T, out=score_buf[: b * (c1 - c0)].view(b, c1 - c0))  # [B, C]
-        nan_sum += part.sum()
+        if not no_nan_possible:
+            nan_sum += part.sum()
         hit = torch.ge(part, t_score, out=hit_buf[: part.numel()].view(part.shape))  # [B, C] 0/1
         counts += hit.sum(dim=1).to(torch.int64)
         own = (targets >= c0) & (targets < c1)  # [B] rows whose target column is in this chunk
