@@ -13,7 +13,8 @@ Variants (model.params / tower.options of the base model): `all` (the base: loss
 `launched` (loss_catalogue "launched": no item is a negative before its launch), `train` (only items with
 training events are classes), `content_aux` (a second loss on the hybrid tower's content part alone),
 `cold_default` (a learned ID vector for items without one), `popularity[_W]` (W x log training frequency
-added to training logits only, `loss_popularity`; W = 1 without a suffix).
+added to training logits only, `loss_popularity`; W = 1 without a suffix), `popularity_items[_W]` (the same
+term for the item vectors only, the prior learning without it: `loss_popularity_scope=items`).
 
     nice -n 10 python benchmarks/cold_erosion_ml100k.py --variants all --epochs 1 \\
         --cache-dir .cache/features --out benchmarks/results/cold_erosion_ml100k_cpu.json
@@ -46,6 +47,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name -> (model
     "popularity_0.5": ({"loss_popularity": 0.5}, {}),
     "popularity_0.25": ({"loss_popularity": 0.25}, {}),
     "popularity_items": ({"loss_popularity": 1.0, "loss_popularity_scope": "items"}, {}),
+    "popularity_items_0.5": ({"loss_popularity": 0.5, "loss_popularity_scope": "items"}, {}),
 }
 GROUPS = ("overall", "warm", "cold_item")
 log = logging.getLogger("cold_erosion_ml100k")

@@ -12,7 +12,8 @@ Datasets (../shared/data; each is one `modalrec.pipeline.run_experiment` configu
   10% of items never seen in training; which items depends on the seed).
 Models: the no-learning rules (pop, recent_pop with a launch-time tie-break, newest_first — only where the
 log has a clock or the items have dates, i.e. not on the order-only Amazon files —, content_knn, repeat_history) and SASRec with an ID, a content and a hybrid (content + ID) item tower; `_knn_`
-models are SASRec residuals over content-kNN (models/sequential/knn_start.py: untrained, they rank as content_knn).
+models are SASRec residuals over content-kNN (models/sequential/knn_start.py: untrained, they rank as content_knn);
+`_pop` models add the training-only popularity term for the item vectors (`POP`; benchmarks/cold_erosion_ml100k.py).
 
 Protocol: full ranking over every item, history items other than the target excluded (a repeat target stays
 rankable and is counted in the `repeat` group), pessimistic ties, best VALID epoch, TEST once. Groups:

@@ -131,9 +131,9 @@ def cold_erosion_ml100k(results: Path) -> str:
     for r in runs:
         curve = [pair(c) for c in r["valid_curve"]] + [""] * (epochs - len(r["valid_curve"]))
         at = r["at_best_epoch"]
-        rows.append([r["variant"], r["seed"], *curve, pair(at["dot_only"]), pair(at["prior_only"])])
-    return _table(["variant", "seed", *(f"epoch {e}" for e in range(epochs)), "last epoch: dot product only",
-                   "last epoch: prior only"], rows, align="ll")
+        rows.append([r["variant"], r["seed"], r["epochs"], *curve, pair(at["dot_only"]), pair(at["prior_only"])])
+    return _table(["variant", "seed", "epochs", *(f"epoch {e}" for e in range(epochs)),
+                   "last epoch: dot product only", "last epoch: prior only"], rows, align="ll")
 
 
 def ablation_ml100k(results: Path) -> str:

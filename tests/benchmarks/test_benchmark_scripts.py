@@ -163,3 +163,19 @@ def test_recformer_control_is_used_only_once_finished_and_on_every_test_event(tm
     assert got is not None and got["finetune_steps"] == 42 and got["max_tokens"] == 256 and got["pretrain_recipe"] is None
     path.write_text(json.dumps(done | {"protocol": {"test_events": 5, "test_events_total": 10}}))
     assert wait_for_run(path, 0.0) is None  # a subsample of TEST does not qualify
+
+
+def test_cold_start_pop_models_and_every_erosion_variant_are_valid_configs() -> None:
+    """`_pop` is the history-age model plus the item-only popularity term; each erosion variant changes only its
+    own options of that model (from_dict rejects an unknown key, so a misspelt option fails here)."""
+    cold = importlib.import_module("cold_start")
+    base = cold.config("ml100k", "sasrec_hybrid_agehist", 0, cold.parse_args([])).model.params
+    pop = cold.config("ml100k", "sasrec_hybrid_agehist_pop", 0, cold.parse_args([])).model.params
+    assert {k: v for k, v in pop.items() if base.get(k) != v} == cold.POP
+    erosion = importlib.import_module("cold_erosion_ml100k")
+    args = erosion.parse_args([])
+    for variant, (params, tower) in erosion.VARIANTS.items():
+        got = erosion.config(variant, 0, args).model.params
+        assert {k: v for k, v in got.items() if k != "tower" and base.get(k) != v} == params, variant
+        assert {k: v for k, v in got["tower"]["options"].items()
+                if base["tower"]["options"].get(k) != v} == tower, variant
