@@ -76,9 +76,7 @@ def per_user(es: EvalSet, ranks: np.ndarray, k: int) -> dict[str, float]:
 
 
 def context(split: Split, feats: dict | None = None, missing: dict | None = None, seed: int = 0) -> ModelContext:
-    return ModelContext(n_items=split.n_items, n_users=split.n_users,
-                        train_item_counts=split.train.item_counts(), item_features=feats or {},
-                        feature_missing=missing or {}, seed=seed)
+    return ModelContext.for_split(split, item_features=feats or {}, feature_missing=missing or {}, seed=seed)
 
 
 def train_and_test(name: str, params: dict[str, Any], split: Split, ctx: ModelContext, tc: TrainConfig,

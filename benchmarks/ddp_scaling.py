@@ -50,8 +50,7 @@ def _worker(rank: int, world: int, port: int, args: dict[str, Any], out: str) ->
         ds = load_dataset("synthetic", n_users=args["users"], n_items=args["items"], seed=0)
         split = leave_one_out(ds.interactions)
         windows = TrainWindows(split.train, args["max_len"])
-        ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                           train_item_counts=split.train.item_counts(), seed=0)
+        ctx = ModelContext.for_split(split, seed=0)
         model = SASRec(SASRecConfig(dim=args["dim"], n_layers=2, n_heads=2, dropout=0.2, max_len=args["max_len"],
                                     loss="ce"), ctx)
         cfg = TrainConfig(epochs=2, batch_size=args["batch_size"], lr=1e-3, patience=0, progress=False, seed=0,

@@ -67,8 +67,7 @@ def context(prep: dict[str, Any], max_len: int):
     from modalrec.models.base import ModelContext
 
     split = prep["split"]
-    return ModelContext(n_items=split.n_items, n_users=split.n_users,
-                        train_item_counts=split.train.item_counts(), seed=prep["seed"])
+    return ModelContext.for_split(split, seed=prep["seed"])
 
 
 def train_and_test(model: torch.nn.Module, prep: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

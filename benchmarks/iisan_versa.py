@@ -112,8 +112,7 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
     from modalrec.models.towers.config import TowerConfig
 
     split = prep["split"]
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),
-                       seed=args.seed)
+    ctx = ModelContext.for_split(split, seed=args.seed)
     common = {"dim": args.dim, "max_len": args.max_len, "dropout": args.dropout, "n_layers": 2, "n_heads": 2}
     if method in ENCODER_METHODS:
         from modalrec.features.encoders.hub import load_hf_text

@@ -84,8 +84,7 @@ def main() -> None:
     windows = TrainWindows(split.train, model_cfg.max_len)
     batches = list(windows.batches(args.batch_size, seed=0, epoch=1))
     targets = sum(int((b.targets > 0).sum()) for b in batches) * args.epochs
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(), seed=0)
+    ctx = ModelContext.for_split(split, seed=0)
     initial = SASRec(model_cfg, ctx).to(args.device)
     cfg = with_library_defaults(TrainConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device,
                                             progress=False, amp="off", seed=0))  # fit's values, for the bare loop

@@ -102,9 +102,7 @@ def train_eval(split: Any, feats: dict, missing: dict, tower: dict[str, Any], lo
     from modalrec.models.towers.item_towers import TowerConfig
     from modalrec.training.loop import TrainConfig, fit
 
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(), item_features=feats, feature_missing=missing,
-                       seed=args.seed)
+    ctx = ModelContext.for_split(split, item_features=feats, feature_missing=missing, seed=args.seed)
     cfg = SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, dropout=args.dropout,
                        max_len=args.max_len, loss=loss, n_negatives=args.n_negatives,
                        negatives="popularity" if loss in ("sampled", "bpr") else "uniform",

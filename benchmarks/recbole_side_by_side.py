@@ -207,8 +207,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
     torch.set_num_threads(args.threads)
     t_prep = time.perf_counter()
     windows = TrainWindows(split.train, args.max_len, stride=args.window_stride)
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(), seed=args.seed)
+    ctx = ModelContext.for_split(split, seed=args.seed)
     model = SASRec(SASRecConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn_dim,
                                 dropout=args.dropout, attn_dropout=args.dropout, max_len=args.max_len,
                                 norm="post", loss="ce", positions=args.positions,

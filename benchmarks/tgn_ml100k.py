@@ -161,10 +161,8 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
             TOWERS.setdefault("text+image", build_content_tower)
         tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp")
     cfg = cfg_cls(dim=args.dim, max_len=50, tower=tower)
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(),
-                       item_features=feats if kind == "content" else {},
-                       feature_missing=missing if kind == "content" else {}, seed=args.seed)
+    ctx = ModelContext.for_split(split, item_features=feats if kind == "content" else {},
+                                 feature_missing=missing if kind == "content" else {}, seed=args.seed)
     model = model_cls.build(cfg, ctx)
     valid_eval = Evaluator(split.valid, split.n_items, ks=KS, exclude_seen=True, max_len=50, device=args.device)
     tc = TrainConfig(epochs=args.sasrec_epochs, batch_size=128, lr=1e-3, patience=5, monitor="ndcg@10",

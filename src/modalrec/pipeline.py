@@ -121,13 +121,11 @@ def item_launch(ds: Dataset, split: Split) -> ItemLaunch:
 
 def model_context(ds: Dataset, split: Split, features: tuple[dict, dict], seed: int,
                   hidden_states: Any = None) -> ModelContext:
-    return ModelContext(
-        n_items=split.n_items, n_users=split.n_users,
-        train_item_counts=split.train.item_counts(), item_features=features[0], feature_missing=features[1],
-        seed=seed, hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
-        item_activity=ItemActivity.for_split(split) if ds.summary.get("time", "unix_seconds") == "unix_seconds" else None,
-        train_targets=split.train.targets(),
-    )
+    unix_clock = ds.summary.get("time", "unix_seconds") == "unix_seconds"
+    return ModelContext.for_split(split, item_features=features[0], feature_missing=features[1], seed=seed,
+                                  hidden_states=hidden_states, item_table=ds.items, item_launch=item_launch(ds, split),
+                                  item_activity=ItemActivity.for_split(split) if unix_clock else None,
+                                  train_targets=split.train.targets())
 
 
 def load_hidden_states(ds: Dataset, cfg: FeaturesConfig) -> Any:

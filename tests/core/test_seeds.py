@@ -42,8 +42,7 @@ def _train_by_hand(cfg: ExperimentConfig, train_seed: int) -> list[float]:
     cfg = with_model_defaults(cfg)[0]  # the run's effective config: SASRec's training recipe filled in
     ds = load_data(cfg.data)
     split = make_split(ds, cfg.split)
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),
-                       seed=cfg.seed)
+    ctx = ModelContext.for_split(split, seed=cfg.seed)
     model, _ = build_model(cfg.model.name, cfg.model.params, ctx)
     source = TrainWindows(split.train, cfg.model.params["max_len"], stride=cfg.train.window_stride)
     return fit(model, source, dataclasses.replace(cfg.train, seed=train_seed)).train_loss

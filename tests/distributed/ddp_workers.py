@@ -60,8 +60,7 @@ def cyclic_split(n_items: int = 30, n_users: int = 50, seed: int = 0) -> Split:
 
 
 def build_model(split: Split) -> SASRec:
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(), seed=0)
+    ctx = ModelContext.for_split(split, seed=0)
     return SASRec(SASRecConfig(dim=16, n_layers=1, n_heads=2, dropout=0.0, max_len=10, loss="ce"), ctx)
 
 

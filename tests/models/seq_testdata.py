@@ -30,12 +30,7 @@ def cyclic_split(**kw: int) -> Split:
 
 
 def context(split: Split, seed: int = 0) -> ModelContext:
-    return ModelContext(
-        n_items=split.n_items,
-        n_users=split.n_users,
-        train_item_counts=split.train.item_counts(),
-        seed=seed,
-    )
+    return ModelContext.for_split(split, seed=seed)
 
 
 def random_batch(n_items: int, batch: int = 5, length: int = 8, seed: int = 0) -> SeqBatch:

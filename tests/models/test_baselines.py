@@ -66,9 +66,7 @@ def block_features(n_items: int) -> tuple[dict[str, torch.Tensor], dict[str, tor
 
 def block_context(split: Split, seed: int = 0) -> ModelContext:
     feats, missing = block_features(split.n_items)
-    return ModelContext(n_items=split.n_items, n_users=split.n_users,
-                        train_item_counts=split.train.item_counts(), item_features=feats,
-                        feature_missing=missing, seed=seed)
+    return ModelContext.for_split(split, item_features=feats, feature_missing=missing, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     encode_catalogue(ds.items, root / "store", text="hashing", image="stats", progress=False, device="cpu")
     feats, missing = FeatureStore.open(root / "store", ds.item_vocab).tensors()
     split = global_temporal(ds.interactions)
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users,
-                       train_item_counts=split.train.item_counts(), item_features=feats, feature_missing=missing)
+    ctx = ModelContext.for_split(split, item_features=feats, feature_missing=missing)
     valid = Evaluator(split.valid, split.n_items, ks=(10,), max_len=MAX_LEN)
     test = Evaluator(split.test, split.n_items, ks=(10,), max_len=MAX_LEN)
     pop = Pop(PopConfig(), ctx)

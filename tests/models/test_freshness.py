@@ -63,8 +63,7 @@ def _fresh_log(n_items: int = 40, n_users: int = 30, seed: int = 0) -> tuple[Int
 def _context(inter: Interactions, release: list[int], split) -> ModelContext:  # type: ignore[no-untyped-def]
     vocab = Vocabulary([f"i{i}" for i in range(1, len(release) + 1)])
     table = ItemTable(vocab, {"title": [""] * (len(release) + 1)}, [None, *release])
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),
-                        item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
+    return ModelContext.for_split(split, item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
 
 
 def test_the_prior_learns_freshness_and_ranks_items_never_trained() -> None:

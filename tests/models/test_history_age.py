@@ -67,9 +67,8 @@ def test_a_planted_freshness_habit_is_learned_and_applied_to_items_never_trained
     vocab = Vocabulary([f"i{i}" for i in range(1, len(release) + 1)])
     table = ItemTable(vocab, {"title": [""] * (len(release) + 1)}, [None, *release])
     feats = torch.randn(split.n_items + 1, 16, generator=torch.Generator().manual_seed(0))  # says nothing of age
-    ctx = ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),
-                       item_features={"text": feats}, feature_missing={},
-                       item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
+    ctx = ModelContext.for_split(split, item_features={"text": feats}, feature_missing={},
+                                 item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
     test = split.test
     fresh_user = test.user <= 15
     assert split.test.cold_item[fresh_user].mean() > 0.9  # fresh users' test items were never trained

@@ -90,9 +90,8 @@ def _ctx(split: Split) -> ModelContext:
     vocab = Vocabulary([f"i{i}" for i in range(1, n)])
     table = ItemTable(vocab, {"title": [""] + [f"item {i} widget" for i in range(1, n)]}, [None] * n)
     hidden = {"text": LayerStates(torch.randn(n, 3, 8, generator=g), [0, 1, 2], 2)}
-    return ModelContext(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(),
-                        item_features=feats, feature_missing=missing, seed=0, hidden_states=hidden, item_table=table,
-                        item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
+    return ModelContext.for_split(split, item_features=feats, feature_missing=missing, seed=0, hidden_states=hidden,
+                                  item_table=table, item_launch=ItemLaunch.for_split(split, table, "unix_seconds"))
 
 
 def _build(name: str, split: Split) -> tuple[Recommender, Any]:

@@ -24,9 +24,4 @@ def cyclic_split(n_items: int = 30, n_users: int = 60, seed: int = 0) -> Split:
 
 
 def context(split: Split, seed: int = 0) -> ModelContext:
-    return ModelContext(
-        n_items=split.n_items,
-        n_users=split.n_users,
-        train_item_counts=split.train.item_counts(),
-        seed=seed,
-    )
+    return ModelContext.for_split(split, seed=seed)

@@ -67,6 +67,12 @@ class ModelContext:
     item_activity: Any = None  # data.item_age.ItemActivity: each item's events in the days before a query time
     train_targets: Any = None  # (item [E], ts [E]): training events that follow an earlier event of their user
 
+    @classmethod
+    def for_split(cls, split: Any, **facts: Any) -> ModelContext:
+        """The facts every model takes from its split (catalogue size, user count, training item counts), with
+        `facts` (features, seed, launch times...) on top."""
+        return cls(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(), **facts)
+
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"
 
