@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,3 +23,17 @@ def emit_json(result: dict[str, Any], out: str | Path | None) -> None:
     print(text)
     if out:
         write_json_atomic(out, json.loads(text))
+
+
+def start_run(threads: int) -> None:
+    """What a benchmark's main does first: no model-hub lookups, its torch thread count, timestamped log lines."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+
+
+def earlier_json(out: Path | None) -> dict[str, Any]:
+    """The JSON a previous run left at `out` ({} if none): a rerun adds to its results instead of starting over."""
+    return json.loads(out.read_text()) if out and out.is_file() else {}

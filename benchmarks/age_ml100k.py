@@ -18,15 +18,13 @@ cold_item / cold_user / repeat / novel / history buckets (NDCG@10, HR@10), VALID
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _output import emit_json
+from _output import earlier_json, emit_json, start_run
 from cold_start import GROUPS, groups_of
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -127,16 +125,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    start_run(args.threads)
     unknown = sorted(set(args.models) - {*RULES, *SASRECS})
     if unknown:
         raise SystemExit(f"unknown models {unknown}; known: {[*RULES, *SASRECS]}")
-    previous = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
-    results = previous.get("results", [])
+    results = earlier_json(args.out).get("results", [])
     done = {(r["model"], r["seed"]) for r in results}
     for model in args.models:
         name = f"{model} ({args.variant})" if args.variant else model

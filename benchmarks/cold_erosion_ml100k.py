@@ -25,16 +25,13 @@ term for the item vectors only, the prior learning without it: `loss_popularity_
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import cold_start
-from _output import emit_json
+from _output import earlier_json, emit_json, start_run
 
 BASE = "sasrec_hybrid_agehist"
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name -> (model.params, tower.options) changes
@@ -130,13 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    previous = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
-    results = previous.get("results", [])
+    start_run(args.threads)
+    results = earlier_json(args.out).get("results", [])
     done = {(r["variant"], r["seed"], r["epochs"]) for r in results}
     for variant in args.variants:
         for seed in args.seeds:

@@ -33,12 +33,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _output import emit_json
+from _output import earlier_json, emit_json, start_run
 from _published import IISAN, comparison
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -214,17 +213,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    start_run(args.threads)
     models = [m for spec in args.models for m in (RULES if spec == "rules" else SASRECS if spec == "sasrec" else [spec])]
     known = {*RULES, *SASRECS, *(m + UNTRAINED for m in SASRECS)}
     unknown = sorted(set(models) - known) + sorted(set(args.datasets) - set(datasets(args.data_root)))
     if unknown:
         raise SystemExit(f"unknown model / dataset: {unknown}")
-    previous = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
+    previous = earlier_json(args.out)
     results = [r for r in previous.get("results", []) if "error" not in r]  # failed runs are retried
     done = {(r["dataset"], r["model"], r["seed"]) for r in results}
     for name in args.datasets:
