@@ -174,6 +174,21 @@ def baselines_ml100k(results: Path) -> str:
                   "ll")
 
 
+def _earlier_budgets(results: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The other budgets / recipes a Recformer run cites (the last of its list is the run itself), then those its
+    cited runs cite in turn, each once: a run extended from an earlier one keeps that one's lineage in the table."""
+    out: list[dict[str, Any]] = []
+    todo = list(d.get("ablation", {}).get("budgets", [])[:-1])
+    while todo:
+        r = todo.pop(0)
+        if any(o["source"] == r["source"] for o in out):
+            continue
+        out.append(r)
+        if (results / r["source"]).exists():
+            todo += _load(results, r["source"]).get("ablation", {}).get("budgets", [])[:-1]
+    return out
+
+
 def recformer_transfer(results: Path) -> str:
     """Recformer pretrained on both IISAN corpora, zero-shot and finetuned on UniSRec Scientific (every TEST
     event), next to the baselines it is compared with on the same split."""
@@ -184,7 +199,7 @@ def recformer_transfer(results: Path) -> str:
     rows = [[f"{label}, zero-shot ({steps})", _f(d["zero_shot_test"]["ndcg@10"]), _f(d["zero_shot_test"]["hr@10"])],
             [f"{label}, finetuned ({steps} + {ft_steps} finetuning steps)", _f(d["finetuned_test"]["ndcg@10"]),
              _f(d["finetuned_test"]["hr@10"])]]
-    for r in d.get("ablation", {}).get("budgets", [])[:-1]:  # other budgets / recipes (the last is this run)
+    for r in _earlier_budgets(results, d):
         pre = f"{r['pretrain_steps']} pretraining steps"
         src = (f"{r['pretrain_recipe']}; " if r.get("pretrain_recipe") else "") + f"`{r['source']}`"
         rows += [[f"{label}, zero-shot ({pre}; {src})", _f(r["zero_shot_test_ndcg@10"]), ""],
