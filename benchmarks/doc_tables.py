@@ -603,10 +603,15 @@ def _claim_value(value: Any) -> str:
 
 def claims(results: Path) -> str:
     """One row per design claim: every results JSON may carry a top-level "claims" object (or a list of them)
-    with system, claim, protocol, ours {name: number}, target_met, command and why (each check, met or not)."""
+    with system, claim, protocol, ours {name: number}, target_met, command and why (each check, met or not);
+    a run that a later run of the same benchmark cites as an earlier budget gives no row of its own."""
     rows = []
-    for path in sorted(results.glob("*.json")):
-        found = json.loads(path.read_text()).get("claims") if path.stat().st_size else None
+    data = {path: json.loads(path.read_text()) if path.stat().st_size else {} for path in sorted(results.glob("*.json"))}
+    # a run another run cites as an earlier budget is superseded by it: its numbers stay in that run's ablation
+    cited = {r.get("source") for d in data.values() if isinstance(d.get("ablation"), dict)
+             for r in d["ablation"].get("budgets", [])[:-1]}
+    for path, d in data.items():
+        found = d.get("claims") if path.name not in cited else None
         for c in [found] if isinstance(found, dict) else (found or []):
             ours = "; ".join(f"{k} {_claim_value(v)}" for k, v in c["ours"].items())
             verdict = ("met" if c["target_met"] else "**not met**") + (f": {c['why']}" if c.get("why") else "")

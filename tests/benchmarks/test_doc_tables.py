@@ -51,3 +51,20 @@ def test_claims_table_shows_a_missed_target_and_why(tmp_path: Path) -> None:
     assert "| X | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | **not met**: Z falls short |" in table
     assert "| W | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | met: each check met |" in table  # a met row says why too
     assert "| V | beats Y | P | ndcg@10 0.1235; vs Y 0.2 | met |" in table and table.count("\n") == 5
+
+
+def test_a_run_cited_as_an_earlier_budget_gives_no_claims_row_but_keeps_its_lineage(tmp_path: Path) -> None:
+    def run(name: str, cites: list[str], steps: int) -> None:
+        budgets = [{"source": c, "pretrain_steps": 0, "finetune_steps": 1, "zero_shot_test_ndcg@10": 0.1,
+                    "finetuned_test_ndcg@10": 0.2} for c in cites] + [{"source": "this run"}]
+        claims = {"system": "S", "claim": "c", "protocol": "p", "ours": {"steps": steps}, "target_met": False,
+                  "command": f"run {name}"}
+        (tmp_path / name).write_text(json.dumps({"claims": claims, "ablation": {"budgets": budgets}}))
+
+    run("first.json", [], 1)
+    run("second.json", ["first.json"], 2)
+    run("third.json", ["second.json", "first.json"], 3)
+    rows = [r for r in doc_tables.claims(tmp_path).splitlines() if r.startswith("| S |")]
+    assert len(rows) == 1 and "third.json" in rows[0]  # first and second are superseded
+    lineage = doc_tables._earlier_budgets(tmp_path, json.loads((tmp_path / "third.json").read_text()))
+    assert [r["source"] for r in lineage] == ["second.json", "first.json"]  # each once, though cited twice
