@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for period, (items, ts) in periods.items():
         pick = np.linspace(0, len(items) - 1, min(len(items), args.events)).round().astype(np.int64)
         it, t = torch.as_tensor(items[pick]), torch.as_tensor(ts[pick])
-        hits = torch.bincount(prior.buckets(it, t), minlength=len(names)).double() / len(pick)
+        hits = torch.bincount(prior.age_buckets(it, t), minlength=len(names)).double() / len(pick)
         share = torch.zeros(len(names), dtype=torch.float64)
         for lo in range(0, len(t), 512):
-            cells = prior.buckets(catalogue[None, :], t[lo : lo + 512, None])
+            cells = prior.age_buckets(catalogue[None, :], t[lo : lo + 512, None])
             share += torch.bincount(cells.flatten(), minlength=len(names)).double() / len(catalogue)
         share /= len(pick)
         rates[period] = {n: {"events_share": round(float(h), 5), "catalogue_share": round(float(s), 5),

@@ -33,11 +33,11 @@ def test_buckets_match_a_hand_computation_and_never_look_ahead() -> None:
     launch = _launch([q - DAY // 2, q - 10 * DAY, q - 3 * 365 * DAY, q + DAY, None, None, None],
                      [None, None, None, None, q - 40 * DAY, q, None])
     prior = FreshnessPrior(launch, edges_days=(1, 7, 30, 365))
-    got = prior.buckets(torch.arange(8), torch.tensor([q]))
+    got = prior.age_buckets(torch.arange(8), torch.tensor([q]))
     #                          PAD <1d 7-30 >=365 future 30-365 at-q unknown
     assert got.tolist() == [0, 1, 3, 5, 0, 4, 0, 0]
     # the same item one day later: item 4 has launched (age 0), item 6's first event is now evidence
-    later = prior.buckets(torch.tensor([4, 6]), torch.tensor([q + DAY]))
+    later = prior.age_buckets(torch.tensor([4, 6]), torch.tensor([q + DAY]))
     assert later.tolist() == [1, 2]
     with torch.no_grad():
         prior.bias.copy_(torch.arange(6, dtype=torch.float32)[:, None])

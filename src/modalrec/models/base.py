@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from modalrec.costs import trainable_parameters
+from modalrec.models.losses import NextItemLoss
 from modalrec.types import SeqBatch
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ class SequentialRecommender(Recommender):
 class CausalTowerRecommender(SequentialRecommender):
     """A causal sequence model over an item tower (SASRec, GRU4Rec): `encode` maps left-padded items
     [B, L] to per-position states [B, L, d] (state t has seen items[:, :t + 1]); training scores every
-    position against the next item through `self.criterion` (a training.losses.NextItemLoss).
+    position against the next item through `self.criterion` (a models.losses.NextItemLoss).
 
     Subclasses set `self.tower`, `self.criterion` and `self.cfg` (with `max_len`) and implement `encode`;
     they may set `self.prior` (models/freshness.py), an additive per-item logit at the query time
@@ -207,7 +208,7 @@ class CausalTowerRecommender(SequentialRecommender):
     """
 
     tower: ItemTower
-    criterion: nn.Module
+    criterion: NextItemLoss
     cfg: Any
 
     def __init__(self) -> None:
@@ -254,7 +255,7 @@ class CausalTowerRecommender(SequentialRecommender):
         targets = batch.targets[:, -L:]  # [B, L]
         at = targets > 0  # only these states are scored (with overlapping windows, few of them)
         states = self.encode_at(batch.items, at, **self.encode_inputs(batch))  # [M, d]
-        if self.prior is None and not getattr(self.criterion, "needs_query_ts", False):
+        if self.prior is None and not self.criterion.needs_query_ts:
             return self.states_loss(states, targets[at], None)
         if batch.target_ts is None:
             raise ValueError(f"{type(self).__name__} has a freshness prior or a launch-aware loss catalogue: "

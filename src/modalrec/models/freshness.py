@@ -94,10 +94,6 @@ class FreshnessPrior(LaunchAges):
         self.register_buffer("start", start, persistent=False)
         self.vectors = nn.Parameter(torch.zeros(self.bias.numel(), dim)) if dim else None  # [cells, d]
 
-    def buckets(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
-        """Bucket index of `items` at `query_ts` (broadcast; None = the reference time)."""
-        return self.age_buckets(items, query_ts)
-
     def trend(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
         """Bucket of each item's recent event count at `query_ts` (0 without activity)."""
         if self.activity is None:
@@ -108,7 +104,7 @@ class FreshnessPrior(LaunchAges):
 
     def cells(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
         """Flat index into `bias` of `items` at `query_ts` (broadcast)."""
-        return self.buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts)
+        return self.age_buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts)
 
     def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                 state: torch.Tensor | None = None) -> torch.Tensor:
