@@ -45,6 +45,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name -> (model
     "popularity_0.25": ({"loss_popularity": 0.25}, {}),
     "popularity_items": ({"loss_popularity": 1.0, "loss_popularity_scope": "items"}, {}),
     "popularity_items_0.5": ({"loss_popularity": 0.5, "loss_popularity_scope": "items"}, {}),
+    "after_first_event": ({"id_scores": "after_first_event"}, {}),
+    "after_first_event_drop": ({"id_scores": "after_first_event", "id_score_dropout": 0.3}, {}),
 }
 GROUPS = ("overall", "warm", "cold_item")
 log = logging.getLogger("cold_erosion_ml100k")
@@ -85,9 +87,10 @@ def parts(model: Any, split: Any) -> dict[str, Any]:
     with torch.no_grad():
         table = model.tower.all()
     tower_all, zero = model.tower.all, torch.zeros_like(table)
+    gate, model.id_gate = model.id_gate, None  # no ID part either (id_scores "after_first_event")
     model.tower.all = lambda: zero
     out["prior_only"] = run()
-    model.tower.all = tower_all
+    model.tower.all, model.id_gate = tower_all, gate
     warm = torch.as_tensor(split.train.item_counts() > 0)
     warm[0] = False
     cold = ~warm

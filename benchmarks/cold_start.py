@@ -44,7 +44,8 @@ SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve()
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
-           "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop")  # knn: SASRec residual over content-kNN (knn_sasrec)
+           "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
+           "sasrec_hybrid_agehist_gated")  # knn: SASRec residual over content-kNN (knn_sasrec)
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -56,6 +57,12 @@ AGE_HIST = {**AGE, "age_input": True}
 # (loss_popularity_scope "items"): popularity at prediction time comes from the prior's recent-activity cells,
 # which items without training events have too (benchmarks/cold_erosion_ml100k.py)
 POP = {"loss_popularity": 1.0, "loss_popularity_scope": "items"}
+# _gated: AGE_HIST with the hybrid's ID vectors counted only after an item's first event and 30% of items scored
+# without theirs at each training step (models/first_event.py); its run also yields `_gated+offset`: the same
+# trained model with the new-item offset picked on VALID (OFFSETS, --offset-tolerance), TEST once at that offset
+GATED = {"id_scores": "after_first_event", "id_score_dropout": 0.3}
+OFFSET = "+offset"
+OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 logits
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -108,6 +115,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base = model.removesuffix(UNTRAINED)
+    gated = base.endswith("_gated")
+    base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
     base = base.removesuffix("_pop")
     knn = "_knn_" in base
@@ -125,7 +134,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
-        "tower": {"dropout": 0.1, **tower}}}
+        **(GATED if gated else {}), "tower": {"dropout": 0.1, **tower}}}
 
 
 def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
@@ -151,12 +160,50 @@ def groups_of(report: Any) -> dict[str, Any]:
             for g in GROUPS if g == "overall" or g in report.groups}
 
 
-def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The run's result; a `_gated` model's run also yields its `+offset` result (with_offset)."""
     from modalrec.pipeline import run_experiment
 
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)
+    out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
+    if model.endswith("_gated"):
+        out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
+    return out
+
+
+def with_offset(cfg: Any, res: Any, gated: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """The gated model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
+    among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
+    once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
+    from modalrec.evaluation.evaluator import Evaluator
+    from modalrec.pipeline import load_data, make_split
+
+    split = make_split(load_data(cfg.data), cfg.split, cfg.seed)
+    model = res.model.eval()
+
+    def evaluate(part: str) -> Any:
+        es = split.valid if part == "valid" else split.test
+        return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                         max_len=model.history_length, device=cfg.eval.device).run(model, name=part)
+
+    sweep = []
+    for offset in OFFSETS:
+        model.new_item_offset = offset
+        rep = evaluate("valid")
+        sweep.append({"offset": offset, "overall": rep.metric("ndcg@10"), "cold_item": rep.metric("ndcg@10", "cold_item")})
+    floor = (1.0 - tolerance) * sweep[0]["overall"]
+    chosen = max((s for s in sweep if s["overall"] >= floor), key=lambda s: (s["cold_item"] or 0.0, -s["offset"]))
+    model.new_item_offset = chosen["offset"]
+    valid, test = evaluate("valid"), evaluate("test")
+    model.new_item_offset = 0.0
+    return {**gated, "model": gated["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
+            "offset": {"chosen": chosen["offset"], "rule": f"best VALID cold-item NDCG@10 among offsets whose VALID "
+                       f"overall NDCG@10 is >= {1 - tolerance:.3g} x the offset-0 model's", "valid_sweep": sweep}}
+
+
+def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any, seconds: float) -> dict[str, Any]:
     hist = res.history
     return {
         "dataset": name, "model": model, "seed": seed, "config": res.manifest["config"]["model"],
@@ -165,7 +212,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> dict[
         "best_epoch": getattr(hist, "best_epoch", None) if hist is not None else None,
         "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS
         else None,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
                                                              "duplicate_events_removed", "items_with_launch_time")},
         "split": res.manifest["split"], "item_launch": res.manifest["item_launch"],
@@ -208,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="JSON results (accumulated; existing entries are kept)")
     p.add_argument("--table", type=Path, default=None, help="markdown tables (TEST and VALID NDCG@10 per group)")
+    p.add_argument("--offset-tolerance", type=float, default=0.01,
+                   help="_gated+offset: share of VALID overall NDCG@10 the new-item offset may cost")
     return p.parse_args(argv)
 
 
@@ -232,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     continue  # order-only log, no metadata dates: no launch time to rank by
                 log.info("%s / %s / seed %d", name, model, seed)
                 try:
-                    results.append(run_one(name, model, seed, args))
+                    results.extend(run_one(name, model, seed, args))
                 except Exception as exc:  # record why a cell is empty, go on with the rest
                     log.exception("%s / %s failed", name, model)
                     results.append({"dataset": name, "model": model, "seed": seed, "error": repr(exc)})

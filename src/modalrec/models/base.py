@@ -20,7 +20,7 @@ never probe a model with `hasattr`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -240,13 +240,25 @@ class CausalTowerRecommender(SequentialRecommender):
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
         state = self.forward(batch)  # [B, d]
-        table = self.tower.all() if items is None else self.tower(items)  # [N + 1, d] or [M, d]
+        tower = self.scoring_tower()
+        table = tower.all() if items is None else tower(items)  # [N + 1, d] or [M, d]
         scores = state @ table.T  # [B, N + 1] or [B, M]
-        if self.prior is None:
+        terms = self.score_terms()
+        if terms is None:
             return scores
         cols = torch.arange(scores.shape[1], device=scores.device) if items is None else items
         q = None if batch.target_ts is None else batch.target_ts.reshape(-1, 1)  # [B, 1]
-        return scores + self.prior(cols, q, state)
+        return scores + terms(cols, q, state)
+
+    def scoring_tower(self) -> nn.Module:
+        """The tower whose item vectors are dotted with the user state to score items (and as the loss's
+        classes): the item tower, unless a model scores part of each vector separately (`score_terms`)."""
+        return self.tower
+
+    def score_terms(self) -> Callable[..., torch.Tensor] | None:
+        """Additive logits of (items, query times [B, 1] / [M], states) on top of the dot products, broadcast
+        like FreshnessPrior: the freshness prior, or None."""
+        return self.prior
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
         if batch.targets.dim() != 2:
@@ -255,10 +267,10 @@ class CausalTowerRecommender(SequentialRecommender):
         targets = batch.targets[:, -L:]  # [B, L]
         at = targets > 0  # only these states are scored (with overlapping windows, few of them)
         states = self.encode_at(batch.items, at, **self.encode_inputs(batch))  # [M, d]
-        if self.prior is None and not self.criterion.needs_query_ts:
+        if self.score_terms() is None and not self.criterion.needs_query_ts:
             return self.states_loss(states, targets[at], None)
         if batch.target_ts is None:
-            raise ValueError(f"{type(self).__name__} has a freshness prior or a launch-aware loss catalogue: "
+            raise ValueError(f"{type(self).__name__} has time-dependent score terms or a launch-aware loss catalogue: "
                              "training batches need target_ts")
         return self.states_loss(states, targets[at], batch.target_ts[:, -L:][at])
 
@@ -266,10 +278,10 @@ class CausalTowerRecommender(SequentialRecommender):
                     tower: nn.Module | None = None) -> torch.Tensor:
         """The criterion of states [M, d] against targets [M] (query_ts [M] or None) through `tower`
         (default: the item tower); subclasses add auxiliary terms here."""
-        tower = self.tower if tower is None else tower
+        tower = self.scoring_tower() if tower is None else tower
         if query_ts is None:
             return self.criterion(states, targets, tower)
-        return self.criterion(states, targets, tower, self.prior, query_ts)
+        return self.criterion(states, targets, tower, self.score_terms(), query_ts)
 
     def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
         self.tower.set_item_features(features, missing)

@@ -81,14 +81,18 @@ class FreshnessPrior(LaunchAges):
     def __init__(self, launch: ItemLaunch, edges_days: tuple[int, ...] = EDGES_DAYS,
                  activity: ItemActivity | None = None, trend_days: int = 7,
                  start_from: tuple[Any, Any, Any] | None = None, dim: int | None = None,
-                 launched_only: bool = False) -> None:
+                 launched_only: bool = False, id_axis: bool = False) -> None:
         super().__init__(launch, edges_days)
         self.launched_only = bool(launched_only)
         self.activity, self.trend_days = activity, int(trend_days)
         self.register_buffer("trend_edges", torch.tensor(TREND_EDGES), persistent=False)
         n_trend = 1 if activity is None else len(TREND_EDGES) + 1
-        self.bias = nn.Parameter(torch.zeros(len(edges_days) + 2, n_trend))  # [unknown, < e_0, ..., >= e_last] x trend
+        self.n_id = 2 if id_axis else 1  # id_axis: cells apart for items scored with / without an ID vector
+        # [unknown, < e_0, ..., >= e_last] x (trend x [no ID vector, ID vector])
+        self.bias = nn.Parameter(torch.zeros(len(edges_days) + 2, n_trend * self.n_id))
         start = torch.zeros_like(self.bias) if start_from is None else self.log_rates(*start_from)
+        if id_axis:  # the rates count every event as scored with an ID vector; both halves start there
+            start.view(len(start), n_trend, 2)[..., 0] = start.view(len(start), n_trend, 2)[..., 1]
         if self.launched_only:
             start[0] = 0.0
         self.register_buffer("start", start, persistent=False)
@@ -102,15 +106,20 @@ class FreshnessPrior(LaunchAges):
         n = self.activity.recent(items, q.to(torch.int64), self.trend_days)
         return torch.bucketize(n, self.trend_edges, right=True)
 
-    def cells(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
-        """Flat index into `bias` of `items` at `query_ts` (broadcast)."""
-        return self.age_buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts)
+    def cells(self, items: torch.Tensor, query_ts: torch.Tensor | None,
+              has_id: torch.Tensor | None = None) -> torch.Tensor:
+        """Flat index into `bias` of `items` at `query_ts` (broadcast); with the ID axis, `has_id` (bool,
+        broadcast; None = every item) says which items are scored with an ID vector."""
+        cell = self.age_buckets(items, query_ts) * self.bias.shape[1] + self.trend(items, query_ts) * self.n_id
+        if self.n_id == 1:
+            return cell
+        return cell + (1 if has_id is None else has_id.long())
 
     def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None,
-                state: torch.Tensor | None = None) -> torch.Tensor:
+                state: torch.Tensor | None = None, has_id: torch.Tensor | None = None) -> torch.Tensor:
         """Bias of `items` at `query_ts` (broadcast), plus, with per-cell vectors and `state` [B, d] (row b the
-        user whose query is row b of the result), state . vector of the item's cell."""
-        cells = self.cells(items, query_ts)
+        user whose query is row b of the result), state . vector of the item's cell. `has_id`: see `cells`."""
+        cells = self.cells(items, query_ts, has_id)
         bias, vectors = self.bias, self.vectors
         if self.launched_only:  # the "launch unknown" row stays where it started (see the class docstring)
             bias = torch.cat([bias[:1].detach(), bias[1:]])
@@ -123,7 +132,7 @@ class FreshnessPrior(LaunchAges):
         per = state @ vectors.T  # [B, cells]
         if cells.dim() == 1 and query_ts is not None and query_ts.dim() == 1:  # one item per row: [B]
             return out + per.gather(1, cells[:, None])[:, 0]
-        return out + per.gather(1, cells.expand(len(state), -1))  # [B, C]
+        return out + per.gather(1, cells.expand(len(state), -1))  # [B, C] (or [M, K])
 
     @torch.no_grad()
     def log_rates(self, event_items: Any, event_ts: Any, catalogue: Any, chunk: int = 1024) -> torch.Tensor:

@@ -61,6 +61,8 @@ class KNNSASRec(CausalTowerRecommender):
             raise ConfigError("knn_sasrec: age_personal reads the SASRec state alone; use age 'bias' / 'bias+trend'")
         if cfg.age_input:
             raise ConfigError("knn_sasrec: age_input is not supported (the kNN term reads items alone)")
+        if cfg.id_scores != "always":
+            raise ConfigError("knn_sasrec: id_scores must be 'always' (its joint tower scores one vector per item)")
         self.cfg, self.n_items = cfg, ctx.n_items
         self.modalities = sorted(m for m in type(self).knn_modalities(cfg) if m in ctx.item_features)
         if not self.modalities:

@@ -18,10 +18,12 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.first_event import FirstEventGate, gated_id_scores
 from modalrec.models.freshness import FreshnessPrior, HistoryAge
 from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import NextItemLoss
 from modalrec.models.recipe import LIBRARY_RECIPE, TrainingRecipe
+from modalrec.models.towers.content import HybridTower
 from modalrec.models.towers.item_towers import TowerConfig, checked_tower, tower_from_config
 from modalrec.seeding import torch_generator
 from modalrec.types import SeqBatch
@@ -54,6 +56,19 @@ class SASRecConfig:
     # hybrid tower only: weight of a second loss term that scores the same states against the tower's content
     # part alone -- the vectors items without training events get -- so the content part learns to rank too
     content_aux: float = 0.0
+    # hybrid tower only: "after_first_event" adds an item's ID vector to its score only once the item had an
+    # event before the query time (models/first_event.py), so training scores not-yet-taken items as new ones
+    # are scored at prediction time; "always": every item with training events, at every time
+    id_scores: str = "always"
+    # with "after_first_event", training only: share of items (drawn afresh at every step) scored without their ID
+    # vector, so the freshness prior's no-ID cells learn what an item with recent activity but no ID vector --
+    # an item without training events at prediction time -- is worth
+    id_score_dropout: float = 0.0
+    # with "after_first_event", prediction only: added to the score of every item scored without an ID vector
+    # (no training events; added at serving). 0 keeps the trained model, whose share of new items matches the
+    # training log's on average; a positive offset ranks new items higher at some cost to the others
+    # (benchmarks/cold_start.py picks it on VALID within a stated loss of overall NDCG@10)
+    new_item_offset: float = 0.0
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -130,7 +145,8 @@ class SASRec(CausalTowerRecommender):
                 *ctx.train_targets, self.criterion.classes)
             self.prior = FreshnessPrior(ctx.item_launch, activity=ctx.item_activity if cfg.age == "bias+trend" else None,
                                         start_from=start, dim=cfg.dim if cfg.age_personal else None,
-                                        launched_only=cfg.loss_catalogue == "launched")
+                                        launched_only=cfg.loss_catalogue == "launched",
+                                        id_axis=cfg.id_scores == "after_first_event")
             self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         self.history_age: HistoryAge | None = None
         if cfg.age_input:
@@ -139,6 +155,17 @@ class SASRec(CausalTowerRecommender):
             self.history_age = HistoryAge(ctx.item_launch, cfg.dim)
         if cfg.content_aux and not isinstance(getattr(self.tower, "content", None), nn.Module):
             raise ConfigError("sasrec: content_aux needs the 'hybrid' item tower (a content part next to the IDs)")
+        self.id_gate: FirstEventGate | None = None
+        if cfg.id_scores == "after_first_event":
+            if not isinstance(self.tower, HybridTower):
+                raise ConfigError("sasrec: id_scores='after_first_event' needs the 'hybrid' item tower")
+            if ctx.item_launch is None or ctx.item_launch.clock != "unix_seconds":
+                raise ConfigError("sasrec: id_scores='after_first_event' needs a log with a clock (event times "
+                                  "to tell when an item was first taken)")
+            self.id_gate = FirstEventGate(ctx.item_launch)
+            self.dot_product_scores = False  # the ID part depends on the query time
+        self._id_dropped: torch.Tensor | None = None  # [N + 1] bool during a training step (id_score_dropout)
+        self.new_item_offset = float(cfg.new_item_offset)  # an attribute: a benchmark may set it after training
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
     def states_loss(self, states: torch.Tensor, targets: torch.Tensor, query_ts: torch.Tensor | None,
@@ -147,6 +174,36 @@ class SASRec(CausalTowerRecommender):
         if tower is None and self.cfg.content_aux:
             loss = loss + self.cfg.content_aux * super().states_loss(states, targets, query_ts, self.tower.content)
         return loss
+
+    def scoring_tower(self) -> nn.Module:
+        return self.tower if self.id_gate is None else self.tower.content
+
+    def score_terms(self) -> Any:
+        return self.prior if self.id_gate is None else self._gated_terms
+
+    def _gated_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
+                     state: torch.Tensor | None = None) -> torch.Tensor:
+        """The ID part of each item's score, counted once the item was taken before the query, plus the prior
+        (its cells apart for items scored with and without an ID vector)."""
+        per_row = items.dim() == 1 and query_ts is not None and query_ts.dim() == 1
+        has_id = self.id_gate(items, query_ts) & self.tower.has_id_vector(items)
+        if self._id_dropped is not None:
+            has_id = has_id & ~self._id_dropped[items.clamp(max=len(self._id_dropped) - 1)]
+        out = gated_id_scores(state, self.tower.id_vectors(items), has_id, per_row)
+        if self.new_item_offset and not self.training:
+            out = out + self.new_item_offset * (~has_id).to(out.dtype)
+        return out if self.prior is None else out + self.prior(items, query_ts, state, has_id)
+
+    def loss(self, batch: SeqBatch) -> torch.Tensor:
+        if self.id_gate is None or not self.cfg.id_score_dropout:
+            return super().loss(batch)
+        # one draw per step, so an item is scored without its ID vector in every row and term of the step
+        # (torch's RNG: the training loop seeds it per epoch)
+        self._id_dropped = torch.rand(self.n_items + 1, device=batch.items.device) < self.cfg.id_score_dropout
+        try:
+            return super().loss(batch)
+        finally:
+            self._id_dropped = None
 
     @classmethod
     def build(cls, cfg: SASRecConfig, ctx: ModelContext) -> SASRec:
@@ -223,6 +280,15 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError("sasrec: age_personal needs a freshness prior (age 'bias' or 'bias+trend')")
     if cfg.age_start not in ("rates", "zero"):
         raise ConfigError(f"sasrec: age_start must be 'rates' or 'zero', got {cfg.age_start!r}")
+    if cfg.id_scores not in ("always", "after_first_event"):
+        raise ConfigError(f"sasrec: id_scores must be 'always' or 'after_first_event', got {cfg.id_scores!r}")
+    if cfg.content_aux and cfg.id_scores == "after_first_event":
+        raise ConfigError("sasrec: content_aux scores the content part alone; with id_scores='after_first_event' "
+                          "items not taken yet are already scored so")
+    if cfg.new_item_offset and cfg.id_scores != "after_first_event":
+        raise ConfigError("sasrec: new_item_offset needs id_scores='after_first_event' (items without an ID vector)")
+    if not 0.0 <= cfg.id_score_dropout < 1.0 or (cfg.id_score_dropout and cfg.id_scores != "after_first_event"):
+        raise ConfigError("sasrec: id_score_dropout must lie in [0, 1) and needs id_scores='after_first_event'")
     if cfg.content_aux < 0:
         raise ConfigError(f"sasrec: content_aux must be >= 0, got {cfg.content_aux}")
     if cfg.max_len < 1 or cfg.n_layers < 0:

@@ -343,6 +343,15 @@ class HybridTower(ItemTower):
             ids = torch.where(cold, self.cold_vector.expand_as(ids), ids)
         return self.content.embed(idx) + ids
 
+    def has_id_vector(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [...] bool
+        """Items with a trained ID row: training events, and not appended after training."""
+        known = items < self.n_train_rows
+        return self.warm[torch.where(known, items, 0)] & known
+
+    def id_vectors(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
+        """The ID part alone, without dropout: zero for items without an ID row (`has_id_vector`)."""
+        return self.id_embedding(torch.where(self.has_id_vector(items), items, 0))
+
     def all(self) -> torch.Tensor:  # [n_items + 1, d]
         return embed_all(self.embed, self.n_items, self.warm.device)
 

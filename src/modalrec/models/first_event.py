@@ -1,0 +1,56 @@
+"""ID vectors that count only once an item has been taken: the causal half of a hybrid item's score.
+
+A hybrid item vector is content + ID, and the ID row is trained on every event of the item, including
+events after the query being trained. Scored with it at every training query, an item is known by its
+future popularity before anyone has taken it -- while at prediction time an item without training events
+has no ID row at all, so the model never learns how to rank such an item, and training pushes new items
+down (benchmarks/cold_erosion_ml100k.py). With `id_scores="after_first_event"` (SASRec) an item's score is
+
+    state . content(i) + [item i had an event strictly before the query] * state . id(i) + prior(i, t)
+
+in training, evaluation and serving alike: until its first event every item is scored as a new item is at
+prediction time (content and the freshness prior), and a first event in training is a target that teaches
+exactly that. The history items' input vectors keep content + ID (the hybrid tower unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modalrec.data.item_age import ItemLaunch
+
+
+class FirstEventGate(nn.Module):
+    """`gate(items, query_ts)` -> bool, broadcast: the item had an event strictly before the query time.
+
+    First events come from the split's log (ItemLaunch.first_event_ts: training, VALID and TEST events, each
+    evidence only for later queries). Without a query time every item with an event counts; items appended
+    after training (a served catalogue's adds) have none.
+    """
+
+    def __init__(self, launch: ItemLaunch) -> None:
+        super().__init__()
+        self.register_buffer("first_event_ts", launch.first_event_ts.clone(), persistent=False)  # [N0 + 1]
+
+    def forward(self, items: torch.Tensor, query_ts: torch.Tensor | None) -> torch.Tensor:
+        known = items < len(self.first_event_ts)
+        first = self.first_event_ts[torch.where(known, items, 0)]  # row 0 (PAD) never has an event
+        q = first.new_full((), torch.iinfo(torch.int64).max) if query_ts is None else query_ts.to(torch.int64)
+        return known & (first < q)
+
+
+def gated_id_scores(state: torch.Tensor, ids: torch.Tensor, gate: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """state . id per (query, item), zero where the gate is shut.
+
+    Shapes as the freshness prior's: `per_row`, ids [M, d] for one item per row of state [M, d] -> [M];
+    else ids [C, d] for an item list shared by every row -> [B, C], or ids [M, K, d] per row -> [M, K]. The
+    gate broadcasts against the result.
+    """
+    if per_row:
+        dots = (state * ids).sum(-1)
+    elif ids.dim() == 3:
+        dots = torch.einsum("md,mkd->mk", state, ids)
+    else:
+        dots = state @ ids.T
+    return dots * gate.to(dots.dtype)

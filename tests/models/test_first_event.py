@@ -1,0 +1,128 @@
+"""ID vectors that count only after an item's first event (SASRec id_scores="after_first_event",
+models/first_event.py), the prior's cells apart for items scored without an ID vector, and id_score_dropout."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from test_freshness import _context, _fresh_log
+
+from modalrec.data.item_age import NEVER, ItemLaunch
+from modalrec.data.sequences import TrainWindows, eval_batch
+from modalrec.data.splits import global_temporal
+from modalrec.errors import ConfigError
+from modalrec.models.base import ModelContext
+from modalrec.models.first_event import FirstEventGate
+from modalrec.models.freshness import DAY, FreshnessPrior
+from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
+from modalrec.models.towers.item_towers import TowerConfig
+
+
+def test_the_gate_opens_strictly_after_the_first_event() -> None:
+    first = torch.tensor([NEVER, 10 * DAY, 20 * DAY, NEVER])  # item 3 never taken
+    gate = FirstEventGate(ItemLaunch(torch.full((4,), NEVER), first))
+    q = torch.tensor([[10 * DAY], [10 * DAY + 1], [30 * DAY]])
+    items = torch.tensor([0, 1, 2, 3, 7])  # 7: appended after training
+    want = [[False, False, False, False, False],  # item 1's own first event is not evidence of itself
+            [False, True, False, False, False],
+            [False, True, True, False, False]]
+    assert gate(items, q).tolist() == want
+    assert gate(items, None).tolist() == [False, True, True, False, False]  # no query time: any event
+
+
+def _model(split, ctx: ModelContext, **params) -> SASRec:  # type: ignore[no-untyped-def]
+    feats = torch.randn(split.n_items + 1, 8, generator=torch.Generator().manual_seed(3))
+    ctx = dataclasses.replace(ctx, item_features={"text": feats})
+    torch.manual_seed(0)
+    cfg = {"dim": 16, "n_layers": 1, "n_heads": 1, "max_len": 8, "dropout": 0.0, "loss": "ce",
+           "loss_catalogue": "all", "age": "bias", "id_scores": "after_first_event",
+           "tower": TowerConfig(kind="hybrid", options={"content": "text"}), **params}
+    return SASRec(SASRecConfig(**cfg), ctx)
+
+
+def _setup():  # type: ignore[no-untyped-def]
+    inter, release = _fresh_log()
+    split = global_temporal(inter, (0.7, 0.15, 0.15))
+    return split, _context(inter, release, split)
+
+
+def test_an_items_id_vector_scores_it_only_after_its_first_event() -> None:
+    split, ctx = _setup()
+    model = _model(split, ctx).eval()
+    first = ctx.item_launch.first_event_ts
+    item = int(np.flatnonzero(split.train.item_counts() > 0)[5])  # an item with training events
+    batch = eval_batch(split.test, np.arange(4), 8)
+    before = dataclasses.replace(batch, target_ts=torch.full((4,), int(first[item])))  # at the first event
+    after = dataclasses.replace(batch, target_ts=torch.full((4,), int(first[item]) + 1))
+    with torch.no_grad():
+        s_before, s_after = model.score(before)[:, item], model.score(after)[:, item]
+        model.tower.id_embedding.weight[item] += torch.randn(16, generator=torch.Generator().manual_seed(4))
+        t_before, t_after = model.score(before)[:, item], model.score(after)[:, item]
+    torch.testing.assert_close(s_before, t_before)  # not taken yet: content and prior alone
+    assert (s_after - t_after).abs().min() > 1e-3  # taken before the query: its ID vector counts
+
+
+def test_a_target_at_its_items_first_event_trains_no_id_vector() -> None:
+    split, ctx = _setup()
+    batch = next(iter(TrainWindows(split.train, 8).batches(16, seed=0, epoch=0, shuffle=False)))
+    first = ctx.item_launch.first_event_ts
+    at_first = (batch.targets > 0) & (batch.target_ts == first[batch.targets])
+    only_first = dataclasses.replace(batch, targets=torch.where(at_first, batch.targets, 0))
+    inputs, times = set(batch.items[batch.items > 0].tolist()), batch.target_ts[at_first]
+    # targets whose ID row nothing else touches: not a history input, not taken before any kept target's time
+    alone = [i for i in set(batch.targets[at_first].tolist()) if i not in inputs and not (times > first[i]).any()]
+    assert alone
+
+    def id_gradient(id_scores: str) -> torch.Tensor:
+        model = _model(split, ctx, id_scores=id_scores)
+        model.loss(only_first).backward()
+        return model.tower.id_embedding.weight.grad[alone].abs().amax(1)
+
+    assert id_gradient("after_first_event").max() == 0  # scored by content and prior alone
+    assert id_gradient("always").min() > 0  # trained on their own first event
+
+
+def test_the_prior_keeps_cells_apart_for_items_without_an_id_vector() -> None:
+    launch = ItemLaunch(torch.tensor([NEVER, 0, 0]), torch.tensor([NEVER, DAY, 2 * DAY]))
+    events = (np.array([1, 1, 2]), np.array([5, 6, 7]) * DAY, np.array([1, 2]))
+    prior = FreshnessPrior(launch, edges_days=(1, 30), start_from=events, id_axis=True)
+    prior.init_weights()
+    q = torch.tensor([10 * DAY])
+    with_id = prior(torch.tensor([1, 2]), q, has_id=torch.tensor([True, True]))
+    torch.testing.assert_close(with_id, prior(torch.tensor([1, 2]), q, has_id=torch.tensor([False, False])))
+    with torch.no_grad():
+        prior.bias.view(-1, 1, 2)[..., 0] -= 5.0  # the no-ID half only
+    without = prior(torch.tensor([1, 2]), q, has_id=torch.tensor([False, True]))
+    torch.testing.assert_close(without, with_id - torch.tensor([5.0, 0.0]))
+    plain = FreshnessPrior(launch, edges_days=(1, 30), start_from=events)
+    plain.init_weights()
+    torch.testing.assert_close(plain(torch.tensor([1, 2]), q), with_id)  # same start as without the axis
+
+
+def test_id_score_dropout_scores_some_items_without_their_id_vector_in_training_only() -> None:
+    split, ctx = _setup()
+    batch = next(iter(TrainWindows(split.train, 8).batches(64, seed=0, epoch=0, shuffle=False)))
+
+    def id_rows_with_gradient(p: float) -> int:
+        model = _model(split, ctx, id_score_dropout=p)
+        torch.manual_seed(1)
+        model.loss(batch).backward()
+        return int((model.tower.id_embedding.weight.grad.abs().sum(1) > 0).sum())
+
+    assert id_rows_with_gradient(0.9) < id_rows_with_gradient(0.0)
+    model = _model(split, ctx, id_score_dropout=0.9).eval()
+    with torch.no_grad():
+        ev = eval_batch(split.test, np.arange(4), 8)
+        torch.testing.assert_close(model.score(ev), model.score(ev))  # no dropout at prediction time
+
+
+@pytest.mark.parametrize("params", [{"id_score_dropout": 0.3, "id_scores": "always"}, {"id_score_dropout": 1.0},
+                                    {"id_scores": "sometimes"}, {"content_aux": 1.0},
+                                    {"tower": TowerConfig(kind="text")}])
+def test_bad_id_score_options_are_config_errors(params: dict) -> None:
+    split, ctx = _setup()
+    with pytest.raises(ConfigError):
+        _model(split, ctx, **params)
