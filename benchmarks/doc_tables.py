@@ -523,7 +523,10 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_knn_content": "SASRec content residual over content-kNN",
                      "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN",
                      "sasrec_content_agehist_pop": "SASRec, content + age prior + history ages, popularity split",
-                     "sasrec_hybrid_agehist_pop": "SASRec, hybrid + age prior + history ages, popularity split"}
+                     "sasrec_hybrid_agehist_pop": "SASRec, hybrid + age prior + history ages, popularity split",
+                     "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event",
+                     "sasrec_hybrid_agehist_gated+offset": "SASRec, hybrid + age prior + history ages, IDs after "
+                                                           "first event, new-item offset chosen on VALID"}
 COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
                      "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
 
