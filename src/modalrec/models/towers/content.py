@@ -330,14 +330,12 @@ class HybridTower(ItemTower):
         self.content.set_item_features(features, missing)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:  # [n] distinct -> [n, d]
-        known = idx < self.n_train_rows  # [n] items appended after training are cold
-        safe = torch.where(known, idx, 0)
-        warm = self.warm[safe] & known  # [n]
+        warm = self.has_id_vector(idx)  # [n] items appended after training are cold
         if self.training and self.opts.id_dropout > 0:
             # Dropout-style (the training loop seeds torch's RNG per epoch): teaches the model to rank
             # without IDs, and gives the learned cold default its gradient.
             warm = warm & (torch.rand(warm.shape, device=idx.device) >= self.opts.id_dropout)
-        ids = self.id_embedding(torch.where(warm, safe, 0))  # [n, d] (row 0 = zeros)
+        ids = self.id_embedding(torch.where(warm, idx, 0))  # [n, d] (row 0 = zeros)
         if self.cold_vector is not None:
             cold = (~warm & (idx > 0))[:, None]  # [n, 1]
             ids = torch.where(cold, self.cold_vector.expand_as(ids), ids)
