@@ -370,6 +370,7 @@ SPEED_RECIPES = (
     ("recbole_seeds_sasrec_defaults.json", "default recipe (stride 10, smoothing 0.5, weight average 0.998, lr 3e-3)"),
     ("recbole_seeds_sasrec_defaults_loaded.json",
      "default recipe (lr 3e-3) with seeds 0-4 taken from their first runs, made at load 3-6"),
+    ("recbole_seeds_sasrec_defaults_same_run.json", "default recipe (lr 3e-3), both libraries rerun side by side"),
 )
 
 
@@ -442,8 +443,10 @@ def speed(results: Path) -> str:
         sd = _load(results, file)
         ratio, seeds = sd["ratios_recbole_over_modalrec_of_means"], sd["seeds"]
         test = f"TEST NDCG@10 {sd['modalrec']['ndcg@10']['mean']:.4f} vs {sd['recbole']['ndcg@10']['mean']:.4f}"
+        same_run = all(r["modalrec_file"] == r["recbole_file"] for r in sd["per_seed"])
+        origin = "both sides from the same run" if same_run else "RecBole's runs from earlier days, not the same run"
         what = (f"time to the best-VALID checkpoint, RecBole 1.2.1 over modalrec's {recipe}, ML-100K SASRec, "
-                f"seeds {_seed_list(seeds)} ({test}; RecBole's runs from earlier days, not the same run)")
+                f"seeds {_seed_list(seeds)} ({test}; {origin})")
         loads = [r["load_1min"]["modalrec"] for r in sd["per_seed"]]
         machine = f"2 shared CPU cores, 1 torch thread, load {min(loads):.0f}-{max(loads):.0f} (modalrec), cpu"
         rows.append([what, machine, f"{ratio['cpu_seconds_to_best']:.1f}×", f"{ratio['seconds_to_best']:.1f}×", ""])
