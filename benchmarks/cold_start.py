@@ -45,7 +45,7 @@ RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
-           "sasrec_hybrid_agehist_gated")  # knn: SASRec residual over content-kNN (knn_sasrec)
+           "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -62,6 +62,9 @@ POP = {"loss_popularity": 1.0, "loss_popularity_scope": "items"}
 # trained model with the new-item offset picked on VALID (OFFSETS, --offset-tolerance), TEST once at that offset
 GATED = {"id_scores": "after_first_event", "id_score_dropout": 0.3}
 OFFSET = "+offset"
+# _first (last suffix): train.first_event_targets -- each user's first training event is a target from an empty
+# history, so users with no history (hist_0) are scored by a trained state instead of an untrained one
+FIRST = "_first"
 OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 logits
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
@@ -114,7 +117,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    base = model.removesuffix(UNTRAINED)
+    base = model.removesuffix(UNTRAINED).removesuffix(FIRST)
     gated = base.endswith("_gated")
     base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
@@ -150,6 +153,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
                   "lr": 1e-3, "patience": args.patience,
                   "device": args.device, "progress": False,
+                  "first_event_targets": model.removesuffix(UNTRAINED).endswith(FIRST),
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
     })
@@ -168,7 +172,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)
     out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
-    if model.endswith("_gated"):
+    if model.removesuffix(FIRST).endswith("_gated"):
         out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
     return out
 

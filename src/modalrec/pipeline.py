@@ -219,7 +219,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             if model.training_kind is Training.PAIRS:
                 source = model.training_source(split)
             else:
-                source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride)
+                source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride,
+                                      first_events=train_cfg.first_event_targets)
                 if train_cfg.batch_unit == "targets":
                     defaults["windows_per_step"] = source.windows_per_step(train_cfg.batch_size)
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),

@@ -38,6 +38,11 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
         if value and not Path(value).exists():
             raise ConfigError(f"features.{key}: {value} does not exist")
     _check_monitor(cfg, model_cls)
+    from modalrec.models.base import CausalTowerRecommender
+
+    if cfg.train.first_event_targets and not issubclass(model_cls, CausalTowerRecommender):
+        raise ConfigError(f"train.first_event_targets: model {cfg.model.name!r} does not score the next item from "
+                          "each position's state (SASRec, GRU4Rec and the models built on them do)")
     if cfg.split.kind == "global_temporal" and len(cfg.split.ratios) != 3:
         raise ConfigError(f"split.ratios needs three numbers (train, valid, test), got {cfg.split.ratios}")
     for key, device in (("train", cfg.train.device), ("eval", cfg.eval.device), ("features", cfg.features.device)):

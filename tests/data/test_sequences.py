@@ -57,3 +57,19 @@ def test_default_is_non_overlapping_and_bad_stride_refused() -> None:
     for bad in (0, MAX_LEN + 1):
         with pytest.raises(ValueError, match="stride"):
             TrainWindows(inter, MAX_LEN, stride=bad)
+
+
+def test_first_events_add_one_empty_history_window_per_user() -> None:
+    inter = _log([1, 2, 5, 30])
+    plain, windows = TrainWindows(inter, MAX_LEN, stride=3), TrainWindows(inter, MAX_LEN, stride=3, first_events=True)
+    assert len(windows) == len(plain) + 4  # one per user, the one-event user too
+    assert windows.n_targets == len(inter.item)  # now every event is a target
+    batch = windows.batch(np.arange(len(windows)))
+    trained = batch.targets.numpy()[batch.targets.numpy() > 0]
+    assert sorted(trained.tolist()) == sorted(inter.item.tolist())  # each event exactly once
+    extra = np.arange(len(plain), len(windows))
+    empty = windows.batch(extra)
+    firsts = inter.offsets[:-1][inter.seq_lengths() > 0]
+    assert (empty.items == 0).all()  # an empty history, as a new user's is encoded
+    assert empty.targets[:, :-1].eq(0).all() and empty.targets[:, -1].tolist() == inter.item[firsts].tolist()
+    assert empty.target_ts[:, -1].tolist() == inter.ts[firsts].tolist()  # scored at the first event's time

@@ -76,3 +76,17 @@ def age_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     run = _train(tmp_path_factory.mktemp("runs_age"), "agemodel", "text+image", epochs=1, age="bias", age_input=True)
     return export_artifact(run, tmp_path_factory.mktemp("artifacts") / "age")
+
+
+@pytest.fixture(scope="session")
+def first_events_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ID SASRec trained with train.first_event_targets (its empty-history state is trained), exported."""
+    from modalrec.config import from_dict
+    from modalrec.experiment import ExperimentConfig
+    from modalrec.pipeline import run_experiment
+    from modalrec.serving.artifact import export_artifact
+
+    cfg = tiny_config(tmp_path_factory.mktemp("runs_first"), "firstevents", "id", epochs=1)
+    cfg["train"]["first_event_targets"] = True
+    run = run_experiment(from_dict(ExperimentConfig, cfg))
+    return export_artifact(run, tmp_path_factory.mktemp("artifacts") / "first_events")

@@ -79,6 +79,15 @@ def test_filters_and_popular_fallback(rec: Recommender) -> None:
     assert rec.catalogue.index(rec.recommend(history=[], k=1)[0].item_id) == int(np.argmax(counts))
 
 
+def test_a_model_trained_on_first_events_ranks_an_empty_history_itself(first_events_artifact: Path) -> None:
+    rec = Recommender.load(first_events_artifact, persist=False)
+    assert rec.artifact.meta["empty_history"] == "model"
+    out = rec.recommend(history=[], k=10)
+    ids, scores = _reference(rec, [], 10)  # the model's own scores of an all-PAD history
+    assert [rec.catalogue.index(r.item_id) for r in out] == ids
+    assert torch.allclose(torch.tensor([r.score for r in out]), scores, atol=1e-4)
+
+
 def test_similar_items_is_cosine_over_item_embeddings(rec: Recommender) -> None:
     emb = F.normalize(rec.model.item_embeddings().detach(), dim=-1)
     i = rec.catalogue.index("item00020")

@@ -29,6 +29,12 @@ CLOCKS = ("unix_seconds", "order")
 DAY = 86_400
 
 
+def taken_before(first_event_ts: torch.Tensor, query_ts: torch.Tensor) -> torch.Tensor:
+    """An item's first event is evidence at a query only when it lies strictly before it: the event being
+    predicted is not evidence of itself (NEVER is never before a real time). Broadcasts."""
+    return first_event_ts < query_ts
+
+
 @dataclass(frozen=True)
 class ItemLaunch:
     """Per item index (row 0 = PAD): the metadata launch time and the first event time in the log."""
@@ -78,7 +84,7 @@ class ItemLaunch:
         q = torch.as_tensor(query_ts, dtype=torch.int64, device=items.device)
         meta, first = self.metadata_ts.to(items.device)[items], self.first_event_ts.to(items.device)[items]
         meta_ok = meta <= q  # NEVER is never <= a real time
-        first_ok = first < q  # strictly before: the predicted event itself is not evidence
+        first_ok = taken_before(first, q)
         never = torch.full_like(meta, NEVER)
         launch = torch.minimum(torch.where(meta_ok, meta, never), torch.where(first_ok, first, never))
         return launch, meta_ok | first_ok

@@ -41,11 +41,16 @@ class TrainWindows:
     context, by a later window; they are PAD in `targets`), so every target sees at least
     max_len - stride earlier items, or its whole history if shorter. stride = 1 is RecBole-style
     prefix augmentation (one target per window, full context). Compute per epoch grows ~max_len / stride.
+
+    `first_events` adds one window per user whose inputs are empty and whose one target is the user's first
+    event: the model then learns the state a new user's first recommendation is scored from (an all-PAD
+    history, exactly as evaluation and serving encode an empty history), instead of leaving it untrained.
     """
 
     train: Interactions
     max_len: int
     stride: int | None = None
+    first_events: bool = False
 
     def __post_init__(self) -> None:
         stride = self.max_len if self.stride is None else int(self.stride)
@@ -65,17 +70,27 @@ class TrainWindows:
                 first_targets.append(first)
                 users.append(u)
                 end = first  # the next window ends where this window's trained targets begin
+        empty_history = [False] * len(starts)
+        if self.first_events:  # window [lo, lo + 1) with no inputs: target = the user's first event
+            firsts = np.asarray(self.train.offsets[:-1], dtype=np.int64)[lengths >= 1]
+            starts += firsts.tolist()
+            ends += (firsts + 1).tolist()
+            first_targets += firsts.tolist()
+            users += np.flatnonzero(lengths >= 1).tolist()
+            empty_history += [True] * len(firsts)
         self.starts = np.asarray(starts, dtype=np.int64)
         self.ends = np.asarray(ends, dtype=np.int64)
         self.first_targets = np.asarray(first_targets, dtype=np.int64)  # absolute row of the first trained target
         self.users = np.asarray(users, dtype=np.int64)
+        # 1 where a window's targets begin one event after its inputs (all but the first_events windows)
+        self.target_shift = 1 - np.asarray(empty_history, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.starts)
 
     @property
     def n_targets(self) -> int:
-        """Trained targets in one epoch (= training events minus each user's first)."""
+        """Trained targets in one epoch (= training events minus each user's first, unless `first_events`)."""
         return int((self.ends - self.first_targets).sum())
 
     def windows_per_step(self, targets: int) -> int:
@@ -84,12 +99,13 @@ class TrainWindows:
 
     def batch(self, idx: np.ndarray) -> SeqBatch:
         item, ts = self.train.item, self.train.ts
-        inputs = [item[s : e - 1] for s, e in zip(self.starts[idx], self.ends[idx])]
-        targets = [item[s + 1 : e].copy() for s, e in zip(self.starts[idx], self.ends[idx])]
-        for t, s, f in zip(targets, self.starts[idx], self.first_targets[idx]):
-            t[: f - s - 1] = 0  # targets trained by a later (more context) window are PAD here
-        times = [ts[s : e - 1] for s, e in zip(self.starts[idx], self.ends[idx])]
-        target_times = [ts[s + 1 : e] for s, e in zip(self.starts[idx], self.ends[idx])]
+        spans = list(zip(self.starts[idx], self.ends[idx], self.target_shift[idx]))
+        inputs = [item[s : e - 1] for s, e, _ in spans]
+        targets = [item[s + k : e].copy() for s, e, k in spans]
+        for t, (s, _, k), f in zip(targets, spans, self.first_targets[idx]):
+            t[: f - s - k] = 0  # targets trained by a later (more context) window are PAD here
+        times = [ts[s : e - 1] for s, e, _ in spans]
+        target_times = [ts[s + k : e] for s, e, k in spans]
         return SeqBatch(
             items=torch.from_numpy(left_pad(inputs, self.max_len)),
             targets=torch.from_numpy(left_pad(targets, self.max_len)),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modalrec.data.item_age import ItemLaunch
+from modalrec.data.item_age import ItemLaunch, taken_before
 
 
 class FirstEventGate(nn.Module):
@@ -37,7 +37,7 @@ class FirstEventGate(nn.Module):
         known = items < len(self.first_event_ts)
         first = self.first_event_ts[torch.where(known, items, 0)]  # row 0 (PAD) never has an event
         q = first.new_full((), torch.iinfo(torch.int64).max) if query_ts is None else query_ts.to(torch.int64)
-        return known & (first < q)
+        return known & taken_before(first, q)
 
 
 def gated_id_scores(state: torch.Tensor, ids: torch.Tensor, gate: torch.Tensor, per_row: bool) -> torch.Tensor:

@@ -231,6 +231,9 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "weights_sha256": _sha256(tmp / "model" / "model.safetensors"),
             "features": {"store": store_info, "encoders": specs, "template": features.template},
             "index": dict(index or {"kind": "exact"}),
+            # how a request with no history is answered: by the model when it was trained on empty histories
+            # (train.first_event_targets), else by training popularity (an untrained state would rank at random)
+            "empty_history": "model" if cfg.train.first_event_targets else "popularity",
             "files": {str(p.relative_to(tmp)): _sha256(p, full=True)
                       for p in sorted(tmp.rglob("*")) if p.is_file()},
         }

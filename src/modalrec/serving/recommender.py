@@ -305,8 +305,9 @@ class Recommender:
                   exclude_seen: bool = True, filters: Mapping[str, Any] | None = None) -> list[Recommendation]:
         """Top-k items for a history of raw item ids (oldest first) and / or a known user's stored history.
 
-        With both, the user's history is followed by `history`. With neither (or an empty one) the most
-        popular training items are returned. `filters` keeps items whose fields match ({field: value(s)}).
+        With both, the user's history is followed by `history`. With neither (or an empty one) the model ranks
+        from an empty history if it was trained on users' first events (`train.first_event_targets`), else the
+        most popular training items are returned. `filters` keeps items whose fields match ({field: value(s)}).
         """
         if int(k) < 1:
             raise DataError(f"k must be >= 1, got {k}", field="k")
@@ -335,7 +336,8 @@ class Recommender:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         from modalrec.data.sequences import history_batch
 
-        if len(hist) == 0:  # no history: most popular training items (items added later count 0)
+        if len(hist) == 0 and self.artifact.meta.get("empty_history") != "model":
+            # no history and a model never trained on one: most popular training items (items added later count 0)
             counts = torch.zeros(len(self.catalogue))
             train = torch.from_numpy(self.artifact.train_item_counts).float()
             counts[: len(train)] = train

@@ -53,6 +53,9 @@ class TrainConfig:
     grad_clip: float | None = None  # recipe; max global grad norm, 0 = off (library: 1.0)
     ema_decay: float | None = None  # recipe; validate and keep a moving average of the weights, 0 = off (library)
     window_stride: int | None = None  # recipe; sequence models: TrainWindows stride (library: max_len, no overlap)
+    # causal sequence models (SASRec, GRU4Rec): each user's first training event is also a target, predicted from
+    # an empty history, so a user with no history yet is scored by a trained state (TrainWindows.first_events)
+    first_event_targets: bool = False
     patience: int = 5  # validations without improvement before stopping; 0 = never stop early
     monitor: str = "ndcg@10"  # a metric ("ndcg@10") or a group's metric ("cold_item/ndcg@10")
     monitor_mode: str = "max"  # "max" for ranking metrics, "min" for losses

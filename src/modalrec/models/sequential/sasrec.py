@@ -189,7 +189,7 @@ class SASRec(CausalTowerRecommender):
         has_id = self.id_gate(items, query_ts) & self.tower.has_id_vector(items)
         if self._id_dropped is not None:
             has_id = has_id & ~self._id_dropped[items.clamp(max=len(self._id_dropped) - 1)]
-        out = gated_id_scores(state, self.tower.id_vectors(items), has_id, per_row)
+        out = gated_id_scores(state, self.tower.id_vectors(items, rows=has_id), has_id, per_row)
         if self.new_item_offset and not self.training:
             out = out + self.new_item_offset * (~has_id).to(out.dtype)
         return out if self.prior is None else out + self.prior(items, query_ts, state, has_id)

@@ -346,9 +346,10 @@ class HybridTower(ItemTower):
         known = items < self.n_train_rows
         return self.warm[torch.where(known, items, 0)] & known
 
-    def id_vectors(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
-        """The ID part alone, without dropout: zero for items without an ID row (`has_id_vector`)."""
-        return self.id_embedding(torch.where(self.has_id_vector(items), items, 0))
+    def id_vectors(self, items: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:  # [...] -> [..., d]
+        """The ID part alone, without dropout: zero for items without an ID row (`has_id_vector`). `rows`: a
+        caller's mask, already within `has_id_vector(items)`, of the items to look up (zero elsewhere)."""
+        return self.id_embedding(torch.where(self.has_id_vector(items) if rows is None else rows, items, 0))
 
     def all(self) -> torch.Tensor:  # [n_items + 1, d]
         return embed_all(self.embed, self.n_items, self.warm.device)
