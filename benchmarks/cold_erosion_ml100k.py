@@ -101,7 +101,7 @@ def parts(model: Any, split: Any) -> dict[str, Any]:
 
 
 def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from modalrec.pipeline import load_data, make_split, run_experiment
+    from modalrec.pipeline import run_experiment
 
     cfg = config(variant, seed, args)
     t0 = time.perf_counter()
@@ -109,10 +109,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     hist = res.history
     curve = [{g: v.get("ndcg@10" if g == "overall" else f"{g}/ndcg@10") for g in GROUPS}
              for v in [hist.initial_valid, *hist.valid]]
-    split = make_split(load_data(cfg.data), cfg.split, seed)
     return {"variant": variant, "seed": seed, "changes": dict(zip(("params", "tower_options"), VARIANTS[variant])),
             "epochs": args.epochs, "best_epoch": hist.best_epoch, "valid_curve": curve,
-            "train_loss": hist.train_loss, "at_best_epoch": parts(res.model, split),
+            "train_loss": hist.train_loss, "at_best_epoch": parts(res.model, res.split),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -182,10 +182,8 @@ def with_offset(cfg: Any, res: Any, gated: dict[str, Any], tolerance: float) -> 
     among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
     once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
     from modalrec.evaluation.evaluator import Evaluator
-    from modalrec.pipeline import load_data, make_split
 
-    split = make_split(load_data(cfg.data), cfg.split, cfg.seed)
-    model = res.model.eval()
+    split, model = res.split, res.model.eval()
 
     def evaluate(part: str) -> Any:
         es = split.valid if part == "valid" else split.test

@@ -156,6 +156,7 @@ class RunResult:
     manifest: dict[str, Any]
     model: Any
     run_dir: Path | None
+    split: Split | None = None  # the split trained and evaluated on (for further evaluations of the same model)
 
 
 def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any = None) -> RunResult:
@@ -262,7 +263,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             save_checkpoint(run_dir / "model", model, {"model": cfg.model.name, "config": to_dict(model_cfg)},
                             {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
                              "experiment": to_dict(cfg)})
-    return RunResult(test_report, valid_report, history, manifest, model, run_dir)
+    return RunResult(test_report, valid_report, history, manifest, model, run_dir, split)
 
 
 def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]:

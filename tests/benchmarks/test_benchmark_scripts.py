@@ -172,6 +172,10 @@ def test_cold_start_pop_models_and_every_erosion_variant_are_valid_configs() -> 
     base = cold.config("ml100k", "sasrec_hybrid_agehist", 0, cold.parse_args([])).model.params
     pop = cold.config("ml100k", "sasrec_hybrid_agehist_pop", 0, cold.parse_args([])).model.params
     assert {k: v for k, v in pop.items() if base.get(k) != v} == cold.POP
+    gated, first = (cold.config("ml100k", m, 0, cold.parse_args([])) for m in
+                    ("sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first"))
+    assert first.model.params == gated.model.params  # `_first` changes the training windows only
+    assert first.train.first_event_targets and not gated.train.first_event_targets
     erosion = importlib.import_module("cold_erosion_ml100k")
     args = erosion.parse_args([])
     for variant, (params, tower) in erosion.VARIANTS.items():
