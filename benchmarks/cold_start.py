@@ -58,8 +58,9 @@ AGE_HIST = {**AGE, "age_input": True}
 # which items without training events have too (benchmarks/cold_erosion_ml100k.py)
 POP = {"loss_popularity": 1.0, "loss_popularity_scope": "items"}
 # _gated: AGE_HIST with the hybrid's ID vectors counted only after an item's first event and 30% of items scored
-# without theirs at each training step (models/first_event.py); its run also yields `_gated+offset`: the same
-# trained model with the new-item offset picked on VALID (OFFSETS, --offset-tolerance), TEST once at that offset
+# without theirs at each training step (models/first_event.py). Every trained hybrid's run also yields `+offset`:
+# the same trained model with the new-item offset (items without an ID vector) picked on VALID (OFFSETS,
+# --offset-tolerance), TEST once at that offset
 GATED = {"id_scores": "after_first_event", "id_score_dropout": 0.3}
 OFFSET = "+offset"
 # _first (last suffix): train.first_event_targets -- each user's first training event is a target from an empty
@@ -165,20 +166,20 @@ def groups_of(report: Any) -> dict[str, Any]:
 
 
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The run's result; a `_gated` model's run also yields its `+offset` result (with_offset)."""
+    """The run's result; a trained hybrid model's run also yields its `+offset` result (with_offset)."""
     from modalrec.pipeline import run_experiment
 
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)
     out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
-    if model.removesuffix(FIRST).endswith("_gated"):
+    if "hybrid" in model and not model.endswith(UNTRAINED):
         out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
     return out
 
 
-def with_offset(cfg: Any, res: Any, gated: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    """The gated model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
+def with_offset(cfg: Any, res: Any, trained: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """The hybrid model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
     among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
     once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
     from modalrec.evaluation.evaluator import Evaluator
@@ -200,7 +201,7 @@ def with_offset(cfg: Any, res: Any, gated: dict[str, Any], tolerance: float) -> 
     model.new_item_offset = chosen["offset"]
     valid, test = evaluate("valid"), evaluate("test")
     model.new_item_offset = 0.0
-    return {**gated, "model": gated["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
+    return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
             "offset": {"chosen": chosen["offset"], "rule": f"best VALID cold-item NDCG@10 among offsets whose VALID "
                        f"overall NDCG@10 is >= {1 - tolerance:.3g} x the offset-0 model's", "valid_sweep": sweep}}
 
@@ -258,7 +259,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON results (accumulated; existing entries are kept)")
     p.add_argument("--table", type=Path, default=None, help="markdown tables (TEST and VALID NDCG@10 per group)")
     p.add_argument("--offset-tolerance", type=float, default=0.01,
-                   help="_gated+offset: share of VALID overall NDCG@10 the new-item offset may cost")
+                   help="hybrid +offset: share of VALID overall NDCG@10 the new-item offset may cost")
     return p.parse_args(argv)
 
 

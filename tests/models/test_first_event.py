@@ -121,8 +121,39 @@ def test_id_score_dropout_scores_some_items_without_their_id_vector_in_training_
 
 @pytest.mark.parametrize("params", [{"id_score_dropout": 0.3, "id_scores": "always"}, {"id_score_dropout": 1.0},
                                     {"id_scores": "sometimes"}, {"content_aux": 1.0},
-                                    {"tower": TowerConfig(kind="text")}])
+                                    {"tower": TowerConfig(kind="text")},
+                                    {"tower": TowerConfig(kind="text"), "id_scores": "always", "new_item_offset": 1.0}])
 def test_bad_id_score_options_are_config_errors(params: dict) -> None:
     split, ctx = _setup()
     with pytest.raises(ConfigError):
         _model(split, ctx, **params)
+
+
+@pytest.mark.parametrize("id_scores", ["always", "after_first_event"])
+def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_scores: str) -> None:
+    from modalrec.evaluation.evaluator import Evaluator
+
+    split, ctx = _setup()
+    model = _model(split, ctx, id_scores=id_scores, age="none").eval()
+    assert model.dot_product_scores == (id_scores == "always")  # no prior, no gate: a fixed table
+    ev = eval_batch(split.test, np.arange(6), 8)
+    evaluator = Evaluator(split.test, split.n_items, ks=(10,), max_len=8)
+    with torch.no_grad():
+        before, cold_before = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+        model.new_item_offset = 1.5
+        after, cold_after = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+    assert not model.dot_product_scores  # a per-item term now: ranked by `score`, not by the table
+    items = torch.arange(split.n_items + 1)
+    no_id = ~model.tower.has_id_vector(items)
+    if id_scores == "after_first_event":
+        no_id = no_id | ~model.id_gate(items, ev.target_ts.reshape(-1, 1))
+    torch.testing.assert_close(after - before, 1.5 * no_id.float().expand_as(before))
+    assert cold_after > cold_before  # every cold item lacks an ID vector, so each one rises
+    batch = next(iter(TrainWindows(split.train, 8).batches(32, seed=0, epoch=0, shuffle=False)))
+    model.train()
+    losses = []
+    for offset in (0.0, 1.5):  # training never sees the offset
+        model.new_item_offset = offset
+        torch.manual_seed(1)
+        losses.append(model.loss(batch))
+    torch.testing.assert_close(losses[0], losses[1])

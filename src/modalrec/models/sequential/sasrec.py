@@ -64,10 +64,10 @@ class SASRecConfig:
     # vector, so the freshness prior's no-ID cells learn what an item with recent activity but no ID vector --
     # an item without training events at prediction time -- is worth
     id_score_dropout: float = 0.0
-    # with "after_first_event", prediction only: added to the score of every item scored without an ID vector
-    # (no training events; added at serving). 0 keeps the trained model, whose share of new items matches the
-    # training log's on average; a positive offset ranks new items higher at some cost to the others
-    # (benchmarks/cold_start.py picks it on VALID within a stated loss of overall NDCG@10)
+    # hybrid tower, prediction only: added to the score of every item scored without an ID vector (no training
+    # events, added at serving; with "after_first_event" also items not taken before the query). 0 keeps the
+    # trained model; a positive offset ranks new items higher at some cost to the others (benchmarks/cold_start.py
+    # picks it on VALID within a stated loss of overall NDCG@10)
     new_item_offset: float = 0.0
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
@@ -147,7 +147,6 @@ class SASRec(CausalTowerRecommender):
                                         start_from=start, dim=cfg.dim if cfg.age_personal else None,
                                         launched_only=cfg.loss_catalogue == "launched",
                                         id_axis=cfg.id_scores == "after_first_event")
-            self.dot_product_scores = False  # the prior depends on the query time, not on a fixed item table
         self.history_age: HistoryAge | None = None
         if cfg.age_input:
             if ctx.item_launch is None:
@@ -163,9 +162,11 @@ class SASRec(CausalTowerRecommender):
                 raise ConfigError("sasrec: id_scores='after_first_event' needs a log with a clock (event times "
                                   "to tell when an item was first taken)")
             self.id_gate = FirstEventGate(ctx.item_launch)
-            self.dot_product_scores = False  # the ID part depends on the query time
         self._id_dropped: torch.Tensor | None = None  # [N + 1] bool during a training step (id_score_dropout)
-        self.new_item_offset = float(cfg.new_item_offset)  # an attribute: a benchmark may set it after training
+        if cfg.new_item_offset and not isinstance(self.tower, HybridTower):
+            raise ConfigError("sasrec: new_item_offset needs the 'hybrid' item tower (items with and without an ID "
+                              "vector)")
+        self.new_item_offset = cfg.new_item_offset  # settable after training (benchmarks/cold_start.py)
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
     def states_loss(self, states: torch.Tensor, targets: torch.Tensor, query_ts: torch.Tensor | None,
@@ -175,11 +176,30 @@ class SASRec(CausalTowerRecommender):
             loss = loss + self.cfg.content_aux * super().states_loss(states, targets, query_ts, self.tower.content)
         return loss
 
+    @property
+    def new_item_offset(self) -> float:
+        return self._new_item_offset
+
+    @new_item_offset.setter
+    def new_item_offset(self, offset: float) -> None:
+        self._new_item_offset = float(offset)
+        # the contract, in one place: scores are a fixed table's dot products unless the prior (query time), the
+        # first-event gate (query time) or the offset (a per-item term) adds to them; then ranking goes by `score`
+        self.dot_product_scores = self.prior is None and self.id_gate is None and not self._new_item_offset
+
     def scoring_tower(self) -> nn.Module:
         return self.tower if self.id_gate is None else self.tower.content
 
     def score_terms(self) -> Any:
-        return self.prior if self.id_gate is None else self._gated_terms
+        if self.id_gate is not None:
+            return self._gated_terms
+        return self._offset_terms if self.new_item_offset and not self.training else self.prior
+
+    def _offset_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
+                      state: torch.Tensor | None = None) -> torch.Tensor:
+        """The new-item offset on every item without an ID vector, plus the prior if any (prediction only)."""
+        out = self.new_item_offset * (~self.tower.has_id_vector(items)).to(torch.float32)
+        return out if self.prior is None else out + self.prior(items, query_ts, state)
 
     def _gated_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                      state: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,8 +305,6 @@ def _check(cfg: SASRecConfig) -> None:
     if cfg.content_aux and cfg.id_scores == "after_first_event":
         raise ConfigError("sasrec: content_aux scores the content part alone; with id_scores='after_first_event' "
                           "items not taken yet are already scored so")
-    if cfg.new_item_offset and cfg.id_scores != "after_first_event":
-        raise ConfigError("sasrec: new_item_offset needs id_scores='after_first_event' (items without an ID vector)")
     if not 0.0 <= cfg.id_score_dropout < 1.0 or (cfg.id_score_dropout and cfg.id_scores != "after_first_event"):
         raise ConfigError("sasrec: id_score_dropout must lie in [0, 1) and needs id_scores='after_first_event'")
     if cfg.content_aux < 0:
