@@ -303,7 +303,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,
         "selection": "best VALID NDCG@10 epoch (SASRec), TEST once", "groups": GROUP_DEFINITIONS,
         "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
-        "checks": {n: checks(results, n) for n in names},
+        "checks": {n: checks(results, n) for n in names}, "claims": claim(results, args.offset_tolerance),
         "published": {n: published(results, n) for n in names if n in IISAN["pct"]}, "results": results}
     if args.out:
         _write_json(out, args.out)
@@ -314,6 +314,37 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
                          f"{table(results, n)}\n\nVALID NDCG@10 by group\n\n{table(results, n, 'valid')}\n")
         args.table.write_text("\n".join(parts))
     return out
+
+
+def claim(results: list[dict[str, Any]], tolerance: float) -> dict[str, Any] | None:
+    """The ML-100K cold-start target: the content or hybrid SASRec chosen on VALID ranks cold items at TEST
+    NDCG@10 >= 0.06 with TEST overall >= 0.0765 (means over its seeds). Chosen by the offset's rule, applied to
+    models: the best VALID cold-item NDCG@10 among the models whose VALID overall is within `tolerance` of the best."""
+    st_valid, st_test = _stats(results, "ml100k", "valid"), _stats(results, "ml100k", "test")
+    models = [m for m in st_valid if m.startswith(("sasrec_content", "sasrec_hybrid")) and not m.endswith(UNTRAINED)]
+    if not models:
+        return None
+    top = max(st_valid[m]["overall"][0] for m in models)
+    chosen = max((m for m in models if st_valid[m]["overall"][0] >= (1 - tolerance) * top),
+                 key=lambda m: st_valid[m]["cold_item"][0])
+    cold, overall = st_test[chosen]["cold_item"][0], st_test[chosen]["overall"][0]
+    seeds = [r for r in results if r["dataset"] == "ml100k" and r["model"] == chosen and "error" not in r]
+    met = cold >= 0.06 and overall >= 0.0765
+    newest = st_test.get("newest_first", {}).get("cold_item", (None,))[0]
+    return {"system": "cold start on real data (cold_start.py)",
+            "claim": "content / hybrid SASRec: cold-item NDCG@10 >= 0.06 and overall >= 0.0765",
+            "protocol": "ML-100K global temporal 70/15/15, full ranking, pessimistic ties; means over seeds; model "
+                        f"chosen on VALID (best cold-item NDCG@10 among models within {tolerance:.0%} of the best "
+                        "VALID overall), TEST once",
+            "ours": {"run": chosen, "seeds": len(seeds), "valid_overall": round(st_valid[chosen]["overall"][0], 4),
+                     "valid_cold_item": round(st_valid[chosen]["cold_item"][0], 4), "test_overall": round(overall, 4),
+                     "test_cold_item": round(cold, 4),
+                     "test_cold_item_lowest_seed": round(min(r["test"]["cold_item"]["ndcg@10"] for r in seeds), 4),
+                     **({"newest_first_test_cold_item": round(newest, 4)} if newest is not None else {})},
+            "target_met": met,
+            "command": "python benchmarks/cold_start.py --datasets ml100k --threads 1 --epochs 10 --patience 2 "
+                       "--seeds 0 1 2 --models sasrec_hybrid_agehist_gated_first --out "
+                       "benchmarks/results/cold_start_cpu.json"}
 
 
 def published(results: list[dict[str, Any]], name: str) -> dict[str, Any]:

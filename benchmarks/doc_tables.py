@@ -527,11 +527,19 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN",
                      "sasrec_content_agehist_pop": "SASRec, content + age prior + history ages, popularity split",
                      "sasrec_hybrid_agehist_pop": "SASRec, hybrid + age prior + history ages, popularity split",
-                     "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event",
-                     "sasrec_hybrid_agehist_gated+offset": "SASRec, hybrid + age prior + history ages, IDs after "
-                                                           "first event, new-item offset chosen on VALID"}
-COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user"),
+                     "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event"}
+COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user", "hist_0"),
                      "iisan_scientific_cold10": ("warm", "cold_item", "cold_user", "repeat", "novel")}
+
+
+def cold_start_label(model: str) -> str:
+    """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
+    as training targets), `+offset` (new-item offset chosen on VALID) and `@0` (untrained), in words."""
+    base = model.removesuffix("@0")
+    offset, base = base.endswith("+offset"), base.removesuffix("+offset")
+    first, base = base.endswith("_first"), base.removesuffix("_first")
+    return (COLD_START_MODELS.get(base, base) + (", first events as targets" if first else "")
+            + (", new-item offset chosen on VALID" if offset else "") + (", untrained" if model.endswith("@0") else ""))
 
 
 def cold_start(dataset: str) -> Callable[[Path], str]:
@@ -554,8 +562,7 @@ def cold_start(dataset: str) -> Callable[[Path], str]:
         rows = []
         for model in dict.fromkeys(r["model"] for r in runs):
             seeds = [r for r in runs if r["model"] == model]
-            base = model.removesuffix("@0")
-            label = COLD_START_MODELS.get(base, base) + (", untrained" if model.endswith("@0") else "")
+            label = cold_start_label(model)
             if seeds[0].get("epoch_cap") and not model.endswith("@0"):  # trained: best-VALID epoch of those run
                 label += " (best epoch " + ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in seeds) + ")"
             rows.append([label, ",".join(str(r["seed"]) for r in seeds), cell([r["valid"]["overall"] for r in seeds]),
@@ -590,7 +597,7 @@ def published_iisan(results: Path) -> str:
         for src, pub in pubs:
             for model, v in pub["ours_pct"].items():
                 base = model.removesuffix("@0")
-                name = names.get(base) or COLD_START_MODELS.get(base, base)
+                name = names.get(base) or cold_start_label(base)
                 runs = [r for r in cold["results"] if src == "cold_start.py" and r["dataset"] == dataset
                         and r["model"] == model and "error" not in r]
                 if runs and runs[0].get("best_epoch") is not None and not model.endswith("@0"):
@@ -635,7 +642,7 @@ def cold_start_checks(dataset: str) -> Callable[[Path], str]:
         rows = []
         for model, c in checks.items():
             for g, row in c["groups"].items():
-                rows.append([COLD_START_MODELS.get(model, model), g, row["seeds"], _f(row["trained"]),
+                rows.append([cold_start_label(model), g, row["seeds"], _f(row["trained"]),
                              _f(row.get(model + "@0")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
         return _table(["model", "group", "seeds", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"],
                       rows, "ll")
