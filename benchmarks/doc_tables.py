@@ -137,17 +137,23 @@ def cold_erosion_ml100k(results: Path) -> str:
 
 
 def ablation_ml100k(results: Path) -> str:
-    """Item towers on ML-100K (global temporal split)."""
+    """Item towers on ML-100K (global temporal split): VALID (the selection) next to TEST where the run stored it,
+    the VALID winner marked."""
     data = _load(results, "ablation_ml100k.json")
     cols = [(m, g) for g in data["groups"] for m in data["metrics"]]
+    ran = [p for p in data["points"] if p.get("status") == "ran"]
+    with_valid = any(p.get("valid_report") for p in ran)
+
+    def values(rep: dict[str, Any] | None) -> list[str]:
+        return [_f((rep["overall"] if g == "overall" else rep["groups"][g]).get(m)) if rep else "" for m, g in cols]
+
     rows = []
-    for p in data["points"]:
-        if p.get("status") != "ran":
-            continue
-        rep = p["report"]
-        rows.append([p["label"]] + [_f((rep["overall"] if g == "overall" else rep["groups"][g]).get(m))
-                                    for m, g in cols])
-    return _table(["item tower"] + [f"{m} {g}" for m, g in cols], rows)
+    for p in ran:
+        label = f"**{p['label']}** (best on VALID)" if p["label"] == data.get("winner_on_valid") else p["label"]
+        rows.append([label] + (values(p.get("valid_report")) if with_valid else []) + values(p["report"]))
+    head = [f"{m} {g}" for m, g in cols]
+    return _table(["item tower"] + ([f"VALID {h}" for h in head] + [f"TEST {h}" for h in head] if with_valid else head),
+                  rows)
 
 
 def baselines_ml100k(results: Path) -> str:
