@@ -171,6 +171,8 @@ def test_dot_product_ranking_without_the_score_block_matches_naive(chunk: int, m
     inf_state[4, 0] = float("inf")
     with pytest.raises(ValueError, match=r"NaN.*rows \[4\]"):
         ranking.rank_dot_block(inf_state, torch.from_numpy(table), t)
-    big = s * 1e37  # finite, but past the no-overflow bound: every chunk is checked, ranks unchanged
+    # finite, but past the no-overflow bound: every chunk is checked, ranks unchanged. A power of two keeps every
+    # product and sum exact, so ties stay ties whatever order a matmul kernel sums in
+    big = s * 2.0**123
     np.testing.assert_array_equal(ranking.rank_dot_block(big, torch.from_numpy(table), t)[0].numpy(),
                                   naive_ranks((big @ torch.from_numpy(table).T).numpy(), targets, None))
