@@ -45,7 +45,8 @@ RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
-           "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first")  # knn: residual over content-kNN
+           "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
+           "sasrec_content_debias", "sasrec_hybrid_debias")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -66,7 +67,15 @@ OFFSET = "+offset"
 # _first (last suffix): train.first_event_targets -- each user's first training event is a target from an empty
 # history, so users with no history (hist_0) are scored by a trained state instead of an untrained one
 FIRST = "_first"
+# _debias: the training-only log-popularity term for the whole model (loss_popularity, scope "all"): training
+# logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
+# training events below every item that had some; prediction ranks by the learned score alone
+DEBIAS = "_debias"
 OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 logits
+# Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
+# (models/blend.py), the weight picked on VALID like the offset
+BLEND = "+blend"
+BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # 0 (trained), 0.1, ..., 1 (untrained)
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -119,6 +128,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base = model.removesuffix(UNTRAINED).removesuffix(FIRST)
+    debias = base.endswith(DEBIAS)
+    base = base.removesuffix(DEBIAS)
     gated = base.endswith("_gated")
     base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
@@ -138,6 +149,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
+        **({"loss_popularity": 1.0} if debias else {}),
         **(GATED if gated else {}), "tower": {"dropout": 0.1, **tower}}}
 
 
@@ -175,31 +187,49 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
     if "hybrid" in model and not model.endswith(UNTRAINED):
         out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
+    if "content" in model and not model.endswith(UNTRAINED):
+        untrained = run_experiment(config(name, model + UNTRAINED, seed, args), write=False)
+        out.append(with_blend(cfg, res, untrained.model, out[0]))
     return out
+
+
+def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
+    """`model` on `split`'s VALID or TEST events under the run's evaluation settings."""
+    from modalrec.evaluation.evaluator import Evaluator
+
+    es = split.valid if part == "valid" else split.test
+    return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                     max_len=model.history_length, device=cfg.eval.device).run(model, name=part)
+
+
+def with_blend(cfg: Any, res: Any, untrained: Any, trained: dict[str, Any]) -> dict[str, Any]:
+    """The trained content model's scores interpolated with its untrained self's (models/blend.py), the weight
+    chosen on VALID by blend_sweep (best VALID overall NDCG@10 among the weights that lose no VALID group to the
+    untrained model); TEST once at that weight."""
+    from modalrec.models.blend import ScoreBlend, blend_sweep
+
+    blend = ScoreBlend(res.model.eval(), untrained.eval())
+    weight, sweep = blend_sweep(blend, lambda m: evaluate(cfg, res.split, m, "valid"), BLEND_WEIGHTS)
+    valid, test = evaluate(cfg, res.split, blend, "valid"), evaluate(cfg, res.split, blend, "test")
+    return {**trained, "model": trained["model"] + BLEND, "valid": groups_of(valid), "test": groups_of(test),
+            "blend": {"chosen": weight, "rule": "best VALID overall NDCG@10 among the weights of the untrained model "
+                      "whose VALID NDCG@10 is >= the untrained model's on every group", "valid_sweep": sweep}}
 
 
 def with_offset(cfg: Any, res: Any, trained: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The hybrid model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
     among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
     once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
-    from modalrec.evaluation.evaluator import Evaluator
-
     split, model = res.split, res.model.eval()
-
-    def evaluate(part: str) -> Any:
-        es = split.valid if part == "valid" else split.test
-        return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                         max_len=model.history_length, device=cfg.eval.device).run(model, name=part)
-
     sweep = []
     for offset in OFFSETS:
         model.new_item_offset = offset
-        rep = evaluate("valid")
+        rep = evaluate(cfg, split, model, "valid")
         sweep.append({"offset": offset, "overall": rep.metric("ndcg@10"), "cold_item": rep.metric("ndcg@10", "cold_item")})
     floor = (1.0 - tolerance) * sweep[0]["overall"]
     chosen = max((s for s in sweep if s["overall"] >= floor), key=lambda s: (s["cold_item"] or 0.0, -s["offset"]))
     model.new_item_offset = chosen["offset"]
-    valid, test = evaluate("valid"), evaluate("test")
+    valid, test = evaluate(cfg, split, model, "valid"), evaluate(cfg, split, model, "test")
     model.new_item_offset = 0.0
     return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
             "offset": {"chosen": chosen["offset"], "rule": f"best VALID cold-item NDCG@10 among offsets whose VALID "
@@ -371,20 +401,26 @@ def _stats(results: list[dict[str, Any]], name: str, part: str) -> dict[str, dic
     return out
 
 
+def untrained_of(model: str) -> str:
+    """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` training (a training-only
+    term) start from the same model."""
+    return model.split("+")[0].removesuffix(DEBIAS) + UNTRAINED
+
+
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """Per group, on VALID and TEST (NDCG@10, means over seeds):
-    - `content_vs_untrained_and_knn`: each trained content model >= its own untrained self (MODEL@0) and >=
-      content-kNN;
+    - `content_vs_untrained_and_knn`: each trained content model >= its own untrained self (untrained_of) and
+      >= content-kNN;
     - `hybrid_vs_best`: each hybrid model >= the best of the ID, content and rule models, within seed noise
       (the two models' seed standard deviations added; 0 with one seed)."""
     out: dict[str, Any] = {}
     for part in ("valid", "test"):
         st = _stats(results, name, part)
         content = {}
-        for m in (m for m in st if "content" in m and not m.endswith(UNTRAINED) and m + UNTRAINED in st):
+        for m in (m for m in st if "content" in m and not m.endswith(UNTRAINED) and untrained_of(m) in st):
             rows = {}
             for g, (mean, _, seeds) in st[m].items():
-                refs = {r: st[r][g][0] for r in (m + UNTRAINED, "content_knn") if g in st.get(r, {})}
+                refs = {r: st[r][g][0] for r in (untrained_of(m), "content_knn") if g in st.get(r, {})}
                 rows[g] = {"trained": round(mean, 5), "seeds": seeds, **{k: round(v, 5) for k, v in refs.items()},
                            "holds": all(mean >= v for v in refs.values())}
             content[m] = {"holds": all(r["holds"] for r in rows.values()), "groups": rows}

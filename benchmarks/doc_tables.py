@@ -540,12 +540,18 @@ COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user", "hist_0"),
 
 def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
-    as training targets), `+offset` (new-item offset chosen on VALID) and `@0` (untrained), in words."""
+    as training targets), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
+    model's, weight chosen on VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
+    blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     first, base = base.endswith("_first"), base.removesuffix("_first")
-    return (COLD_START_MODELS.get(base, base) + (", first events as targets" if first else "")
-            + (", new-item offset chosen on VALID" if offset else "") + (", untrained" if model.endswith("@0") else ""))
+    debias, base = base.endswith("_debias"), base.removesuffix("_debias")
+    return (COLD_START_MODELS.get(base, base) + (", trained without popularity" if debias else "")
+            + (", first events as targets" if first else "")
+            + (", new-item offset chosen on VALID" if offset else "")
+            + (", blended with its untrained self on VALID" if blend else "")
+            + (", untrained" if model.endswith("@0") else ""))
 
 
 def cold_start(dataset: str) -> Callable[[Path], str]:

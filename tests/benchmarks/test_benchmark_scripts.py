@@ -183,3 +183,15 @@ def test_cold_start_pop_models_and_every_erosion_variant_are_valid_configs() -> 
         assert {k: v for k, v in got.items() if k != "tower" and base.get(k) != v} == params, variant
         assert {k: v for k, v in got["tower"]["options"].items()
                 if base["tower"]["options"].get(k) != v} == tower, variant
+
+
+def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_against_their_untrained_model(
+) -> None:
+    cold = importlib.import_module("cold_start")
+    args = cold.parse_args([])
+    plain, debias = (cold.config("iisan_instruments", m, 0, args).model.params
+                     for m in ("sasrec_content", "sasrec_content_debias"))
+    assert {k: v for k, v in debias.items() if plain.get(k) != v} == {"loss_popularity": 1.0}
+    assert cold.untrained_of("sasrec_content+blend") == "sasrec_content@0"
+    assert cold.untrained_of("sasrec_content_debias+blend") == "sasrec_content@0"
+    assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
