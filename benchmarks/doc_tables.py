@@ -655,7 +655,7 @@ def cold_start_checks(dataset: str) -> Callable[[Path], str]:
         for model, c in checks.items():
             for g, row in c["groups"].items():
                 rows.append([cold_start_label(model), g, row["seeds"], _f(row["trained"]),
-                             _f(row.get(model + "@0")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
+                             _f(row.get("untrained")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
         return _table(["model", "group", "seeds", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"],
                       rows, "ll")
 
