@@ -195,3 +195,25 @@ def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_
     assert cold.untrained_of("sasrec_content+blend") == "sasrec_content@0"
     assert cold.untrained_of("sasrec_content_debias+blend") == "sasrec_content@0"
     assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
+
+
+def test_cold_start_content_check_pairs_the_untrained_runs_with_the_trained_models_seeds() -> None:
+    """A trained model run at seeds 1-2 is compared with its untrained runs at seeds 1-2, not with the mean
+    over every untrained seed; one group below its untrained self fails the check."""
+    cold = importlib.import_module("cold_start")
+
+    def run(model: str, seed: int, overall: float, cold_item: float) -> dict:
+        groups = {"overall": {"n": 10, "ndcg@10": overall, "hr@10": overall},
+                  "cold_item": {"n": 2, "ndcg@10": cold_item, "hr@10": cold_item}}
+        return {"dataset": "d", "model": model, "seed": seed, "valid": groups, "test": groups}
+
+    results = [run("sasrec_content@0", 0, 0.90, 0.90), run("sasrec_content@0", 1, 0.10, 0.10),
+               run("sasrec_content@0", 2, 0.10, 0.10), run("content_knn", 0, 0.05, 0.05),
+               run("sasrec_content", 1, 0.20, 0.20), run("sasrec_content", 2, 0.20, 0.20),
+               run("sasrec_content+blend", 1, 0.20, 0.05), run("sasrec_content+blend", 2, 0.20, 0.05)]
+    got = cold.checks(results, "d")["test"]["content_vs_untrained_and_knn"]
+    plain = got["sasrec_content"]
+    assert plain["holds"] and plain["untrained"] == "sasrec_content@0"
+    assert plain["groups"]["overall"]["untrained"] == 0.1  # seeds 1-2 only; all three would average 0.367
+    blend = got["sasrec_content+blend"]
+    assert not blend["holds"] and not blend["groups"]["cold_item"]["holds"] and blend["groups"]["overall"]["holds"]
