@@ -13,7 +13,10 @@ Datasets (../shared/data; each is one `modalrec.pipeline.run_experiment` configu
 Models: the no-learning rules (pop, recent_pop with a launch-time tie-break, newest_first — only where the
 log has a clock or the items have dates, i.e. not on the order-only Amazon files —, content_knn, repeat_history) and SASRec with an ID, a content and a hybrid (content + ID) item tower; `_knn_`
 models are SASRec residuals over content-kNN (models/sequential/knn_start.py: untrained, they rank as content_knn);
-`_pop` models add the training-only popularity term for the item vectors (`POP`; benchmarks/cold_erosion_ml100k.py).
+`_pop` models add the training-only popularity term for the item vectors (`POP`; benchmarks/cold_erosion_ml100k.py),
+`_debias` models that term for the whole model (full-softmax datasets only). Every trained hybrid run also yields
+`+offset` (a new-item offset chosen on VALID) and every trained content run `+blend` (its scores blended with its
+untrained self's, the weight chosen on VALID; models/blend.py).
 
 Protocol: full ranking over every item, history items other than the target excluded (a repeat target stays
 rankable and is counted in the `repeat` group), pessimistic ties, best VALID epoch, TEST once. Groups:
@@ -312,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if ((model == "newest_first" or "_age" in model)
                         and datasets(args.data_root)[name].get("clock", True) is False):
                     continue  # order-only log, no metadata dates: no launch time to rank by
+                if DEBIAS in model and datasets(args.data_root)[name]["loss"] != "ce":
+                    continue  # the training-only popularity term is defined for the full-softmax loss only
                 log.info("%s / %s / seed %d", name, model, seed)
                 try:
                     results.extend(run_one(name, model, seed, args))
