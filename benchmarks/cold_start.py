@@ -430,8 +430,8 @@ def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
         content = {}
         for m in (m for m in st if "content" in m and not m.endswith(UNTRAINED) and untrained_of(m) in st):
             # the untrained model over the trained model's own seeds, where it ran them all
-            paired = _stats(results, name, part, _seeds_of(results, name, m))
-            ref = paired if untrained_of(m) in paired and paired[untrained_of(m)]["overall"][2] == st[m]["overall"][2] \
+            seeds_run = _seeds_of(results, name, m)
+            ref = _stats(results, name, part, seeds_run) if seeds_run <= _seeds_of(results, name, untrained_of(m)) \
                 else st
             rows = {}
             for g, (mean, _, seeds) in st[m].items():

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
+from modalrec.models.base import Recommender
 
 
 class ScoreBlend(nn.Module):
     """Scores of `trained` and `reference` interpolated by `weight` (evaluation and serving only)."""
 
-    def __init__(self, trained: nn.Module, reference: nn.Module, weight: float = 0.0) -> None:
+    def __init__(self, trained: Recommender, reference: Recommender, weight: float = 0.0) -> None:
         super().__init__()
         if trained.history_length != reference.history_length:
             raise ConfigError(f"blend: the models read {trained.history_length} and {reference.history_length} "
@@ -50,8 +51,7 @@ class ScoreBlend(nn.Module):
 
     @property
     def dot_product_scores(self) -> bool:
-        return bool(getattr(self.trained, "dot_product_scores", False)
-                    and getattr(self.reference, "dot_product_scores", False))
+        return bool(self.trained.dot_product_scores and self.reference.dot_product_scores)  # the model contract
 
     def forward(self, batch: Any) -> torch.Tensor:  # [B, d1 + d2]; dot-product models only
         return torch.cat([(1.0 - self._weight) * self.trained(batch), self._weight * self.reference(batch)], -1)
