@@ -43,6 +43,8 @@ from typing import Any
 from _output import earlier_json, emit_json, start_run
 from _published import IISAN, comparison
 
+from modalrec.training import selection
+
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
@@ -74,11 +76,11 @@ FIRST = "_first"
 # logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
 # training events below every item that had some; prediction ranks by the learned score alone
 DEBIAS = "_debias"
-OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 logits
+OFFSETS = selection.OFFSETS  # 0, 0.25, ..., 3 logits
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
 # (models/blend.py), the weight picked on VALID like the offset
 BLEND = "+blend"
-BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # 0 (trained), 0.1, ..., 1 (untrained)
+BLEND_WEIGHTS = selection.BLEND_WEIGHTS  # 0 (trained), 0.1, ..., 1 (untrained)
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -210,33 +212,27 @@ def with_blend(cfg: Any, res: Any, untrained: Any, trained: dict[str, Any]) -> d
     chosen on VALID by blend_sweep (best VALID overall NDCG@10 among the weights that lose no VALID group to the
     untrained model); TEST once at that weight."""
     from modalrec.models.blend import ScoreBlend, blend_sweep
+    from modalrec.training.selection import BLEND_RULE
 
     blend = ScoreBlend(res.model.eval(), untrained.eval())
     weight, sweep = blend_sweep(blend, lambda m: evaluate(cfg, res.split, m, "valid"), BLEND_WEIGHTS)
     valid, test = evaluate(cfg, res.split, blend, "valid"), evaluate(cfg, res.split, blend, "test")
     return {**trained, "model": trained["model"] + BLEND, "valid": groups_of(valid), "test": groups_of(test),
-            "blend": {"chosen": weight, "rule": "best VALID overall NDCG@10 among the weights of the untrained model "
-                      "whose VALID NDCG@10 is >= the untrained model's on every group", "valid_sweep": sweep}}
+            "blend": {"chosen": weight, "rule": BLEND_RULE, "valid_sweep": sweep}}
 
 
 def with_offset(cfg: Any, res: Any, trained: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The hybrid model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
     among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
     once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
+    from modalrec.training.selection import offset_rule, offset_sweep
+
     split, model = res.split, res.model.eval()
-    sweep = []
-    for offset in OFFSETS:
-        model.new_item_offset = offset
-        rep = evaluate(cfg, split, model, "valid")
-        sweep.append({"offset": offset, "overall": rep.metric("ndcg@10"), "cold_item": rep.metric("ndcg@10", "cold_item")})
-    floor = (1.0 - tolerance) * sweep[0]["overall"]
-    chosen = max((s for s in sweep if s["overall"] >= floor), key=lambda s: (s["cold_item"] or 0.0, -s["offset"]))
-    model.new_item_offset = chosen["offset"]
+    chosen, sweep = offset_sweep(model, lambda m: evaluate(cfg, split, m, "valid"), OFFSETS, tolerance)
     valid, test = evaluate(cfg, split, model, "valid"), evaluate(cfg, split, model, "test")
     model.new_item_offset = 0.0
     return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
-            "offset": {"chosen": chosen["offset"], "rule": f"best VALID cold-item NDCG@10 among offsets whose VALID "
-                       f"overall NDCG@10 is >= {1 - tolerance:.3g} x the offset-0 model's", "valid_sweep": sweep}}
+            "offset": {"chosen": chosen, "rule": offset_rule(tolerance), "valid_sweep": sweep}}
 
 
 def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any, seconds: float) -> dict[str, Any]:

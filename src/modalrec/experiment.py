@@ -58,6 +58,20 @@ class EvalConfig:
 
 
 @dataclass
+class SelectConfig:
+    """Settings chosen on VALID after training, before TEST's one evaluation (training/selection.py).
+
+    Both exist because training on the warm items of a time-ordered log can cost items without training events
+    (docs/benchmarks.md, "Cold start and repeats on real data"); each is a sweep over VALID, recorded in the
+    run's manifest, and kept with the weights, so `evaluate` and serving score the chosen model.
+    """
+
+    new_item_offset: bool = False  # hybrid SASRec: the score offset of items without an ID vector
+    offset_tolerance: float = 0.01  # share of the offset-0 model's VALID overall metric the offset may cost
+    blend_untrained: bool = False  # score = (1 - w) * trained + w * the model's untrained state, w on VALID
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "run"
     seed: int = 0  # the experiment's one seed; see `seeded`
@@ -68,6 +82,7 @@ class ExperimentConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 def seeded(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -5,6 +5,7 @@ Each step is a plain function so that the CLI, benchmarks and notebooks compose 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import platform
@@ -36,6 +37,7 @@ from modalrec.models.base import ModelContext, Training
 from modalrec.validation import check_experiment
 
 log = logging.getLogger(__name__)
+UNTRAINED_DIR = "untrained"  # a run's untrained weights, kept when `select.blend_untrained` blends with them
 
 def load_data(cfg: DataConfig) -> Dataset:
     """Load a source and apply the configured filters (each is recorded in `Dataset.summary`).
@@ -154,7 +156,7 @@ class RunResult:
     valid: Any  # Report of the selected checkpoint
     history: Any
     manifest: dict[str, Any]
-    model: Any
+    model: Any  # what VALID and TEST ranked with: the trained model after any `select` setting
     run_dir: Path | None
     split: Split | None = None  # the split trained and evaluated on (for further evaluations of the same model)
 
@@ -198,7 +200,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                          max_len=max_len, device=cfg.eval.device)
 
-    history = None
+    history, untrained, selection = None, None, None
+    scorer = model  # what VALID and TEST rank with: the trained model, or it after the `select` settings
     train_cfg = cfg.train
     if out_dir is not None and train_cfg.checkpoint_dir is None:
         train_cfg = _replace(train_cfg, checkpoint_dir=str(out_dir / "train_state"))
@@ -224,10 +227,17 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
                                       first_events=train_cfg.first_event_targets)
                 if train_cfg.batch_unit == "targets":
                     defaults["windows_per_step"] = source.windows_per_step(train_cfg.batch_size)
+            untrained = copy.deepcopy(model) if cfg.select.blend_untrained else None  # the state fit starts from
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
         valid_report = run_eval(valid_eval, model, "valid")
-        test_report = run_eval(evaluator("test"), model, "test")
+        if cfg.select.new_item_offset or cfg.select.blend_untrained:  # settings chosen on VALID, before TEST
+            from modalrec.training.selection import select_on_valid
+
+            scorer, selection = select_on_valid(model, untrained, cfg.select,
+                                                lambda m: run_eval(valid_eval, m, "valid"))
+            valid_report = run_eval(valid_eval, scorer, "valid")
+        test_report = run_eval(evaluator("test"), scorer, "test")
     wall = time.perf_counter() - started
     manifest = {
         "name": cfg.name,
@@ -246,6 +256,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         "peak_memory_mb": peak_memory(cfg.train.device)[0] / 2**20,
         "efficiency": _efficiency(model, history, cfg),
         "history": history.to_dict() if history is not None else None,
+        "selection": selection,  # settings chosen on VALID after training (training/selection.py), or None
         "platform": {"python": platform.python_version(), "torch": torch.__version__},
     }
     if distributed is not None:
@@ -260,10 +271,13 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         valid_report.to_json(run_dir / "valid_report.json")  # the selection evidence, next to TEST
         (run_dir / "report.md").write_text(test_report.to_markdown() + "\n")
         if isinstance(model, torch.nn.Module):
-            save_checkpoint(run_dir / "model", model, {"model": cfg.model.name, "config": to_dict(model_cfg)},
-                            {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
-                             "experiment": to_dict(cfg)})
-    return RunResult(test_report, valid_report, history, manifest, model, run_dir, split)
+            extra = {"item_vocab_hash": ds.item_vocab.hash, "dataset_hash": ds.content_hash(),
+                     "experiment": to_dict(cfg)}
+            meta = {"model": cfg.model.name, "config": to_dict(model_cfg)}
+            save_checkpoint(run_dir / "model", model, meta, extra)
+            if untrained is not None:  # the blend's other half, so `evaluate` rebuilds the blended scores
+                save_checkpoint(run_dir / UNTRAINED_DIR, untrained, meta, extra)
+    return RunResult(test_report, valid_report, history, manifest, scorer, run_dir, split)
 
 
 def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]:
@@ -330,6 +344,14 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
 
         streams, stream_cfg = _event_streams(split, cfg)
         return run_protocol(model.to(device), *streams, stream_cfg, seed=cfg.seed)[part]
+    if manifest.get("selection"):  # the settings chosen on VALID after training
+        from modalrec.training.selection import apply_selection
+
+        untrained = None
+        if (run_dir / UNTRAINED_DIR).is_dir():
+            untrained = copy.deepcopy(model)
+            load_state(run_dir / UNTRAINED_DIR, untrained)
+        model = apply_selection(model, untrained, manifest["selection"])
     es = split.valid if part == "valid" else split.test
     return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
                      max_len=model.history_length, device=device).run(model, name=part)

@@ -49,6 +49,7 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
         _check_device(f"{key}.device", device)
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"eval.ks must be positive cut-offs, got {cfg.eval.ks}")
+    _check_select(cfg, model_cls, model_cfg)
     modalities = frozenset(model_cls.content_modalities(model_cfg))
     _check_features(cfg, modalities)
     return CheckedConfig(model_cls, model_cfg, modalities)
@@ -163,3 +164,26 @@ def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
                           f"available: {names} (or GROUP/metric)")
     if group and group not in ("overall", *GROUPS):
         raise ConfigError(f"train.monitor: unknown group {group!r} in {cfg.train.monitor!r}; groups: {list(GROUPS)}")
+
+
+def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> None:
+    """`select` settings need a model trained by `fit` and scored from its weights; the new-item offset needs
+    items scored with and without an ID vector (the hybrid tower of a model with `new_item_offset`)."""
+    from modalrec.models.base import Training
+
+    sel = cfg.select
+    if not (sel.new_item_offset or sel.blend_untrained):
+        return
+    if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
+        raise ConfigError(f"select: model {cfg.model.name!r} is not trained by gradient steps on TRAIN and scored "
+                          "from its weights; select.new_item_offset / select.blend_untrained do not apply")
+    if not 0.0 <= sel.offset_tolerance < 1.0:
+        raise ConfigError(f"select.offset_tolerance must lie in [0, 1), got {sel.offset_tolerance}")
+    tower = getattr(model_cfg, "tower", None)
+    if sel.new_item_offset and not (hasattr(model_cfg, "new_item_offset") and getattr(tower, "kind", None) == "hybrid"):
+        raise ConfigError(f"select.new_item_offset: model {cfg.model.name!r} with tower "
+                          f"{getattr(tower, 'kind', None)!r} has no items scored without an ID vector; it needs "
+                          "sasrec with model.params.tower.kind='hybrid'")
+    if sel.new_item_offset and model_cfg.new_item_offset:
+        raise ConfigError("select.new_item_offset chooses the offset on VALID; drop model.params.new_item_offset "
+                          f"(= {model_cfg.new_item_offset})")

@@ -189,6 +189,13 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     if cfg.features.hidden:
         raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
                           "yet: new items would need their hidden states encoded")
+    selection = manifest.get("selection") or {}
+    if "blend_untrained" in selection:
+        raise ConfigError(f"{run_dir} blends its model with its untrained state (select.blend_untrained); serving "
+                          "scores one model, so export a run trained without select.blend_untrained")
+    params = dict(cfg.model.params)
+    if "new_item_offset" in selection:  # chosen on VALID after training: serving scores new items with it
+        params["new_item_offset"] = float(selection["new_item_offset"]["chosen"])
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ConfigError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -223,7 +230,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
-            "model": {"name": cfg.model.name, "params": cfg.model.params},
+            "model": {"name": cfg.model.name, "params": params},
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
             "clock": ds.summary.get("time", "unix_seconds"),
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,

@@ -1,0 +1,94 @@
+"""Settings chosen on VALID after training (`select` in the experiment config), before TEST's one evaluation.
+
+Early stopping picks an epoch on VALID; these pick two more settings the same way, for the case where training
+on the warm items of a log costs the items nobody has taken yet (docs/benchmarks.md, "Cold start and repeats
+on real data"):
+
+- `new_item_offset` (hybrid SASRec): a constant added to the score of every item without an ID vector, so
+  items with no training events compete with items whose ID vectors training raised;
+- `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py).
+
+Each sweep returns the chosen value and every candidate's VALID metrics, recorded in the run's manifest
+(`selection`) so the choice can be re-checked, and re-applied by `evaluate` and serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from modalrec.errors import ConfigError
+from modalrec.evaluation.report import metric_or_none
+
+OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 (logits)
+BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # 0 (the trained model), 0.1, ..., 1 (the untrained one)
+METRIC = "ndcg@10"
+
+
+def offset_rule(tolerance: float, metric: str = METRIC) -> str:
+    return (f"best VALID cold-item {metric} among the offsets whose VALID overall {metric} is >= "
+            f"{1 - tolerance:.3g} x the offset-0 model's; ties to the smaller offset")
+
+
+BLEND_RULE = (f"best VALID overall {METRIC} among the weights of the untrained model that score >= the untrained "
+              "model alone on every VALID group; ties to the larger weight")
+
+
+def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[float] = OFFSETS,
+                 tolerance: float = 0.01, metric: str = METRIC) -> tuple[float, list[dict[str, Any]]]:
+    """Choose `model.new_item_offset` on VALID: the offset that ranks VALID cold items best among the offsets
+    whose VALID overall `metric` is at least (1 - tolerance) x the offset-0 model's, so the offset may cost
+    warm targets at most that share. `evaluate(model)` returns a VALID Report. Returns (offset, each offset's
+    overall and cold-item metric) and leaves the model at the chosen offset."""
+    if not offsets or offsets[0] != 0:
+        raise ConfigError(f"offset_sweep needs offset 0 (the trained model) first, got {list(offsets)}")
+    if not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"select.offset_tolerance must lie in [0, 1), got {tolerance}")
+    sweep = []
+    for offset in offsets:
+        model.new_item_offset = float(offset)
+        rep = evaluate(model)
+        sweep.append({"offset": float(offset), "overall": rep.metric(metric),
+                      "cold_item": metric_or_none(rep, metric, "cold_item")})
+    floor = (1.0 - tolerance) * (sweep[0]["overall"] or 0.0)
+    chosen = max((s for s in sweep if (s["overall"] or 0.0) >= floor),
+                 key=lambda s: (s["cold_item"] or 0.0, -s["offset"]))
+    model.new_item_offset = chosen["offset"]
+    return chosen["offset"], sweep
+
+
+def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any,
+                    evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any]]:
+    """(the model to evaluate on TEST, the manifest's `selection` record) for `cfg` (experiment.SelectConfig):
+    the new-item offset first, then the blend of the (offset) model with `untrained`, its state before fit."""
+    from modalrec.models.blend import ScoreBlend, blend_sweep
+
+    record: dict[str, Any] = {}
+    if cfg.new_item_offset:
+        offset, sweep = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance)
+        record["new_item_offset"] = {"chosen": offset, "rule": offset_rule(cfg.offset_tolerance),
+                                     "valid_sweep": sweep}
+    if cfg.blend_untrained:
+        if untrained is None:
+            raise ConfigError("select.blend_untrained: the model's untrained state was not kept")
+        blend = ScoreBlend(model, untrained.eval())
+        weight, sweep = blend_sweep(blend, evaluate, BLEND_WEIGHTS, METRIC)
+        record["blend_untrained"] = {"chosen": weight, "rule": BLEND_RULE, "valid_sweep": sweep}
+        model = blend
+    return model, record
+
+
+def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, Any]) -> Any:
+    """Re-apply a run's recorded `selection` to its rebuilt trained model (and its rebuilt untrained state)."""
+    from modalrec.models.blend import ScoreBlend
+
+    if "new_item_offset" in record:
+        model.new_item_offset = float(record["new_item_offset"]["chosen"])
+    if "blend_untrained" in record:
+        if untrained is None:
+            raise ConfigError("the run blends its model with the untrained state, but the run directory has no "
+                              "untrained weights (untrained/)")
+        model = ScoreBlend(model, untrained.eval(), float(record["blend_untrained"]["chosen"]))
+    return model

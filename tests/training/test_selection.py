@@ -1,0 +1,94 @@
+"""`select` (training/selection.py): settings chosen on VALID after training, kept with the run and re-applied by
+`evaluate_run` and serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modalrec.config import from_dict
+from modalrec.errors import ConfigError
+from modalrec.experiment import ExperimentConfig
+from modalrec.pipeline import UNTRAINED_DIR, evaluate_run, run_experiment
+from modalrec.training.selection import OFFSETS
+
+
+def _config(out: Path, tower: str, **select: Any) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, {
+        "name": f"select-{tower}", "seed": 0, "output_dir": str(out),
+        "data": {"source": "synthetic", "options": {"n_users": 200, "n_items": 120, "avg_seq_len": 10}},
+        # 10% of the items never appear in training: the items the offset and the blend are for
+        "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1},
+        "features": {"text": "hashing:64", "template": "{title}. {description}", "cache_dir": str(out / "features")},
+        "model": {"name": "sasrec", "params": {"dim": 32, "n_layers": 1, "n_heads": 1, "max_len": 10,
+                                               "dropout": 0.1, "tower": {"kind": tower}}},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.005, "progress": False},
+        "eval": {"ks": [10]},
+        "select": select,
+    })
+
+
+@pytest.fixture(scope="module")
+def offset_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return run_experiment(_config(tmp_path_factory.mktemp("offset"), "hybrid", new_item_offset=True,
+                                  offset_tolerance=0.05))
+
+
+def test_the_new_item_offset_is_chosen_on_valid_by_its_rule(offset_run: Any) -> None:
+    record = offset_run.manifest["selection"]["new_item_offset"]
+    sweep = record["valid_sweep"]
+    assert [s["offset"] for s in sweep] == list(OFFSETS)
+    # items never trained start below the warm ones (no ID vector), so some offset ranks them better
+    assert record["chosen"] > 0
+    floor = 0.95 * sweep[0]["overall"]
+    allowed = [s for s in sweep if s["overall"] >= floor]
+    chosen = next(s for s in sweep if s["offset"] == record["chosen"])
+    assert chosen in allowed and chosen["cold_item"] == max(s["cold_item"] for s in allowed)
+    assert chosen["cold_item"] > sweep[0]["cold_item"]
+    # the run's VALID report is the chosen model's
+    assert offset_run.valid.metric("ndcg@10", "cold_item") == pytest.approx(chosen["cold_item"])
+    assert offset_run.model.new_item_offset == record["chosen"]
+
+
+def test_evaluate_and_serving_reapply_the_chosen_offset(offset_run: Any, tmp_path: Path) -> None:
+    from modalrec.serving.artifact import export_artifact, load_artifact
+
+    again = evaluate_run(offset_run.run_dir, part="test")
+    for group in ("overall", "cold_item"):
+        assert again.metric("ndcg@10", group) == pytest.approx(offset_run.test.metric("ndcg@10", group), abs=1e-9)
+    art = load_artifact(export_artifact(offset_run, tmp_path / "artifact"))
+    assert art.model_params["new_item_offset"] == offset_run.manifest["selection"]["new_item_offset"]["chosen"]
+
+
+def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path: Path) -> None:
+    from modalrec.models.blend import ScoreBlend
+    from modalrec.serving.artifact import export_artifact
+
+    run = run_experiment(_config(tmp_path, "text", blend_untrained=True))
+    record = run.manifest["selection"]["blend_untrained"]
+    sweep = {s["weight"]: s for s in record["valid_sweep"]}
+    chosen, untrained = sweep[record["chosen"]], sweep[1.0]
+    # the chosen blend loses no VALID group to the untrained model, and is the best such weight overall
+    assert all(chosen["groups"][g] >= v for g, v in untrained["groups"].items())
+    assert isinstance(run.model, ScoreBlend) and run.model.weight == record["chosen"]
+    assert (run.run_dir / UNTRAINED_DIR / "model.safetensors").is_file()
+    again = evaluate_run(run.run_dir, part="test")
+    assert again.metric("ndcg@10") == pytest.approx(run.test.metric("ndcg@10"), abs=1e-9)
+    assert again.metric("ndcg@10", "cold_item") == pytest.approx(run.test.metric("ndcg@10", "cold_item"), abs=1e-9)
+    with pytest.raises(ConfigError, match="blends its model"):
+        export_artifact(run, tmp_path / "artifact")
+
+
+def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="select.new_item_offset.*hybrid"):
+        run_experiment(_config(tmp_path, "text", new_item_offset=True), write=False)
+    cfg = _config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=1.5)
+    with pytest.raises(ConfigError, match="offset_tolerance"):
+        run_experiment(cfg, write=False)
+    pop = from_dict(ExperimentConfig, {"model": {"name": "pop"}, "select": {"blend_untrained": True}})
+    with pytest.raises(ConfigError, match="select"):
+        run_experiment(pop, write=False)
+    with pytest.raises(ConfigError, match="select"):
+        from_dict(ExperimentConfig, {"select": {"blend": True}})
