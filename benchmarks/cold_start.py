@@ -116,6 +116,12 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
                                "split": {"kind": "presplit"}, "features": {"text": "minilm", "template": "{text}"}, "clock": False,
                                "content": "text", "loss": "ce",
                                "protocol": "UniSRec's shipped leave-one-out files, full ranking"},
+        # the same data and split under the papers' candidate rule itself: a repeat target masked with the rest of
+        # the history (a miss), where this project's rule keeps it rankable and so tells a model the answer
+        "iisan_scientific_masked": {"data": iisan_sci, "split": {"kind": "leave_one_out"}, "features": text_only,
+                                    "clock": False, "content": "text", "loss": "ce", "repeat_targets": "miss",
+                                    "protocol": "the IISAN papers' leave-one-out split and candidate rule: full "
+                                                "ranking, every history item masked, a repeat target too (a miss)"},
         "iisan_scientific_cold10": {"data": iisan_sci,
                                     "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1}, "clock": False,
                                     "features": text_only, "content": "text", "loss": "ce",
@@ -173,7 +179,8 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
                   "device": args.device, "progress": False,
                   "first_event_targets": model.removesuffix(UNTRAINED).endswith(FIRST),
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
-        "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True},
+        "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True,
+                 "repeat_targets": ds.get("repeat_targets", "rankable")},
     })
 
 
@@ -192,7 +199,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
     if "hybrid" in model and not model.endswith(UNTRAINED):
         out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
-    if "content" in model and not model.endswith(UNTRAINED):
+    if "content" in model and model in SASRECS:  # trained content SASRecs (not content_knn, not @0 runs)
         untrained = run_experiment(config(name, model + UNTRAINED, seed, args), write=False)
         out.append(with_blend(cfg, res, untrained.model, out[0]))
     return out
@@ -200,11 +207,9 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
 
 def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
     """`model` on `split`'s VALID or TEST events under the run's evaluation settings."""
-    from modalrec.evaluation.evaluator import Evaluator
+    from modalrec.pipeline import evaluator_for
 
-    es = split.valid if part == "valid" else split.test
-    return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                     max_len=model.history_length, device=cfg.eval.device).run(model, name=part)
+    return evaluator_for(cfg, split, part, model.history_length).run(model, name=part)
 
 
 def with_blend(cfg: Any, res: Any, untrained: Any, trained: dict[str, Any]) -> dict[str, Any]:
@@ -325,13 +330,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     from modalrec.data.splits import GROUP_DEFINITIONS
-    from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE
+    from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE, MASK_REPEATS_RULE
 
     present = {r["dataset"] for r in results}
     names = [n for n in datasets(args.data_root) if n in present]
     protocols = {n: datasets(args.data_root)[n]["protocol"] for n in names}
     out = {"benchmark": "cold_start", "protocol": {
         "ranking": "full ranking over every item, pessimistic ties", "candidates": EXCLUDE_SEEN_RULE,
+        "candidates_by_dataset": {n: MASK_REPEATS_RULE if datasets(args.data_root)[n].get("repeat_targets") == "miss"
+                                  else EXCLUDE_SEEN_RULE for n in names},
         "selection": "best VALID NDCG@10 epoch (SASRec), TEST once", "groups": GROUP_DEFINITIONS,
         "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
         "checks": {n: checks(results, n) for n in names}, "claims": claim(results, args.offset_tolerance),

@@ -54,6 +54,9 @@ class ModelSpec:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     exclude_seen: bool = True
+    # with exclude_seen, a target already in the history: "rankable" (the SASRec convention; it leaks the answer,
+    # evaluation/evaluator.py) or "miss" (masked with the history, as the IISAN papers and RecBole count it)
+    repeat_targets: Literal["rankable", "miss"] = "rankable"
     device: str = "cpu"
 
 

@@ -196,9 +196,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         return ev.run(m, name=name) if distributed is None else distributed.evaluate(ev, m, name)
 
     def evaluator(part: str) -> Evaluator:
-        es = split.valid if part == "valid" else split.test
-        return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                         max_len=max_len, device=cfg.eval.device)
+        return evaluator_for(cfg, split, part, max_len)
 
     history, untrained, selection = None, None, None
     scorer = model  # what VALID and TEST rank with: the trained model, or it after the `select` settings
@@ -280,6 +278,16 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
     return RunResult(test_report, valid_report, history, manifest, scorer, run_dir, split)
 
 
+def evaluator_for(cfg: ExperimentConfig, split: Split, part: str, max_len: int, device: Any = None) -> Any:
+    """The full-ranking Evaluator of `split`'s VALID or TEST events under the experiment's `eval` settings."""
+    from modalrec.evaluation.evaluator import Evaluator
+
+    es = split.valid if part == "valid" else split.test
+    return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
+                     repeat_targets=cfg.eval.repeat_targets, max_len=max_len,
+                     device=cfg.eval.device if device is None else device)
+
+
 def _event_streams(split: Split, cfg: ExperimentConfig) -> tuple[list[Any], Any]:
     """([train, valid, test] EventStreams, StreamEvalConfig) for a stateful model's run."""
     from modalrec.data.events import EventStream
@@ -315,7 +323,6 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
 
     from modalrec.config import from_dict
     from modalrec.errors import MismatchError
-    from modalrec.evaluation.evaluator import Evaluator
     from modalrec.training.checkpoint import load_state
 
     run_dir, device = Path(run_dir), resolve_device(device)
@@ -352,6 +359,4 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
             untrained = copy.deepcopy(model)
             load_state(run_dir / UNTRAINED_DIR, untrained)
         model = apply_selection(model, untrained, manifest["selection"])
-    es = split.valid if part == "valid" else split.test
-    return Evaluator(es, split.n_items, ks=tuple(cfg.eval.ks), exclude_seen=cfg.eval.exclude_seen,
-                     max_len=model.history_length, device=device).run(model, name=part)
+    return evaluator_for(cfg, split, part, model.history_length, device).run(model, name=part)

@@ -50,6 +50,7 @@ def check_experiment(cfg: ExperimentConfig) -> CheckedConfig:
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
         raise ConfigError(f"eval.ks must be positive cut-offs, got {cfg.eval.ks}")
     _check_select(cfg, model_cls, model_cfg)
+    _check_repeat_targets(cfg, model_cls)
     modalities = frozenset(model_cls.content_modalities(model_cfg))
     _check_features(cfg, modalities)
     return CheckedConfig(model_cls, model_cfg, modalities)
@@ -187,3 +188,16 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     if sel.new_item_offset and model_cfg.new_item_offset:
         raise ConfigError("select.new_item_offset chooses the offset on VALID; drop model.params.new_item_offset "
                           f"(= {model_cfg.new_item_offset})")
+
+
+def _check_repeat_targets(cfg: ExperimentConfig, model_cls: type) -> None:
+    from modalrec.models.base import Training
+
+    if cfg.eval.repeat_targets != "miss":
+        return
+    if not cfg.eval.exclude_seen:
+        raise ConfigError("eval.repeat_targets='miss' masks a repeat target with the rest of the history; it needs "
+                          "eval.exclude_seen=true")
+    if getattr(model_cls, "training_kind", None) is Training.EVENTS:
+        raise ConfigError(f"eval.repeat_targets='miss': model {cfg.model.name!r} is evaluated by the streaming "
+                          "protocol, which keeps repeat targets rankable")

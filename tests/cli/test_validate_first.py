@@ -39,6 +39,9 @@ def _cfg(**sections: dict) -> ExperimentConfig:
      "data.options.path: nowhere.tsv does not exist"),
     ({"data": {"source": "movielens", "options": {"dir": "x"}}}, "unknown option(s) ['dir'] for source 'movielens'"),
     ({"model": {"name": "sasrec", "params": {"tower": {"kind": "text"}}}}, "features.text is not set"),
+    ({"eval": {"ks": [10], "exclude_seen": False, "repeat_targets": "miss"}},
+     "eval.repeat_targets='miss' masks a repeat target with the rest of the history; it needs eval.exclude_seen"),
+    ({"select": {"new_item_offset": True}}, "select.new_item_offset: model 'sasrec' with tower 'id' has no items"),
     pytest.param({"train": {"epochs": 1, "device": "cuda"}}, "train.device='cuda', but torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])

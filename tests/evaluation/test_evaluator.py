@@ -187,6 +187,45 @@ def test_target_in_history_is_still_ranked() -> None:
     assert Evaluator(es, 5, exclude_seen=False).run(TableModel(table)).ranks.tolist() == [2, 1]
 
 
+class HistoryFirstModel:
+    """Scores the event's own history items 1 and every other item 0: it knows nothing about the target."""
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        scores = torch.zeros(len(batch), self.n_items + 1)
+        scores.scatter_(1, batch.items, 1.0)
+        scores[:, 0] = 0.0
+        return scores
+
+
+def test_a_rankable_repeat_target_is_found_by_ranking_the_history_first_and_miss_closes_that() -> None:
+    n_items, es = 40, random_evalset(200, 40, seed=3)
+    repeat = es.repeat_mask()
+    assert 20 < repeat.sum() < 150
+    model = HistoryFirstModel(n_items)
+    rankable = Evaluator(es, n_items, ks=(10,)).run(model)
+    # under the SASRec convention the target is the one history item left: rank 1 for every repeat target
+    assert (rankable.ranks[repeat] == 1).all() and rankable.metric("ndcg@10", "repeat") == 1.0
+    miss = Evaluator(es, n_items, ks=(10,), repeat_targets="miss").run(model)
+    assert (miss.ranks[repeat] == n_items).all() and miss.metric("ndcg@10", "repeat") == 0.0
+    np.testing.assert_array_equal(miss.ranks[~repeat], rankable.ranks[~repeat])  # novel targets rank alike
+    # a naive reference: the whole history masked, the target too (-inf), pessimistic ties
+    table = random_table(200, n_items, seed=4)
+    got = Evaluator(es, n_items, ks=(10,), repeat_targets="miss").run(TableModel(table)).ranks
+    for e in range(len(es)):
+        s = table[es.user[e]].astype(np.float64)
+        s[list(set(es.history(e).tolist()))] = -np.inf
+        t = es.target[e]
+        assert got[e] == 1 + sum(1 for j in range(1, n_items + 1) if j != t and s[j] >= s[t]), e
+    assert "miss" in miss.meta["candidates"] and miss.meta["candidates"] != rankable.meta["candidates"]
+    with pytest.raises(ValueError, match="exclude_seen"):
+        Evaluator(es, n_items, exclude_seen=False, repeat_targets="miss")
+    with pytest.raises(ValueError, match="repeat_targets"):
+        Evaluator(es, n_items, repeat_targets="mask")
+
+
 def test_nan_scores_raise_naming_the_batch() -> None:
     n_items, es = 20, random_evalset(30, 20, seed=7)
     table = random_table(30, n_items, seed=8)

@@ -49,6 +49,13 @@ MIN_SCORE_ROWS = 16
 
 EXCLUDE_SEEN_RULE = ("exclude_seen: history items other than the target are removed from candidates; a repeat target "
                      "(already in the history) stays rankable and is reported in the repeat group")
+# The rankable repeat target is the SASRec papers' convention, but it tells a model the answer: the target is the one
+# history item left, so ranking every history item first scores a repeat target at rank 1 (the repeat-history rule
+# scores NDCG@10 1.0 on the repeat group). Masking the target with the rest -- a repeat target always a miss, as
+# the IISAN papers and RecBole do -- is the rule a system that filters seen items can actually reach.
+MASK_REPEATS_RULE = ("exclude_seen, repeat_targets='miss': every history item is removed from candidates, a repeat "
+                     "target too, so it counts as a miss (rank n_items); the repeat group scores 0 for every model")
+REPEAT_TARGETS = ("rankable", "miss")
 NO_EXCLUDE_RULE = "exclude_seen=False: every item 1..n_items is a candidate, history included"
 
 
@@ -72,6 +79,7 @@ class Evaluator:
         batch_size: int | None = None,
         score_budget: int = 2**24,
         sampled: SampledConfig | None = None,
+        repeat_targets: str = "rankable",
     ) -> None:
         self.evalset = evalset
         self.n_items = int(n_items)
@@ -79,6 +87,12 @@ class Evaluator:
         if not self.ks or self.ks[0] < 1:
             raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
         self.exclude_seen = bool(exclude_seen)
+        if repeat_targets not in REPEAT_TARGETS:
+            raise ValueError(f"repeat_targets must be one of {REPEAT_TARGETS}, got {repeat_targets!r}")
+        if repeat_targets == "miss" and not self.exclude_seen:
+            raise ValueError("repeat_targets='miss' masks the target with the rest of the history; it needs "
+                             "exclude_seen=True")
+        self.repeat_targets = repeat_targets
         self.max_len = int(max_len)
         self.device = torch.device(resolve_device(device))
         self.score_budget = int(score_budget)
@@ -212,6 +226,12 @@ class Evaluator:
     ) -> Report:
         """The Report of per-event ranks ([E], event order) from `rank_blocks` over every block."""
         masks = self.evalset.group_masks()
+        if self.repeat_targets == "miss":  # the target masked with the history: the worst rank, as -inf scores get
+            repeat = torch.from_numpy(self.evalset.repeat_mask())
+            ranks = torch.where(repeat, torch.full_like(ranks, self.n_items), ranks)
+            negatives = self.negatives()
+            if s_ranks is not None and negatives is not None:  # below every valid sampled negative
+                s_ranks = torch.where(repeat, torch.from_numpy(1 + (negatives >= 0).sum(1)).to(s_ranks.dtype), s_ranks)
         overall = compute_metrics(ranks, self.ks)
         groups = {g: compute_metrics(ranks[torch.from_numpy(m)], self.ks) for g, m in masks.items()}
         if s_ranks is not None:
@@ -227,7 +247,8 @@ class Evaluator:
             "n_events": len(self.evalset),
             "ks": list(self.ks),
             "exclude_seen": self.exclude_seen,
-            "candidates": EXCLUDE_SEEN_RULE if self.exclude_seen else NO_EXCLUDE_RULE,
+            "candidates": (NO_EXCLUDE_RULE if not self.exclude_seen else
+                           MASK_REPEATS_RULE if self.repeat_targets == "miss" else EXCLUDE_SEEN_RULE),
             "ties": "pessimistic",
             "metric_definitions": definitions(),
             "groups": GROUP_DEFINITIONS,
