@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from modalrec.config import from_dict
 from modalrec.errors import ConfigError
@@ -77,8 +78,21 @@ def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path
     again = evaluate_run(run.run_dir, part="test")
     assert again.metric("ndcg@10") == pytest.approx(run.test.metric("ndcg@10"), abs=1e-9)
     assert again.metric("ndcg@10", "cold_item") == pytest.approx(run.test.metric("ndcg@10", "cold_item"), abs=1e-9)
-    with pytest.raises(ConfigError, match="blends its model"):
-        export_artifact(run, tmp_path / "artifact")
+    # serving scores the same blend: the served top items are the run's model's, and an added item is scored too
+    from modalrec.data.sequences import history_batch
+    from modalrec.serving.recommender import Recommender
+
+    rec = Recommender.load(export_artifact(run, tmp_path / "artifact"), persist=False)
+    assert isinstance(rec.model, ScoreBlend) and rec.model.weight == record["chosen"]
+    vocab = rec.artifact.vocab
+    history = list(vocab.raw_ids[:5])
+    served = [r.item_id for r in rec.recommend(history=history, k=10, exclude_seen=False)]
+    with torch.no_grad():
+        scores = run.model.eval().score(history_batch([vocab.indices(history)], run.model.history_length))[0]
+    scores[0] = -float("inf")
+    assert served == [vocab.raw(i) for i in scores.topk(10).indices.tolist()]
+    rec.add_items([{"id": "new-item", "title": "a new item", "description": "never seen in training"}])
+    assert "new-item" in {r.item_id for r in rec.recommend(history=history, k=len(rec.catalogue), exclude_seen=False)}
 
 
 def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_path: Path) -> None:

@@ -59,9 +59,17 @@ class ScoreBlend(nn.Module):
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d1 + d2]
         return torch.cat([self.trained.item_embeddings(), self.reference.item_embeddings()], -1)
 
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:  # [M] -> [M, d1 + d2]; rows of item_embeddings()
+        return torch.cat([self.trained.embed_items(items), self.reference.embed_items(items)], -1)
+
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:
         return ((1.0 - self._weight) * self.trained.score(batch, items)
                 + self._weight * self.reference.score(batch, items))
+
+    def set_item_features(self, features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor]) -> None:
+        """Both models score the grown catalogue (serving's added items)."""
+        self.trained.set_item_features(features, missing)
+        self.reference.set_item_features(features, missing)
 
 
 def blend_sweep(blend: ScoreBlend, evaluate: Callable[[nn.Module], Any], weights: Sequence[float],

@@ -166,7 +166,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     """
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig, seeded
-    from modalrec.pipeline import features_for, load_data, make_split
+    from modalrec.pipeline import UNTRAINED_DIR, features_for, load_data, make_split
     from modalrec.validation import check_model
 
     run_dir = Path(source.run_dir) if hasattr(source, "run_dir") else Path(source)
@@ -190,9 +190,9 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         raise ConfigError("models on per-layer hidden-state caches (features.hidden, e.g. IISAN) cannot be served "
                           "yet: new items would need their hidden states encoded")
     selection = manifest.get("selection") or {}
-    if "blend_untrained" in selection:
-        raise ConfigError(f"{run_dir} blends its model with its untrained state (select.blend_untrained); serving "
-                          "scores one model, so export a run trained without select.blend_untrained")
+    blend = selection.get("blend_untrained")  # the run scores (1 - w) * trained + w * its untrained state
+    if blend is not None and not (run_dir / UNTRAINED_DIR / "model.safetensors").is_file():
+        raise ConfigError(f"{run_dir} blends its model with its untrained state, but has no {UNTRAINED_DIR}/ weights")
     params = dict(cfg.model.params)
     if "new_item_offset" in selection:  # chosen on VALID after training: serving scores new items with it
         params["new_item_offset"] = float(selection["new_item_offset"]["chosen"])
@@ -217,6 +217,8 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     tmp = temp_dir_beside(out_dir)
     try:
         shutil.copytree(ckpt, tmp / "model")
+        if blend is not None:
+            shutil.copytree(run_dir / UNTRAINED_DIR, tmp / UNTRAINED_DIR)
         ds.item_vocab.save(tmp / "vocab.json")
         _write_items(tmp / "items.json", ds.items)
         ds.user_vocab.save(tmp / "users.json")
@@ -230,7 +232,8 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
-            "model": {"name": cfg.model.name, "params": params},
+            "model": {"name": cfg.model.name, "params": params,
+                      **({"blend_untrained": float(blend["chosen"])} if blend is not None else {})},
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
             "clock": ds.summary.get("time", "unix_seconds"),
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
@@ -429,6 +432,14 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
     model, model_cfg = build(art.model_name, art.model_params, ctx)
     load_state(art.directory / "model", model)
     content = bool(feats) and bool(type(model).content_modalities(model_cfg))
+    weight = art.meta["model"].get("blend_untrained")
+    if weight is not None:  # select.blend_untrained: the untrained state, blended by the weight VALID chose
+        from modalrec.models.blend import ScoreBlend
+        from modalrec.pipeline import UNTRAINED_DIR
+
+        untrained, _ = build(art.model_name, art.model_params, ctx)
+        load_state(art.directory / UNTRAINED_DIR, untrained)
+        model = ScoreBlend(model, untrained, float(weight))
     if content:
         model.set_item_features(feats, missing)  # the full (possibly grown) table
     return model.to(device).eval(), content
