@@ -65,7 +65,6 @@ def test_evaluate_and_serving_reapply_the_chosen_offset(offset_run: Any, tmp_pat
 
 def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path: Path) -> None:
     from modalrec.models.blend import ScoreBlend
-    from modalrec.serving.artifact import export_artifact
 
     run = run_experiment(_config(tmp_path, "text", blend_untrained=True))
     record = run.manifest["selection"]["blend_untrained"]
@@ -78,12 +77,32 @@ def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path
     again = evaluate_run(run.run_dir, part="test")
     assert again.metric("ndcg@10") == pytest.approx(run.test.metric("ndcg@10"), abs=1e-9)
     assert again.metric("ndcg@10", "cold_item") == pytest.approx(run.test.metric("ndcg@10", "cold_item"), abs=1e-9)
-    # serving scores the same blend: the served top items are the run's model's, and an added item is scored too
+    # serving scores the same blend, and an added item is scored too
+    rec = _served_like_the_run(run, tmp_path / "artifact")
+    assert isinstance(rec.model, ScoreBlend) and rec.model.weight == record["chosen"]
+    history = list(rec.artifact.vocab.raw_ids[:5])
+    rec.add_items([{"id": "new-item", "title": "a new item", "description": "never seen in training"}])
+    assert "new-item" in {r.item_id for r in rec.recommend(history=history, k=len(rec.catalogue), exclude_seen=False)}
+
+
+def test_offset_and_blend_together_are_re_applied_as_chosen(tmp_path: Path) -> None:
+    run = run_experiment(_config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=0.05,
+                                 blend_untrained=True))
+    assert set(run.manifest["selection"]) == {"new_item_offset", "blend_untrained"}
+    assert run.model.reference.new_item_offset == 0.0  # the untrained half is the state fit started from
+    again = evaluate_run(run.run_dir, part="test")
+    for group in ("overall", "cold_item"):
+        assert again.metric("ndcg@10", group) == pytest.approx(run.test.metric("ndcg@10", group), abs=1e-9)
+    _served_like_the_run(run, tmp_path / "artifact")
+
+
+def _served_like_the_run(run: Any, out: Path) -> Any:
+    """The exported artifact's recommender, after checking its top 10 for a history are the run's model's."""
     from modalrec.data.sequences import history_batch
+    from modalrec.serving.artifact import export_artifact
     from modalrec.serving.recommender import Recommender
 
-    rec = Recommender.load(export_artifact(run, tmp_path / "artifact"), persist=False)
-    assert isinstance(rec.model, ScoreBlend) and rec.model.weight == record["chosen"]
+    rec = Recommender.load(export_artifact(run, out), persist=False)
     vocab = rec.artifact.vocab
     history = list(vocab.raw_ids[:5])
     served = [r.item_id for r in rec.recommend(history=history, k=10, exclude_seen=False)]
@@ -91,8 +110,7 @@ def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path
         scores = run.model.eval().score(history_batch([vocab.indices(history)], run.model.history_length))[0]
     scores[0] = -float("inf")
     assert served == [vocab.raw(i) for i in scores.topk(10).indices.tolist()]
-    rec.add_items([{"id": "new-item", "title": "a new item", "description": "never seen in training"}])
-    assert "new-item" in {r.item_id for r in rec.recommend(history=history, k=len(rec.catalogue), exclude_seen=False)}
+    return rec
 
 
 def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_path: Path) -> None:

@@ -437,7 +437,9 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
         from modalrec.models.blend import ScoreBlend
         from modalrec.pipeline import UNTRAINED_DIR
 
-        untrained, _ = build(art.model_name, art.model_params, ctx)
+        # the state training started from, as the run blended it: without the offset VALID chose for the trained one
+        params = {k: v for k, v in art.model_params.items() if k != "new_item_offset"}
+        untrained, _ = build(art.model_name, params, ctx)
         load_state(art.directory / UNTRAINED_DIR, untrained)
         model = ScoreBlend(model, untrained, float(weight))
     if content:
