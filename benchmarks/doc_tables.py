@@ -710,6 +710,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cold_start_iisan_scientific_masked_hybrid": cold_start_hybrid_checks("iisan_scientific_masked"),
     "cold_start_iisan_instruments_masked": cold_start("iisan_instruments_masked"),
     "cold_start_iisan_instruments_masked_hybrid": cold_start_hybrid_checks("iisan_instruments_masked"),
+    "cold_start_unisrec_scientific_masked": cold_start("unisrec_scientific_masked"),
+    "cold_start_unisrec_scientific_masked_hybrid": cold_start_hybrid_checks("unisrec_scientific_masked"),
     "ablation_ml100k": ablation_ml100k,
     "age_ml100k": age_ml100k,
     "cold_erosion_ml100k": cold_erosion_ml100k,
