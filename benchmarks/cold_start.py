@@ -85,8 +85,11 @@ BLEND_WEIGHTS = selection.BLEND_WEIGHTS  # 0 (trained), 0.1, ..., 1 (untrained)
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
-PAPERS_SPLIT = ("the IISAN papers' leave-one-out split, full ranking; repeat targets kept rankable (the papers mask "
-                "them: `published` restates every model under their rule)")
+PAPERS_LOO = "the IISAN papers' leave-one-out split, full ranking"
+PAPERS_SPLIT = (f"{PAPERS_LOO}; repeat targets kept rankable (the papers mask them: `published` restates every model "
+                "under their rule)")
+UNISREC_LOO = "UniSRec's shipped leave-one-out files, full ranking"
+MASKED_RULE = "every history item masked, a repeat target too (a miss; the IISAN papers' and RecBole's rule)"
 log = logging.getLogger("cold_start")
 
 
@@ -105,18 +108,18 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
                    "protocol": "global temporal 70/15/15 (this project's protocol; no published reference)"},
         "iisan_scientific": {"data": iisan_sci, "split": {"kind": "leave_one_out"}, "features": text_only, "clock": False,
                              "content": "text", "loss": "ce",
-                             "protocol": PAPERS_SPLIT},
+                             "split_text": PAPERS_LOO, "protocol": PAPERS_SPLIT},
         "iisan_instruments": {"data": {"source": "amazon_iisan", "options": {
                                   "users_tsv": str(iisan / "am_Musical_Instruments_users_10K.tsv"),
                                   "items_tsv": str(iisan / "Musical_Instruments_items.tsv")}},
                               "split": {"kind": "leave_one_out"}, "features": text_only, "content": "text", "clock": False,
-                              "loss": "ce", "protocol": PAPERS_SPLIT},
+                              "loss": "ce", "split_text": PAPERS_LOO, "protocol": PAPERS_SPLIT},
         "unisrec_scientific": {"data": {"source": "recbole", "options": {
                                    "directory": str(root / "amazon-scientific-unisrec"), "name": "Scientific",
                                    "presplit": True}},
                                "split": {"kind": "presplit"}, "features": {"text": "minilm", "template": "{text}"}, "clock": False,
                                "content": "text", "loss": "ce",
-                               "protocol": "UniSRec's shipped leave-one-out files, full ranking"},
+                               "split_text": UNISREC_LOO, "protocol": UNISREC_LOO},
         "iisan_scientific_cold10": {"data": iisan_sci,
                                     "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1}, "clock": False,
                                     "features": text_only, "content": "text", "loss": "ce",
@@ -125,9 +128,8 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
     # the same data and split with a repeat target masked with the rest of the history (a miss: the IISAN papers'
     # rule), where the rule above keeps it rankable and so tells a model the answer on repeat targets
     for name in ("iisan_scientific", "iisan_instruments", "unisrec_scientific"):
-        out[name + MASKED] = {**out[name], "repeat_targets": "miss", "protocol": out[name]["protocol"].split(";")[0]
-                              .split(", repeat targets")[0] + "; every history item masked, a repeat target too "
-                              "(a miss; the IISAN papers' and RecBole's rule)"}
+        out[name + MASKED] = {**out[name], "repeat_targets": "miss",
+                              "protocol": f"{out[name]['split_text']}; {MASKED_RULE}"}
     return out
 
 
