@@ -217,3 +217,25 @@ def test_cold_start_content_check_pairs_the_untrained_runs_with_the_trained_mode
     assert plain["groups"]["overall"]["untrained"] == 0.1  # seeds 1-2 only; all three would average 0.367
     blend = got["sasrec_content+blend"]
     assert not blend["holds"] and not blend["groups"]["cold_item"]["holds"] and blend["groups"]["overall"]["holds"]
+
+
+def test_cold_start_checks_leave_out_the_repeat_group_only_where_repeat_targets_are_misses() -> None:
+    """Under the rankable rule repeat-history's 1.0 on repeats beats the hybrid; under repeat_targets='miss' the
+    repeat group is unreachable for every model, listed as such and not counted as held."""
+    cold = importlib.import_module("cold_start")
+    from modalrec.evaluation.evaluator import EXCLUDE_SEEN_RULE, MASK_REPEATS_RULE
+
+    def run(dataset: str, model: str, overall: float, repeat: float, rule: str) -> dict:
+        groups = {"overall": {"n": 10, "ndcg@10": overall, "hr@10": overall},
+                  "repeat": {"n": 2, "ndcg@10": repeat, "hr@10": repeat}}
+        return {"dataset": dataset, "model": model, "seed": 0, "valid": groups, "test": groups, "candidates": rule}
+
+    results = [run("a", "repeat_history", 0.10, 1.0, EXCLUDE_SEEN_RULE), run("a", "sasrec_hybrid", 0.30, 0.8,
+                                                                             EXCLUDE_SEEN_RULE),
+               run("b", "repeat_history", 0.0, 0.0, MASK_REPEATS_RULE), run("b", "sasrec_hybrid", 0.25, 0.0,
+                                                                            MASK_REPEATS_RULE)]
+    rankable, masked = cold.checks(results, "a"), cold.checks(results, "b")
+    hybrid = rankable["test"]["hybrid_vs_best"]["sasrec_hybrid"]
+    assert "unreachable_groups" not in rankable and not hybrid["holds"] and not hybrid["groups"]["repeat"]["holds"]
+    hybrid = masked["test"]["hybrid_vs_best"]["sasrec_hybrid"]
+    assert masked["unreachable_groups"] == ["repeat"] and "repeat" not in hybrid["groups"] and hybrid["holds"]
