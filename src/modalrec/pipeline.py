@@ -317,8 +317,13 @@ def _replace(obj: Any, **changes: Any) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") -> Any:
-    """Rebuild a trained run from its directory (data, split, features, weights) and evaluate one part."""
+def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu",
+                 repeat_targets: str | None = None) -> Any:
+    """Rebuild a trained run from its directory (data, split, features, weights) and evaluate one part.
+
+    repeat_targets: the candidate rule for targets already in the history ("rankable" / "miss"), e.g. to restate
+    a run under the papers' rule; default the run's own (`eval.repeat_targets`). The run's epochs and `select`
+    settings stay those chosen under its own rule."""
     import json
 
     from modalrec.config import from_dict
@@ -331,6 +336,9 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu") 
         raise ConfigError(f"{run_dir} is not a run directory (no manifest.json)")
     manifest = json.loads(manifest_path.read_text())
     cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
+    if repeat_targets is not None:
+        cfg = _replace(cfg, eval=_replace(cfg.eval, repeat_targets=repeat_targets))
+        check_experiment(cfg)
     ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(

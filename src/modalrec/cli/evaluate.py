@@ -10,12 +10,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=["valid", "test"], default="test")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="write the report JSON here")
+    parser.add_argument("--repeat-targets", choices=["rankable", "miss"], default=None,
+                        help="targets already in the history: rankable, or a miss as the IISAN papers and RecBole "
+                             "count them (default: the run's eval.repeat_targets)")
 
 
 def run(args: argparse.Namespace) -> int:
     from modalrec.pipeline import evaluate_run
 
-    report = evaluate_run(args.run_dir, part=args.part, device=args.device)
+    report = evaluate_run(args.run_dir, part=args.part, device=args.device, repeat_targets=args.repeat_targets)
     print(report.to_markdown())
     if args.out:
         report.to_json(args.out)
