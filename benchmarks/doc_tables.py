@@ -603,16 +603,16 @@ def published_iisan(results: Path) -> str:
     names = {"iisan": "IISAN, text-only (cached MiniLM layers)", "frozen": "frozen backbone (cached MiniLM + linear)"}
     rows = []
     for dataset, label in (("iisan_scientific", "Scientific"), ("iisan_instruments", "Instruments")):
-        pubs = [(src, b[dataset]) for src, b in blocks if dataset in b]
+        # (source, block, the results' dataset name: the masked twin names its own runs)
+        pubs = [(src, b[dataset], dataset) for src, b in blocks if dataset in b]
         if not pubs:
             continue
         rows += [[label, f"{model} (titles + images)", pubs[0][1]["paper"], "", "", "", "", _f(m["hr@10"], 2),
                   _f(m["ndcg@10"], 2)]
                  for model, m in pubs[0][1]["published_pct"].items()]
         if dataset + masked in cold["published"]:
-            pubs.append(("cold_start.py", cold["published"][dataset + masked]))
-        for src, pub in pubs:
-            rule = dataset + masked if pub is cold["published"].get(dataset + masked) else dataset
+            pubs.append(("cold_start.py", cold["published"][dataset + masked], dataset + masked))
+        for src, pub, rule in pubs:
             for model, v in pub["ours_pct"].items():
                 base = model.removesuffix("@0")
                 name = names.get(base) or cold_start_label(base)

@@ -338,7 +338,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu",
     cfg = seeded(from_dict(ExperimentConfig, manifest["config"]))
     if repeat_targets is not None:
         cfg = _replace(cfg, eval=_replace(cfg.eval, repeat_targets=repeat_targets))
-        check_experiment(cfg)
+    checked = check_experiment(cfg)  # the override too, before any data is read
     ds = load_data(cfg.data)
     if ds.content_hash() != manifest["dataset"]["hash"]:
         raise MismatchError(
@@ -346,7 +346,7 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu",
             f"({manifest['dataset']['hash']}); the data files changed"
         )
     split = make_split(ds, cfg.split, cfg.seed)
-    features_cfg = features_for(cfg.features, check_experiment(cfg).modalities)
+    features_cfg = features_for(cfg.features, checked.modalities)
     model, _ = build_model(cfg.model.name, cfg.model.params,
                            model_context(ds, split, load_features(ds, features_cfg), cfg.seed,
                                          load_hidden_states(ds, cfg.features)))
