@@ -218,30 +218,27 @@ def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
 
 def with_blend(cfg: Any, res: Any, untrained: Any, trained: dict[str, Any]) -> dict[str, Any]:
     """The trained content model's scores interpolated with its untrained self's (models/blend.py), the weight
-    chosen on VALID by blend_sweep (best VALID overall NDCG@10 among the weights that lose no VALID group to the
-    untrained model); TEST once at that weight."""
-    from modalrec.models.blend import ScoreBlend, blend_sweep
-    from modalrec.training.selection import BLEND_RULE
+    chosen on VALID by selection.blend_sweep (best VALID overall NDCG@10 among the weights that lose no VALID group
+    to the untrained model); TEST once at that weight."""
+    from modalrec.models.blend import ScoreBlend
 
     blend = ScoreBlend(res.model.eval(), untrained.eval())
-    weight, sweep = blend_sweep(blend, lambda m: evaluate(cfg, res.split, m, "valid"), BLEND_WEIGHTS)
-    valid, test = evaluate(cfg, res.split, blend, "valid"), evaluate(cfg, res.split, blend, "test")
-    return {**trained, "model": trained["model"] + BLEND, "valid": groups_of(valid), "test": groups_of(test),
-            "blend": {"chosen": weight, "rule": BLEND_RULE, "valid_sweep": sweep}}
+    choice = selection.blend_sweep(blend, lambda m: evaluate(cfg, res.split, m, "valid"), BLEND_WEIGHTS)
+    test = evaluate(cfg, res.split, blend, "test")
+    return {**trained, "model": trained["model"] + BLEND, "valid": groups_of(choice.report), "test": groups_of(test),
+            "blend": {"chosen": choice.value, "rule": selection.BLEND_RULE, "valid_sweep": choice.sweep}}
 
 
 def with_offset(cfg: Any, res: Any, trained: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The hybrid model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
     among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
     once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
-    from modalrec.training.selection import offset_rule, offset_sweep
-
     split, model = res.split, res.model.eval()
-    chosen, sweep = offset_sweep(model, lambda m: evaluate(cfg, split, m, "valid"), OFFSETS, tolerance)
-    valid, test = evaluate(cfg, split, model, "valid"), evaluate(cfg, split, model, "test")
+    choice = selection.offset_sweep(model, lambda m: evaluate(cfg, split, m, "valid"), OFFSETS, tolerance)
+    test = evaluate(cfg, split, model, "test")
     model.new_item_offset = 0.0
-    return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(valid), "test": groups_of(test),
-            "offset": {"chosen": chosen, "rule": offset_rule(tolerance), "valid_sweep": sweep}}
+    return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(choice.report), "test": groups_of(test),
+            "offset": {"chosen": choice.value, "rule": selection.offset_rule(tolerance), "valid_sweep": choice.sweep}}
 
 
 def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any, seconds: float) -> dict[str, Any]:

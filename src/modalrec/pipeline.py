@@ -232,9 +232,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         if cfg.select.new_item_offset or cfg.select.blend_untrained:  # settings chosen on VALID, before TEST
             from modalrec.training.selection import select_on_valid
 
-            scorer, selection = select_on_valid(model, untrained, cfg.select,
-                                                lambda m: run_eval(valid_eval, m, "valid"))
-            valid_report = run_eval(valid_eval, scorer, "valid")
+            scorer, selection, valid_report = select_on_valid(model, untrained, cfg.select,
+                                                              lambda m: run_eval(valid_eval, m, "valid"))
         test_report = run_eval(evaluator("test"), scorer, "test")
     wall = time.perf_counter() - started
     manifest = {

@@ -11,9 +11,10 @@ from seq_testdata import context, cyclic_split, evaluate, train_adam
 
 from modalrec.data.sequences import TrainWindows, eval_batch
 from modalrec.errors import ConfigError
-from modalrec.models.blend import ScoreBlend, blend_sweep
+from modalrec.models.blend import ScoreBlend
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 from modalrec.models.towers.item_towers import TowerConfig
+from modalrec.training.selection import blend_sweep
 
 
 def _content_sasrec(split, seed: int, max_len: int = 10) -> SASRec:  # type: ignore[no-untyped-def]
@@ -56,13 +57,17 @@ def test_the_sweep_keeps_the_model_that_learned_the_planted_pattern() -> None:
     learned = evaluate(trained, split).metric("ndcg@10")
     assert learned > 2 * evaluate(untrained, split).metric("ndcg@10")  # the pattern was learned
     # the pattern-learning model beats its untrained self on every group, so the sweep leans to it
-    weight, sweep = blend_sweep(ScoreBlend(trained, untrained), lambda m: evaluate(m, split), weights)
+    blend = ScoreBlend(trained, untrained)
+    choice = blend_sweep(blend, lambda m: evaluate(m, split), weights)
+    weight, sweep = choice.value, choice.sweep
     assert weight < 0.5 and [s["weight"] for s in sweep] == weights
+    # the Choice carries the VALID report at the chosen weight: the blend, left at that weight, ranks so
+    assert blend.weight == weight and choice.report.ranks.tolist() == evaluate(blend, split).ranks.tolist()
     chosen, reference = (next(s for s in sweep if s["weight"] == w) for w in (weight, 1.0))
     assert chosen["overall"] == max(s["overall"] for s in sweep)
     assert all(chosen["groups"][g] >= v for g, v in reference["groups"].items())
     # the other way round the reference is the trained model: only weights near it lose no group
-    swapped, _ = blend_sweep(ScoreBlend(untrained, trained), lambda m: evaluate(m, split), weights)
+    swapped = blend_sweep(ScoreBlend(untrained, trained), lambda m: evaluate(m, split), weights).value
     assert swapped > 0.5
 
 

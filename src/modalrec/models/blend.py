@@ -7,14 +7,13 @@ output-space form of WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot 
 
     score = (1 - weight) * trained.score + weight * reference.score
 
-`weight` is chosen on VALID (`blend_sweep`); 0 is the trained model, 1 the reference. Two dot-product models
+`weight` is chosen on VALID (training/selection.blend_sweep); 0 is the trained model, 1 the reference. Two dot-product models
 blend into a dot-product model — the state and item vectors are concatenated, the first scaled by
 (1 - weight) and the second by `weight` — so evaluation and serving keep the fast item-table path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -70,28 +69,3 @@ class ScoreBlend(nn.Module):
         """Both models score the grown catalogue (serving's added items)."""
         self.trained.set_item_features(features, missing)
         self.reference.set_item_features(features, missing)
-
-
-def blend_sweep(blend: ScoreBlend, evaluate: Callable[[nn.Module], Any], weights: Sequence[float],
-                metric: str = "ndcg@10") -> tuple[float, list[dict[str, Any]]]:
-    """Choose the blend weight on VALID: the best overall `metric` among the weights that score at least the
-    reference alone (weight 1) on every event group with events, so blending in the trained model costs no
-    group anything on VALID; weight 1 always qualifies. Ties go to the larger weight (more of the reference).
-    `evaluate(model)` returns a VALID Report. Returns (weight, each weight's overall and group metrics) and
-    leaves `blend.weight` at the chosen weight."""
-    if 1.0 not in weights:
-        raise ConfigError(f"blend_sweep needs weight 1 (the reference alone) among the weights, got {list(weights)}")
-    sweep = []
-    for w in weights:
-        blend.weight = w
-        rep = evaluate(blend)
-        groups = {g: rep.metric(metric, g) for g in rep.groups if rep.counts.get(g, 0) > 0}
-        sweep.append({"weight": float(w), "overall": rep.metric(metric), "groups": groups})
-    ref = next(s for s in sweep if s["weight"] == 1.0)
-
-    def loses_nothing(s: dict[str, Any]) -> bool:
-        return all((s["groups"][g] or 0.0) >= (v or 0.0) for g, v in ref["groups"].items())
-
-    chosen = max((s for s in sweep if loses_nothing(s)), key=lambda s: (s["overall"] or 0.0, s["weight"]))
-    blend.weight = chosen["weight"]
-    return chosen["weight"], sweep

@@ -8,13 +8,15 @@ on real data"):
   items with no training events compete with items whose ID vectors training raised;
 - `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py).
 
-Each sweep returns the chosen value and every candidate's VALID metrics, recorded in the run's manifest
-(`selection`) so the choice can be re-checked, and re-applied by `evaluate` and serving.
+Each sweep returns a `Choice`: the chosen value, every candidate's VALID metrics (recorded in the run's manifest,
+`selection`, so the choice can be re-checked, and re-applied by `evaluate` and serving) and the VALID report at the
+chosen value, so nothing evaluates VALID again once the choice is made.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -36,48 +38,87 @@ BLEND_RULE = (f"best VALID overall {METRIC} among the weights of the untrained m
               "model alone on every VALID group; ties to the larger weight")
 
 
+@dataclass
+class Choice:
+    """A setting chosen on VALID: its value, every candidate's VALID metrics, and the VALID Report at the value."""
+
+    value: float
+    sweep: list[dict[str, Any]]
+    report: Any
+
+
 def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[float] = OFFSETS,
-                 tolerance: float = 0.01, metric: str = METRIC) -> tuple[float, list[dict[str, Any]]]:
+                 tolerance: float = 0.01, metric: str = METRIC) -> Choice:
     """Choose `model.new_item_offset` on VALID: the offset that ranks VALID cold items best among the offsets
     whose VALID overall `metric` is at least (1 - tolerance) x the offset-0 model's, so the offset may cost
-    warm targets at most that share. `evaluate(model)` returns a VALID Report. Returns (offset, each offset's
-    overall and cold-item metric) and leaves the model at the chosen offset."""
+    warm targets at most that share. `evaluate(model)` returns a VALID Report. Returns the Choice (each
+    offset's overall and cold-item metric) and leaves the model at the chosen offset."""
     if not offsets or offsets[0] != 0:
         raise ConfigError(f"offset_sweep needs offset 0 (the trained model) first, got {list(offsets)}")
     if not 0.0 <= tolerance < 1.0:
         raise ConfigError(f"select.offset_tolerance must lie in [0, 1), got {tolerance}")
-    sweep = []
+    sweep, reports = [], []
     for offset in offsets:
         model.new_item_offset = float(offset)
-        rep = evaluate(model)
-        sweep.append({"offset": float(offset), "overall": rep.metric(metric),
-                      "cold_item": metric_or_none(rep, metric, "cold_item")})
+        reports.append(evaluate(model))
+        sweep.append({"offset": float(offset), "overall": reports[-1].metric(metric),
+                      "cold_item": metric_or_none(reports[-1], metric, "cold_item")})
     floor = (1.0 - tolerance) * (sweep[0]["overall"] or 0.0)
-    chosen = max((s for s in sweep if (s["overall"] or 0.0) >= floor),
-                 key=lambda s: (s["cold_item"] or 0.0, -s["offset"]))
-    model.new_item_offset = chosen["offset"]
-    return chosen["offset"], sweep
+    at = max((i for i, s in enumerate(sweep) if (s["overall"] or 0.0) >= floor),
+             key=lambda i: (sweep[i]["cold_item"] or 0.0, -sweep[i]["offset"]))
+    model.new_item_offset = sweep[at]["offset"]
+    return Choice(sweep[at]["offset"], sweep, reports[at])
+
+
+def blend_sweep(blend: Any, evaluate: Callable[[Any], Any], weights: Sequence[float] = BLEND_WEIGHTS,
+                metric: str = METRIC) -> Choice:
+    """Choose a ScoreBlend's weight on VALID (BLEND_RULE): the best overall `metric` among the weights that score
+    at least the reference alone (weight 1) on every event group with events, so blending in the trained model
+    costs no group anything on VALID; weight 1 always qualifies. Ties go to the larger weight (more of the
+    reference). `evaluate(model)` returns a VALID Report. Returns the Choice (each weight's overall and group
+    metrics) and leaves `blend.weight` at the chosen weight."""
+    if 1.0 not in weights:
+        raise ConfigError(f"blend_sweep needs weight 1 (the reference alone) among the weights, got {list(weights)}")
+    sweep, reports = [], []
+    for w in weights:
+        blend.weight = w
+        reports.append(evaluate(blend))
+        rep = reports[-1]
+        groups = {g: rep.metric(metric, g) for g in rep.groups if rep.counts.get(g, 0) > 0}
+        sweep.append({"weight": float(w), "overall": rep.metric(metric), "groups": groups})
+    ref = next(s for s in sweep if s["weight"] == 1.0)
+
+    def loses_nothing(s: dict[str, Any]) -> bool:
+        return all((s["groups"][g] or 0.0) >= (v or 0.0) for g, v in ref["groups"].items())
+
+    at = max((i for i, s in enumerate(sweep) if loses_nothing(s)),
+             key=lambda i: (sweep[i]["overall"] or 0.0, sweep[i]["weight"]))
+    blend.weight = sweep[at]["weight"]
+    return Choice(sweep[at]["weight"], sweep, reports[at])
 
 
 def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any,
-                    evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any]]:
-    """(the model to evaluate on TEST, the manifest's `selection` record) for `cfg` (experiment.SelectConfig):
-    the new-item offset first, then the blend of the (offset) model with `untrained`, its state before fit."""
-    from modalrec.models.blend import ScoreBlend, blend_sweep
+                    evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any], Any]:
+    """(the model to evaluate on TEST, the manifest's `selection` record, its VALID Report) for `cfg`
+    (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
+    its state before fit. Without either setting: (model, {}, None)."""
+    from modalrec.models.blend import ScoreBlend
 
     record: dict[str, Any] = {}
+    report = None
     if cfg.new_item_offset:
-        offset, sweep = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance)
-        record["new_item_offset"] = {"chosen": offset, "rule": offset_rule(cfg.offset_tolerance),
-                                     "valid_sweep": sweep}
+        choice = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance)
+        record["new_item_offset"] = {"chosen": choice.value, "rule": offset_rule(cfg.offset_tolerance),
+                                     "valid_sweep": choice.sweep}
+        report = choice.report
     if cfg.blend_untrained:
         if untrained is None:
             raise ConfigError("select.blend_untrained: the model's untrained state was not kept")
         blend = ScoreBlend(model, untrained.eval())
-        weight, sweep = blend_sweep(blend, evaluate, BLEND_WEIGHTS, METRIC)
-        record["blend_untrained"] = {"chosen": weight, "rule": BLEND_RULE, "valid_sweep": sweep}
-        model = blend
-    return model, record
+        choice = blend_sweep(blend, evaluate)
+        record["blend_untrained"] = {"chosen": choice.value, "rule": BLEND_RULE, "valid_sweep": choice.sweep}
+        model, report = blend, choice.report
+    return model, record, report
 
 
 def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, Any]) -> Any:
