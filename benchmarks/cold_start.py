@@ -43,8 +43,6 @@ from typing import Any
 from _output import earlier_json, emit_json, start_run
 from _published import IISAN, comparison
 
-from modalrec.training import selection
-
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
@@ -65,8 +63,8 @@ AGE_HIST = {**AGE, "age_input": True}
 POP = {"loss_popularity": 1.0, "loss_popularity_scope": "items"}
 # _gated: AGE_HIST with the hybrid's ID vectors counted only after an item's first event and 30% of items scored
 # without theirs at each training step (models/first_event.py). Every trained hybrid's run also yields `+offset`:
-# the same trained model with the new-item offset (items without an ID vector) picked on VALID (OFFSETS,
-# --offset-tolerance), TEST once at that offset
+# the same trained model with the new-item offset (items without an ID vector) picked on VALID by the pipeline's
+# `select.new_item_offset` (training/selection.py: OFFSETS, --offset-tolerance), TEST once at that offset
 GATED = {"id_scores": "after_first_event", "id_score_dropout": 0.3}
 OFFSET = "+offset"
 # _first (last suffix): train.first_event_targets -- each user's first training event is a target from an empty
@@ -76,12 +74,10 @@ FIRST = "_first"
 # logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
 # training events below every item that had some; prediction ranks by the learned score alone
 DEBIAS = "_debias"
-OFFSETS = selection.OFFSETS  # 0, 0.25, ..., 3 logits
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
-# (models/blend.py), the weight picked on VALID like the offset
+# (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
 BLEND = "+blend"
-MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss' 
-BLEND_WEIGHTS = selection.BLEND_WEIGHTS  # 0 (trained), 0.1, ..., 1 (untrained)
+MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
 GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
           "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
 METRICS = ("ndcg@10", "hr@10")
@@ -185,6 +181,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True,
                  "repeat_targets": ds.get("repeat_targets", "rankable")},
+        "select": select_settings(model, args),
     })
 
 
@@ -193,20 +190,41 @@ def groups_of(report: Any) -> dict[str, Any]:
             for g in GROUPS if g == "overall" or g in report.groups}
 
 
+def select_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's `select` section of a run (training/selection.py, the CLI's path): a trained hybrid's new-item
+    offset, a trained content SASRec's blend with its untrained self (not content_knn, not @0 runs)."""
+    if model.endswith(UNTRAINED) or model not in SASRECS:
+        return {}
+    if "hybrid" in model:
+        return {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
+    return {"blend_untrained": True} if "content" in model else {}
+
+
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The run's result; a trained hybrid model's run also yields its `+offset` result (with_offset)."""
+    """The run's result; with `select_settings`, the trained model's result and the selected one's (`+offset` /
+    `+blend`, each evaluated on TEST once)."""
     from modalrec.pipeline import run_experiment
 
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)
-    out = [result(name, model, seed, args, res, time.perf_counter() - t0)]
-    if "hybrid" in model and not model.endswith(UNTRAINED):
-        out.append(with_offset(cfg, res, out[0], args.offset_tolerance))
-    if "content" in model and model in SASRECS:  # trained content SASRecs (not content_knn, not @0 runs)
-        untrained = run_experiment(config(name, model + UNTRAINED, seed, args), write=False)
-        out.append(with_blend(cfg, res, untrained.model, out[0]))
-    return out
+    seconds = time.perf_counter() - t0
+    selected = res.manifest["selection"]
+    if not selected:
+        return [result(name, model, seed, args, res, seconds)]
+    if "new_item_offset" in selected:  # the trained model is the selected one at offset 0
+        trained, chosen = res.model, res.model.new_item_offset
+        trained.new_item_offset = 0.0
+    else:
+        trained = res.model.trained  # a ScoreBlend of the trained model and its untrained state
+    valid, test = (evaluate(cfg, res.split, trained, part) for part in ("valid", "test"))
+    if "new_item_offset" in selected:
+        trained.new_item_offset = chosen
+    plain = result(name, model, seed, args, res, seconds, valid, test)
+    suffix, key, record = ((OFFSET, "offset", selected["new_item_offset"]) if "new_item_offset" in selected
+                           else (BLEND, "blend", selected["blend_untrained"]))
+    return [plain, {**plain, "model": model + suffix, "valid": groups_of(res.valid), "test": groups_of(res.test),
+                    key: record}]
 
 
 def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
@@ -216,36 +234,14 @@ def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
     return evaluator_for(cfg, split, part, model.history_length).run(model, name=part)
 
 
-def with_blend(cfg: Any, res: Any, untrained: Any, trained: dict[str, Any]) -> dict[str, Any]:
-    """The trained content model's scores interpolated with its untrained self's (models/blend.py), the weight
-    chosen on VALID by selection.blend_sweep (best VALID overall NDCG@10 among the weights that lose no VALID group
-    to the untrained model); TEST once at that weight."""
-    from modalrec.models.blend import ScoreBlend
-
-    blend = ScoreBlend(res.model.eval(), untrained.eval())
-    choice = selection.blend_sweep(blend, lambda m: evaluate(cfg, res.split, m, "valid"), BLEND_WEIGHTS)
-    test = evaluate(cfg, res.split, blend, "test")
-    return {**trained, "model": trained["model"] + BLEND, "valid": groups_of(choice.report), "test": groups_of(test),
-            "blend": {"chosen": choice.value, "rule": selection.BLEND_RULE, "valid_sweep": choice.sweep}}
-
-
-def with_offset(cfg: Any, res: Any, trained: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    """The hybrid model with the new-item offset (SASRecConfig.new_item_offset) that ranks VALID cold items best
-    among the offsets whose VALID overall NDCG@10 is within `tolerance` (a share) of the offset-0 model's; TEST
-    once at that offset. Every offset's VALID overall / cold-item NDCG@10 is kept."""
-    split, model = res.split, res.model.eval()
-    choice = selection.offset_sweep(model, lambda m: evaluate(cfg, split, m, "valid"), OFFSETS, tolerance)
-    test = evaluate(cfg, split, model, "test")
-    model.new_item_offset = 0.0
-    return {**trained, "model": trained["model"] + OFFSET, "valid": groups_of(choice.report), "test": groups_of(test),
-            "offset": {"chosen": choice.value, "rule": selection.offset_rule(tolerance), "valid_sweep": choice.sweep}}
-
-
-def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any, seconds: float) -> dict[str, Any]:
+def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any, seconds: float,
+           valid: Any = None, test: Any = None) -> dict[str, Any]:
+    """The run's record, with VALID / TEST reports `valid` / `test` where the run's own ones are the selected
+    model's."""
     hist = res.history
     return {
         "dataset": name, "model": model, "seed": seed, "config": res.manifest["config"]["model"],
-        "valid": groups_of(res.valid), "test": groups_of(res.test),
+        "valid": groups_of(res.valid if valid is None else valid), "test": groups_of(res.test if test is None else test),
         "epochs_run": getattr(hist, "epochs", 0) if hist is not None else 0,
         "best_epoch": getattr(hist, "best_epoch", None) if hist is not None else None,
         "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS

@@ -197,6 +197,26 @@ def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_
     assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
 
 
+def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_settings() -> None:
+    """+offset / +blend come from the library's `select` (the CLI's path), only for trained hybrids / content SASRecs;
+    every such configuration passes the pipeline's own validation."""
+    from modalrec.validation import check_experiment
+
+    cold = importlib.import_module("cold_start")
+    args = cold.parse_args([])
+    for name in ("ml100k", "iisan_instruments"):
+        for model in (*cold.SASRECS, *(m + cold.UNTRAINED for m in cold.SASRECS)):
+            cfg = cold.config(name, model, 0, args)
+            sel = cfg.select
+            trained = not model.endswith(cold.UNTRAINED)
+            assert sel.new_item_offset == (trained and "hybrid" in model), (name, model)
+            assert sel.blend_untrained == (trained and "content" in model), (name, model)
+            if sel.new_item_offset:
+                assert sel.offset_tolerance == args.offset_tolerance
+            if sel.new_item_offset or sel.blend_untrained:
+                check_experiment(cfg)
+
+
 def test_cold_start_content_check_pairs_the_untrained_runs_with_the_trained_models_seeds() -> None:
     """A trained model run at seeds 1-2 is compared with its untrained runs at seeds 1-2, not with the mean
     over every untrained seed; one group below its untrained self fails the check."""
