@@ -48,6 +48,8 @@ def test_the_new_item_offset_is_chosen_on_valid_by_its_rule(offset_run: Any) -> 
     chosen = next(s for s in sweep if s["offset"] == record["chosen"])
     assert chosen in allowed and chosen["cold_item"] == max(s["cold_item"] for s in allowed)
     assert chosen["cold_item"] > sweep[0]["cold_item"]
+    # the offset lifts only items without an ID vector: warm targets never gain from it
+    assert all(s["warm"] <= sweep[0]["warm"] + 1e-12 for s in sweep)
     # the run's VALID report is the chosen model's
     assert offset_run.valid.metric("ndcg@10", "cold_item") == pytest.approx(chosen["cold_item"])
     assert offset_run.model.new_item_offset == record["chosen"]

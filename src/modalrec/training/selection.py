@@ -52,7 +52,8 @@ def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[f
     """Choose `model.new_item_offset` on VALID: the offset that ranks VALID cold items best among the offsets
     whose VALID overall `metric` is at least (1 - tolerance) x the offset-0 model's, so the offset may cost
     warm targets at most that share. `evaluate(model)` returns a VALID Report. Returns the Choice (each
-    offset's overall and cold-item metric) and leaves the model at the chosen offset."""
+    offset's overall, warm and cold-item metric: what a larger offset would cost warm targets, for a user choosing
+    the tolerance) and leaves the model at the chosen offset."""
     if not offsets or offsets[0] != 0:
         raise ConfigError(f"offset_sweep needs offset 0 (the trained model) first, got {list(offsets)}")
     if not 0.0 <= tolerance < 1.0:
@@ -62,7 +63,7 @@ def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[f
         model.new_item_offset = float(offset)
         reports.append(evaluate(model))
         sweep.append({"offset": float(offset), "overall": reports[-1].metric(metric),
-                      "cold_item": metric_or_none(reports[-1], metric, "cold_item")})
+                      **{g: metric_or_none(reports[-1], metric, g) for g in ("warm", "cold_item")}})
     floor = (1.0 - tolerance) * (sweep[0]["overall"] or 0.0)
     at = max((i for i, s in enumerate(sweep) if (s["overall"] or 0.0) >= floor),
              key=lambda i: (sweep[i]["cold_item"] or 0.0, -sweep[i]["offset"]))
