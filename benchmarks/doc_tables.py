@@ -691,6 +691,30 @@ def cold_start_hybrid_checks(dataset: str) -> Callable[[Path], str]:
     return table
 
 
+def cold_start_summary(results: Path) -> str:
+    """Per dataset, on TEST: the trained content models that hold `content_vs_untrained_and_knn` on every group and
+    the hybrids that hold `hybrid_vs_best`, else the models that fail the fewest groups, with those groups (the
+    checks in cold_start_cpu.json)."""
+    found = _load(results, "cold_start_cpu.json")["checks"]
+
+    def verdict(checks: dict[str, Any]) -> str:
+        held = [cold_start_label(m) for m, c in checks.items() if c["holds"]]
+        if held:
+            return "holds: " + "; ".join(held)
+        if not checks:
+            return "not run"
+        failing = {m: [g for g, r in c["groups"].items() if not r["holds"]] for m, c in checks.items()}
+        fewest = min(len(f) for f in failing.values())
+        closest = "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items() if len(f) == fewest)
+        return f"**fails** in all {len(checks)} models run; closest: {closest}"
+
+    rows = [[name, verdict(c["test"]["content_vs_untrained_and_knn"]), verdict(c["test"]["hybrid_vs_best"]),
+             ", ".join(c.get("unreachable_groups", [])) or "none"] for name, c in found.items()]
+    return _table(["dataset", "trained content >= its untrained self and content-kNN, every group",
+                   "hybrid >= best of ID, content and rules, every group (seed noise)", "groups not counted"],
+                  rows, "llll")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": claims,
     "demo": demo,
@@ -698,10 +722,12 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "iisan_scientific": iisan_scientific,
     "published_iisan": published_iisan,
     "iisan_efficiency": iisan_efficiency,
+    "cold_start_summary": cold_start_summary,
     "cold_start_ml100k": cold_start("ml100k"),
     "cold_start_ml100k_checks": cold_start_checks("ml100k"),
     "cold_start_iisan_scientific": cold_start("iisan_scientific"),
     "cold_start_iisan_instruments": cold_start("iisan_instruments"),
+    "cold_start_iisan_instruments_checks": cold_start_checks("iisan_instruments"),
     "cold_start_unisrec_scientific": cold_start("unisrec_scientific"),
     "cold_start_unisrec_scientific_checks": cold_start_checks("unisrec_scientific"),
     "cold_start_iisan_scientific_cold10": cold_start("iisan_scientific_cold10"),
@@ -709,6 +735,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cold_start_iisan_scientific_masked_checks": cold_start_checks("iisan_scientific_masked"),
     "cold_start_iisan_scientific_masked_hybrid": cold_start_hybrid_checks("iisan_scientific_masked"),
     "cold_start_iisan_instruments_masked": cold_start("iisan_instruments_masked"),
+    "cold_start_iisan_instruments_masked_checks": cold_start_checks("iisan_instruments_masked"),
     "cold_start_iisan_instruments_masked_hybrid": cold_start_hybrid_checks("iisan_instruments_masked"),
     "cold_start_unisrec_scientific_masked": cold_start("unisrec_scientific_masked"),
     "cold_start_unisrec_scientific_masked_hybrid": cold_start_hybrid_checks("unisrec_scientific_masked"),
