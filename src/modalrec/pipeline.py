@@ -228,12 +228,14 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             untrained = copy.deepcopy(model) if cfg.select.blend_untrained else None  # the state fit starts from
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
-        valid_report = run_eval(valid_eval, model, "valid")
         if cfg.select.new_item_offset or cfg.select.blend_untrained:  # settings chosen on VALID, before TEST
             from modalrec.training.selection import select_on_valid
 
+            # each sweep's first candidate (offset 0 / weight 0) is the trained model's VALID pass
             scorer, selection, valid_report = select_on_valid(model, untrained, cfg.select,
                                                               lambda m: run_eval(valid_eval, m, "valid"))
+        else:
+            valid_report = run_eval(valid_eval, model, "valid")
         test_report = run_eval(evaluator("test"), scorer, "test")
     wall = time.perf_counter() - started
     manifest = {
