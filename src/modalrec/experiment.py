@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from modalrec.errors import ConfigError
+from modalrec.protocol import RepeatTargets
 from modalrec.training.loop import TrainConfig
 
 
@@ -54,9 +55,7 @@ class ModelSpec:
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     exclude_seen: bool = True
-    # with exclude_seen, a target already in the history: "rankable" (the SASRec convention; it leaks the answer,
-    # evaluation/evaluator.py) or "miss" (masked with the history, as the IISAN papers and RecBole count it)
-    repeat_targets: Literal["rankable", "miss"] = "rankable"
+    repeat_targets: RepeatTargets = "rankable"  # a target already in the history: modalrec.protocol
     device: str = "cpu"
 
 

@@ -226,6 +226,25 @@ def test_a_rankable_repeat_target_is_found_by_ranking_the_history_first_and_miss
         Evaluator(es, n_items, repeat_targets="mask")
 
 
+def test_repeat_target_rules_have_one_home() -> None:
+    """The config, the evaluator and `modalrec evaluate --repeat-targets` accept the same values."""
+    import argparse
+    import typing
+
+    from modalrec.cli.evaluate import add_arguments
+    from modalrec.experiment import EvalConfig
+    from modalrec.protocol import REPEAT_TARGETS
+
+    assert typing.get_args(typing.get_type_hints(EvalConfig)["repeat_targets"]) == REPEAT_TARGETS
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flag = next(a for a in parser._actions if a.dest == "repeat_targets")
+    assert tuple(flag.choices) == REPEAT_TARGETS
+    n_items, es = 20, random_evalset(10, 20, seed=3)
+    for rule in REPEAT_TARGETS:
+        assert Evaluator(es, n_items, repeat_targets=rule).run(TableModel(random_table(10, n_items, seed=4))).ranks.size
+
+
 def test_nan_scores_raise_naming_the_batch() -> None:
     n_items, es = 20, random_evalset(30, 20, seed=7)
     table = random_table(30, n_items, seed=8)

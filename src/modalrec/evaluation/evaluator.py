@@ -34,6 +34,7 @@ from modalrec.evaluation.metrics import compute_metrics, definitions
 from modalrec.evaluation.ranking import rank_block, rank_dot_block, sampled_ranks
 from modalrec.evaluation.report import Report
 from modalrec.evaluation.sampled import SampledConfig, draw_negatives
+from modalrec.protocol import REPEAT_TARGETS
 from modalrec.types import Scorer
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ EXCLUDE_SEEN_RULE = ("exclude_seen: history items other than the target are remo
 # the IISAN papers and RecBole do -- is the rule a system that filters seen items can actually reach.
 MASK_REPEATS_RULE = ("exclude_seen, repeat_targets='miss': every history item is removed from candidates, a repeat "
                      "target too, so it counts as a miss (rank n_items); the repeat group scores 0 for every model")
-REPEAT_TARGETS = ("rankable", "miss")
 NO_EXCLUDE_RULE = "exclude_seen=False: every item 1..n_items is a candidate, history included"
 
 
