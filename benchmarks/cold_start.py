@@ -49,7 +49,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
-           "sasrec_content_debias", "sasrec_hybrid_debias")  # knn: residual over content-kNN
+           "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -74,6 +74,11 @@ FIRST = "_first"
 # logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
 # training events below every item that had some; prediction ranks by the learned score alone
 DEBIAS = "_debias"
+# _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
+# the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
+# about twice that, so the first steps need not shrink every score before ranking can improve (without it the
+# content SASRec's best VALID epoch is its untrained state on the Amazon datasets)
+TEMP = "_temp"
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
 # (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
 BLEND = "+blend"
@@ -141,6 +146,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     base = model.removesuffix(UNTRAINED).removesuffix(FIRST)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
+    temp = base.endswith(TEMP)
+    base = base.removesuffix(TEMP)
     gated = base.endswith("_gated")
     base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
@@ -150,7 +157,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     hist = base.endswith("_agehist")
     base = base.removesuffix("hist")
     aged = base.endswith("_age")
-    scale = {"learn_scale": True, "scale": 1.0} if aged else {}
+    scale = {"learn_scale": True, "scale": 1.0} if aged or temp else {}
     tower = {"sasrec_id": {"kind": "id"},
              "sasrec_content": {"kind": ds["content"], "fusion": "film", "options": scale},
              "sasrec_hybrid": {"kind": "hybrid", **({"fusion": "film"} if aged else {}), "options": {
@@ -247,6 +254,7 @@ def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any,
         "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS
         else None,
         "seconds": round(seconds, 1),
+        **({"patience": args.patience} if model in SASRECS else {}),
         "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
                                                              "duplicate_events_removed", "items_with_launch_time")},
         "split": res.manifest["split"], "item_launch": res.manifest["item_launch"],
