@@ -168,8 +168,8 @@ def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
 
 
 def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> None:
-    """`select` settings need a model trained by `fit` and scored from its weights; the new-item offset needs
-    items scored with and without an ID vector (the hybrid tower of a model with `new_item_offset`)."""
+    """`select` settings need a model trained by `fit` and scored from its weights; the new-item offset needs a
+    model with `new_item_offset` whose tower scores items without training events from content."""
     from modalrec.models.base import Training
 
     sel = cfg.select
@@ -181,10 +181,10 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     if not 0.0 <= sel.offset_tolerance < 1.0:
         raise ConfigError(f"select.offset_tolerance must lie in [0, 1), got {sel.offset_tolerance}")
     tower = getattr(model_cfg, "tower", None)
-    if sel.new_item_offset and not (hasattr(model_cfg, "new_item_offset") and getattr(tower, "kind", None) == "hybrid"):
+    if sel.new_item_offset and not (hasattr(model_cfg, "new_item_offset") and model_cls.content_modalities(model_cfg)):
         raise ConfigError(f"select.new_item_offset: model {cfg.model.name!r} with tower "
-                          f"{getattr(tower, 'kind', None)!r} has no items scored without an ID vector; it needs "
-                          "sasrec with model.params.tower.kind='hybrid'")
+                          f"{getattr(tower, 'kind', None)!r} cannot score items without training events from "
+                          "content; it needs sasrec with a content or hybrid model.params.tower.kind")
     if sel.new_item_offset and model_cfg.new_item_offset:
         raise ConfigError("select.new_item_offset chooses the offset on VALID; drop model.params.new_item_offset "
                           f"(= {model_cfg.new_item_offset})")

@@ -41,7 +41,7 @@ def _cfg(**sections: dict) -> ExperimentConfig:
     ({"model": {"name": "sasrec", "params": {"tower": {"kind": "text"}}}}, "features.text is not set"),
     ({"eval": {"ks": [10], "exclude_seen": False, "repeat_targets": "miss"}},
      "eval.repeat_targets='miss' masks a repeat target with the rest of the history; it needs eval.exclude_seen"),
-    ({"select": {"new_item_offset": True}}, "select.new_item_offset: model 'sasrec' with tower 'id' has no items"),
+    ({"select": {"new_item_offset": True}}, "select.new_item_offset: model 'sasrec' with tower 'id' cannot score items"),
     pytest.param({"train": {"epochs": 1, "device": "cuda"}}, "train.device='cuda', but torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])

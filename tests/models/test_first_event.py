@@ -122,7 +122,7 @@ def test_id_score_dropout_scores_some_items_without_their_id_vector_in_training_
 @pytest.mark.parametrize("params", [{"id_score_dropout": 0.3, "id_scores": "always"}, {"id_score_dropout": 1.0},
                                     {"id_scores": "sometimes"}, {"content_aux": 1.0},
                                     {"tower": TowerConfig(kind="text")},
-                                    {"tower": TowerConfig(kind="text"), "id_scores": "always", "new_item_offset": 1.0}])
+                                    {"tower": TowerConfig(kind="id"), "id_scores": "always", "new_item_offset": 1.0}])
 def test_bad_id_score_options_are_config_errors(params: dict) -> None:
     split, ctx = _setup()
     with pytest.raises(ConfigError):
@@ -157,3 +157,24 @@ def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_
         torch.manual_seed(1)
         losses.append(model.loss(batch))
     torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_new_item_offset_of_a_content_tower_lifts_the_items_without_training_events() -> None:
+    """A content SASRec has no ID vectors; its offset goes to the items with no training events (and items
+    appended after training), which it scores from content alone."""
+    from modalrec.evaluation.evaluator import Evaluator
+
+    split, ctx = _setup()
+    model = _model(split, ctx, tower=TowerConfig(kind="text"), id_scores="always", age="none").eval()
+    ev = eval_batch(split.test, np.arange(6), 8)
+    evaluator = Evaluator(split.test, split.n_items, ks=(10,), max_len=8)
+    with torch.no_grad():
+        before, cold_before = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+        model.new_item_offset = 2.0
+        after, cold_after = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+    untrained_items = torch.as_tensor(split.train.item_counts()[: split.n_items + 1] == 0)
+    assert untrained_items[1:].any()
+    torch.testing.assert_close(after - before, 2.0 * untrained_items.float().expand_as(before))
+    assert cold_after > cold_before
+    beyond = torch.tensor([split.n_items + 1, split.n_items + 5])  # appended after training: new as well
+    assert model.without_training_events(beyond).all()

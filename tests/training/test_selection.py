@@ -122,8 +122,8 @@ def _served_like_the_run(run: Any, out: Path) -> Any:
 
 
 def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="select.new_item_offset.*hybrid"):
-        run_experiment(_config(tmp_path, "text", new_item_offset=True), write=False)
+    with pytest.raises(ConfigError, match="select.new_item_offset.*content"):
+        run_experiment(_config(tmp_path, "id", new_item_offset=True), write=False)
     cfg = _config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=1.5)
     with pytest.raises(ConfigError, match="offset_tolerance"):
         run_experiment(cfg, write=False)

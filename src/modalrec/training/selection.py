@@ -4,8 +4,8 @@ Early stopping picks an epoch on VALID; these pick two more settings the same wa
 on the warm items of a log costs the items nobody has taken yet (docs/benchmarks.md, "Cold start and repeats
 on real data"):
 
-- `new_item_offset` (hybrid SASRec): a constant added to the score of every item without an ID vector, so
-  items with no training events compete with items whose ID vectors training raised;
+- `new_item_offset` (SASRec, content or hybrid tower): a constant added to the score of every item without
+  training events, so they compete with the items training raised (ID vectors, a projection fitted to them);
 - `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py).
 
 Each sweep returns a `Choice`: the chosen value, every candidate's VALID metrics (recorded in the run's manifest,

@@ -64,10 +64,10 @@ class SASRecConfig:
     # vector, so the freshness prior's no-ID cells learn what an item with recent activity but no ID vector --
     # an item without training events at prediction time -- is worth
     id_score_dropout: float = 0.0
-    # hybrid tower, prediction only: added to the score of every item scored without an ID vector (no training
-    # events, added at serving; with "after_first_event" also items not taken before the query). 0 keeps the
-    # trained model; a positive offset ranks new items higher at some cost to the others (benchmarks/cold_start.py
-    # picks it on VALID within a stated loss of overall NDCG@10)
+    # content or hybrid tower, prediction only: added to the score of every item without training events (added
+    # at serving too; the hybrid tower's items without an ID vector, with "after_first_event" also items not taken
+    # before the query). 0 keeps the trained model; a positive offset ranks new items higher at some cost to the
+    # others (select.new_item_offset picks it on VALID within a stated loss of overall NDCG@10)
     new_item_offset: float = 0.0
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
@@ -163,9 +163,18 @@ class SASRec(CausalTowerRecommender):
                                   "to tell when an item was first taken)")
             self.id_gate = FirstEventGate(ctx.item_launch)
         self._id_dropped: torch.Tensor | None = None  # [N + 1] bool during a training step (id_score_dropout)
-        if cfg.new_item_offset and not isinstance(self.tower, HybridTower):
-            raise ConfigError("sasrec: new_item_offset needs the 'hybrid' item tower (items with and without an ID "
-                              "vector)")
+        # the items a new-item offset lifts: no training events (for the hybrid tower exactly the items without an
+        # ID vector); rows past the end -- items appended after training -- are new too. Derived from the training
+        # counts each time the model is built, so not saved with the weights.
+        counts = ctx.train_item_counts
+        trained = torch.zeros(ctx.n_items + 1, dtype=torch.bool)
+        if counts is not None:
+            trained = torch.as_tensor(counts[: ctx.n_items + 1] > 0).bool().clone()
+            trained[0] = False
+        self.register_buffer("trained_items", trained, persistent=False)
+        if cfg.new_item_offset and (counts is None or not self.content_modalities(cfg)):
+            raise ConfigError("sasrec: new_item_offset needs an item tower that scores items from content ('text', "
+                              "'image', 'text+image' or 'hybrid') and the training item counts")
         self.new_item_offset = cfg.new_item_offset  # settable after training (benchmarks/cold_start.py)
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
@@ -195,10 +204,15 @@ class SASRec(CausalTowerRecommender):
             return self._gated_terms
         return self._offset_terms if self.new_item_offset and not self.training else self.prior
 
+    def without_training_events(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [...] bool
+        """Items with no training events (PAD too: never a candidate), or appended after training."""
+        known = items < len(self.trained_items)
+        return ~(self.trained_items[torch.where(known, items, 0)] & known)
+
     def _offset_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                       state: torch.Tensor | None = None) -> torch.Tensor:
-        """The new-item offset on every item without an ID vector, plus the prior if any (prediction only)."""
-        out = self.new_item_offset * (~self.tower.has_id_vector(items)).to(torch.float32)
+        """The new-item offset on every item without training events, plus the prior if any (prediction only)."""
+        out = self.new_item_offset * self.without_training_events(items).to(torch.float32)
         return out if self.prior is None else out + self.prior(items, query_ts, state)
 
     def _gated_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
