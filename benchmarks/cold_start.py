@@ -49,7 +49,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
-           "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp")  # knn: residual over content-kNN
+           "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -79,6 +79,10 @@ DEBIAS = "_debias"
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
 # content SASRec's best VALID epoch is its untrained state on the Amazon datasets)
 TEMP = "_temp"
+# _offset (last model suffix, content models): the run picks a new-item offset on VALID (items without training
+# events; a content tower fits its projection to the items training shows) before the blend with its untrained
+# self, so the `+blend` row is the offset model blended; untrained, it is the model without the suffix
+SELECT_OFFSET = "_offset"
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
 # (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
 BLEND = "+blend"
@@ -143,7 +147,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    base = model.removesuffix(UNTRAINED).removesuffix(FIRST)
+    base = model.removesuffix(UNTRAINED).removesuffix(FIRST).removesuffix(SELECT_OFFSET)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
     temp = base.endswith(TEMP)
@@ -202,14 +206,17 @@ def select_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
     offset, a trained content SASRec's blend with its untrained self (not content_knn, not @0 runs)."""
     if model.endswith(UNTRAINED) or model not in SASRECS:
         return {}
+    offset = {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
     if "hybrid" in model:
-        return {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
-    return {"blend_untrained": True} if "content" in model else {}
+        return offset
+    if "content" not in model:
+        return {}
+    return {**(offset if model.endswith(SELECT_OFFSET) else {}), "blend_untrained": True}
 
 
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The run's result; with `select_settings`, the trained model's result and the selected one's (`+offset` /
-    `+blend`, each evaluated on TEST once)."""
+    `+blend` -- with both settings the blend of the offset model --, each evaluated on TEST once)."""
     from modalrec.pipeline import run_experiment
 
     cfg = config(name, model, seed, args)
@@ -219,19 +226,19 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     selected = res.manifest["selection"]
     if not selected:
         return [result(name, model, seed, args, res, seconds)]
-    if "new_item_offset" in selected:  # the trained model is the selected one at offset 0
-        trained, chosen = res.model, res.model.new_item_offset
+    # the trained model: the selected one at offset 0, the trained half of a blend (ScoreBlend)
+    trained = res.model.trained if "blend_untrained" in selected else res.model
+    chosen = trained.new_item_offset if "new_item_offset" in selected else None
+    if chosen is not None:
         trained.new_item_offset = 0.0
-    else:
-        trained = res.model.trained  # a ScoreBlend of the trained model and its untrained state
     valid, test = (evaluate(cfg, res.split, trained, part) for part in ("valid", "test"))
-    if "new_item_offset" in selected:
+    if chosen is not None:
         trained.new_item_offset = chosen
     plain = result(name, model, seed, args, res, seconds, valid, test)
-    suffix, key, record = ((OFFSET, "offset", selected["new_item_offset"]) if "new_item_offset" in selected
-                           else (BLEND, "blend", selected["blend_untrained"]))
-    return [plain, {**plain, "model": model + suffix, "valid": groups_of(res.valid), "test": groups_of(res.test),
-                    key: record}]
+    records = {key: selected[setting] for key, setting in (("offset", "new_item_offset"), ("blend", "blend_untrained"))
+               if setting in selected}
+    return [plain, {**plain, "model": model + (BLEND if "blend" in records else OFFSET), "valid": groups_of(res.valid),
+                    "test": groups_of(res.test), **records}]
 
 
 def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:
@@ -424,7 +431,7 @@ def _seeds_of(results: list[dict[str, Any]], name: str, model: str) -> set[int]:
 def untrained_of(model: str) -> str:
     """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` training (a training-only
     term) start from the same model."""
-    return model.split("+")[0].removesuffix(DEBIAS) + UNTRAINED
+    return model.split("+")[0].removesuffix(SELECT_OFFSET).removesuffix(DEBIAS) + UNTRAINED
 
 
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:

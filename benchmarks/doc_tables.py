@@ -546,9 +546,11 @@ def cold_start_label(model: str) -> str:
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     first, base = base.endswith("_first"), base.removesuffix("_first")
+    offset_first, base = base.endswith("_offset"), base.removesuffix("_offset")
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
+            + (", new-item offset chosen on VALID" if offset_first else "")
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
             + (", new-item offset chosen on VALID" if offset else "")
@@ -717,6 +719,38 @@ def cold_start_summary(results: Path) -> str:
                   rows, "llll")
 
 
+def cold_start_temp(results: Path) -> str:
+    """Per dataset where `cold_start.py` ran `sasrec_content_temp` (the content SASRec with a learned temperature):
+    TEST NDCG@10 in % (means over its seeds) of its untrained self, the trained model and its VALID-chosen blend
+    with the untrained self, overall and on cold items, next to content-kNN, and which groups the blend fails in
+    `content_vs_untrained_and_knn` (TEST)."""
+    found = _load(results, "cold_start_cpu.json")
+    rows = []
+    for name, c in found["checks"].items():
+        runs = [r for r in found["results"] if r["dataset"] == name and "error" not in r]
+        trained = [r for r in runs if r["model"] == "sasrec_content_temp"]
+        if not trained:
+            continue
+
+        def mean(model: str, group: str, part: str = "test", runs: list[dict[str, Any]] = runs) -> str:
+            vals = [r[part][group]["ndcg@10"] for r in runs if r["model"] == model and group in r[part]
+                    and r[part][group]["ndcg@10"] is not None]
+            return f"{100 * sum(vals) / len(vals):.2f}" if vals else ""
+
+        blend = c["test"]["content_vs_untrained_and_knn"].get("sasrec_content_temp+blend")
+        failing = [g for g, r in blend["groups"].items() if not r["holds"]] if blend else []
+        rows.append([name, ",".join(str(r["seed"]) for r in trained),
+                     ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in trained),
+                     f"{mean('sasrec_content_temp@0', 'overall', 'valid')} → {mean('sasrec_content_temp', 'overall', 'valid')}",
+                     *(" / ".join(mean(m, g) for m in ("sasrec_content_temp@0", "sasrec_content_temp",
+                                                         "sasrec_content_temp+blend")) for g in ("overall", "cold_item")),
+                     mean("content_knn", "cold_item"),
+                     "not run" if blend is None else "holds" if not failing else "**fails**: " + ", ".join(failing)])
+    return _table(["dataset", "seeds", "best epoch / run", "VALID overall: untrained → trained",
+                   "TEST overall: untrained / trained / blend", "TEST cold-item: untrained / trained / blend",
+                   "content-kNN cold-item", "blend >= untrained and content-kNN, every group"], rows, "lll")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "claims": claims,
     "demo": demo,
@@ -725,6 +759,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "published_iisan": published_iisan,
     "iisan_efficiency": iisan_efficiency,
     "cold_start_summary": cold_start_summary,
+    "cold_start_temp": cold_start_temp,
     "cold_start_ml100k": cold_start("ml100k"),
     "cold_start_ml100k_checks": cold_start_checks("ml100k"),
     "cold_start_iisan_scientific": cold_start("iisan_scientific"),

@@ -194,6 +194,7 @@ def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_
     assert {k: v for k, v in debias.items() if plain.get(k) != v} == {"loss_popularity": 1.0}
     assert cold.untrained_of("sasrec_content+blend") == "sasrec_content@0"
     assert cold.untrained_of("sasrec_content_debias+blend") == "sasrec_content@0"
+    assert cold.untrained_of("sasrec_content_temp_offset+blend") == "sasrec_content_temp@0"
     assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
 
 
@@ -213,7 +214,8 @@ def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_sett
             cfg = cold.config(name, model, 0, args)
             sel = cfg.select
             trained = not model.endswith(cold.UNTRAINED)
-            assert sel.new_item_offset == (trained and "hybrid" in model), (name, model)
+            assert sel.new_item_offset == (trained and ("hybrid" in model or model.endswith(cold.SELECT_OFFSET))), \
+                (name, model)
             assert sel.blend_untrained == (trained and "content" in model), (name, model)
             if sel.new_item_offset:
                 assert sel.offset_tolerance == args.offset_tolerance
