@@ -720,35 +720,38 @@ def cold_start_summary(results: Path) -> str:
 
 
 def cold_start_temp(results: Path) -> str:
-    """Per dataset where `cold_start.py` ran `sasrec_content_temp` (the content SASRec with a learned temperature):
-    TEST NDCG@10 in % (means over its seeds) of its untrained self, the trained model and its VALID-chosen blend
-    with the untrained self, overall and on cold items, next to content-kNN, and which groups the blend fails in
+    """Per dataset where `cold_start.py` ran the content SASRec with a learned temperature: TEST NDCG@10 in % (means
+    over its seeds) of its untrained self, the trained model and what VALID selected -- the blend with the untrained
+    self (`sasrec_content_temp`), or a new-item offset and then that blend (`sasrec_content_temp_offset`) --,
+    overall and on cold items, next to content-kNN, and the groups where the selected model fails
     `content_vs_untrained_and_knn` (TEST)."""
     found = _load(results, "cold_start_cpu.json")
     rows = []
     for name, c in found["checks"].items():
         runs = [r for r in found["results"] if r["dataset"] == name and "error" not in r]
-        trained = [r for r in runs if r["model"] == "sasrec_content_temp"]
-        if not trained:
-            continue
 
         def mean(model: str, group: str, part: str = "test", runs: list[dict[str, Any]] = runs) -> str:
             vals = [r[part][group]["ndcg@10"] for r in runs if r["model"] == model and group in r[part]
                     and r[part][group]["ndcg@10"] is not None]
             return f"{100 * sum(vals) / len(vals):.2f}" if vals else ""
 
-        blend = c["test"]["content_vs_untrained_and_knn"].get("sasrec_content_temp+blend")
-        failing = [g for g, r in blend["groups"].items() if not r["holds"]] if blend else []
-        rows.append([name, ",".join(str(r["seed"]) for r in trained),
-                     ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in trained),
-                     f"{mean('sasrec_content_temp@0', 'overall', 'valid')} → {mean('sasrec_content_temp', 'overall', 'valid')}",
-                     *(" / ".join(mean(m, g) for m in ("sasrec_content_temp@0", "sasrec_content_temp",
-                                                         "sasrec_content_temp+blend")) for g in ("overall", "cold_item")),
-                     mean("content_knn", "cold_item"),
-                     "not run" if blend is None else "holds" if not failing else "**fails**: " + ", ".join(failing)])
-    return _table(["dataset", "seeds", "best epoch / run", "VALID overall: untrained → trained",
-                   "TEST overall: untrained / trained / blend", "TEST cold-item: untrained / trained / blend",
-                   "content-kNN cold-item", "blend >= untrained and content-kNN, every group"], rows, "lll")
+        for model, selection in (("sasrec_content_temp", "blend"), ("sasrec_content_temp_offset", "offset + blend")):
+            trained = [r for r in runs if r["model"] == model]
+            if not trained:
+                continue
+            selected = c["test"]["content_vs_untrained_and_knn"].get(model + "+blend")
+            failing = [g for g, r in selected["groups"].items() if not r["holds"]] if selected else []
+            rows.append([name, selection, ",".join(str(r["seed"]) for r in trained),
+                         ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in trained),
+                         f"{mean(model + '@0', 'overall', 'valid')} → {mean(model, 'overall', 'valid')}"
+                         if model.endswith("temp") else "",
+                         *(" / ".join(mean(m, g) for m in ("sasrec_content_temp@0", model, model + "+blend"))
+                           for g in ("overall", "cold_item")),
+                         mean("content_knn", "cold_item"),
+                         "not run" if selected is None else "holds" if not failing else "**fails**: " + ", ".join(failing)])
+    return _table(["dataset", "selected on VALID", "seeds", "best epoch / run", "VALID overall: untrained → trained",
+                   "TEST overall: untrained / trained / selected", "TEST cold-item: untrained / trained / selected",
+                   "content-kNN cold-item", "selected >= untrained and content-kNN, every group"], rows, "llll")
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
