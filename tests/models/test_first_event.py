@@ -129,19 +129,25 @@ def test_bad_id_score_options_are_config_errors(params: dict) -> None:
         _model(split, ctx, **params)
 
 
-@pytest.mark.parametrize("id_scores", ["always", "after_first_event"])
-def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_scores: str) -> None:
+def _with_and_without_offset(model: SASRec, split, offset: float):  # type: ignore[no-untyped-def]
+    """(test batch, its scores at offset 0 and at `offset`, cold-item NDCG@10 over the test split at each) of `model`."""
     from modalrec.evaluation.evaluator import Evaluator
 
-    split, ctx = _setup()
-    model = _model(split, ctx, id_scores=id_scores, age="none").eval()
-    assert model.dot_product_scores == (id_scores == "always")  # no prior, no gate: a fixed table
     ev = eval_batch(split.test, np.arange(6), 8)
     evaluator = Evaluator(split.test, split.n_items, ks=(10,), max_len=8)
     with torch.no_grad():
         before, cold_before = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
-        model.new_item_offset = 1.5
+        model.new_item_offset = offset
         after, cold_after = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+    return ev, before, after, cold_before, cold_after
+
+
+@pytest.mark.parametrize("id_scores", ["always", "after_first_event"])
+def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_scores: str) -> None:
+    split, ctx = _setup()
+    model = _model(split, ctx, id_scores=id_scores, age="none").eval()
+    assert model.dot_product_scores == (id_scores == "always")  # no prior, no gate: a fixed table
+    ev, before, after, cold_before, cold_after = _with_and_without_offset(model, split, 1.5)
     assert not model.dot_product_scores  # a per-item term now: ranked by `score`, not by the table
     items = torch.arange(split.n_items + 1)
     no_id = ~model.tower.has_id_vector(items)
@@ -162,16 +168,9 @@ def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_
 def test_new_item_offset_of_a_content_tower_lifts_the_items_without_training_events() -> None:
     """A content SASRec has no ID vectors; its offset goes to the items with no training events (and items
     appended after training), which it scores from content alone."""
-    from modalrec.evaluation.evaluator import Evaluator
-
     split, ctx = _setup()
     model = _model(split, ctx, tower=TowerConfig(kind="text"), id_scores="always", age="none").eval()
-    ev = eval_batch(split.test, np.arange(6), 8)
-    evaluator = Evaluator(split.test, split.n_items, ks=(10,), max_len=8)
-    with torch.no_grad():
-        before, cold_before = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
-        model.new_item_offset = 2.0
-        after, cold_after = model.score(ev), evaluator.run(model).metric("ndcg@10", "cold_item")
+    _, before, after, cold_before, cold_after = _with_and_without_offset(model, split, 2.0)
     untrained_items = torch.as_tensor(split.train.item_counts()[: split.n_items + 1] == 0)
     assert untrained_items[1:].any()
     torch.testing.assert_close(after - before, 2.0 * untrained_items.float().expand_as(before))
