@@ -49,7 +49,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_agehist", "sasrec_hybrid_agehist", "sasrec_knn_content", "sasrec_knn_hybrid",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
-           "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset")  # knn: residual over content-kNN
+           "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
+           "sasrec_hybrid_temp")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -77,7 +78,8 @@ DEBIAS = "_debias"
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
-# content SASRec's best VALID epoch is its untrained state on the Amazon datasets)
+# content SASRec's best VALID epoch is its untrained state on the Amazon datasets); sasrec_hybrid_temp: the same for
+# the content part of the hybrid tower
 TEMP = "_temp"
 # _offset (last model suffix, content models): the run picks a new-item offset on VALID (items without training
 # events; a content tower fits its projection to the items training shows) before the blend with its untrained
