@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from _output import earlier_json, emit_json, start_run
+from _pinned import FIXED_ITEM_LENGTH
 from _published import IISAN, comparison
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -163,7 +164,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     hist = base.endswith("_agehist")
     base = base.removesuffix("hist")
     aged = base.endswith("_age")
-    scale = {"learn_scale": True, "scale": 1.0} if aged or temp else {}
+    scale = {"learn_scale": True, "scale": 1.0} if aged or temp else FIXED_ITEM_LENGTH
     tower = {"sasrec_id": {"kind": "id"},
              "sasrec_content": {"kind": ds["content"], "fusion": "film", "options": scale},
              "sasrec_hybrid": {"kind": "hybrid", **({"fusion": "film"} if aged else {}), "options": {

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 from _output import emit_json
+from _pinned import FIXED_ITEM_LENGTH
 
 from modalrec.io import write_json_atomic
 
@@ -133,7 +134,7 @@ def build(method: str, prep: dict[str, Any], args: argparse.Namespace) -> torch.
         for m, s in states.items():  # frozen features = each encoder's last-layer pooled output
             ctx.item_features[m] = s.take([s.depth])[:, 0].float()  # [N+1, d_m]
             ctx.feature_missing[m] = s.missing
-        tower = TowerConfig(kind="text+image", fusion=args.content_fusion)
+        tower = TowerConfig(kind="text+image", fusion=args.content_fusion, options=dict(FIXED_ITEM_LENGTH))
         return SASRec.build(SASRecConfig(**common, tower=tower, loss="inbatch"), ctx)
     adapters: dict[str, Any] = {"bottleneck": args.bottleneck, "adapter_dropout": args.adapter_dropout}
     if method == "iisan_text_norm":  # ablation: item vectors of fixed length, as the content tower's

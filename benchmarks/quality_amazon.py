@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from _output import emit_json
+from _pinned import FIXED_ITEM_LENGTH
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IISAN_FILES = {
@@ -42,9 +43,9 @@ REFERENCE = {  # HR@10, NDCG@10 in %, from the IISAN papers (text + image backbo
 }
 # Content variants: tower settings (loss comes from --content-loss).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "text": {"kind": "text", "options": {}},
-    "text-whiten": {"kind": "text", "options": {"adaptor": "whiten"}},
-    "text-moe": {"kind": "text", "options": {"adaptor": "moe", "n_experts": 8}},
+    "text": {"kind": "text", "options": {**FIXED_ITEM_LENGTH}},
+    "text-whiten": {"kind": "text", "options": {"adaptor": "whiten", **FIXED_ITEM_LENGTH}},
+    "text-moe": {"kind": "text", "options": {"adaptor": "moe", "n_experts": 8, **FIXED_ITEM_LENGTH}},
     "hybrid": {"kind": "hybrid", "options": {"content": "text", "id_dropout": 0.2}},
     "text-dot": {"kind": "text", "options": {"normalize": False}},  # plain dot product (no cosine scaling)
 }

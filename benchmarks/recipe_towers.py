@@ -25,6 +25,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from _pinned import FIXED_ITEM_LENGTH
+
 GROUPS = ("overall", "warm", "cold_item", "cold_user")
 TOWERS = {"builtin": ("text", "image", "text+image", "hybrid"), "ml100k": ("text", "hybrid")}
 
@@ -36,6 +38,11 @@ def library_overrides(max_len: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return library_training(max_len), {"label_smoothing": 0.0}
 
 
+def pinned_length(tower: str) -> dict[str, Any]:
+    """The item-vector length the stored results were made with (a content tower's default then)."""
+    return {} if tower in ("id", "hybrid") else {"options": dict(FIXED_ITEM_LENGTH)}
+
+
 def job_config(dataset: str, tower: str, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) / dataset / tower.replace("+", "_") / arm
     if dataset == "builtin":  # as `modalrec demo` (cli/demo.py) configures it
@@ -44,12 +51,12 @@ def job_config(dataset: str, tower: str, arm: str, seed: int, args: argparse.Nam
         features = {"text": "minilm", "image": "efficientnet-lite0?image_size=96",
                     "template": "{title}. {description}"}
         params = {"dim": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.2, "max_len": 20,
-                  "tower": {"kind": tower, "fusion": "gated"}}
+                  "tower": {"kind": tower, "fusion": "gated", **pinned_length(tower)}}
         train = {"batch_size": 128, "lr": 0.002, "weight_decay": 0.0}
     else:
         data = {"source": "movielens", "options": {"directory": f"{args.data_root}/ml-100k", "posters": False}}
         features = {"text": "minilm", "template": "{title}. Genres: {genres}. {plot}"}
-        params = {"dim": 64, "max_len": 50, "tower": {"kind": tower}}
+        params = {"dim": 64, "max_len": 50, "tower": {"kind": tower, **pinned_length(tower)}}
         train = {"batch_size": 256, "lr": 0.001}
     if arm == "library":
         lib_train, lib_params = library_overrides(params["max_len"])

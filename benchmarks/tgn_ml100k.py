@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _pinned import FIXED_ITEM_LENGTH
 
 from modalrec.data.events import EventStream
 from modalrec.data.splits import EvalSet, Split, global_temporal
@@ -159,7 +160,8 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
             from modalrec.models.towers.content import build_content_tower
 
             TOWERS.setdefault("text+image", build_content_tower)
-        tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp")
+        tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp",
+                            options=dict(FIXED_ITEM_LENGTH))
     cfg = cfg_cls(dim=args.dim, max_len=50, tower=tower)
     ctx = ModelContext.for_split(split, item_features=feats if kind == "content" else {},
                                  feature_missing=missing if kind == "content" else {}, seed=args.seed)

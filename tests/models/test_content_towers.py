@@ -95,6 +95,26 @@ def test_features_are_not_in_checkpoints(tmp_path) -> None:
     assert torch.allclose(fresh.score(batch), model.score(batch), atol=1e-6)
 
 
+def test_item_vector_length_defaults_by_kind_and_old_checkpoints_say_how_to_load(tmp_path) -> None:
+    ctx = _ctx()
+    for kind in ("text", "image", "text+image"):  # unit length times a learned temperature
+        norms = _tower(kind, ctx=ctx).eval().all()[1:].norm(dim=-1)
+        present = norms > 0  # an item without the tower's only modality scores from a zero vector
+        assert int(present.sum()) >= N - 1
+        torch.testing.assert_close(norms[present], torch.ones(int(present.sum())))
+        assert _tower(kind, ctx=ctx).log_scale is not None
+    hybrid = _tower("hybrid", ctx=ctx)  # hybrids keep the fixed length 3
+    assert hybrid.content.log_scale is None
+    torch.testing.assert_close(hybrid.content.eval().all()[1:].norm(dim=-1), torch.full((N,), 3.0))  # text+image
+    fixed = _tower("text", ctx=ctx, scale=3.0, learn_scale=False)
+    assert fixed.log_scale is None
+    cfg = SASRecConfig(dim=DIM, n_layers=1, n_heads=2, max_len=6,
+                       tower=TowerConfig(kind="text", options={"scale": 3.0, "learn_scale": False}))
+    save_checkpoint(tmp_path / "fixed", SASRec(cfg, ctx), {"model": "sasrec"})
+    with pytest.raises(MismatchError, match="learn_scale=false, scale=3.0"):
+        load_state(tmp_path / "fixed", SASRec(dataclasses.replace(cfg, tower=TowerConfig(kind="text")), ctx))
+
+
 def test_whitening_bias_starts_at_train_mean() -> None:
     ctx = _ctx()
     tower = _tower("text", ctx=ctx, adaptor="whiten")

@@ -131,7 +131,9 @@ def test_a_small_learned_scale_starts_the_loss_near_log_items() -> None:
 
     small, model = first_loss({"scale": 0.2, "learn_scale": True})
     assert abs(small - math.log(n)) < 0.5, small
-    assert first_loss({"scale": 3.0})[0] > small + 0.5
+    fixed = first_loss({"scale": 3.0, "learn_scale": False})[0]
+    assert fixed > small + 0.5
+    assert first_loss({})[0] < fixed - 0.5  # the default (length 1, learned) starts nearer log(items)
     model.train()
     model.loss(batch).backward()
     assert model.tower.log_scale.grad is not None and float(model.tower.log_scale.grad.abs()) > 0

@@ -98,6 +98,9 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         parts = []
         if missing:
             parts.append(f"missing {missing[:5]}")
+            if any(k.endswith("log_scale") for k in missing):  # made before content towers learned their length
+                parts.append("a content tower learns its item-vector length by default now; a checkpoint made "
+                             "with the earlier fixed length loads with tower.options learn_scale=false, scale=3.0")
         if unexpected:
             parts.append(f"unexpected {unexpected[:5]}")
         if bad_shape:
