@@ -51,7 +51,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
            "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
-           "sasrec_hybrid_temp")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp", "sasrec_hybrid_agehist_gated_first_reach")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -72,6 +72,10 @@ OFFSET = "+offset"
 # _first (last suffix): train.first_event_targets -- each user's first training event is a target from an empty
 # history, so users with no history (hist_0) are scored by a trained state instead of an untrained one
 FIRST = "_first"
+# _reach (last model suffix, hybrids): the new-item offset is the smallest whose VALID cold-item NDCG@10 reaches the
+# best no-learning rule's on VALID (`select.offset_reach`: newest-first where the log has a clock, content-kNN),
+# within --reach-tolerance of VALID overall, instead of the best cold-item NDCG@10 within --offset-tolerance
+REACH = "_reach"
 # _debias: the training-only log-popularity term for the whole model (loss_popularity, scope "all"): training
 # logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
 # training events below every item that had some; prediction ranks by the learned score alone
@@ -150,7 +154,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    base = model.removesuffix(UNTRAINED).removesuffix(FIRST).removesuffix(SELECT_OFFSET)
+    base = model.removesuffix(UNTRAINED).removesuffix(REACH).removesuffix(FIRST).removesuffix(SELECT_OFFSET)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
     temp = base.endswith(TEMP)
@@ -191,11 +195,11 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
                   "lr": 1e-3, "patience": args.patience,
                   "device": args.device, "progress": False,
-                  "first_event_targets": model.removesuffix(UNTRAINED).endswith(FIRST),
+                  "first_event_targets": model.removesuffix(UNTRAINED).removesuffix(REACH).endswith(FIRST),
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True,
                  "repeat_targets": ds.get("repeat_targets", "rankable")},
-        "select": select_settings(model, args),
+        "select": select_settings(model, args, ds),
     })
 
 
@@ -204,12 +208,15 @@ def groups_of(report: Any) -> dict[str, Any]:
             for g in GROUPS if g == "overall" or g in report.groups}
 
 
-def select_settings(model: str, args: argparse.Namespace) -> dict[str, Any]:
+def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:
     """The pipeline's `select` section of a run (training/selection.py, the CLI's path): a trained hybrid's new-item
     offset, a trained content SASRec's blend with its untrained self (not content_knn, not @0 runs)."""
     if model.endswith(UNTRAINED) or model not in SASRECS:
         return {}
     offset = {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
+    if model.endswith(REACH):
+        rules = ["newest_first", "content_knn"] if ds.get("clock", True) else ["content_knn"]
+        return {**offset, "offset_tolerance": args.reach_tolerance, "offset_reach": rules}
     if "hybrid" in model:
         return offset
     if "content" not in model:
@@ -309,6 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table", type=Path, default=None, help="markdown tables (TEST and VALID NDCG@10 per group)")
     p.add_argument("--offset-tolerance", type=float, default=0.01,
                    help="hybrid +offset: share of VALID overall NDCG@10 the new-item offset may cost")
+    p.add_argument("--reach-tolerance", type=float, default=0.05,
+                   help="_reach models: the most VALID overall NDCG@10 the offset may cost to reach the rules")
     return p.parse_args(argv)
 
 

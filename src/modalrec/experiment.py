@@ -70,6 +70,10 @@ class SelectConfig:
 
     new_item_offset: bool = False  # hybrid SASRec: the score offset of items without an ID vector
     offset_tolerance: float = 0.01  # share of the offset-0 model's VALID overall metric the offset may cost
+    # rule baselines (e.g. newest_first, recent_pop, content_knn): the offset is the smallest one whose VALID
+    # cold-item metric reaches the best of theirs on VALID, within offset_tolerance (then set it to the most
+    # overall metric the new items may cost, e.g. 0.05); none reaching it: the tolerance rule alone
+    offset_reach: list[str] = field(default_factory=list)
     blend_untrained: bool = False  # score = (1 - w) * trained + w * the model's untrained state, w on VALID
 
 

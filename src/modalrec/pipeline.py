@@ -231,9 +231,14 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         if cfg.select.new_item_offset or cfg.select.blend_untrained:  # settings chosen on VALID, before TEST
             from modalrec.training.selection import select_on_valid
 
+            def fitted_rule(name: str) -> Any:  # a rule baseline of select.offset_reach, with its default params
+                rule, _ = build_model(name, {}, ctx)
+                rule.fit_counts(split)
+                return rule
+
             # each sweep's first candidate (offset 0 / weight 0) is the trained model's VALID pass
             scorer, selection, valid_report = select_on_valid(model, untrained, cfg.select,
-                                                              lambda m: run_eval(valid_eval, m, "valid"))
+                                                              lambda m: run_eval(valid_eval, m, "valid"), fitted_rule)
         else:
             valid_report = run_eval(valid_eval, model, "valid")
         test_report = run_eval(evaluator("test"), scorer, "test")

@@ -173,6 +173,8 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     from modalrec.models.base import Training
 
     sel = cfg.select
+    if sel.offset_reach:
+        _check_reach(sel)
     if not (sel.new_item_offset or sel.blend_untrained):
         return
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
@@ -188,6 +190,19 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     if sel.new_item_offset and model_cfg.new_item_offset:
         raise ConfigError("select.new_item_offset chooses the offset on VALID; drop model.params.new_item_offset "
                           f"(= {model_cfg.new_item_offset})")
+
+
+def _check_reach(sel: Any) -> None:
+    from modalrec.models import MODELS
+    from modalrec.models.base import Training
+
+    if not sel.new_item_offset:
+        raise ConfigError("select.offset_reach sets the rule of select.new_item_offset; set that too")
+    rules = sorted(n for n, (cls, _) in MODELS.items() if getattr(cls, "training_kind", None) is Training.COUNTS)
+    for name in sel.offset_reach:
+        if name not in rules:
+            raise ConfigError(f"select.offset_reach: {name!r} is not a rule baseline (fitted from counts, no "
+                              f"training); rule baselines: {rules}")
 
 
 def _check_repeat_targets(cfg: ExperimentConfig, model_cls: type) -> None:

@@ -13,7 +13,7 @@ from modalrec.config import from_dict
 from modalrec.errors import ConfigError
 from modalrec.experiment import ExperimentConfig
 from modalrec.pipeline import UNTRAINED_DIR, evaluate_run, run_experiment
-from modalrec.training.selection import OFFSETS
+from modalrec.training.selection import OFFSETS, choose_offset
 
 
 def _config(out: Path, tower: str, **select: Any) -> ExperimentConfig:
@@ -53,6 +53,48 @@ def test_the_new_item_offset_is_chosen_on_valid_by_its_rule(offset_run: Any) -> 
     # the run's VALID report is the chosen model's
     assert offset_run.valid.metric("ndcg@10", "cold_item") == pytest.approx(chosen["cold_item"])
     assert offset_run.model.new_item_offset == record["chosen"]
+
+
+def test_choose_offset_takes_the_smallest_offset_reaching_the_floor_within_the_tolerance() -> None:
+    sweep = [{"offset": o, "overall": ov, "cold_item": c}
+             for o, ov, c in ((0.0, 0.10, 0.01), (0.5, 0.099, 0.04), (1.0, 0.097, 0.06), (1.5, 0.09, 0.09))]
+    assert choose_offset(sweep, 0.01) == 1  # no floor: best cold item within 1%
+    assert choose_offset(sweep, 0.05, floor=0.05) == 2  # the first offset that reaches 0.05, not the best (3 > 5%)
+    assert choose_offset(sweep, 0.2, floor=0.05) == 2  # a larger tolerance does not push past the floor
+    assert choose_offset(sweep, 0.05, floor=0.5) == 2  # nothing reaches it: best cold item within 5%
+    assert choose_offset(sweep, 0.0, floor=0.0) == 0  # offset 0 reaches a zero floor
+
+
+def test_offset_reach_ranks_new_items_as_well_as_the_named_rules_on_valid(tmp_path: Path) -> None:
+    run = run_experiment(_config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=0.5,
+                                 offset_reach=["content_knn"]))
+    record = run.manifest["selection"]["new_item_offset"]
+    knn_cfg = _config(tmp_path / "knn", "text")
+    knn_cfg.model = from_dict(type(knn_cfg.model), {"name": "content_knn", "params": {"max_len": 10}})
+    floor = record["reach_valid_cold_item"]["content_knn"]
+    # the floor is the rule's own VALID cold-item NDCG@10, as a run of the rule reports it
+    assert floor == pytest.approx(run_experiment(knn_cfg, write=False).valid.metric("ndcg@10", "cold_item"))
+    sweep = record["valid_sweep"]
+    allowed = [s for s in sweep if s["overall"] >= 0.5 * sweep[0]["overall"]]
+    chosen = next(s for s in sweep if s["offset"] == record["chosen"])
+    assert chosen in allowed and "reaches" in record["rule"]
+    if any(s["cold_item"] >= floor for s in allowed):
+        assert chosen["cold_item"] >= floor
+        assert all(s["cold_item"] < floor for s in allowed if s["offset"] < chosen["offset"])
+    else:
+        assert chosen["cold_item"] == max(s["cold_item"] for s in allowed)
+    assert run.valid.metric("ndcg@10", "cold_item") == pytest.approx(chosen["cold_item"])
+
+
+@pytest.mark.parametrize("select, message", [
+    ({"offset_reach": ["content_knn"]}, "set that too"),
+    ({"new_item_offset": True, "offset_reach": ["sasrec"]}, "not a rule baseline"),
+])
+def test_offset_reach_errors(tmp_path: Path, select: dict[str, Any], message: str) -> None:
+    from modalrec.validation import check_experiment
+
+    with pytest.raises(ConfigError, match=message):
+        check_experiment(_config(tmp_path, "hybrid", **select))
 
 
 def test_evaluate_and_serving_reapply_the_chosen_offset(offset_run: Any, tmp_path: Path) -> None:

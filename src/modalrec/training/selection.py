@@ -6,6 +6,8 @@ on real data"):
 
 - `new_item_offset` (SASRec, content or hybrid tower): a constant added to the score of every item without
   training events, so they compete with the items training raised (ID vectors, a projection fitted to them);
+  with `offset_reach`, the smallest offset at which VALID cold items rank as well as under the named rule
+  baselines, so a trained model need not lose new items to a rule that learns nothing;
 - `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py).
 
 Each sweep returns a `Choice`: the chosen value, every candidate's VALID metrics (recorded in the run's manifest,
@@ -34,6 +36,25 @@ def offset_rule(tolerance: float, metric: str = METRIC) -> str:
             f"{1 - tolerance:.3g} x the offset-0 model's; ties to the smaller offset")
 
 
+def reach_rule(tolerance: float, reach: dict[str, float | None], metric: str = METRIC) -> str:
+    return (f"smallest offset whose VALID cold-item {metric} reaches the best of {sorted(reach)} on VALID "
+            f"({max(v or 0.0 for v in reach.values()):.4g}) among the offsets whose VALID overall {metric} is >= "
+            f"{1 - tolerance:.3g} x the offset-0 model's; if none reaches it, {offset_rule(tolerance, metric)}")
+
+
+def choose_offset(sweep: Sequence[dict[str, Any]], tolerance: float, floor: float | None = None) -> int:
+    """Index into `sweep` (offset_sweep's records, offset 0 first) of the chosen offset: among the offsets whose
+    overall metric is >= (1 - tolerance) x offset 0's, the smallest whose cold-item metric reaches `floor`, else
+    (no floor, or none reaches it) the best cold-item metric, ties to the smaller offset."""
+    least = (1.0 - tolerance) * (sweep[0]["overall"] or 0.0)
+    allowed = [i for i, s in enumerate(sweep) if (s["overall"] or 0.0) >= least]  # offset 0 always
+    if floor is not None:
+        reaching = [i for i in allowed if (sweep[i]["cold_item"] or 0.0) >= floor]
+        if reaching:
+            return min(reaching, key=lambda i: sweep[i]["offset"])
+    return max(allowed, key=lambda i: (sweep[i]["cold_item"] or 0.0, -sweep[i]["offset"]))
+
+
 BLEND_RULE = (f"best VALID overall {METRIC} among the weights of the untrained model that score >= the untrained "
               "model alone on every VALID group; ties to the larger weight")
 
@@ -48,10 +69,11 @@ class Choice:
 
 
 def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[float] = OFFSETS,
-                 tolerance: float = 0.01, metric: str = METRIC) -> Choice:
+                 tolerance: float = 0.01, metric: str = METRIC, floor: float | None = None) -> Choice:
     """Choose `model.new_item_offset` on VALID: the offset that ranks VALID cold items best among the offsets
     whose VALID overall `metric` is at least (1 - tolerance) x the offset-0 model's, so the offset may cost
-    warm targets at most that share. `evaluate(model)` returns a VALID Report. Returns the Choice (each
+    warm targets at most that share; with `floor`, the smallest of them whose cold-item metric reaches it
+    (choose_offset). `evaluate(model)` returns a VALID Report. Returns the Choice (each
     offset's overall, warm and cold-item metric: what a larger offset would cost warm targets, for a user choosing
     the tolerance) and leaves the model at the chosen offset."""
     if not offsets or offsets[0] != 0:
@@ -64,9 +86,7 @@ def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[f
         reports.append(evaluate(model))
         sweep.append({"offset": float(offset), "overall": reports[-1].metric(metric),
                       **{g: metric_or_none(reports[-1], metric, g) for g in ("warm", "cold_item")}})
-    floor = (1.0 - tolerance) * (sweep[0]["overall"] or 0.0)
-    at = max((i for i, s in enumerate(sweep) if (s["overall"] or 0.0) >= floor),
-             key=lambda i: (sweep[i]["cold_item"] or 0.0, -sweep[i]["offset"]))
+    at = choose_offset(sweep, tolerance, floor)
     model.new_item_offset = sweep[at]["offset"]
     return Choice(sweep[at]["offset"], sweep, reports[at])
 
@@ -98,19 +118,27 @@ def blend_sweep(blend: Any, evaluate: Callable[[Any], Any], weights: Sequence[fl
     return Choice(sweep[at]["weight"], sweep, reports[at])
 
 
-def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any,
-                    evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any], Any]:
+def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
+                    rules: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(the model to evaluate on TEST, the manifest's `selection` record, its VALID Report) for `cfg`
     (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
-    its state before fit. Without either setting: (model, {}, None)."""
+    its state before fit. `rules(name)` returns the fitted rule baseline `name` (cfg.offset_reach). Without either
+    setting: (model, {}, None)."""
     from modalrec.models.blend import ScoreBlend
 
     record: dict[str, Any] = {}
     report = None
     if cfg.new_item_offset:
-        choice = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance)
-        record["new_item_offset"] = {"chosen": choice.value, "rule": offset_rule(cfg.offset_tolerance),
-                                     "valid_sweep": choice.sweep}
+        reach = {}
+        for name in cfg.offset_reach:
+            if rules is None:
+                raise ConfigError("select.offset_reach: no rule baselines to evaluate were given")
+            reach[name] = metric_or_none(evaluate(rules(name)), METRIC, "cold_item")
+        floor = max((v or 0.0 for v in reach.values()), default=None)
+        choice = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance, floor=floor)
+        rule = reach_rule(cfg.offset_tolerance, reach) if reach else offset_rule(cfg.offset_tolerance)
+        record["new_item_offset"] = {"chosen": choice.value, "rule": rule, "valid_sweep": choice.sweep,
+                                     **({"reach_valid_cold_item": reach} if reach else {})}
         report = choice.report
     if cfg.blend_untrained:
         if untrained is None:
