@@ -217,8 +217,11 @@ def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_sett
             assert sel.new_item_offset == (trained and ("hybrid" in model or model.endswith(cold.SELECT_OFFSET))), \
                 (name, model)
             assert sel.blend_untrained == (trained and "content" in model), (name, model)
-            if sel.new_item_offset:
-                assert sel.offset_tolerance == args.offset_tolerance
+            if sel.new_item_offset:  # _reach: the smallest offset reaching the rules, within its own tolerance
+                reach = model.endswith(cold.REACH)
+                assert sel.offset_tolerance == (args.reach_tolerance if reach else args.offset_tolerance)
+                assert sel.offset_reach == (["newest_first", "content_knn"] if reach and name == "ml100k"
+                                            else ["content_knn"] if reach else [])
             if sel.new_item_offset or sel.blend_untrained:
                 check_experiment(dataclasses.replace(cfg, data=DataConfig()))
 
