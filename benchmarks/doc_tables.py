@@ -540,11 +540,13 @@ COLD_START_GROUPS = {"ml100k": ("warm", "cold_item", "cold_user", "hist_0"),
 
 def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
-    as training targets), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
+    as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
+    baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
     model's, weight chosen on VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
+    reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
     offset_first, base = base.endswith("_offset"), base.removesuffix("_offset")
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
@@ -553,7 +555,8 @@ def cold_start_label(model: str) -> str:
             + (", new-item offset chosen on VALID" if offset_first else "")
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
-            + (", new-item offset chosen on VALID" if offset else "")
+            + (", new-item offset chosen on VALID" if offset and not reach else "")
+            + (", new-item offset reaching the rules on VALID" if offset and reach else "")
             + (", blended with its untrained self on VALID" if blend else "")
             + (", untrained" if model.endswith("@0") else ""))
 
