@@ -68,7 +68,7 @@ class SelectConfig:
     run's manifest, and kept with the weights, so `evaluate` and serving score the chosen model.
     """
 
-    new_item_offset: bool = False  # hybrid SASRec: the score offset of items without an ID vector
+    new_item_offset: bool = False  # SASRec, content or hybrid tower: the score offset of items without training events
     offset_tolerance: float = 0.01  # share of the offset-0 model's VALID overall metric the offset may cost
     # rule baselines (e.g. newest_first, recent_pop, content_knn): the offset is the smallest one whose VALID
     # cold-item metric reaches the best of theirs on VALID, within offset_tolerance (then set it to the most

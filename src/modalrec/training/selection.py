@@ -36,9 +36,9 @@ def offset_rule(tolerance: float, metric: str = METRIC) -> str:
             f"{1 - tolerance:.3g} x the offset-0 model's; ties to the smaller offset")
 
 
-def reach_rule(tolerance: float, reach: dict[str, float | None], metric: str = METRIC) -> str:
-    return (f"smallest offset whose VALID cold-item {metric} reaches the best of {sorted(reach)} on VALID "
-            f"({max(v or 0.0 for v in reach.values()):.4g}) among the offsets whose VALID overall {metric} is >= "
+def reach_rule(tolerance: float, rules: Sequence[str], floor: float, metric: str = METRIC) -> str:
+    return (f"smallest offset whose VALID cold-item {metric} reaches the best of {sorted(rules)} on VALID "
+            f"({floor:.4g}) among the offsets whose VALID overall {metric} is >= "
             f"{1 - tolerance:.3g} x the offset-0 model's; if none reaches it, {offset_rule(tolerance, metric)}")
 
 
@@ -129,14 +129,13 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
     record: dict[str, Any] = {}
     report = None
     if cfg.new_item_offset:
-        reach = {}
-        for name in cfg.offset_reach:
-            if rules is None:
-                raise ConfigError("select.offset_reach: no rule baselines to evaluate were given")
-            reach[name] = metric_or_none(evaluate(rules(name)), METRIC, "cold_item")
+        if cfg.offset_reach and rules is None:
+            raise ConfigError("select.offset_reach: no rule baselines to evaluate were given")
+        reach = {name: metric_or_none(evaluate(rules(name)), METRIC, "cold_item") for name in cfg.offset_reach}
         floor = max((v or 0.0 for v in reach.values()), default=None)
         choice = offset_sweep(model, evaluate, tolerance=cfg.offset_tolerance, floor=floor)
-        rule = reach_rule(cfg.offset_tolerance, reach) if reach else offset_rule(cfg.offset_tolerance)
+        rule = (reach_rule(cfg.offset_tolerance, list(reach), floor) if floor is not None
+                else offset_rule(cfg.offset_tolerance))
         record["new_item_offset"] = {"chosen": choice.value, "rule": rule, "valid_sweep": choice.sweep,
                                      **({"reach_valid_cold_item": reach} if reach else {})}
         report = choice.report
