@@ -50,13 +50,19 @@ def _params(n: int | None) -> str:
 
 def demo(results: Path) -> str:
     """`make demo` on the built-in dataset (`modalrec compare runs/demo/... --json benchmarks/results/demo_cpu.json`)."""
+    from modalrec.compare import TABLE_GROUPS
+
     data = _load(results, "demo_cpu.json")
-    groups = ("overall", "warm", "cold_item", "cold_user")
     first = next(iter(data["runs"].values()))
-    header = ["run"] + [f"{m} {g} (n={first['counts'][g]})" for g in groups for m in data["metrics"]]
-    rows = [[name] + [_f(run["groups"][g][m]) for g in groups for m in data["metrics"]]
-            for name, run in data["runs"].items()]
-    return _table(header, rows)
+    tables = []
+    # as `modalrec compare` prints them: every metric on the cold-start groups, the first on the others it stored
+    for groups, metrics in ((TABLE_GROUPS, data["metrics"]),
+                            ([g for g in first["groups"] if g not in TABLE_GROUPS], data["metrics"][:1])):
+        if groups:
+            header = ["run"] + [f"{m} {g} (n={first['counts'][g]})" for g in groups for m in metrics]
+            tables.append(_table(header, [[name] + [_f(run["groups"][g][m]) for g in groups for m in metrics]
+                                          for name, run in data["runs"].items()]))
+    return "\n\n".join(tables + [f"Candidates: {rule}." for rule in data.get("candidates", [])])
 
 
 def quality_amazon(results: Path) -> str:
@@ -561,6 +567,16 @@ def cold_start_label(model: str) -> str:
             + (", untrained" if model.endswith("@0") else ""))
 
 
+def _ndcg_percent(parts: list[dict[str, Any]]) -> tuple[float, float | None] | None:
+    """NDCG@10 in % of one group over several seeds' runs: (mean, standard deviation; None with one seed), or
+    None when no run scored the group."""
+    vals = [100 * p["ndcg@10"] for p in parts if p["ndcg@10"] is not None]
+    if not vals:
+        return None
+    mean = sum(vals) / len(vals)
+    return mean, (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+
+
 def cold_start(dataset: str) -> Callable[[Path], str]:
     """NDCG@10 in % per group for every model `cold_start.py` ran on `dataset`: VALID overall, TEST groups; the
     mean over the seeds run, with the seeds' standard deviation where there are several."""
@@ -571,11 +587,10 @@ def cold_start(dataset: str) -> Callable[[Path], str]:
         groups = COLD_START_GROUPS.get(dataset, ("warm", "cold_item", "repeat", "novel"))
 
         def cell(parts: list[dict[str, Any]]) -> str:
-            vals = [100 * p["ndcg@10"] for p in parts if p["ndcg@10"] is not None]
-            if not vals:
+            stats = _ndcg_percent(parts)
+            if stats is None:
                 return ""
-            mean = sum(vals) / len(vals)
-            sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            mean, sd = stats
             return f"{mean:.2f}" + ("" if sd is None else f" ± {sd:.2f}")
 
         rows = []
@@ -734,9 +749,8 @@ def cold_start_temp(results: Path) -> str:
         runs = [r for r in found["results"] if r["dataset"] == name and "error" not in r]
 
         def mean(model: str, group: str, part: str = "test", runs: list[dict[str, Any]] = runs) -> str:
-            vals = [r[part][group]["ndcg@10"] for r in runs if r["model"] == model and group in r[part]
-                    and r[part][group]["ndcg@10"] is not None]
-            return f"{100 * sum(vals) / len(vals):.2f}" if vals else ""
+            stats = _ndcg_percent([r[part][group] for r in runs if r["model"] == model and group in r[part]])
+            return "" if stats is None else f"{stats[0]:.2f}"
 
         for model, selection in (("sasrec_content_temp", "blend"), ("sasrec_content_temp_offset", "offset + blend")):
             trained = [r for r in runs if r["model"] == model]

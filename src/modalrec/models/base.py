@@ -68,11 +68,26 @@ class ModelContext:
     item_activity: Any = None  # data.item_age.ItemActivity: each item's events in the days before a query time
     train_targets: Any = None  # (item [E], ts [E]): training events that follow an earlier event of their user
 
+    def items_with_training_events(self) -> torch.Tensor:  # [n_items + 1] bool, PAD False
+        """The items training shows: the hybrid tower's ID rows, the items a new-item offset leaves alone (all
+        False without training counts)."""
+        seen = torch.zeros(self.n_items + 1, dtype=torch.bool)
+        if self.train_item_counts is not None:
+            seen = torch.as_tensor(self.train_item_counts[: self.n_items + 1] > 0).bool().clone()
+            seen[0] = False
+        return seen
+
     @classmethod
     def for_split(cls, split: Any, **facts: Any) -> ModelContext:
         """The facts every model takes from its split (catalogue size, user count, training item counts), with
         `facts` (features, seed, launch times...) on top."""
         return cls(n_items=split.n_items, n_users=split.n_users, train_item_counts=split.train.item_counts(), **facts)
+
+
+def flag_of(flags: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # [N + 1], [...] -> [...] bool
+    """`flags[items]`, False for items past the end of `flags` (appended to the catalogue after it was made)."""
+    known = items < len(flags)
+    return flags[torch.where(known, items, 0)] & known
 
 
 ANY_CONTENT = frozenset({"text", "image"})  # "whichever of text / image the features provide"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
-from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext
+from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext, flag_of
 from modalrec.models.first_event import FirstEventGate, gated_id_scores
 from modalrec.models.freshness import FreshnessPrior, HistoryAge
 from modalrec.models.layers import SelfAttentionBlock, init_weights
@@ -166,13 +166,8 @@ class SASRec(CausalTowerRecommender):
         # the items a new-item offset lifts: no training events (for the hybrid tower exactly the items without an
         # ID vector); rows past the end -- items appended after training -- are new too. Derived from the training
         # counts each time the model is built, so not saved with the weights.
-        counts = ctx.train_item_counts
-        trained = torch.zeros(ctx.n_items + 1, dtype=torch.bool)
-        if counts is not None:
-            trained = torch.as_tensor(counts[: ctx.n_items + 1] > 0).bool().clone()
-            trained[0] = False
-        self.register_buffer("trained_items", trained, persistent=False)
-        if cfg.new_item_offset and (counts is None or not self.content_modalities(cfg)):
+        self.register_buffer("trained_items", ctx.items_with_training_events(), persistent=False)
+        if cfg.new_item_offset and (ctx.train_item_counts is None or not self.content_modalities(cfg)):
             raise ConfigError("sasrec: new_item_offset needs an item tower that scores items from content ('text', "
                               "'image', 'text+image' or 'hybrid') and the training item counts")
         self.new_item_offset = cfg.new_item_offset  # settable after training (benchmarks/cold_start.py)
@@ -206,8 +201,7 @@ class SASRec(CausalTowerRecommender):
 
     def without_training_events(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [...] bool
         """Items with no training events (PAD too: never a candidate), or appended after training."""
-        known = items < len(self.trained_items)
-        return ~(self.trained_items[torch.where(known, items, 0)] & known)
+        return ~flag_of(self.trained_items, items)
 
     def _offset_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                       state: torch.Tensor | None = None) -> torch.Tensor:

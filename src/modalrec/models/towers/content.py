@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modalrec.errors import ConfigError, MismatchError
-from modalrec.models.base import ItemTower, ModelContext
+from modalrec.models.base import ItemTower, ModelContext, flag_of
 from modalrec.models.towers.config import TowerConfig
 from modalrec.models.towers.fusion import FUSIONS, make_fusion
 from modalrec.seeding import torch_generator
@@ -320,10 +320,8 @@ class HybridTower(ItemTower):
         if ctx.train_item_counts is None:
             raise ConfigError("the 'hybrid' item tower needs ModelContext.train_item_counts (which items are warm)")
         self.dim, self.content, self.opts = int(dim), content, opts
-        warm = torch.as_tensor(ctx.train_item_counts[: ctx.n_items + 1] > 0).bool().clone()  # [N0 + 1]
-        warm[0] = False
+        warm = ctx.items_with_training_events()  # [N0 + 1]
         self.register_buffer("warm", warm)  # persistent: fixed by the training data, saved with the weights
-        self.n_train_rows = len(warm)
         self.id_embedding = nn.Embedding(len(warm), dim, padding_idx=0)
         self.cold_vector = nn.Parameter(torch.zeros(dim)) if opts.cold_default == "learned" else None
 
@@ -356,8 +354,7 @@ class HybridTower(ItemTower):
 
     def has_id_vector(self, items: torch.Tensor) -> torch.Tensor:  # [...] -> [...] bool
         """Items with a trained ID row: training events, and not appended after training."""
-        known = items < self.n_train_rows
-        return self.warm[torch.where(known, items, 0)] & known
+        return flag_of(self.warm, items)
 
     def id_vectors(self, items: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:  # [...] -> [..., d]
         """The ID part alone, without dropout: zero for items without an ID row (`has_id_vector`). `rows`: a
