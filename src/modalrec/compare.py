@@ -1,5 +1,6 @@
-"""Compare trained runs: the group table (overall / warm / cold-item / cold-user) and one PNG with the TEST
-metric by group as bars next to each run's VALID curve over the epochs."""
+"""Compare trained runs: the group tables (overall / warm / cold-item / cold-user; repeat / novel targets and the
+users' history buckets) and one PNG with the TEST metric by group as bars next to each run's VALID curve over the
+epochs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modalrec.data.splits import COLD_GROUPS, HISTORY_BUCKETS, REPEAT_GROUPS
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import Report, compare_table, draw_group_bars, metric_or_none
 from modalrec.io import write_bytes_atomic
 
-BAR_GROUPS = ("warm", "cold_item", "cold_user")
-TABLE_GROUPS = ("overall", *BAR_GROUPS)
+BAR_GROUPS = COLD_GROUPS
+TABLE_GROUPS = ("overall", *COLD_GROUPS)  # always shown, every metric
+# shown where some run has events in them, the first metric only (the table stays readable): how much of a score
+# is re-recommending the user's own items, and how it varies with the length of the user's history
+DETAIL_GROUPS = (*REPEAT_GROUPS, *(name for name, _, _ in HISTORY_BUCKETS))
 
 
 @dataclass
@@ -39,15 +44,34 @@ def load_run(run_dir: str | Path) -> RunSummary:
                       monitor if curve else None, curve)
 
 
+def detail_groups(runs: Sequence[RunSummary]) -> tuple[str, ...]:
+    """The DETAIL_GROUPS some run's TEST report has events in."""
+    return tuple(g for g in DETAIL_GROUPS if any(r.test.counts.get(g) for r in runs))
+
+
+def candidate_rules(runs: Sequence[RunSummary]) -> list[str]:
+    """The candidate rules the runs' TEST reports were ranked under (exclude_seen, repeat targets), each once."""
+    return list(dict.fromkeys(str(r.test.meta["candidates"]) for r in runs if r.test.meta.get("candidates")))
+
+
 def group_table(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> str:
-    """Markdown: one row per run, TEST `metrics` for overall / warm / cold_item / cold_user (with event counts)."""
-    return compare_table({r.name: r.test for r in runs}, metrics=metrics, groups=TABLE_GROUPS)
+    """Markdown: one row per run, TEST `metrics` for overall / warm / cold_item / cold_user (with event counts);
+    then, where the runs have such events, the first metric on repeat / novel targets and per history bucket; then
+    the candidate rule, which decides what a repeat target can score."""
+    reports = {r.name: r.test for r in runs}
+    parts = [compare_table(reports, metrics=metrics, groups=TABLE_GROUPS)]
+    if detail := detail_groups(runs):
+        parts.append(compare_table(reports, metrics=metrics[:1], groups=detail))
+    parts += [f"Candidates: {rule}." for rule in candidate_rules(runs)]
+    return "\n\n".join(parts)
 
 
 def table_data(runs: Sequence[RunSummary], metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> dict:
-    """The group table as data: {run: {"groups": {group: {metric: value}}, "counts": {group: events}}}."""
-    return {r.name: {"groups": {g: {m: metric_or_none(r.test, m, g) for m in metrics} for g in TABLE_GROUPS},
-                     "counts": {g: r.test.counts.get(g) for g in TABLE_GROUPS}} for r in runs}
+    """The group tables as data: {run: {"groups": {group: {metric: value}}, "counts": {group: events}}}, every
+    metric on every group of `group_table`."""
+    groups = (*TABLE_GROUPS, *detail_groups(runs))
+    return {r.name: {"groups": {g: {m: metric_or_none(r.test, m, g) for m in metrics} for g in groups},
+                     "counts": {g: r.test.counts.get(g) for g in groups}} for r in runs}
 
 
 def figure(runs: Sequence[RunSummary], path: str | Path, metric: str = "ndcg@10", title: str | None = None) -> Path:

@@ -25,13 +25,31 @@ def test_table_and_figure_of_two_runs(tmp_path: Path, capsys: pytest.CaptureFixt
     runs = [str(tmp_path / "runs" / n) for n in results]
     assert main(["compare", *runs, "--md", str(tmp_path / "table.md"), "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    rows: dict[str, str] = {}  # the first table's row of each run
+    for line in (line for line in out.splitlines() if line.startswith("| ")):
+        rows.setdefault(line.split("|")[1].strip(), line)
     for name, result in results.items():
         want = f"{result.test.metric('ndcg@10', 'cold_item'):.4f}" if result.test.counts["cold_item"] else "n/a"
         assert want in rows[name]
-    numbers = json.loads((tmp_path / "t.json").read_text())["runs"]
+    # repeat / novel targets and history buckets: the first metric in a second table, every metric in the JSON
+    detail = [g for g in ("repeat", "novel", "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
+              if any(r.test.counts.get(g) for r in results.values())]
+    assert "novel" in detail and any(g.startswith("hist_") for g in detail)
+    headers = [line for line in out.splitlines() if line.startswith("| run |")]
+    assert len(headers) == 2 and all(f"ndcg@10 {g} " in headers[1] for g in detail)
+    assert "hr@10" not in headers[1]
+    detail_rows = [line for line in out.splitlines() if line.startswith("| sasrec |")]
+    want = f"{results['sasrec'].test.metric('ndcg@10', 'novel'):.4f}"
+    assert len(detail_rows) == 2 and want in detail_rows[1]
+    assert f"Candidates: {results['sasrec'].test.meta['candidates']}." in out
+    written = json.loads((tmp_path / "t.json").read_text())
+    numbers = written["runs"]
     assert numbers["sasrec"]["groups"]["warm"]["hr@10"] == results["sasrec"].test.metric("hr@10", "warm")
     assert numbers["pop"]["counts"]["overall"] == results["pop"].test.counts["overall"]
+    for g in detail:
+        assert numbers["sasrec"]["groups"][g]["hr@10"] == results["sasrec"].test.metric("hr@10", g)
+        assert numbers["pop"]["counts"][g] == results["pop"].test.counts.get(g)
+    assert written["candidates"] == [results["pop"].test.meta["candidates"]]
     png = tmp_path / "runs" / "compare.png"
     assert f"figure written to {png}" in out
     with Image.open(png) as img:
@@ -49,5 +67,6 @@ def test_demo_writes_report_and_figure(tmp_path: Path, capsys: pytest.CaptureFix
     assert f"report: {out / 'report.md'}" in printed and f"figure: {out / 'demo.png'}" in printed
     report = (out / "report.md").read_text()
     assert "| sasrec-hybrid |" in report and "![TEST ndcg@10 by group and VALID curves](demo.png)" in report
+    assert "ndcg@10 novel" in report and "Candidates: exclude_seen" in report and "hist_A-B" in report
     with Image.open(out / "demo.png") as img:
         assert img.format == "PNG"

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from modalrec.compare import figure, group_table, summaries, table_data
+    from modalrec.compare import candidate_rules, figure, group_table, summaries, table_data
     from modalrec.io import write_json_atomic
 
     runs = summaries(args.runs)
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if args.md:
         Path(args.md).write_text(table + "\n")
     if args.json:
-        write_json_atomic(args.json, {"metrics": list(metrics), "runs": table_data(runs, metrics)})
+        write_json_atomic(args.json, {"metrics": list(metrics), "candidates": candidate_rules(runs),
+                                        "runs": table_data(runs, metrics)})
     written = [f"figure written to {png}"] + [f"{k} to {v}" for k, v in (("table", args.md), ("numbers", args.json)) if v]
     print("\n" + "; ".join(written))
     return 0

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from modalrec.compare import figure, group_table, summaries
     from modalrec.config import from_dict
+    from modalrec.data.splits import GROUP_DEFINITIONS
     from modalrec.experiment import ExperimentConfig
     from modalrec.pipeline import run_experiment
 
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         "",
         table,
         "",
-        ("cold_item: the target was never seen in training, so ID models cannot rank it and content models can; "
-        "cold_user: the user has no training events."),
+        ("cold_item: the target was never seen in training, so ID models cannot rank it and content models can. "
+         f"Groups: {GROUP_DEFINITIONS}."),
         "",
         f"![TEST ndcg@10 by group and VALID curves]({png.name})",
         "",
