@@ -51,7 +51,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_agehist_pop", "sasrec_hybrid_agehist_pop",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
            "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
-           "sasrec_hybrid_temp", "sasrec_hybrid_agehist_gated_first_reach")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp", "sasrec_hybrid_temp_offset", "sasrec_hybrid_agehist_gated_first_reach",
+           "sasrec_hybrid_agehist_gated_offset_first_reach")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -86,9 +87,10 @@ DEBIAS = "_debias"
 # content SASRec's best VALID epoch is its untrained state on the Amazon datasets); sasrec_hybrid_temp: the same for
 # the content part of the hybrid tower
 TEMP = "_temp"
-# _offset (last model suffix, content models): the run picks a new-item offset on VALID (items without training
-# events; a content tower fits its projection to the items training shows) before the blend with its untrained
-# self, so the `+blend` row is the offset model blended; untrained, it is the model without the suffix
+# _offset (before _first / _reach): the run picks a new-item offset on VALID (items without training events; a
+# content tower fits its projection to the items training shows) and then blends with its untrained self, so the
+# `+blend` row is the offset model blended (a hybrid without the suffix gets the offset alone); untrained, it is
+# the model without the suffix
 SELECT_OFFSET = "_offset"
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
 # (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
@@ -216,12 +218,14 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
     offset = {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
     if model.endswith(REACH):
         rules = ["newest_first", "content_knn"] if ds.get("clock", True) else ["content_knn"]
-        return {**offset, "offset_tolerance": args.reach_tolerance, "offset_reach": rules}
+        offset = {**offset, "offset_tolerance": args.reach_tolerance, "offset_reach": rules}
+    blend = {"blend_untrained": True}
+    offset_then_blend = model.removesuffix(REACH).removesuffix(FIRST).endswith(SELECT_OFFSET)
     if "hybrid" in model:
-        return offset
+        return {**offset, **(blend if offset_then_blend else {})}
     if "content" not in model:
         return {}
-    return {**(offset if model.endswith(SELECT_OFFSET) else {}), "blend_untrained": True}
+    return {**(offset if offset_then_blend else {}), **blend}
 
 
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:

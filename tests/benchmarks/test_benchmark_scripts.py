@@ -216,7 +216,8 @@ def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_sett
             trained = not model.endswith(cold.UNTRAINED)
             assert sel.new_item_offset == (trained and ("hybrid" in model or model.endswith(cold.SELECT_OFFSET))), \
                 (name, model)
-            assert sel.blend_untrained == (trained and "content" in model), (name, model)
+            offset_then_blend = model.removesuffix(cold.REACH).removesuffix(cold.FIRST).endswith(cold.SELECT_OFFSET)
+            assert sel.blend_untrained == (trained and ("content" in model or offset_then_blend)), (name, model)
             if sel.new_item_offset:  # _reach: the smallest offset reaching the rules, within its own tolerance
                 reach = model.endswith(cold.REACH)
                 assert sel.offset_tolerance == (args.reach_tolerance if reach else args.offset_tolerance)
