@@ -62,7 +62,8 @@ def demo(results: Path) -> str:
             header = ["run"] + [f"{m} {g} (n={first['counts'][g]})" for g in groups for m in metrics]
             tables.append(_table(header, [[name] + [_f(run["groups"][g][m]) for g in groups for m in metrics]
                                           for name, run in data["runs"].items()]))
-    return "\n\n".join(tables + [f"Candidates: {rule}." for rule in data.get("candidates", [])])
+    parts = [t.rstrip("\n") for t in tables] + [f"Candidates: {rule}." for rule in data.get("candidates", [])]
+    return "\n\n".join(parts) + "\n"
 
 
 def quality_amazon(results: Path) -> str:
