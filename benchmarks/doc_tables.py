@@ -559,7 +559,8 @@ def cold_start_label(model: str) -> str:
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
-            + (", new-item offset chosen on VALID" if offset_first else "")
+            + (", new-item offset chosen on VALID" if offset_first and blend
+               else ", at offset 0 (the run then picks an offset and a blend on VALID)" if offset_first else "")
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
             + (", new-item offset chosen on VALID" if offset and not reach else "")
