@@ -38,7 +38,7 @@ from modalrec.data.pairs import random_split
 from modalrec.data.splits import EvalSet, Split, global_temporal, leave_one_out
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models import MODELS
-from modalrec.models.base import ModelContext
+from modalrec.models.base import ModelContext, Training
 from modalrec.training.loop import TrainConfig, fit
 
 log = logging.getLogger("baselines_ml100k")
@@ -89,11 +89,11 @@ def train_and_test(name: str, params: dict[str, Any], split: Split, ctx: ModelCo
     model = model_cls.build(cfg, ctx)
     valid_eval = Evaluator(split.valid, split.n_items, ks=KS, max_len=50, device=args.device)
     t0 = time.perf_counter()
-    if hasattr(model, "fit_counts"):
+    if model.training_kind is Training.COUNTS:
         model.fit_counts(split)
         hist = None
-    else:
-        source = model.training_source(split) if hasattr(model, "training_source") else TrainWindows(split.train, 50)
+    else:  # the pipeline's choice of training data (modalrec.pipeline): pairs, else windows of the sequences
+        source = model.training_source(split) if model.training_kind is Training.PAIRS else TrainWindows(split.train, 50)
         hist = fit(model, source, tc, validate=lambda m: valid_eval.run(m, name="valid"))
     fit_s = time.perf_counter() - t0
     report = Evaluator(split.test, split.n_items, ks=KS, max_len=50, device=args.device).run(model, name="test")

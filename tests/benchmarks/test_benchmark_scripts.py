@@ -269,3 +269,25 @@ def test_cold_start_checks_leave_out_the_repeat_group_only_where_repeat_targets_
     assert "unreachable_groups" not in rankable and not hybrid["holds"] and not hybrid["groups"]["repeat"]["holds"]
     hybrid = masked["test"]["hybrid_vs_best"]["sasrec_hybrid"]
     assert masked["unreachable_groups"] == ["repeat"] and "repeat" not in hybrid["groups"] and hybrid["holds"]
+
+
+def test_baselines_train_each_model_from_the_data_its_training_kind_names() -> None:
+    """baselines_ml100k.train_and_test feeds a model what the pipeline would (counts, pairs or sequence windows),
+    and stores every group of the TEST report."""
+    import argparse
+
+    from modalrec.models.base import ModelContext
+    from modalrec.training.loop import TrainConfig
+
+    base = importlib.import_module("baselines_ml100k")
+    split = cyclic_split()
+    args = argparse.Namespace(device="cpu")
+    tc = TrainConfig(epochs=15, batch_size=64, lr=5e-3, patience=15, progress=False)
+    out = {name: base.train_and_test(name, params, split, ModelContext.for_split(split), tc, args)[1]
+           for name, params in (("pop", {}), ("lightgcn", {"dim": 16, "n_layers": 1}),
+                                ("sasrec", {"dim": 32, "max_len": 10, "dropout": 0.0}))}
+    assert out["pop"]["trainable_params"] == 0 and "epochs_run" not in out["pop"]
+    assert out["lightgcn"]["epochs_run"] >= 1 and out["lightgcn"]["trainable_params"] > 0
+    assert out["sasrec"]["test"]["overall"]["ndcg@10"] > 0.5  # the planted "next item = i + 1" pattern
+    assert out["sasrec"]["test"]["overall"]["ndcg@10"] > out["pop"]["test"]["overall"]["ndcg@10"]
+    assert {"novel", "hist_5-19"} <= set(out["sasrec"]["test"]) and out["sasrec"]["test_counts"]["novel"] > 0
