@@ -12,8 +12,8 @@ items, the user's known items masked, pessimistic ties):
 2. loo       leave-one-out: BERT4Rec and SASRec (ID towers, full softmax), max_len 50.
 3. temporal  global chronological 70/15/15 split: MMGCN and VBPR over real item features (MiniLM
              all-MiniLM-L6-v2 on "title. Genres: ... . plot" and EfficientNet-Lite0 on the posters,
-             encoded once into a FeatureStore under --cache-root), next to LightGCN and Pop; groups
-             warm / cold_item / cold_user. Cold users are scored from the mean of their history items.
+             encoded once into a FeatureStore under --cache-root), next to LightGCN and Pop. Every split stores
+             every group of the TEST report. Cold users are scored from the mean of their history items.
 
     nice -n 10 python benchmarks/baselines_ml100k.py --threads 2 --out runs/baselines_ml100k.json
     python benchmarks/baselines_ml100k.py --parts random --epochs-scale 0.05     # smoke run

@@ -163,6 +163,10 @@ def ablation_ml100k(results: Path) -> str:
                   rows)
 
 
+BASELINE_GROUPS = ("warm", "cold_item", "cold_user", "repeat", "novel", "hist_0", "hist_1", "hist_2-4", "hist_5-19",
+                   "hist_20+")
+
+
 def baselines_ml100k(results: Path) -> str:
     """Sequential, graph and multimodal baselines on ML-100K under three splits."""
     data = _load(results, "baselines_ml100k_cpu.json")
@@ -183,8 +187,19 @@ def baselines_ml100k(results: Path) -> str:
             u = run["test_per_user"]
             rows.append([split, f"{label}, per-user metrics (LightGCN paper's definition)", _f(u["recall@20"]),
                          _f(u["ndcg@20"]), "", "", ""])
-    return _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
-                  "ll")
+    table = _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
+                   "ll")
+    # every group the evaluator reported (runs stored before it reported repeats and history buckets have fewer)
+    groups = [g for g in BASELINE_GROUPS if any(data[part][key]["test_counts"].get(g) for _, part, key, _ in runs)]
+    if not any(g.startswith("hist_") for g in groups):
+        return table
+
+    def cell(run: dict[str, Any], group: str) -> str:
+        n = run["test_counts"].get(group, 0)
+        return f"{_f(run['test'][group]['ndcg@10'])} ({n})" if n and group in run["test"] else ""
+
+    rows = [[split, label] + [cell(data[part][key], g) for g in groups] for split, part, key, label in runs]
+    return table + "\n" + _table(["split", "model (TEST NDCG@10, events)", *groups], rows, "ll")
 
 
 def _earlier_budgets(results: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
