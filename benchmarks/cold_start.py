@@ -16,7 +16,8 @@ models are SASRec residuals over content-kNN (models/sequential/knn_start.py: un
 `_pop` models add the training-only popularity term for the item vectors (`POP`; benchmarks/cold_erosion_ml100k.py),
 `_debias` models that term for the whole model (full-softmax datasets only). Every trained hybrid run also yields
 `+offset` (a new-item offset chosen on VALID) and every trained content run `+blend` (its scores blended with its
-untrained self's, the weight chosen on VALID; models/blend.py).
+untrained self's, the weight chosen on VALID; models/blend.py); a model named with `_offset` gets the offset and then
+the blend (its `+blend` row), hybrid or content.
 
 Protocol: full ranking over every item, history items other than the target excluded (a repeat target stays
 rankable and is counted in the `repeat` group), pessimistic ties, best VALID epoch, TEST once. Groups:
