@@ -192,3 +192,36 @@ def test_batches_are_length_sorted_and_written_back_in_item_order(tmp_path: Path
     for i in (1, 9, 16):
         np.testing.assert_allclose(store.array("text")[i], HashingText(8).encode([items.text(i, "{title}")]).features[0],
                                    atol=1e-3)
+
+
+def _race(monkeypatch: Any, items: Any, out: Path, encoder: Any) -> list[Any]:
+    """After this run's first task, another job encodes and finalises `out` with `encoder` (its summary lands in
+    the returned list): two jobs sharing a feature cache, deterministically interleaved."""
+    from modalrec.features import build
+
+    run_task, other = build._run_task, []
+
+    def task_then_other_job(*args: Any, **kwargs: Any) -> Any:
+        result = run_task(*args, **kwargs)
+        if not other:
+            other.append(None)  # the other job's own tasks run unpatched from here on
+            other[0] = encode_catalogue(items, out, {"text": encoder}, template="{title}", **JOB)
+        return result
+
+    monkeypatch.setattr(build, "_run_task", task_then_other_job)
+    return other
+
+
+def test_a_store_finished_by_a_concurrent_run_is_used_not_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    """While this run encodes, another one finalises the same store: this run opens that store (same catalogue
+    and encoder) instead of failing on the existing directory; a different encoder is still refused."""
+    items = make_items(20)
+    other = _race(monkeypatch, items, tmp_path / "fs", HashingText(32))
+    res = encode_catalogue(items, tmp_path / "fs", {"text": HashingText(32)}, template="{title}", **JOB)
+    assert other[0].mode == "create" and other[0].finalised
+    assert res.mode == "up-to-date" and res.finalised
+    np.testing.assert_array_equal(res.open(items.vocab).tensors()[0]["text"].numpy(),
+                                  other[0].open(items.vocab).tensors()[0]["text"].numpy())
+    _race(monkeypatch, items, tmp_path / "other", HashingText(16))
+    with pytest.raises(MismatchError):
+        encode_catalogue(items, tmp_path / "other", {"text": HashingText(32)}, template="{title}", **JOB)

@@ -245,11 +245,33 @@ def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | P
     if shard is not None and (shard[0] != 0 or not all(_marker(p).is_file() for ps in chunks.values() for p in ps)):
         summary.mode, summary.seconds = "partial", time.perf_counter() - start
         return summary
-    _finalise(cls, existing, items, out_dir, tasks, chunks, dtype, first, hashes, overwrite)
+    if existing is None and not overwrite and _built_elsewhere(cls, out_dir, vocab, tasks):
+        summary.mode, summary.finalised, summary.seconds = "up-to-date", True, time.perf_counter() - start
+        return summary
+    try:
+        _finalise(cls, existing, items, out_dir, tasks, chunks, dtype, first, hashes, overwrite)
+    except (ConfigError, OSError):  # lost the rename to a run that finished the same store a moment earlier
+        if existing is not None or overwrite or not _built_elsewhere(cls, out_dir, vocab, tasks):
+            raise
+        summary.mode, summary.finalised, summary.seconds = "up-to-date", True, time.perf_counter() - start
+        return summary
     shutil.rmtree(part_root, ignore_errors=True)
     summary.finalised, summary.seconds = True, time.perf_counter() - start
     logger.info("%s", summary)
     return summary
+
+
+def _built_elsewhere(cls: type[ArrayStore], out_dir: Path, vocab: Vocabulary, tasks: list[_Task]) -> bool:
+    """Whether another process (two jobs sharing a feature cache) finalised this very store while this one was
+    encoding: same catalogue and modalities, same encoders (else MismatchError, as at the start of a run)."""
+    if not out_dir.exists():
+        return False
+    done = cls.open(out_dir, None)
+    if done.vocab_hash != vocab.hash:
+        done.check_vocab(vocab)  # raises MismatchError with the precise reason
+    _check_compatible(done, tasks)
+    logger.info("%s was finalised by another run while this one encoded; using it", out_dir)
+    return True
 
 
 def _check_compatible(existing: ArrayStore, tasks: list[_Task]) -> None:
