@@ -245,12 +245,9 @@ def _encode(cls: type[ArrayStore], kind: str, items: ItemTable, out_dir: str | P
     if shard is not None and (shard[0] != 0 or not all(_marker(p).is_file() for ps in chunks.values() for p in ps)):
         summary.mode, summary.seconds = "partial", time.perf_counter() - start
         return summary
-    if existing is None and not overwrite and _built_elsewhere(cls, out_dir, vocab, tasks):
-        summary.mode, summary.finalised, summary.seconds = "up-to-date", True, time.perf_counter() - start
-        return summary
     try:
         _finalise(cls, existing, items, out_dir, tasks, chunks, dtype, first, hashes, overwrite)
-    except (ConfigError, OSError):  # lost the rename to a run that finished the same store a moment earlier
+    except (ConfigError, OSError):  # e.g. out_dir exists: a run sharing the cache finished the same store first
         if existing is not None or overwrite or not _built_elsewhere(cls, out_dir, vocab, tasks):
             raise
         summary.mode, summary.finalised, summary.seconds = "up-to-date", True, time.perf_counter() - start
