@@ -50,13 +50,15 @@ def new_items_first(knn: Any, seen: Any) -> Any:
     """content-kNN's scores plus NEW_FIRST on every item without training events (`seen` False)."""
     import torch
 
+    from modalrec.models.base import flag_of
+
     class NewItemsFirst(torch.nn.Module):
         history_length = knn.history_length
         dot_product_scores = False  # a per-item term on top of the kNN's dot products: ranked through `score`
 
         def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:
             scores = knn.score(batch, items)
-            new = ~seen[: scores.shape[1]] if items is None else ~seen[items]
+            new = ~flag_of(seen, torch.arange(scores.shape[1]) if items is None else items)
             return scores + NEW_FIRST * new.to(scores.dtype)
 
     return NewItemsFirst()
@@ -66,16 +68,15 @@ def bound(name: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     """`model` on `name`: VALID / TEST NDCG@10 as trained ("plain") and with every new item ranked first."""
     import dataclasses
 
-    import torch
-
     from modalrec.experiment import SelectConfig
+    from modalrec.models.base import ModelContext
     from modalrec.pipeline import evaluator_for, run_experiment
 
     cs_args = cold_start.parse_args(["--cache-dir", args.cache_dir, "--epochs", str(args.epochs),
                                      "--patience", str(args.patience), "--threads", str(args.threads)])
     cfg = dataclasses.replace(cold_start.config(name, model, args.seed, cs_args), select=SelectConfig())
     res = run_experiment(cfg, write=False)
-    seen = torch.as_tensor(res.split.train.item_counts() > 0)  # [n_items + 1]
+    seen = ModelContext.for_split(res.split).items_with_training_events()  # [n_items + 1], PAD False
     if model == "content_knn":
         gated = new_items_first(res.model, seen)
     else:  # a trained SASRec: the same gate is its new-item offset (items without training events)

@@ -163,10 +163,6 @@ def ablation_ml100k(results: Path) -> str:
                   rows)
 
 
-BASELINE_GROUPS = ("warm", "cold_item", "cold_user", "repeat", "novel", "hist_0", "hist_1", "hist_2-4", "hist_5-19",
-                   "hist_20+")
-
-
 def baselines_ml100k(results: Path) -> str:
     """Sequential, graph and multimodal baselines on ML-100K under three splits."""
     data = _load(results, "baselines_ml100k_cpu.json")
@@ -189,8 +185,10 @@ def baselines_ml100k(results: Path) -> str:
                          _f(u["ndcg@20"]), "", "", ""])
     table = _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
                    "ll")
+    from modalrec.data.splits import GROUPS
+
     # every group the evaluator reported (runs stored before it reported repeats and history buckets have fewer)
-    groups = [g for g in BASELINE_GROUPS if any(data[part][key]["test_counts"].get(g) for _, part, key, _ in runs)]
+    groups = [g for g in GROUPS if any(data[part][key]["test_counts"].get(g) for _, part, key, _ in runs)]
     if not any(g.startswith("hist_") for g in groups):
         return table
 
