@@ -13,7 +13,7 @@ import json
 import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,26 @@ def _params(n: int | None) -> str:
     return "" if n is None else f"{n / 1e6:.2f} M"
 
 
+GroupRow = tuple[Sequence[str], Mapping[str, float | None], Mapping[str, int]]  # (labels, value / group, events / group)
+
+
+def _group_table(head: Sequence[str], rows: Sequence[GroupRow], digits: int = 4) -> str:
+    """One cell "value (events)" per evaluator group (modalrec.data.splits.GROUPS) that some row has events in;
+    "" when the stored runs predate the repeat / history-bucket groups (their tables stay as they were)."""
+    from modalrec.data.splits import GROUPS
+
+    groups = [g for g in GROUPS if any(counts.get(g) for _, _, counts in rows)]
+    if not any(g.startswith("hist_") for g in groups):
+        return ""
+
+    def cell(values: Mapping[str, float | None], counts: Mapping[str, int], group: str) -> str:
+        n, value = counts.get(group, 0), values.get(group)
+        return f"{_f(value, digits)} ({n})" if n and value is not None else ""
+
+    return _table([*head, *groups], [[*labels, *(cell(v, c, g) for g in groups)] for labels, v, c in rows],
+                  "l" * len(head))
+
+
 def demo(results: Path) -> str:
     """`make demo` on the built-in dataset (`modalrec compare runs/demo/... --json benchmarks/results/demo_cpu.json`)."""
     from modalrec.compare import TABLE_GROUPS
@@ -70,7 +90,8 @@ def quality_amazon(results: Path) -> str:
     """Text / hybrid vs ID SASRec on the Amazon sets (metrics in %)."""
     data = _load(results, "quality_amazon_cpu.json")["results"]
     labels = {"scientific": "IISAN Scientific", "instruments": "IISAN Instruments", "unisrec": "UniSRec Scientific"}
-    rows = []
+    rows: list[list[str]] = []
+    by_group: list[GroupRow] = []
     for key, label in labels.items():
         r = data[key]
         best = (r.get("best_content") or {}).get("variant")
@@ -79,7 +100,11 @@ def quality_amazon(results: Path) -> str:
             for name, run in r["content_variants"].items() if "test_pct" in run]  # others: not run
         rows += [[label, name, _f(run["test_pct"]["hr@10"], 2), _f(run["test_pct"]["ndcg@10"], 2),
                   _params(run["trainable_params"])] for name, run in runs]
-    return _table(["data", "model", "HR@10", "NDCG@10", "trainable params"], rows, "ll")
+        by_group += [([label, name], {g: v["ndcg@10"] for g, v in run.get("test_groups_pct", {}).items()},
+                      {g: v["n"] for g, v in run.get("test_groups_pct", {}).items()}) for name, run in runs]
+    table = _table(["data", "model", "HR@10", "NDCG@10", "trainable params"], rows, "ll")
+    groups = _group_table(["data", "model (TEST NDCG@10 %, events)"], by_group, 2)
+    return table + ("\n" + groups if groups else "")
 
 
 def iisan_scientific(results: Path) -> str:
@@ -90,7 +115,9 @@ def iisan_scientific(results: Path) -> str:
     rows = [[names.get(k, k), _f(r["test"]["hr@10"], 2), _f(r["test"]["ndcg@10"], 2),
              _params(r["efficiency"]["trainable_parameters"]), _f(r["efficiency"]["seconds_per_epoch"], 1)]
             for k, r in data.items()]
-    return _table(["model", "HR@10", "NDCG@10", "trainable params", "s / epoch"], rows)
+    groups = _group_table(["model (TEST NDCG@10 %, events)"], [
+        ([names.get(k, k)], r["groups_test_ndcg@10"], r["groups_test_events"]) for k, r in data.items()], 2)
+    return _table(["model", "HR@10", "NDCG@10", "trainable params", "s / epoch"], rows) + ("\n" + groups if groups else "")
 
 
 def iisan_efficiency(results: Path) -> str:
@@ -185,19 +212,10 @@ def baselines_ml100k(results: Path) -> str:
                          _f(u["ndcg@20"]), "", "", ""])
     table = _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
                    "ll")
-    from modalrec.data.splits import GROUPS
-
-    # every group the evaluator reported (runs stored before it reported repeats and history buckets have fewer)
-    groups = [g for g in GROUPS if any(data[part][key]["test_counts"].get(g) for _, part, key, _ in runs)]
-    if not any(g.startswith("hist_") for g in groups):
-        return table
-
-    def cell(run: dict[str, Any], group: str) -> str:
-        n = run["test_counts"].get(group, 0)
-        return f"{_f(run['test'][group]['ndcg@10'])} ({n})" if n and group in run["test"] else ""
-
-    rows = [[split, label] + [cell(data[part][key], g) for g in groups] for split, part, key, label in runs]
-    return table + "\n" + _table(["split", "model (TEST NDCG@10, events)", *groups], rows, "ll")
+    groups = _group_table(["split", "model (TEST NDCG@10, events)"], [
+        ([split, label], {g: v.get("ndcg@10") for g, v in data[part][key]["test"].items()},
+         data[part][key]["test_counts"]) for split, part, key, label in runs])
+    return table + ("\n" + groups if groups else "")
 
 
 def _earlier_budgets(results: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -257,7 +275,8 @@ def tgn_ml100k(results: Path) -> str:
 def tgn_softmax(results: Path) -> str:
     """MM-TGN trained with the sampled softmax, content vs random item features, next to ID SASRec and Pop on
     the same TEST events: ML-100K (real clock) and Amazon Scientific (relative clock)."""
-    rows = []
+    rows: list[list[str]] = []
+    by_group: list[GroupRow] = []
     for label, name in (("ML-100K", "tgn_ml100k_softmax_cpu.json"), ("Amazon Scientific", "tgn_amazon_scientific_cpu.json")):
         if not (results / name).exists():
             continue
@@ -271,8 +290,14 @@ def tgn_softmax(results: Path) -> str:
                          _f(run["valid"]["overall"]["ndcg@10"] if run else None), _f(o.get("ap_random"), 3), _f(o["ndcg@10"]),
                          _f(tr["ndcg@10"]), _f(ind["ndcg@10"]),
                          " / ".join(f"{_f(v)} (batch {bs})" for bs, v in coarse.items())])
-    return _table(["data", "model", "VALID NDCG@10", "AP (random neg.)", "NDCG@10 overall", "NDCG@10 transductive",
-                   "NDCG@10 inductive", "same weights, other eval batch"], rows, "ll")
+        tests = {**{f"MM-TGN {k}": r["test"] for k, r in data["tgn"].items()},
+                 **{f"SASRec {k}": r["test"] for k, r in data["sasrec"].items() if "test" in r}, "Pop": data["pop"]["test"]}
+        by_group += [([label, key], {g: v.get("ndcg@10") for g, v in t.items()}, {g: v["count"] for g, v in t.items()})
+                     for key, t in tests.items()]
+    table = _table(["data", "model", "VALID NDCG@10", "AP (random neg.)", "NDCG@10 overall", "NDCG@10 transductive",
+                    "NDCG@10 inductive", "same weights, other eval batch"], rows, "ll")
+    groups = _group_table(["data", "model (TEST NDCG@10, events)"], by_group)
+    return table + ("\n" + groups if groups else "")
 
 
 def tgn_ablation(results: Path) -> str:

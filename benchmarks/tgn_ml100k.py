@@ -118,8 +118,10 @@ def run_tgn(split: Split, variant: str, feats: dict, missing: dict, args: argpar
 
 
 def _groups(ranks: np.ndarray, es: EvalSet) -> dict[str, dict[str, Any]]:
+    """Full-ranking metrics on the TGN benchmark's groups (transductive / inductive) and on every evaluator group
+    (warm / cold / repeat / novel / history buckets), so SASRec and Pop rows have what MM-TGN's report has."""
     masks = {"overall": np.ones(len(es), dtype=bool), "transductive": ~es.cold_item & ~es.cold_user,
-             "inductive": es.cold_item | es.cold_user, "cold_item": es.cold_item, "cold_user": es.cold_user}
+             "inductive": es.cold_item | es.cold_user, **es.group_masks()}
     out = {}
     for g, m in masks.items():
         met = compute_metrics(torch.from_numpy(ranks[m]), KS)

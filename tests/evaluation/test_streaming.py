@@ -66,3 +66,29 @@ def test_ap_negatives_come_from_the_run_seed() -> None:
           for s in (1, 2)}
     assert ap[1][0] == ap[1][1] and ap[2][0] == ap[2][1]
     assert ap[1][0] != ap[2][0]
+
+
+def test_streamed_groups_are_the_evaluators_groups_event_for_event() -> None:
+    """The streaming report has every Evaluator group (warm / cold / repeat / novel / history buckets) over
+    the same events: the random log repeats items, so repeat targets exist and the counts are the EvalSet's."""
+    from modalrec.data.splits import GROUPS
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(3)
+    n_users, n_items, n = 6, 30, 120  # 20 events a user over 30 items: some targets repeat, some do not
+    inter = Interactions.from_arrays(rng.integers(1, n_users + 1, n), rng.integers(1, n_items + 1, n), np.arange(n),
+                                     n_users=n_users, n_items=n_items)
+    es = global_temporal(inter, (0.5, 0.25, 0.25)).test
+    stream = EventStream.from_evalset(es, n_items)
+    model = TGN(TGNConfig(dim=8, time_dim=4, n_neighbors=3, n_heads=1, dropout=0.0, item_features="random",
+                          random_dim=8), n_users, n_items, seed=1).eval()
+    model.reset_state()
+    rep = evaluate_stream(model, stream, StreamEvalConfig(batch_size=7, ks=(5,), negatives=("random",)), restore=True)
+    masks = es.group_masks()
+    assert set(GROUPS) <= set(rep.groups)
+    assert {g: rep.counts[g] for g in GROUPS} == {g: int(m.sum()) for g, m in masks.items()}
+    assert 0 < rep.counts["repeat"] < len(es)
+    assert rep.counts["warm"] == rep.counts["transductive"]
+    ranks = np.empty(len(es), dtype=np.int64)
+    ranks[stream.source_index] = rep.ranks  # stream order -> EvalSet order
+    assert rep.metric("hr@5", "repeat") == float((ranks[masks["repeat"]] <= 5).mean())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from modalrec.data.interactions import Interactions, concat_ranges
-from modalrec.data.splits import EvalSet
+from modalrec.data.splits import EvalSet, group_masks
 from modalrec.seeding import torch_generator
 from modalrec.types import EventBatch
 
@@ -136,12 +136,16 @@ class EventStream:
         return mask
 
     def group_masks(self) -> dict[str, np.ndarray]:
-        """overall; with cold tags also transductive (user and item seen in training), inductive (new user
-        or new item), cold_item, cold_user."""
+        """overall; with cold tags also transductive (user and item seen in training) and inductive (new user
+        or new item), the temporal-graph literature's names; with histories too, every group of the Evaluator
+        (splits.GROUP_DEFINITIONS: warm = transductive, cold, repeat / novel, history buckets)."""
         out = {"overall": np.ones(len(self), dtype=bool)}
         if self.cold_item is not None and self.cold_user is not None:
             out["transductive"] = ~self.cold_item & ~self.cold_user
             out["inductive"] = self.cold_item | self.cold_user
-            out["cold_item"] = self.cold_item.copy()
-            out["cold_user"] = self.cold_user.copy()
+            if self.hist_offsets is not None and self.hist_items is not None:
+                out.update(group_masks(self.items, self.hist_offsets, self.hist_items, self.cold_item, self.cold_user))
+            else:
+                out["cold_item"] = self.cold_item.copy()
+                out["cold_user"] = self.cold_user.copy()
         return out

@@ -28,6 +28,33 @@ GROUP_DEFINITIONS = (
 )
 
 
+def repeat_mask(target: np.ndarray, hist_offsets: np.ndarray, hist_items: np.ndarray) -> np.ndarray:
+    """[E] bool: event e's target occurs in its history hist_items[hist_offsets[e]:hist_offsets[e + 1]]."""
+    lengths = np.diff(hist_offsets)
+    owner = np.repeat(np.arange(len(target), dtype=np.int64), lengths)  # [H] event of each history entry
+    repeat = np.zeros(len(target), dtype=bool)
+    repeat[owner[hist_items == target[owner]]] = True
+    return repeat
+
+
+def group_masks(target: np.ndarray, hist_offsets: np.ndarray, hist_items: np.ndarray, cold_item: np.ndarray,
+                cold_user: np.ndarray) -> dict[str, np.ndarray]:
+    """Every group of GROUP_DEFINITIONS for events given as arrays (an EvalSet's, or the same events in time
+    order for streaming evaluation). warm = neither cold; cold_item and cold_user may overlap; repeat / novel
+    and the history buckets each partition the events."""
+    repeat, lengths = repeat_mask(target, hist_offsets, hist_items), np.diff(hist_offsets)
+    masks = {
+        "warm": ~cold_item & ~cold_user,
+        "cold_item": cold_item.copy(),
+        "cold_user": cold_user.copy(),
+        "repeat": repeat,
+        "novel": ~repeat,
+    }
+    for name, lo, hi in HISTORY_BUCKETS:
+        masks[name] = (lengths >= lo) & (lengths <= (hi if hi is not None else np.iinfo(np.int64).max))
+    return masks
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """Events to rank. Event e is (user[e], target[e] at ts[e]) with history
@@ -53,26 +80,11 @@ class EvalSet:
 
     def repeat_mask(self) -> np.ndarray:
         """[E] bool: the target already occurs in the event's history (a repeat consumption)."""
-        lengths = self.history_lengths()
-        owner = np.repeat(np.arange(len(self), dtype=np.int64), lengths)  # [H] event of each history entry
-        repeat = np.zeros(len(self), dtype=bool)
-        repeat[owner[self.hist_items == self.target[owner]]] = True
-        return repeat
+        return repeat_mask(self.target, self.hist_offsets, self.hist_items)
 
     def group_masks(self) -> dict[str, np.ndarray]:
-        """Every group of GROUP_DEFINITIONS. warm = neither cold; cold_item and cold_user may overlap;
-        repeat / novel and the history buckets each partition the events."""
-        repeat, lengths = self.repeat_mask(), self.history_lengths()
-        masks = {
-            "warm": ~self.cold_item & ~self.cold_user,
-            "cold_item": self.cold_item.copy(),
-            "cold_user": self.cold_user.copy(),
-            "repeat": repeat,
-            "novel": ~repeat,
-        }
-        for name, lo, hi in HISTORY_BUCKETS:
-            masks[name] = (lengths >= lo) & (lengths <= (hi if hi is not None else np.iinfo(np.int64).max))
-        return masks
+        """Every group of GROUP_DEFINITIONS (see `group_masks`)."""
+        return group_masks(self.target, self.hist_offsets, self.hist_items, self.cold_item, self.cold_user)
 
     def subset(self, mask: np.ndarray) -> EvalSet:
         idx = np.flatnonzero(mask)
