@@ -39,6 +39,7 @@ from modalrec.data.splits import EvalSet, Split, global_temporal, leave_one_out
 from modalrec.evaluation.evaluator import Evaluator
 from modalrec.models import MODELS
 from modalrec.models.base import ModelContext, Training
+from modalrec.pipeline import training_data
 from modalrec.training.loop import TrainConfig, fit
 
 log = logging.getLogger("baselines_ml100k")
@@ -82,8 +83,6 @@ def context(split: Split, feats: dict | None = None, missing: dict | None = None
 def train_and_test(name: str, params: dict[str, Any], split: Split, ctx: ModelContext, tc: TrainConfig,
                    args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Build MODELS[name], fit on TRAIN with VALID early stopping, evaluate TEST once."""
-    from modalrec.data.sequences import TrainWindows
-
     model_cls, cfg_cls = MODELS[name]
     cfg = cfg_cls(**params)
     model = model_cls.build(cfg, ctx)
@@ -92,9 +91,8 @@ def train_and_test(name: str, params: dict[str, Any], split: Split, ctx: ModelCo
     if model.training_kind is Training.COUNTS:
         model.fit_counts(split)
         hist = None
-    else:  # the pipeline's choice of training data (modalrec.pipeline): pairs, else windows of the sequences
-        source = model.training_source(split) if model.training_kind is Training.PAIRS else TrainWindows(split.train, 50)
-        hist = fit(model, source, tc, validate=lambda m: valid_eval.run(m, name="valid"))
+    else:
+        hist = fit(model, training_data(model, split, 50, tc), tc, validate=lambda m: valid_eval.run(m, name="valid"))
     fit_s = time.perf_counter() - t0
     report = Evaluator(split.test, split.n_items, ks=KS, max_len=50, device=args.device).run(model, name="test")
     out: dict[str, Any] = {

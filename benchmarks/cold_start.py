@@ -45,6 +45,8 @@ from _output import earlier_json, emit_json, start_run
 from _pinned import FIXED_ITEM_LENGTH
 from _published import IISAN, comparison
 
+from modalrec.evaluation.report import GROUP_ROWS
+
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")
 SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age", "sasrec_hybrid_age",
@@ -97,8 +99,7 @@ SELECT_OFFSET = "_offset"
 # (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
 BLEND = "+blend"
 MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
-GROUPS = ("overall", "warm", "cold_item", "cold_user", "repeat", "novel",
-          "hist_0", "hist_1", "hist_2-4", "hist_5-19", "hist_20+")
+GROUPS = GROUP_ROWS  # overall, then every evaluator group
 METRICS = ("ndcg@10", "hr@10")
 PAPERS_LOO = "the IISAN papers' leave-one-out split, full ranking"
 PAPERS_SPLIT = (f"{PAPERS_LOO}; repeat targets kept rankable (the papers mask them: `published` restates every model "

@@ -161,6 +161,16 @@ class RunResult:
     split: Split | None = None  # the split trained and evaluated on (for further evaluations of the same model)
 
 
+def training_data(model: Any, split: Split, max_len: int, train_cfg: Any) -> Any:
+    """What `fit` trains a gradient-trained model on: its (user, item) pairs for PAIRS models, else windows of
+    the training sequences (`train_cfg`: a TrainConfig, for the window stride and first-event targets)."""
+    from modalrec.data.sequences import TrainWindows
+
+    if model.training_kind is Training.PAIRS:
+        return model.training_source(split)
+    return TrainWindows(split.train, max_len, stride=train_cfg.window_stride, first_events=train_cfg.first_event_targets)
+
+
 def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any = None) -> RunResult:
     """Train on TRAIN, select on VALID, evaluate TEST once; write config, manifest, report and weights.
 
@@ -218,13 +228,9 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
         if model.training_kind is Training.COUNTS:
             model.fit_counts(split)
         else:
-            if model.training_kind is Training.PAIRS:
-                source = model.training_source(split)
-            else:
-                source = TrainWindows(split.train, max_len, stride=train_cfg.window_stride,
-                                      first_events=train_cfg.first_event_targets)
-                if train_cfg.batch_unit == "targets":
-                    defaults["windows_per_step"] = source.windows_per_step(train_cfg.batch_size)
+            source = training_data(model, split, max_len, train_cfg)
+            if isinstance(source, TrainWindows) and train_cfg.batch_unit == "targets":
+                defaults["windows_per_step"] = source.windows_per_step(train_cfg.batch_size)
             untrained = copy.deepcopy(model) if cfg.select.blend_untrained else None  # the state fit starts from
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
