@@ -658,10 +658,9 @@ def published_iisan(results: Path) -> str:
     cold = _load(results, "cold_start_cpu.json")
     blocks = [("cold_start.py", cold["published"])]
     masked = "_masked"  # cold_start.py's datasets selected and evaluated under the papers' rule itself
-    for name in ("iisan_scientific_cpu.json", "iisan_scientific_restated_cpu.json"):  # runs that stored a restatement
-        iisan = _load(results, name) if (results / name).is_file() else {}
-        if "published" in iisan:
-            blocks.append(("iisan_scientific.py", {f"iisan_{iisan['args']['dataset'].lower()}": iisan["published"]}))
+    iisan = _load(results, "iisan_scientific_cpu.json")
+    if "published" in iisan:
+        blocks.append(("iisan_scientific.py", {f"iisan_{iisan['args']['dataset'].lower()}": iisan["published"]}))
     names = {"iisan": "IISAN, text-only (cached MiniLM layers)", "frozen": "frozen backbone (cached MiniLM + linear)"}
     rows = []
     for dataset, label in (("iisan_scientific", "Scientific"), ("iisan_instruments", "Instruments")):
