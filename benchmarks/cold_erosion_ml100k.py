@@ -3,7 +3,7 @@
 The hybrid SASRec with item age (`cold_start.py`'s `sasrec_hybrid_agehist`: freshness prior over age x recent
 activity started at the log's rates, per-user age vectors, history ages) ranks VALID cold items (movies first
 rated after training) far better after one epoch than after ten. Each variant here changes one training
-option and records, per epoch (0 = untrained), VALID NDCG@10 overall / warm / cold_item; after the last epoch
+option and records, per epoch (0 = untrained), VALID NDCG@10 overall and per evaluator group; after the last epoch
 (the best VALID overall one), VALID again with the score split into its parts: the item vectors' dot product
 alone (prior removed) and the freshness prior alone (item vectors zeroed), plus the mean item-vector length
 of warm and cold items. VALID only: no choice here looks at TEST (cold_start.py evaluates the chosen
@@ -33,6 +33,8 @@ from typing import Any
 import cold_start
 from _output import earlier_json, emit_json, start_run
 
+from modalrec.evaluation.report import GROUP_ROWS
+
 BASE = "sasrec_hybrid_agehist"
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name -> (model.params, tower.options) changes
     "all": ({}, {}),
@@ -48,7 +50,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name -> (model
     "after_first_event": ({"id_scores": "after_first_event"}, {}),
     "after_first_event_drop": ({"id_scores": "after_first_event", "id_score_dropout": 0.3}, {}),
 }
-GROUPS = ("overall", "warm", "cold_item")
+GROUPS = GROUP_ROWS  # overall, then every evaluator group (the docs table shows overall and cold_item per epoch)
 log = logging.getLogger("cold_erosion_ml100k")
 
 
@@ -111,7 +113,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
              for v in [hist.initial_valid, *hist.valid]]
     return {"variant": variant, "seed": seed, "changes": dict(zip(("params", "tower_options"), VARIANTS[variant])),
             "epochs": args.epochs, "best_epoch": hist.best_epoch, "valid_curve": curve,
-            "train_loss": hist.train_loss, "at_best_epoch": parts(res.model, res.split),
+            "train_loss": hist.train_loss, "at_best_epoch": parts(res.model, res.split), "valid_counts": dict(res.valid.counts),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

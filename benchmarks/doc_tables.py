@@ -166,8 +166,12 @@ def cold_erosion_ml100k(results: Path) -> str:
         curve = [pair(c) for c in r["valid_curve"]] + [""] * (epochs - len(r["valid_curve"]))
         at = r["at_best_epoch"]
         rows.append([r["variant"], r["seed"], r["epochs"], *curve, pair(at["dot_only"]), pair(at["prior_only"])])
-    return _table(["variant", "seed", "epochs", *(f"epoch {e}" for e in range(epochs)),
-                   "last epoch: dot product only", "last epoch: prior only"], rows, align="ll")
+    table = _table(["variant", "seed", "epochs", *(f"epoch {e}" for e in range(epochs)),
+                    "last epoch: dot product only", "last epoch: prior only"], rows, align="ll")
+    groups = _group_table(["variant", "seed", "epochs (VALID NDCG@10 % at the best epoch, events)"], [
+        ([r["variant"], str(r["seed"]), str(r["epochs"])], {g: 100 * v for g, v in r["at_best_epoch"]["score"].items()
+                                                          if v is not None}, r.get("valid_counts", {})) for r in runs], 2)
+    return table + ("\n" + groups if groups else "")
 
 
 def ablation_ml100k(results: Path) -> str:
