@@ -261,7 +261,13 @@ def recformer_transfer(results: Path) -> str:
     names = {"content_knn": "content-kNN (MiniLM, no training)", "pop": "Pop", "sasrec_text": "text SASRec"}
     rows += [[label_, _f(d["reference"][key]["ndcg@10"]), _f(d["reference"][key]["hr@10"])]
              for key, label_ in names.items()]
-    return _table(["model (UniSRec Scientific, all 8,442 TEST events)", "NDCG@10", "HR@10"], rows)
+    table = _table(["model (UniSRec Scientific, all 8,442 TEST events)", "NDCG@10", "HR@10"], rows)
+    counts = d["split"]["test"]
+    groups = _group_table(["Recformer (TEST NDCG@10, events)"], [
+        ([run], {g: m.get("ndcg@10") for g, m in d[f"{key}_test_groups"].items()}, counts)
+        for run, key in ((f"zero-shot ({steps})", "zero_shot"), (f"finetuned ({steps} + {ft_steps} finetuning steps)",
+                                                                 "finetuned")) if f"{key}_test_groups" in d])
+    return table + ("\n" + groups if groups else "")
 
 
 def tgn_ml100k(results: Path) -> str:
