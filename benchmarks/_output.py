@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,10 @@ def start_run(threads: int) -> None:
 def earlier_json(out: Path | None) -> dict[str, Any]:
     """The JSON a previous run left at `out` ({} if none): a rerun adds to its results instead of starting over."""
     return json.loads(out.read_text()) if out and out.is_file() else {}
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation over seeds (None with one seed) of a non-empty list."""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return mean, sd

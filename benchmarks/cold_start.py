@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _output import earlier_json, emit_json, start_run
+from _output import earlier_json, emit_json, mean_sd, start_run
 from _pinned import FIXED_ITEM_LENGTH
 from _published import IISAN, comparison
 
@@ -436,9 +436,8 @@ def _stats(results: list[dict[str, Any]], name: str, part: str, seeds: set[int] 
         for g in GROUPS:
             vals = [r[part][g]["ndcg@10"] for r in runs if g in r[part] and r[part][g]["ndcg@10"] is not None]
             if vals:
-                mean = sum(vals) / len(vals)
-                sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-                out.setdefault(model, {})[g] = (mean, sd, len(vals))
+                mean, sd = mean_sd(vals)
+                out.setdefault(model, {})[g] = (mean, sd or 0.0, len(vals))
     return out
 
 

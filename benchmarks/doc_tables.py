@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from _output import mean_sd
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
@@ -621,10 +623,7 @@ def _ndcg_percent(parts: list[dict[str, Any]]) -> tuple[float, float | None] | N
     """NDCG@10 in % of one group over several seeds' runs: (mean, standard deviation; None with one seed), or
     None when no run scored the group."""
     vals = [100 * p["ndcg@10"] for p in parts if p["ndcg@10"] is not None]
-    if not vals:
-        return None
-    mean = sum(vals) / len(vals)
-    return mean, (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+    return mean_sd(vals) if vals else None
 
 
 def cold_start(dataset: str) -> Callable[[Path], str]:
