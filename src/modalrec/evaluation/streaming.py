@@ -11,7 +11,8 @@ Per evaluation batch: (1) one node context (pending messages applied) from earli
 (2) link-prediction scores for the event's item vs random and historical negatives -> AP / AUC;
 (3) full-ranking scores over all items with PAD and the user's earlier items masked -> ranks;
 (4) `observe(batch)`. Report: overall, and groups transductive (user and item seen in training),
-inductive (new user or new item), cold_item, cold_user. AP / AUC are pooled over all (positive,
+inductive (new user or new item), and the Evaluator's groups (`EventStream.group_masks`: warm,
+cold_item, cold_user, repeat / novel, history buckets). AP / AUC are pooled over all (positive,
 negative) pairs of a group (not averaged per batch).
 """
 
