@@ -8,13 +8,14 @@ sampled softmax by default or --loss bpr, ReduceLROnPlateau, early stopping on V
 --fusions entry, the best on VALID is the headline of "claims") and evaluated by streaming train -> valid -> test
 (every batch scored before it updates memory): AP / AUC against random and historical negatives and
 full ranking over all 1,682 items (user's earlier items masked, pessimistic ties), overall,
-transductive (user and item seen in training) and inductive (new user or new item).
+transductive (user and item seen in training), inductive (new user or new item) and every Evaluator group
+(warm / cold / repeat / novel / history buckets).
 SASRec (modalrec.models.MODELS["sasrec"]) is trained on the same training events and evaluated on the
 same test events with the shared Evaluator (full ranking, same masking and tie rule).
 
     nice -n 10 python benchmarks/tgn_ml100k.py --threads 1 --out runs/tgn_ml100k.json
-    nice -n 10 python benchmarks/tgn_ml100k.py --threads 1 --epochs 4 --patience 2 --sasrec id \
-        --sasrec-from benchmarks/results/tgn_ml100k_cpu.json --also-eval-batch-sizes 50 \
+    nice -n 10 python benchmarks/tgn_ml100k.py --threads 1 --variants content,random --fusions mlp --epochs 4 \
+        --patience 2 --sasrec id --also-eval-batch-sizes 50 \
         --out benchmarks/results/tgn_ml100k_softmax_cpu.json   # the sampled-softmax run
     python benchmarks/tgn_ml100k.py --epochs 1 --variants random --sasrec none   # smoke run
 """
