@@ -152,7 +152,10 @@ def age_ml100k(results: Path) -> str:
             for r in sorted(runs, key=lambda r: r["best_epoch"] is not None)]  # untrained rankers first
     header = ["model", "best epoch"] + [f"{part.upper()} {g.replace('_', ' ')} (n={runs[0][part][g]['n']})"
                                         for part in ("valid", "test") for g in groups]
-    return _table(header, rows)
+    by_group = _group_table(["model (TEST NDCG@10, events)"], [
+        ([label(r)], {g: v["ndcg@10"] for g, v in r["test"].items()}, {g: v["n"] for g, v in r["test"].items()})
+        for r in sorted(runs, key=lambda r: r["best_epoch"] is not None)])
+    return _table(header, rows) + ("\n" + by_group if by_group else "")
 
 
 def cold_erosion_ml100k(results: Path) -> str:
@@ -192,8 +195,12 @@ def ablation_ml100k(results: Path) -> str:
         label = f"**{p['label']}** (best on VALID)" if p["label"] == data.get("winner_on_valid") else p["label"]
         rows.append([label] + (values(p.get("valid_report")) if with_valid else []) + values(p["report"]))
     head = [f"{m} {g}" for m, g in cols]
-    return _table(["item tower"] + ([f"VALID {h}" for h in head] + [f"TEST {h}" for h in head] if with_valid else head),
-                  rows)
+    table = _table(["item tower"] + ([f"VALID {h}" for h in head] + [f"TEST {h}" for h in head] if with_valid else head),
+                   rows)
+    groups = _group_table(["item tower (TEST NDCG@10, events)"], [
+        ([p["label"]], {g: v.get("ndcg@10") for g, v in p["report"]["groups"].items()}, p["report"]["counts"])
+        for p in ran])
+    return table + ("\n" + groups if groups else "")
 
 
 def baselines_ml100k(results: Path) -> str:
