@@ -322,12 +322,14 @@ def tgn_softmax(results: Path) -> str:
 def tgn_ablation(results: Path) -> str:
     """MM-TGN on Amazon Scientific with one part of the design changed at a time (content/mlp is the full design)."""
     full = _load(results, "tgn_amazon_scientific_cpu.json")
-    rows = []
+    rows: list[list[str]] = []
+    by_group: list[GroupRow] = []
 
     def row(label: str, run: dict[str, Any]) -> None:
         t = run["test"]
         rows.append([label, _f(run["valid"]["overall"]["ndcg@10"]), _f(t["overall"]["ndcg@10"]),
                      _f(t["transductive"]["ndcg@10"]), _f(t["inductive"]["ndcg@10"]), _f(t["overall"]["ap_random"], 3)])
+        by_group.append(([label], {g: v.get("ndcg@10") for g, v in t.items()}, {g: v["count"] for g, v in t.items()}))
 
     for key, run in full["tgn"].items():
         row({"content/mlp": "full design (sampled softmax, content memory init, MLP fusion)",
@@ -337,8 +339,10 @@ def tgn_ablation(results: Path) -> str:
         path = results / f"tgn_amazon_scientific_{name}_cpu.json"
         if path.exists():
             row(label, _load(results, path.name)["tgn"]["content/mlp"])
-    return _table(["MM-TGN variant", "VALID NDCG@10", "TEST NDCG@10", "transductive", "inductive (new items)",
-                   "AP (random neg.)"], rows)
+    table = _table(["MM-TGN variant", "VALID NDCG@10", "TEST NDCG@10", "transductive", "inductive (new items)",
+                    "AP (random neg.)"], rows)
+    groups = _group_table(["MM-TGN variant (TEST NDCG@10, events)"], by_group)
+    return table + ("\n" + groups if groups else "")
 
 
 def recbole_side_by_side(results: Path) -> str:
