@@ -70,6 +70,12 @@ def _group_table(head: Sequence[str], rows: Sequence[GroupRow], digits: int = 4)
                   "l" * len(head))
 
 
+def _with_groups(table: str, head: Sequence[str], rows: Sequence[GroupRow], digits: int = 4) -> str:
+    """`table`, then the `_group_table` of `rows` below it when the stored runs have the groups."""
+    groups = _group_table(head, rows, digits)
+    return table + ("\n" + groups if groups else "")
+
+
 def demo(results: Path) -> str:
     """`make demo` on the built-in dataset (`modalrec compare runs/demo/... --json benchmarks/results/demo_cpu.json`)."""
     from modalrec.compare import TABLE_GROUPS
@@ -105,8 +111,7 @@ def quality_amazon(results: Path) -> str:
         by_group += [([label, name], {g: v["ndcg@10"] for g, v in run.get("test_groups_pct", {}).items()},
                       {g: v["n"] for g, v in run.get("test_groups_pct", {}).items()}) for name, run in runs]
     table = _table(["data", "model", "HR@10", "NDCG@10", "trainable params"], rows, "ll")
-    groups = _group_table(["data", "model (TEST NDCG@10 %, events)"], by_group, 2)
-    return table + ("\n" + groups if groups else "")
+    return _with_groups(table, ["data", "model (TEST NDCG@10 %, events)"], by_group, 2)
 
 
 def iisan_scientific(results: Path) -> str:
@@ -117,9 +122,9 @@ def iisan_scientific(results: Path) -> str:
     rows = [[names.get(k, k), _f(r["test"]["hr@10"], 2), _f(r["test"]["ndcg@10"], 2),
              _params(r["efficiency"]["trainable_parameters"]), _f(r["efficiency"]["seconds_per_epoch"], 1)]
             for k, r in data.items()]
-    groups = _group_table(["model (TEST NDCG@10 %, events)"], [
+    table = _table(["model", "HR@10", "NDCG@10", "trainable params", "s / epoch"], rows)
+    return _with_groups(table, ["model (TEST NDCG@10 %, events)"], [
         ([names.get(k, k)], r["groups_test_ndcg@10"], r["groups_test_events"]) for k, r in data.items()], 2)
-    return _table(["model", "HR@10", "NDCG@10", "trainable params", "s / epoch"], rows) + ("\n" + groups if groups else "")
 
 
 def iisan_efficiency(results: Path) -> str:
@@ -152,10 +157,9 @@ def age_ml100k(results: Path) -> str:
             for r in sorted(runs, key=lambda r: r["best_epoch"] is not None)]  # untrained rankers first
     header = ["model", "best epoch"] + [f"{part.upper()} {g.replace('_', ' ')} (n={runs[0][part][g]['n']})"
                                         for part in ("valid", "test") for g in groups]
-    by_group = _group_table(["model (TEST NDCG@10, events)"], [
+    return _with_groups(_table(header, rows), ["model (TEST NDCG@10, events)"], [
         ([label(r)], {g: v["ndcg@10"] for g, v in r["test"].items()}, {g: v["n"] for g, v in r["test"].items()})
         for r in sorted(runs, key=lambda r: r["best_epoch"] is not None)])
-    return _table(header, rows) + ("\n" + by_group if by_group else "")
 
 
 def cold_erosion_ml100k(results: Path) -> str:
@@ -173,10 +177,9 @@ def cold_erosion_ml100k(results: Path) -> str:
         rows.append([r["variant"], r["seed"], r["epochs"], *curve, pair(at["dot_only"]), pair(at["prior_only"])])
     table = _table(["variant", "seed", "epochs", *(f"epoch {e}" for e in range(epochs)),
                     "last epoch: dot product only", "last epoch: prior only"], rows, align="ll")
-    groups = _group_table(["variant", "seed", "epochs (VALID NDCG@10 % at the best epoch, events)"], [
+    return _with_groups(table, ["variant", "seed", "epochs (VALID NDCG@10 % at the best epoch, events)"], [
         ([r["variant"], str(r["seed"]), str(r["epochs"])], {g: 100 * v for g, v in r["at_best_epoch"]["score"].items()
                                                           if v is not None}, r.get("valid_counts", {})) for r in runs], 2)
-    return table + ("\n" + groups if groups else "")
 
 
 def ablation_ml100k(results: Path) -> str:
@@ -197,10 +200,9 @@ def ablation_ml100k(results: Path) -> str:
     head = [f"{m} {g}" for m, g in cols]
     table = _table(["item tower"] + ([f"VALID {h}" for h in head] + [f"TEST {h}" for h in head] if with_valid else head),
                    rows)
-    groups = _group_table(["item tower (TEST NDCG@10, events)"], [
+    return _with_groups(table, ["item tower (TEST NDCG@10, events)"], [
         ([p["label"]], {g: v.get("ndcg@10") for g, v in p["report"]["groups"].items()}, p["report"]["counts"])
         for p in ran])
-    return table + ("\n" + groups if groups else "")
 
 
 def baselines_ml100k(results: Path) -> str:
@@ -225,10 +227,9 @@ def baselines_ml100k(results: Path) -> str:
                          _f(u["ndcg@20"]), "", "", ""])
     table = _table(["split", "model", "Recall@20", "NDCG@20", "Recall@10", "NDCG@10", "cold-item Recall@20"], rows,
                    "ll")
-    groups = _group_table(["split", "model (TEST NDCG@10, events)"], [
+    return _with_groups(table, ["split", "model (TEST NDCG@10, events)"], [
         ([split, label], {g: v.get("ndcg@10") for g, v in data[part][key]["test"].items()},
          data[part][key]["test_counts"]) for split, part, key, label in runs])
-    return table + ("\n" + groups if groups else "")
 
 
 def _earlier_budgets(results: Path, d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -272,11 +273,10 @@ def recformer_transfer(results: Path) -> str:
              for key, label_ in names.items()]
     table = _table(["model (UniSRec Scientific, all 8,442 TEST events)", "NDCG@10", "HR@10"], rows)
     counts = d["split"]["test"]
-    groups = _group_table(["Recformer (TEST NDCG@10, events)"], [
+    return _with_groups(table, ["Recformer (TEST NDCG@10, events)"], [
         ([run], {g: m.get("ndcg@10") for g, m in d[f"{key}_test_groups"].items()}, counts)
         for run, key in ((f"zero-shot ({steps})", "zero_shot"), (f"finetuned ({steps} + {ft_steps} finetuning steps)",
                                                                  "finetuned")) if f"{key}_test_groups" in d])
-    return table + ("\n" + groups if groups else "")
 
 
 def tgn_ml100k(results: Path) -> str:
@@ -315,8 +315,7 @@ def tgn_softmax(results: Path) -> str:
                      for key, t in tests.items()]
     table = _table(["data", "model", "VALID NDCG@10", "AP (random neg.)", "NDCG@10 overall", "NDCG@10 transductive",
                     "NDCG@10 inductive", "same weights, other eval batch"], rows, "ll")
-    groups = _group_table(["data", "model (TEST NDCG@10, events)"], by_group)
-    return table + ("\n" + groups if groups else "")
+    return _with_groups(table, ["data", "model (TEST NDCG@10, events)"], by_group)
 
 
 def tgn_ablation(results: Path) -> str:
@@ -341,8 +340,7 @@ def tgn_ablation(results: Path) -> str:
             row(label, _load(results, path.name)["tgn"]["content/mlp"])
     table = _table(["MM-TGN variant", "VALID NDCG@10", "TEST NDCG@10", "transductive", "inductive (new items)",
                     "AP (random neg.)"], rows)
-    groups = _group_table(["MM-TGN variant (TEST NDCG@10, events)"], by_group)
-    return table + ("\n" + groups if groups else "")
+    return _with_groups(table, ["MM-TGN variant (TEST NDCG@10, events)"], by_group)
 
 
 def recbole_side_by_side(results: Path) -> str:
