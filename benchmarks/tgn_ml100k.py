@@ -163,7 +163,8 @@ def run_sasrec(split: Split, kind: str, feats: dict, missing: dict, args: argpar
             from modalrec.models.towers.content import build_content_tower
 
             TOWERS.setdefault("text+image", build_content_tower)
-        tower = TowerConfig(kind="text+image", fusion=args.fusion if args.fusion != "concat" else "mlp",
+        fusion = args.fusions.split(",")[0]  # the first --fusions entry (MM-TGN runs one per entry)
+        tower = TowerConfig(kind="text+image", fusion=fusion if fusion != "concat" else "mlp",
                             options=dict(FIXED_ITEM_LENGTH))
     cfg = cfg_cls(dim=args.dim, max_len=50, tower=tower)
     ctx = ModelContext.for_split(split, item_features=feats if kind == "content" else {},
