@@ -287,8 +287,17 @@ def tgn_ml100k(results: Path) -> str:
         o, tr, ind = t["overall"], t["transductive"], t["inductive"]
         rows.append([name, _f(o.get("ap_random"), 3), _f(o.get("auc_random"), 3), _f(o.get("ap_historical"), 3),
                      _f(o["ndcg@10"]), _f(o["mrr"]), _f(tr["ndcg@10"]), _f(ind["ndcg@10"])])
-    return _table(["model", "AP (random neg.)", "AUC (random neg.)", "AP (historical neg.)", "NDCG@10 overall",
-                   "MRR overall", "NDCG@10 transductive", "NDCG@10 inductive"], rows)
+    table = _table(["model", "AP (random neg.)", "AUC (random neg.)", "AP (historical neg.)", "NDCG@10 overall",
+                    "MRR overall", "NDCG@10 transductive", "NDCG@10 inductive"], rows)
+    return _with_groups(table, ["model (TEST NDCG@10, events)"], _tgn_group_rows([], data))
+
+
+def _tgn_group_rows(labels: Sequence[str], data: dict[str, Any]) -> list[GroupRow]:
+    """Per-group rows of a tgn_ml100k.py / tgn_amazon.py result: every MM-TGN variant, SASRec and Pop."""
+    tests = {**{f"MM-TGN {k}": r["test"] for k, r in data["tgn"].items()},
+             **{f"SASRec {k}": r["test"] for k, r in data["sasrec"].items() if "test" in r}, "Pop": data["pop"]["test"]}
+    return [([*labels, key], {g: v.get("ndcg@10") for g, v in t.items()}, {g: v["count"] for g, v in t.items()})
+            for key, t in tests.items()]
 
 
 def tgn_softmax(results: Path) -> str:
@@ -309,10 +318,7 @@ def tgn_softmax(results: Path) -> str:
                          _f(run["valid"]["overall"]["ndcg@10"] if run else None), _f(o.get("ap_random"), 3), _f(o["ndcg@10"]),
                          _f(tr["ndcg@10"]), _f(ind["ndcg@10"]),
                          " / ".join(f"{_f(v)} (batch {bs})" for bs, v in coarse.items())])
-        tests = {**{f"MM-TGN {k}": r["test"] for k, r in data["tgn"].items()},
-                 **{f"SASRec {k}": r["test"] for k, r in data["sasrec"].items() if "test" in r}, "Pop": data["pop"]["test"]}
-        by_group += [([label, key], {g: v.get("ndcg@10") for g, v in t.items()}, {g: v["count"] for g, v in t.items()})
-                     for key, t in tests.items()]
+        by_group += _tgn_group_rows([label], data)
     table = _table(["data", "model", "VALID NDCG@10", "AP (random neg.)", "NDCG@10 overall", "NDCG@10 transductive",
                     "NDCG@10 inductive", "same weights, other eval batch"], rows, "ll")
     return _with_groups(table, ["data", "model (TEST NDCG@10, events)"], by_group)
