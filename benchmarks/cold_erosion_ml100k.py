@@ -65,6 +65,8 @@ def config(variant: str, seed: int, args: argparse.Namespace) -> Any:
     spec["params"]["tower"]["options"].update(tower)
     cfg = to_dict(cold_start.config("ml100k", BASE, seed, cs))
     cfg["model"] = spec
+    # the trained model as it is: no new-item offset chosen on VALID, whose lift would be counted in the parts
+    cfg["select"] = {**cfg.get("select", {}), "new_item_offset": False, "blend_untrained": False}
     cfg["name"] = f"cold-erosion-{variant}-s{seed}"
     return from_dict(type(cold_start.config("ml100k", BASE, seed, cs)), cfg)
 
