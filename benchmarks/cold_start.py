@@ -55,7 +55,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_agehist_gated", "sasrec_hybrid_agehist_gated_first",
            "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
            "sasrec_hybrid_temp", "sasrec_hybrid_temp_offset", "sasrec_hybrid_agehist_gated_first_reach",
-           "sasrec_hybrid_agehist_gated_offset_first_reach")  # knn: residual over content-kNN
+           "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
+           "sasrec_hybrid_temp_offset_repeat")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -98,6 +99,11 @@ SELECT_OFFSET = "_offset"
 # Every trained content model's run also yields `+blend`: its scores interpolated with its untrained self's
 # (models/blend.py), the weight picked on VALID by `select.blend_untrained` (training/selection.py)
 BLEND = "+blend"
+# _repeat (the last model suffix): the run also picks a bonus for the user's history items on VALID
+# (`select.repeat_bonus`, models/repeat.py), after the offset and the blend, and the selected row (`+offset`,
+# `+blend`, or `+repeat` for a model with no other setting) has it. Under the rankable rule the target is the one
+# history item left, so the bonus ranks a repeat target first and changes no novel target (as repeat_history does)
+REPEAT = "_repeat"
 MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
 GROUPS = GROUP_ROWS  # overall, then every evaluator group
 METRICS = ("ndcg@10", "hr@10")
@@ -158,7 +164,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    base = model.removesuffix(UNTRAINED).removesuffix(REACH).removesuffix(FIRST).removesuffix(SELECT_OFFSET)
+    base = model.removesuffix(UNTRAINED).removesuffix(REPEAT).removesuffix(REACH).removesuffix(FIRST)
+    base = base.removesuffix(SELECT_OFFSET)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
     temp = base.endswith(TEMP)
@@ -199,7 +206,8 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
                   "lr": 1e-3, "patience": args.patience,
                   "device": args.device, "progress": False,
-                  "first_event_targets": model.removesuffix(UNTRAINED).removesuffix(REACH).endswith(FIRST),
+                  "first_event_targets": model.removesuffix(UNTRAINED).removesuffix(REPEAT).removesuffix(REACH)
+                  .endswith(FIRST),
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True,
                  "repeat_targets": ds.get("repeat_targets", "rankable")},
@@ -214,9 +222,16 @@ def groups_of(report: Any) -> dict[str, Any]:
 
 def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:
     """The pipeline's `select` section of a run (training/selection.py, the CLI's path): a trained hybrid's new-item
-    offset, a trained content SASRec's blend with its untrained self (not content_knn, not @0 runs)."""
+    offset, a trained content SASRec's blend with its untrained self (not content_knn, not @0 runs), and the
+    repeat bonus of a `_repeat` model."""
     if model.endswith(UNTRAINED) or model not in SASRECS:
         return {}
+    repeat = {"repeat_bonus": True} if model.endswith(REPEAT) else {}
+    return {**_cold_settings(model.removesuffix(REPEAT), args, ds), **repeat}
+
+
+def _cold_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:
+    """select_settings' new-item offset and blend."""
     offset = {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
     if model.endswith(REACH):
         rules = ["newest_first", "content_knn"] if ds.get("clock", True) else ["content_knn"]
@@ -242,8 +257,9 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     selected = res.manifest["selection"]
     if not selected:
         return [result(name, model, seed, args, res, seconds)]
-    # the trained model: the selected one at offset 0, the trained half of a blend (ScoreBlend)
-    trained = res.model.trained if "blend_untrained" in selected else res.model
+    # the trained model: the selected one at offset 0, without the repeat bonus, the trained half of a blend
+    scorer = res.model.model if "repeat_bonus" in selected else res.model  # RepeatBonus wraps the rest
+    trained = scorer.trained if "blend_untrained" in selected else scorer
     chosen = trained.new_item_offset if "new_item_offset" in selected else None
     if chosen is not None:
         trained.new_item_offset = 0.0
@@ -251,9 +267,10 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     if chosen is not None:
         trained.new_item_offset = chosen
     plain = result(name, model, seed, args, res, seconds, valid, test)
-    records = {key: selected[setting] for key, setting in (("offset", "new_item_offset"), ("blend", "blend_untrained"))
-               if setting in selected}
-    return [plain, {**plain, "model": model + (BLEND if "blend" in records else OFFSET), "valid": groups_of(res.valid),
+    records = {key: selected[setting] for key, setting in (("offset", "new_item_offset"), ("blend", "blend_untrained"),
+                                                           ("repeat", "repeat_bonus")) if setting in selected}
+    row = BLEND if "blend" in records else OFFSET if "offset" in records else "+repeat"
+    return [plain, {**plain, "model": model + row, "valid": groups_of(res.valid),
                     "test": groups_of(res.test), **records}]
 
 
@@ -448,7 +465,7 @@ def _seeds_of(results: list[dict[str, Any]], name: str, model: str) -> set[int]:
 def untrained_of(model: str) -> str:
     """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` training (a training-only
     term) start from the same model."""
-    return model.split("+")[0].removesuffix(SELECT_OFFSET).removesuffix(DEBIAS) + UNTRAINED
+    return model.split("+")[0].removesuffix(REPEAT).removesuffix(SELECT_OFFSET).removesuffix(DEBIAS) + UNTRAINED
 
 
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -63,9 +63,10 @@ class EvalConfig:
 class SelectConfig:
     """Settings chosen on VALID after training, before TEST's one evaluation (training/selection.py).
 
-    Both exist because training on the warm items of a time-ordered log can cost items without training events
-    (docs/benchmarks.md, "Cold start and repeats on real data"); each is a sweep over VALID, recorded in the
-    run's manifest, and kept with the weights, so `evaluate` and serving score the chosen model.
+    The first two exist because training on the warm items of a time-ordered log can cost items without training
+    events, the third because people take items again (docs/benchmarks.md, "Cold start and repeats on real
+    data"); each is a sweep over VALID, recorded in the run's manifest, and kept with the weights, so `evaluate`
+    and serving score the chosen model.
     """
 
     new_item_offset: bool = False  # SASRec, content or hybrid tower: the score offset of items without training events
@@ -75,6 +76,7 @@ class SelectConfig:
     # overall metric the new items may cost, e.g. 0.05); none reaching it: the tolerance rule alone
     offset_reach: list[str] = field(default_factory=list)
     blend_untrained: bool = False  # score = (1 - w) * trained + w * the model's untrained state, w on VALID
+    repeat_bonus: bool = False  # a constant added to the scores of the user's history items, chosen on VALID
 
 
 @dataclass

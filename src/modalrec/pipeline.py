@@ -234,7 +234,7 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             untrained = copy.deepcopy(model) if cfg.select.blend_untrained else None  # the state fit starts from
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
-        if cfg.select.new_item_offset or cfg.select.blend_untrained:  # settings chosen on VALID, before TEST
+        if cfg.select.new_item_offset or cfg.select.blend_untrained or cfg.select.repeat_bonus:  # chosen on VALID
             from modalrec.training.selection import select_on_valid
 
             def fitted_rule(name: str) -> Any:  # a rule baseline of select.offset_reach, with its default params

@@ -175,11 +175,11 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     sel = cfg.select
     if sel.offset_reach:
         _check_reach(sel)
-    if not (sel.new_item_offset or sel.blend_untrained):
+    if not (sel.new_item_offset or sel.blend_untrained or sel.repeat_bonus):
         return
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):
         raise ConfigError(f"select: model {cfg.model.name!r} is not trained by gradient steps on TRAIN and scored "
-                          "from its weights; select.new_item_offset / select.blend_untrained do not apply")
+                          "from its weights; select.new_item_offset / blend_untrained / repeat_bonus do not apply")
     if not 0.0 <= sel.offset_tolerance < 1.0:
         raise ConfigError(f"select.offset_tolerance must lie in [0, 1), got {sel.offset_tolerance}")
     tower = getattr(model_cfg, "tower", None)

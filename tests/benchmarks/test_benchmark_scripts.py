@@ -195,6 +195,7 @@ def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_
     assert cold.untrained_of("sasrec_content+blend") == "sasrec_content@0"
     assert cold.untrained_of("sasrec_content_debias+blend") == "sasrec_content@0"
     assert cold.untrained_of("sasrec_content_temp_offset+blend") == "sasrec_content_temp@0"
+    assert cold.untrained_of("sasrec_content_temp_offset_repeat+blend") == "sasrec_content_temp@0"
     assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
 
 
@@ -214,16 +215,18 @@ def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_sett
             cfg = cold.config(name, model, 0, args)
             sel = cfg.select
             trained = not model.endswith(cold.UNTRAINED)
-            assert sel.new_item_offset == (trained and ("hybrid" in model or model.endswith(cold.SELECT_OFFSET))), \
+            assert sel.repeat_bonus == (trained and model.endswith(cold.REPEAT)), (name, model)
+            base = model.removesuffix(cold.REPEAT)
+            assert sel.new_item_offset == (trained and ("hybrid" in model or base.endswith(cold.SELECT_OFFSET))), \
                 (name, model)
-            offset_then_blend = model.removesuffix(cold.REACH).removesuffix(cold.FIRST).endswith(cold.SELECT_OFFSET)
+            offset_then_blend = base.removesuffix(cold.REACH).removesuffix(cold.FIRST).endswith(cold.SELECT_OFFSET)
             assert sel.blend_untrained == (trained and ("content" in model or offset_then_blend)), (name, model)
             if sel.new_item_offset:  # _reach: the smallest offset reaching the rules, within its own tolerance
                 reach = model.endswith(cold.REACH)
                 assert sel.offset_tolerance == (args.reach_tolerance if reach else args.offset_tolerance)
                 assert sel.offset_reach == (["newest_first", "content_knn"] if reach and name == "ml100k"
                                             else ["content_knn"] if reach else [])
-            if sel.new_item_offset or sel.blend_untrained:
+            if sel.new_item_offset or sel.blend_untrained or sel.repeat_bonus:
                 check_experiment(dataclasses.replace(cfg, data=DataConfig()))
 
 

@@ -146,6 +146,23 @@ def test_offset_and_blend_together_are_re_applied_as_chosen(tmp_path: Path) -> N
     _served_like_the_run(run, tmp_path / "artifact")
 
 
+def test_the_repeat_bonus_is_chosen_on_valid_and_re_applied_by_evaluate_and_serving(tmp_path: Path) -> None:
+    from modalrec.models.repeat import RepeatBonus
+    from modalrec.training.selection import REPEAT_BONUSES, REPEAT_RULE
+
+    run = run_experiment(_config(tmp_path, "id", repeat_bonus=True))  # any trained model: an ID tower too
+    record = run.manifest["selection"]["repeat_bonus"]
+    assert record["rule"] == REPEAT_RULE and [s["bonus"] for s in record["valid_sweep"]] == list(REPEAT_BONUSES)
+    best = max(s["overall"] for s in record["valid_sweep"])
+    assert record["chosen"] == min(s["bonus"] for s in record["valid_sweep"] if s["overall"] == best)
+    assert isinstance(run.model, RepeatBonus) and run.model.bonus == record["chosen"]
+    assert run.valid.metric("ndcg@10") == pytest.approx(best)
+    again = evaluate_run(run.run_dir, part="test")
+    assert again.metric("ndcg@10") == pytest.approx(run.test.metric("ndcg@10"), abs=1e-9)
+    rec = _served_like_the_run(run, tmp_path / "artifact")
+    assert isinstance(rec.model, RepeatBonus) and rec.model.bonus == record["chosen"]
+
+
 def _served_like_the_run(run: Any, out: Path) -> Any:
     """The exported artifact's recommender, after checking its top 10 for a history are the run's model's."""
     from modalrec.data.sequences import history_batch

@@ -233,7 +233,9 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "source_run": str(run_dir.resolve()),
             "model": {"name": cfg.model.name, "params": params,
-                      **({"blend_untrained": float(blend["chosen"])} if blend is not None else {})},
+                      **({"blend_untrained": float(blend["chosen"])} if blend is not None else {}),
+                      **({"repeat_bonus": float(selection["repeat_bonus"]["chosen"])}
+                         if "repeat_bonus" in selection else {})},
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
             "clock": ds.summary.get("time", "unix_seconds"),
             "vocab_hash": ds.item_vocab.hash, "train_vocab_hash": ds.item_vocab.hash,
@@ -442,6 +444,11 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
         untrained, _ = build(art.model_name, params, ctx)
         load_state(art.directory / UNTRAINED_DIR, untrained)
         model = ScoreBlend(model, untrained, float(weight))
+    bonus = art.meta["model"].get("repeat_bonus")
+    if bonus is not None:  # select.repeat_bonus: history items' scores raised by the bonus VALID chose
+        from modalrec.models.repeat import RepeatBonus
+
+        model = RepeatBonus(model, float(bonus))
     if content:
         model.set_item_features(feats, missing)  # the full (possibly grown) table
     return model.to(device).eval(), content

@@ -28,6 +28,7 @@ from modalrec.evaluation.report import metric_or_none
 
 OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 (logits)
 BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # 0 (the trained model), 0.1, ..., 1 (the untrained one)
+REPEAT_BONUSES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # logits; 64 puts history first in practice
 METRIC = "ndcg@10"
 
 
@@ -66,6 +67,7 @@ class Choice:
     value: float
     sweep: list[dict[str, Any]]
     report: Any
+    model: Any = None  # the scorer at the value, where the sweep wraps the model (repeat_sweep)
 
 
 def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[float] = OFFSETS,
@@ -118,11 +120,34 @@ def blend_sweep(blend: Any, evaluate: Callable[[Any], Any], weights: Sequence[fl
     return Choice(sweep[at]["weight"], sweep, reports[at])
 
 
+REPEAT_RULE = f"best VALID overall {METRIC}; ties to the smaller bonus"
+
+
+def repeat_sweep(model: Any, evaluate: Callable[[Any], Any], bonuses: Sequence[float] = REPEAT_BONUSES,
+                 metric: str = METRIC) -> Choice:
+    """Choose the history-item bonus on VALID (REPEAT_RULE) for `model`; returns the Choice (each bonus's overall,
+    repeat and novel metric) with a RepeatBonus at the chosen bonus as `Choice.model`."""
+    from modalrec.models.repeat import RepeatBonus
+
+    if not bonuses or bonuses[0] != 0:
+        raise ConfigError(f"repeat_sweep needs bonus 0 (the model alone) first, got {list(bonuses)}")
+    scorer = RepeatBonus(model)
+    sweep, reports = [], []
+    for bonus in bonuses:
+        scorer.bonus = bonus
+        reports.append(evaluate(scorer))
+        sweep.append({"bonus": float(bonus), "overall": reports[-1].metric(metric),
+                      **{g: metric_or_none(reports[-1], metric, g) for g in ("repeat", "novel")}})
+    at = max(range(len(sweep)), key=lambda i: (sweep[i]["overall"] or 0.0, -sweep[i]["bonus"]))
+    scorer.bonus = sweep[at]["bonus"]
+    return Choice(sweep[at]["bonus"], sweep, reports[at], scorer)
+
+
 def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
                     rules: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(the model to evaluate on TEST, the manifest's `selection` record, its VALID Report) for `cfg`
     (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
-    its state before fit. `rules(name)` returns the fitted rule baseline `name` (cfg.offset_reach). Without either
+    its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline `name` (cfg.offset_reach). Without either
     setting: (model, {}, None)."""
     from modalrec.models.blend import ScoreBlend
 
@@ -146,6 +171,10 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
         choice = blend_sweep(blend, evaluate)
         record["blend_untrained"] = {"chosen": choice.value, "rule": BLEND_RULE, "valid_sweep": choice.sweep}
         model, report = blend, choice.report
+    if cfg.repeat_bonus:
+        choice = repeat_sweep(model, evaluate)
+        record["repeat_bonus"] = {"chosen": choice.value, "rule": REPEAT_RULE, "valid_sweep": choice.sweep}
+        model, report = choice.model, choice.report
     return model, record, report
 
 
@@ -160,4 +189,8 @@ def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, A
             raise ConfigError("the run blends its model with the untrained state, but the run directory has no "
                               "untrained weights (untrained/)")
         model = ScoreBlend(model, untrained.eval(), float(record["blend_untrained"]["chosen"]))
+    if "repeat_bonus" in record:
+        from modalrec.models.repeat import RepeatBonus
+
+        model = RepeatBonus(model, float(record["repeat_bonus"]["chosen"]))
     return model
