@@ -612,10 +612,13 @@ def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
-    model's, weight chosen on VALID) and `@0` (untrained), in words."""
+    model's, weight chosen on VALID), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
+    selected, base = offset or blend or base.endswith("+repeat"), base.removesuffix("+repeat")
+    repeat, base = base.endswith("_repeat"), base.removesuffix("_repeat")
     reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
     offset_first, base = base.endswith("_offset"), base.removesuffix("_offset")
@@ -629,6 +632,8 @@ def cold_start_label(model: str) -> str:
             + (", new-item offset chosen on VALID" if offset and not reach else "")
             + (", new-item offset reaching the rules on VALID" if offset and reach else "")
             + (", blended with its untrained self on VALID" if blend else "")
+            + (", history bonus chosen on VALID" if repeat and selected else
+               ", without its history bonus" if repeat else "")
             + (", untrained" if model.endswith("@0") else ""))
 
 
@@ -834,6 +839,34 @@ def cold_start_temp(results: Path) -> str:
                    "content-kNN cold-item", "selected >= untrained and content-kNN, every group"], rows, "llll")
 
 
+def cold_start_repeat(results: Path) -> str:
+    """Per dataset and `_repeat` model of `cold_start.py`: the history bonus VALID chose per seed and TEST NDCG@10
+    in % (means over the seeds) on the repeat and novel groups and overall, with the bonus and without it (the same
+    model and selection run without `_repeat`), next to repeat-history's repeat group."""
+    found = _load(results, "cold_start_cpu.json")["results"]
+    rows = []
+    for r in found:
+        if "repeat" not in r or r["seed"] != min(x["seed"] for x in found if x["dataset"] == r["dataset"]
+                                                 and x["model"] == r["model"]):
+            continue
+        name, model = r["dataset"], r["model"]
+        runs = [x for x in found if x["dataset"] == name and x["model"] == model]
+        plain = [x for x in found if x["dataset"] == name and x["model"] == model.replace("_repeat", "")]
+        rule = [x for x in found if x["dataset"] == name and x["model"] == "repeat_history"]
+
+        def mean(rs: list[dict[str, Any]], group: str) -> str:
+            stats = _ndcg_percent([x["test"][group] for x in rs if group in x["test"]])
+            return "" if stats is None else f"{stats[0]:.2f}"
+
+        rows.append([name, cold_start_label(model), ", ".join(f"{x['repeat']['chosen']:g}" for x in runs),
+                     f"{runs[0]['test']['repeat']['n']:,} / {runs[0]['test']['novel']['n']:,}",
+                     *(f"{mean(plain, g)} → {mean(runs, g)}" for g in ("repeat", "novel", "overall")),
+                     mean(rule, "repeat")])
+    return _table(["dataset", "model (with the bonus)", "bonus per seed (logits)", "TEST repeat / novel events",
+                   "repeat: without → with the bonus", "novel: without → with", "overall: without → with",
+                   "repeat history: repeat"], rows, "ll")
+
+
 def cold_gate_bound(results: Path) -> str:
     """`cold_gate_bound.py`: per dataset and model, TEST NDCG@10 in % as trained and with every item without training
     events ranked first (content-kNN, and any trained SASRec run), next to content-kNN's plain cold-item score."""
@@ -863,6 +896,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "iisan_efficiency": iisan_efficiency,
     "cold_start_summary": cold_start_summary,
     "cold_start_temp": cold_start_temp,
+    "cold_start_repeat": cold_start_repeat,
     "cold_gate_bound": cold_gate_bound,
     "cold_start_ml100k": cold_start("ml100k"),
     "cold_start_ml100k_checks": cold_start_checks("ml100k"),
