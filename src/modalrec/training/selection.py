@@ -1,14 +1,16 @@
 """Settings chosen on VALID after training (`select` in the experiment config), before TEST's one evaluation.
 
-Early stopping picks an epoch on VALID; these pick two more settings the same way, for the case where training
-on the warm items of a log costs the items nobody has taken yet (docs/benchmarks.md, "Cold start and repeats
-on real data"):
+Early stopping picks an epoch on VALID; these pick three more settings the same way, the first two for the case
+where training on the warm items of a log costs the items nobody has taken yet (docs/benchmarks.md, "Cold start
+and repeats on real data"):
 
 - `new_item_offset` (SASRec, content or hybrid tower): a constant added to the score of every item without
   training events, so they compete with the items training raised (ID vectors, a projection fitted to them);
   with `offset_reach`, the smallest offset at which VALID cold items rank as well as under the named rule
   baselines, so a trained model need not lose new items to a rule that learns nothing;
-- `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py).
+- `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py);
+- `repeat_bonus`: a constant added to the score of every item in the user's history window (models/repeat.py),
+  for logs where people take items again.
 
 Each sweep returns a `Choice`: the chosen value, every candidate's VALID metrics (recorded in the run's manifest,
 `selection`, so the choice can be re-checked, and re-applied by `evaluate` and serving) and the VALID report at the
@@ -147,8 +149,8 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
                     rules: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
     """(the model to evaluate on TEST, the manifest's `selection` record, its VALID Report) for `cfg`
     (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
-    its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline `name` (cfg.offset_reach). Without either
-    setting: (model, {}, None)."""
+    its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline
+    `name` (cfg.offset_reach). Without any setting: (model, {}, None)."""
     from modalrec.models.blend import ScoreBlend
 
     record: dict[str, Any] = {}
