@@ -630,7 +630,8 @@ def cold_start_label(model: str) -> str:
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
             + (", new-item offset chosen on VALID" if offset and not reach else "")
-            + (", new-item offset reaching the rules on VALID" if offset and reach else "")
+            + (", new-item offset reaching the rules on VALID" if offset and reach else
+               ", at offset 0 (the run then picks an offset reaching the rules on VALID)" if reach else "")
             + (", blended with its untrained self on VALID" if blend else "")
             + (", history bonus chosen on VALID" if repeat and selected else
                ", without its history bonus" if repeat else "")
