@@ -104,6 +104,7 @@ BLEND = "+blend"
 # `+blend`, or `+repeat` for a model with no other setting) has it. Under the rankable rule the target is the one
 # history item left, so the bonus ranks a repeat target first and changes no novel target (as repeat_history does)
 REPEAT = "_repeat"
+REPEATED = "+repeat"  # the selected row of a `_repeat` model with no offset or blend
 MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
 GROUPS = GROUP_ROWS  # overall, then every evaluator group
 METRICS = ("ndcg@10", "hr@10")
@@ -164,8 +165,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         return {"name": "repeat_history", "params": {"max_len": args.max_len}}
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
-    base = model.removesuffix(UNTRAINED).removesuffix(REPEAT).removesuffix(REACH).removesuffix(FIRST)
-    base = base.removesuffix(SELECT_OFFSET)
+    base, _ = run_suffixes(model)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
     temp = base.endswith(TEMP)
@@ -206,8 +206,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
                   "lr": 1e-3, "patience": args.patience,
                   "device": args.device, "progress": False,
-                  "first_event_targets": model.removesuffix(UNTRAINED).removesuffix(REPEAT).removesuffix(REACH)
-                  .endswith(FIRST),
+                  "first_event_targets": FIRST in run_suffixes(model)[1],
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
         "eval": {"ks": [10, 20], "device": args.device, "exclude_seen": True,
                  "repeat_targets": ds.get("repeat_targets", "rankable")},
@@ -226,23 +225,30 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
     repeat bonus of a `_repeat` model."""
     if model.endswith(UNTRAINED) or model not in SASRECS:
         return {}
-    repeat = {"repeat_bonus": True} if model.endswith(REPEAT) else {}
-    return {**_cold_settings(model.removesuffix(REPEAT), args, ds), **repeat}
-
-
-def _cold_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:
-    """select_settings' new-item offset and blend."""
+    _, suffixes = run_suffixes(model)
     offset = {"new_item_offset": True, "offset_tolerance": args.offset_tolerance}
-    if model.endswith(REACH):
+    if REACH in suffixes:
         rules = ["newest_first", "content_knn"] if ds.get("clock", True) else ["content_knn"]
         offset = {**offset, "offset_tolerance": args.reach_tolerance, "offset_reach": rules}
     blend = {"blend_untrained": True}
-    offset_then_blend = model.removesuffix(REACH).removesuffix(FIRST).endswith(SELECT_OFFSET)
+    offset_then_blend = SELECT_OFFSET in suffixes
+    repeat = {"repeat_bonus": True} if REPEAT in suffixes else {}
     if "hybrid" in model:
-        return {**offset, **(blend if offset_then_blend else {})}
+        return {**offset, **(blend if offset_then_blend else {}), **repeat}
     if "content" not in model:
-        return {}
-    return {**(offset if offset_then_blend else {}), **blend}
+        return repeat
+    return {**(offset if offset_then_blend else {}), **blend, **repeat}
+
+
+def run_suffixes(model: str) -> tuple[str, set[str]]:
+    """(the model without its run suffixes, the suffixes it has): the suffixes that set the run rather than the
+    model -- UNTRAINED, REPEAT, REACH, FIRST, SELECT_OFFSET --, peeled from the end in that order."""
+    found = set()
+    for suffix in (UNTRAINED, REPEAT, REACH, FIRST, SELECT_OFFSET):
+        if model.endswith(suffix):
+            found.add(suffix)
+            model = model.removesuffix(suffix)
+    return model, found
 
 
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -269,7 +275,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
     plain = result(name, model, seed, args, res, seconds, valid, test)
     records = {key: selected[setting] for key, setting in (("offset", "new_item_offset"), ("blend", "blend_untrained"),
                                                            ("repeat", "repeat_bonus")) if setting in selected}
-    row = BLEND if "blend" in records else OFFSET if "offset" in records else "+repeat"
+    row = BLEND if "blend" in records else OFFSET if "offset" in records else REPEATED
     return [plain, {**plain, "model": model + row, "valid": groups_of(res.valid),
                     "test": groups_of(res.test), **records}]
 

@@ -844,25 +844,23 @@ def cold_start_repeat(results: Path) -> str:
     """Per dataset and `_repeat` model of `cold_start.py`: the history bonus VALID chose per seed and TEST NDCG@10
     in % (means over the seeds) on the repeat and novel groups and overall, with the bonus and without it (the same
     model and selection run without `_repeat`), next to repeat-history's repeat group."""
-    found = _load(results, "cold_start_cpu.json")["results"]
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in _load(results, "cold_start_cpu.json")["results"]:
+        runs.setdefault((r["dataset"], r["model"]), []).append(r)
+
+    def mean(key: tuple[str, str], group: str) -> str:
+        stats = _ndcg_percent([x["test"][group] for x in runs.get(key, []) if group in x["test"]])
+        return "" if stats is None else f"{stats[0]:.2f}"
+
     rows = []
-    for r in found:
-        if "repeat" not in r or r["seed"] != min(x["seed"] for x in found if x["dataset"] == r["dataset"]
-                                                 and x["model"] == r["model"]):
+    for (name, model), selected in runs.items():
+        if "repeat" not in selected[0]:
             continue
-        name, model = r["dataset"], r["model"]
-        runs = [x for x in found if x["dataset"] == name and x["model"] == model]
-        plain = [x for x in found if x["dataset"] == name and x["model"] == model.replace("_repeat", "")]
-        rule = [x for x in found if x["dataset"] == name and x["model"] == "repeat_history"]
-
-        def mean(rs: list[dict[str, Any]], group: str) -> str:
-            stats = _ndcg_percent([x["test"][group] for x in rs if group in x["test"]])
-            return "" if stats is None else f"{stats[0]:.2f}"
-
-        rows.append([name, cold_start_label(model), ", ".join(f"{x['repeat']['chosen']:g}" for x in runs),
-                     f"{runs[0]['test']['repeat']['n']:,} / {runs[0]['test']['novel']['n']:,}",
-                     *(f"{mean(plain, g)} → {mean(runs, g)}" for g in ("repeat", "novel", "overall")),
-                     mean(rule, "repeat")])
+        without = (name, model.replace("_repeat", ""))
+        rows.append([name, cold_start_label(model), ", ".join(f"{x['repeat']['chosen']:g}" for x in selected),
+                     f"{selected[0]['test']['repeat']['n']:,} / {selected[0]['test']['novel']['n']:,}",
+                     *(f"{mean(without, g)} → {mean((name, model), g)}" for g in ("repeat", "novel", "overall")),
+                     mean((name, "repeat_history"), "repeat")])
     return _table(["dataset", "model (with the bonus)", "bonus per seed (logits)", "TEST repeat / novel events",
                    "repeat: without → with the bonus", "novel: without → with", "overall: without → with",
                    "repeat history: repeat"], rows, "ll")

@@ -77,21 +77,22 @@ def test_under_the_rankable_rule_a_large_bonus_ranks_repeat_targets_first_and_mo
     plain, lifted = evaluator.run(model), evaluator.run(RepeatBonus(model, 64.0))
     assert (lifted.ranks[repeat] == 1).all() and (plain.ranks[repeat] > 1).any()
     np.testing.assert_array_equal(lifted.ranks[~repeat], plain.ranks[~repeat])
-    choice = repeat_sweep(model, evaluator.run)
+    scorer = RepeatBonus(model)
+    choice = repeat_sweep(scorer, evaluator.run)
     assert [s["bonus"] for s in choice.sweep] == list(REPEAT_BONUSES)
     # overall can only rise with the bonus here: the smallest bonus at the best VALID overall
     best = max(s["overall"] for s in choice.sweep)
     assert choice.value == min(s["bonus"] for s in choice.sweep if s["overall"] == best) > 0
-    assert choice.report.metric("ndcg@10", "repeat") == 1.0 and choice.model.bonus == choice.value
+    assert choice.report.metric("ndcg@10", "repeat") == 1.0 and scorer.bonus == choice.value
 
 
 def test_with_every_item_a_candidate_the_bonus_trades_novel_targets_and_valid_picks_the_trade() -> None:
     evaluator = Evaluator(evalset(300, seed=3, repeat_share=0.0), N_ITEMS, ks=(10,), exclude_seen=False, max_len=8)
     model = TableModel(table(300, seed=4))
     # nobody repeats: history items are only in the way of the targets, so VALID keeps the model alone
-    choice = repeat_sweep(model, evaluator.run)
+    choice = repeat_sweep(RepeatBonus(model), evaluator.run)
     assert choice.value == 0.0 and choice.sweep[-1]["overall"] < choice.sweep[0]["overall"]
     # everybody repeats: the bonus is worth it
     evaluator = Evaluator(evalset(300, seed=3, repeat_share=1.0), N_ITEMS, ks=(10,), exclude_seen=False, max_len=8)
-    choice = repeat_sweep(model, evaluator.run)
+    choice = repeat_sweep(RepeatBonus(model), evaluator.run)
     assert choice.value > 0 and choice.report.metric("ndcg@10") > choice.sweep[0]["overall"]

@@ -69,7 +69,6 @@ class Choice:
     value: float
     sweep: list[dict[str, Any]]
     report: Any
-    model: Any = None  # the scorer at the value, where the sweep wraps the model (repeat_sweep)
 
 
 def offset_sweep(model: Any, evaluate: Callable[[Any], Any], offsets: Sequence[float] = OFFSETS,
@@ -125,15 +124,12 @@ def blend_sweep(blend: Any, evaluate: Callable[[Any], Any], weights: Sequence[fl
 REPEAT_RULE = f"best VALID overall {METRIC}; ties to the smaller bonus"
 
 
-def repeat_sweep(model: Any, evaluate: Callable[[Any], Any], bonuses: Sequence[float] = REPEAT_BONUSES,
+def repeat_sweep(scorer: Any, evaluate: Callable[[Any], Any], bonuses: Sequence[float] = REPEAT_BONUSES,
                  metric: str = METRIC) -> Choice:
-    """Choose the history-item bonus on VALID (REPEAT_RULE) for `model`; returns the Choice (each bonus's overall,
-    repeat and novel metric) with a RepeatBonus at the chosen bonus as `Choice.model`."""
-    from modalrec.models.repeat import RepeatBonus
-
+    """Choose a RepeatBonus's bonus on VALID (REPEAT_RULE). `evaluate(model)` returns a VALID Report. Returns the
+    Choice (each bonus's overall, repeat and novel metric) and leaves `scorer.bonus` at the chosen bonus."""
     if not bonuses or bonuses[0] != 0:
         raise ConfigError(f"repeat_sweep needs bonus 0 (the model alone) first, got {list(bonuses)}")
-    scorer = RepeatBonus(model)
     sweep, reports = [], []
     for bonus in bonuses:
         scorer.bonus = bonus
@@ -142,7 +138,7 @@ def repeat_sweep(model: Any, evaluate: Callable[[Any], Any], bonuses: Sequence[f
                       **{g: metric_or_none(reports[-1], metric, g) for g in ("repeat", "novel")}})
     at = max(range(len(sweep)), key=lambda i: (sweep[i]["overall"] or 0.0, -sweep[i]["bonus"]))
     scorer.bonus = sweep[at]["bonus"]
-    return Choice(sweep[at]["bonus"], sweep, reports[at], scorer)
+    return Choice(sweep[at]["bonus"], sweep, reports[at])
 
 
 def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
@@ -152,6 +148,7 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
     its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline
     `name` (cfg.offset_reach). Without any setting: (model, {}, None)."""
     from modalrec.models.blend import ScoreBlend
+    from modalrec.models.repeat import RepeatBonus
 
     record: dict[str, Any] = {}
     report = None
@@ -174,9 +171,10 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
         record["blend_untrained"] = {"chosen": choice.value, "rule": BLEND_RULE, "valid_sweep": choice.sweep}
         model, report = blend, choice.report
     if cfg.repeat_bonus:
-        choice = repeat_sweep(model, evaluate)
+        scorer = RepeatBonus(model)
+        choice = repeat_sweep(scorer, evaluate)
         record["repeat_bonus"] = {"chosen": choice.value, "rule": REPEAT_RULE, "valid_sweep": choice.sweep}
-        model, report = choice.model, choice.report
+        model, report = scorer, choice.report
     return model, record, report
 
 
