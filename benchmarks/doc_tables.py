@@ -358,8 +358,16 @@ def recbole_side_by_side(results: Path) -> str:
             for lib, label in (("modalrec", "modalrec (seed 0)"), ("recbole", "RecBole 1.2.1 (seed 0)"))]
     ratio = s["ratios_recbole_over_modalrec"]
     rows.append(["ratio RecBole / modalrec", "", ""] + [f"{ratio[k]:.3g}×" for k in keys])
-    return _table(["", "TEST NDCG@10", "TEST HR@10", "s / epoch", "s / full evaluation (VALID)",
-                   "s to best-VALID checkpoint"], rows)
+    table = _table(["", "TEST NDCG@10", "TEST HR@10", "s / epoch", "s / full evaluation (VALID)",
+                    "s to best-VALID checkpoint"], rows)
+    # both libraries' TEST scores ranked by modalrec's evaluator, per group, under each history protocol
+    protocols = {"no_history_mask": "no history mask (RecBole's)", "history_masked": "history excluded (modalrec's)"}
+    by_group: list[GroupRow] = [
+        ([label, protocols[protocol]], {g: row[lib] for g, row in groups.items()},
+         {g: row["n"] for g, row in groups.items()})
+        for protocol, groups in s.get("test_ndcg@10_by_group", {}).items()
+        for lib, label in (("modalrec", "modalrec"), ("recbole", "RecBole 1.2.1"))]
+    return _with_groups(table, ["library (seed 0, TEST NDCG@10, events)", "protocol"], by_group)
 
 
 # (summary file, label, timing shown): seed summaries of `recbole_seeds_summary.py`. Timing is left out where

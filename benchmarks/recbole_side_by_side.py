@@ -239,7 +239,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         rep = ev.run(model, "test", keep_ranks=False)
         tests["history_masked" if masked else "no_history_mask"] = {
             "metrics": {k: rep.overall[k] for k in ("hr@10", "ndcg@10", "mrr", "hr@20", "ndcg@20")},
-            "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0}
+            "groups": by_group(rep), "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0}
     selected = "history_masked" if exclude_seen else "no_history_mask"
     other = "no_history_mask" if exclude_seen else "history_masked"
     best = hist.best_epoch
@@ -249,6 +249,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         "selection_protocol": selected,
         "test": tests[selected]["metrics"],
         "test_by_protocol": {k: v["metrics"] for k, v in tests.items()},
+        "test_groups_by_protocol": {k: v["groups"] for k, v in tests.items()},
         "valid_best": {k: v for k, v in (hist.valid[best - 1] or {}).items() if "/" not in k} if best else None,
         "counts": {"users": split.n_users, "items": split.n_items, "train_events": len(split.train),
                    "train_windows": len(windows), "train_targets": n_targets,
@@ -276,6 +277,14 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         "seconds_fit": hist.total_seconds,
         "seconds_data_prep": prep_s,
     }
+
+
+def by_group(rep: Any) -> dict[str, dict[str, Any]]:
+    """Events, HR@10 and NDCG@10 overall and per evaluator group (warm / cold_item / cold_user, repeat / novel,
+    history buckets: modalrec.data.splits.GROUP_DEFINITIONS); None where a group has no events."""
+    from modalrec.evaluation.report import GROUP_ROWS
+
+    return {g: {"n": rep.counts.get(g, 0), **{m: rep.metric(m, g) for m in ("hr@10", "ndcg@10")}} for g in GROUP_ROWS}
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -395,11 +404,12 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
     same_inputs = all(
         theirs_in.get(uv.raw(u)) == tuple(iv.raw(i) for i in split.test.history(e)[-max_len:])
         for e, u in enumerate(split.test.user))
-    reranked = {}
+    reranked, reranked_groups = {}, {}
     for masked in (False, True):
         rep = Evaluator(split.test, split.n_items, ks=(10, 20), exclude_seen=masked, max_len=max_len).run(scorer)
-        reranked["history_masked" if masked else "no_history_mask"] = {
-            k: rep.overall[k] for k in ("hr@10", "ndcg@10", "mrr", "hr@20", "ndcg@20")}
+        protocol = "history_masked" if masked else "no_history_mask"
+        reranked[protocol] = {k: rep.overall[k] for k in ("hr@10", "ndcg@10", "mrr", "hr@20", "ndcg@20")}
+        reranked_groups[protocol] = by_group(rep)
     rc = rb["counts"]
     return {
         "same_users": rc["users"] == split.n_users,
@@ -414,6 +424,7 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
         "same_test_input_windows": bool(same_inputs),
         "same_train_targets": rc["train_samples"] == int(sum(np.maximum(split.train.seq_lengths()[1:] - 1, 0))),
         "recbole_test_scores_ranked_by_modalrec_evaluator": reranked,
+        "recbole_test_groups_by_modalrec_evaluator": reranked_groups,
         "test_targets_in_history": int(sum(
             int(t in set(split.test.history(e).tolist())) for e, t in enumerate(split.test.target))),
         "history_masking": "RecBole 1.2.1 full-sort evaluation of sequential models masks only PAD "
@@ -423,7 +434,9 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
     }
 
 
-def summarize(mr: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
+def summarize(mr: dict[str, Any], rb: dict[str, Any], check: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Headline numbers and time ratios; with the protocol check's re-ranking of RecBole's TEST scores (and a
+    modalrec side that stored its groups), TEST NDCG@10 of both libraries per group under each protocol."""
     def ratio(key: str) -> float | None:
         a, b = rb.get(key), mr.get(key)
         return round(a / b, 3) if a and b else None
@@ -434,7 +447,12 @@ def summarize(mr: dict[str, Any], rb: dict[str, Any]) -> dict[str, Any]:
              "cpu_seconds_to_best")
     keys = ("epochs_run", "best_epoch") + times
     faster = {k: (mr.get(k) or 0) < (rb.get(k) or 0) for k in times}
+    theirs, ours = (check or {}).get("recbole_test_groups_by_modalrec_evaluator"), mr.get("test_groups_by_protocol")
+    by_group = {protocol: {g: {"n": row["n"], "modalrec": row["ndcg@10"], "recbole": theirs[protocol][g]["ndcg@10"]}
+                           for g, row in groups.items()}
+                for protocol, groups in ours.items()} if theirs and ours else None
     return {
+        **({"test_ndcg@10_by_group": by_group} if by_group else {}),
         "modalrec": {"test_ndcg@10": mr["test"]["ndcg@10"], "test_hr@10": mr["test"]["hr@10"],
                      **{k: mr.get(k) for k in keys}},
         "recbole": {"test_ndcg@10": rb_test["ndcg@10"], "test_hr@10": rb_test["hr@10"], **{k: rb.get(k) for k in keys}},
@@ -459,7 +477,7 @@ def reuse_recbole(result: dict[str, Any], args: argparse.Namespace) -> None:
     result["recbole"], result["protocol_check"] = old["recbole"], old.get("protocol_check")
     result["recbole_source"] = {"reused_from": str(args.recbole_from), "recbole_run_load": old["load"],
                                 "note": "RecBole side not rerun; its timings were measured in that run"}
-    result["summary"] = summarize(result["modalrec"], old["recbole"])
+    result["summary"] = summarize(result["modalrec"], old["recbole"], old.get("protocol_check"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -520,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["protocol_check"] = cross_check(ds, split, rb, exported, args.max_len)
             rb.pop("valid_targets")
             result["recbole"] = rb
-            result["summary"] = summarize(mr, rb)
+            result["summary"] = summarize(mr, rb, result["protocol_check"])
         elif args.recbole_from:
             reuse_recbole(result, args)
     result["seconds_total"] = time.perf_counter() - started
