@@ -58,3 +58,20 @@ class Scorer(Protocol):
     """
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ItemBiasScorer(Protocol):
+    """A scorer that may declare its scores `forward(batch) @ item_embeddings().T + item_bias()`: `item_bias()`
+    is that per-item term ([n_items + 1]), or None when its scores are not of that form (or have no such term:
+    then `dot_product_scores` says whether they are plain dot products)."""
+
+    def item_bias(self) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class HistoryBonusScorer(Protocol):
+    """A scorer whose scores are `base.score(batch)` plus `bonus` on the items of the batch's history window:
+    `history_bonus()` returns (base, bonus)."""
+
+    def history_bonus(self) -> tuple[Scorer, float]: ...

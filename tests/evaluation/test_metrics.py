@@ -176,3 +176,29 @@ def test_dot_product_ranking_without_the_score_block_matches_naive(chunk: int, m
     big = s * 2.0**123
     np.testing.assert_array_equal(ranking.rank_dot_block(big, torch.from_numpy(table), t)[0].numpy(),
                                   naive_ranks((big @ torch.from_numpy(table).T).numpy(), targets, None))
+
+
+@pytest.mark.parametrize("chunk", [20, 2**19])
+def test_dot_product_ranking_with_a_per_item_term_and_a_target_bonus_matches_naive(
+        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank_dot_block with `item_bias` ranks state @ table.T + item_bias; `target_bonus` lifts each row's target
+    alone. Exact integer scores, so ties are ties on both sides."""
+    monkeypatch.setattr(ranking, "CPU_CHUNK", chunk)
+    rng = np.random.default_rng(4)
+    table = rng.integers(-2, 3, size=(41, 4)).astype(np.float32)
+    state = rng.integers(-2, 3, size=(12, 4)).astype(np.float32)
+    bias = rng.integers(-1, 2, size=41).astype(np.float32)
+    bonus = rng.integers(0, 3, size=12).astype(np.float32)
+    targets = rng.integers(1, 41, size=12)
+    mask = rng.random((12, 41)) < 0.8
+    scores = state @ table.T + bias
+    lifted = scores.copy()
+    lifted[np.arange(12), targets] += bonus
+    t = torch.from_numpy(targets)
+    args = (torch.from_numpy(state), torch.from_numpy(table), t, *exclusion_pairs(~torch.from_numpy(mask), t))
+    got, t_score = ranking.rank_dot_block(*args, item_bias=torch.from_numpy(bias), target_bonus=torch.from_numpy(bonus))
+    np.testing.assert_array_equal(got.numpy(), naive_ranks(lifted, targets, mask))
+    np.testing.assert_array_equal(t_score[:, 0].numpy(), lifted[np.arange(12), targets])
+    plain = ranking.rank_dot_block(*args, item_bias=torch.from_numpy(bias))[0]
+    np.testing.assert_array_equal(plain.numpy(), naive_ranks(scores, targets, mask))
+    assert (got <= plain).all() and (got < plain).any()  # the bonus only lifts targets

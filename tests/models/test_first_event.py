@@ -155,6 +155,11 @@ def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_
         no_id = no_id | ~model.id_gate(items, ev.target_ts.reshape(-1, 1))
     torch.testing.assert_close(after - before, 1.5 * no_id.float().expand_as(before))
     assert cold_after > cold_before  # every cold item lacks an ID vector, so each one rises
+    if id_scores == "always":  # the offset is the only term beyond the table: a per-item bias (the model contract)
+        with torch.no_grad():
+            torch.testing.assert_close(after, model(ev) @ model.item_embeddings().T + model.item_bias())
+    else:  # the first-event gate depends on the query time
+        assert model.item_bias() is None
     batch = next(iter(TrainWindows(split.train, 8).batches(32, seed=0, epoch=0, shuffle=False)))
     model.train()
     losses = []

@@ -96,3 +96,74 @@ def test_with_every_item_a_candidate_the_bonus_trades_novel_targets_and_valid_pi
     evaluator = Evaluator(evalset(300, seed=3, repeat_share=1.0), N_ITEMS, ks=(10,), exclude_seen=False, max_len=8)
     choice = repeat_sweep(RepeatBonus(model), evaluator.run)
     assert choice.value > 0 and choice.report.metric("ndcg@10") > choice.sweep[0]["overall"]
+
+
+class DotModel(nn.Module):
+    """state = row u of a user table; scores = state @ item table.T (+ a per-item bias, the model contract's
+    `item_bias`). Small integers: every score exact, ties frequent."""
+
+    history_length = 8
+
+    def __init__(self, seed: int, n_users: int, bias: bool) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.register_buffer("users", torch.from_numpy(rng.integers(-2, 3, (n_users + 1, 4)).astype(np.float32)))
+        self.register_buffer("items", torch.from_numpy(rng.integers(-2, 3, (N_ITEMS + 1, 4)).astype(np.float32)))
+        self.bias = torch.from_numpy(rng.integers(0, 3, N_ITEMS + 1).astype(np.float32)) if bias else None
+
+    @property
+    def dot_product_scores(self) -> bool:
+        return self.bias is None
+
+    def forward(self, batch: SeqBatch) -> torch.Tensor:
+        return self.users[batch.users]
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.items
+
+    def item_bias(self) -> torch.Tensor | None:
+        return self.bias
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.forward(batch) @ self.items.T + (0.0 if self.bias is None else self.bias)
+        return out if items is None else out[:, items]
+
+
+class ScoreOnly:
+    """Only `score`: the evaluator ranks a materialised score block."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.score(batch, items)
+
+
+@pytest.mark.parametrize(("exclude_seen", "repeat_targets"), [(True, "rankable"), (True, "miss"), (False, "rankable")])
+def test_biased_dot_products_and_the_bonus_rank_without_a_score_block_as_they_score(
+        exclude_seen: bool, repeat_targets: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-item term (a new-item offset), a blend with one and a history bonus on top are ranked on CPU from the
+    state and item table (evaluation/ranking.rank_dot_block), as their `score` ranks them; with every item a
+    candidate the bonus moves other history items too, so that model goes through `score`."""
+    from modalrec.evaluation import evaluator as evaluator_module
+    from modalrec.models.blend import ScoreBlend
+
+    es = evalset(200, seed=5, repeat_share=0.3)
+    evaluator = Evaluator(es, N_ITEMS, ks=(10,), exclude_seen=exclude_seen, max_len=8, repeat_targets=repeat_targets)
+    biased, plain = DotModel(6, 200, bias=True), DotModel(7, 200, bias=False)
+    calls = []
+    fused = evaluator_module.rank_dot_block
+    monkeypatch.setattr(evaluator_module, "rank_dot_block", lambda *a: calls.append(1) or fused(*a))
+    bonus_changes = 0
+    for scorer in (biased, ScoreBlend(biased, plain, 0.5), ScoreBlend(plain, plain, 0.5),
+                   RepeatBonus(biased, 2.0), RepeatBonus(ScoreBlend(plain, biased, 0.25), 3.0)):
+        calls.clear()
+        got = evaluator.run(scorer).ranks
+        assert bool(calls) == (exclude_seen or not isinstance(scorer, RepeatBonus))
+        np.testing.assert_array_equal(got, evaluator.run(ScoreOnly(scorer)).ranks)
+        if isinstance(scorer, RepeatBonus):
+            bonus_changes += int((got != evaluator.run(scorer.model).ranks).sum())
+    assert bonus_changes > 0 if repeat_targets == "rankable" else bonus_changes == 0
+    blend = ScoreBlend(biased, plain, 0.5)
+    torch.testing.assert_close(blend.item_bias(), 0.5 * biased.bias)
+    assert ScoreBlend(plain, plain, 0.5).item_bias() is None  # plain dot products: dot_product_scores says so

@@ -35,7 +35,7 @@ from modalrec.evaluation.ranking import rank_block, rank_dot_block, sampled_rank
 from modalrec.evaluation.report import Report
 from modalrec.evaluation.sampled import SampledConfig, draw_negatives
 from modalrec.protocol import REPEAT_TARGETS
-from modalrec.types import Scorer
+from modalrec.types import HistoryBonusScorer, ItemBiasScorer, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,18 @@ class Evaluator:
             if is_module:
                 model.eval()
             with torch.no_grad():
-                table = _item_table(model) if starts else None  # [n_items + 1, d] or None
+                # sampled metrics read scores at drawn negatives: they need the score block
+                linear = _linear_parts(model, self.exclude_seen) if starts and negatives is None \
+                    and dev.type == "cpu" else None
+                fused = linear is not None
+                if fused:
+                    state_model, table, bias, bonus = linear
+                else:
+                    table = _item_table(model) if starts else None  # [n_items + 1, d] or None
                 if table is not None:
                     _check_shape(table, (self.n_items + 1, table.shape[1]), "item_embeddings()", f"evaluation '{name}'")
-                # sampled metrics read scores at drawn negatives: they need the score block
-                fused = table is not None and negatives is None and dev.type == "cpu"
+                if fused and bias is not None:
+                    _check_shape(bias[None], (1, self.n_items + 1), "item_bias()", f"evaluation '{name}'")
                 table_absmax = float(table.abs().max()) if fused else None  # once per evaluation
                 # a block the model (or the product below) returns is scored `score_rows` events at a time
                 rows = self.batch_size if fused else self.score_rows
@@ -193,9 +200,12 @@ class Evaluator:
                     a, z = int(self._mask_offsets[lo]), int(self._mask_offsets[hi])
                     excluded = (mask_rows[a:z] - lo, mask_items[a:z])
                     if fused:  # dot-product model on CPU: scores formed and ranked chunk by chunk, never stored
-                        state = model(batch)  # [B, d]
+                        state = state_model(batch)  # [B, d]
                         _check_shape(state, (hi - lo, table.shape[1]), "forward (the state)", at)
-                        r, t_score = rank_dot_block(state, table, targets[lo:hi], *excluded, at, table_absmax)
+                        # the history bonus reaches the target only: every other history item is excluded
+                        lifted = bonus * (batch.items == targets[lo:hi, None]).any(1) if bonus else None
+                        r, t_score = rank_dot_block(state, table, targets[lo:hi], *excluded, at, table_absmax,
+                                                    bias, lifted)
                         ranks.append(r)
                         continue
                     # [B, n_items + 1]; a dot-product model's item table is computed once, not once per block
@@ -311,6 +321,23 @@ def _item_table(model: Scorer) -> torch.Tensor | None:
     if isinstance(model, nn.Module) and getattr(model, "dot_product_scores", False):
         return model.item_embeddings()
     return None
+
+
+def _linear_parts(model: Scorer, exclude_seen: bool,
+                  ) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, float] | None:
+    """(the module whose forward is the state, its item table, a per-item score term or None, a bonus on history
+    items) when scores are `state @ table.T + item_bias` plus that bonus, so the CPU path can rank them without a
+    score block; None otherwise. A history bonus (models/repeat.py) is taken apart only when `exclude_seen`:
+    then the target is the one history item left among the candidates, so the bonus moves its score alone."""
+    bonus = 0.0
+    if exclude_seen and isinstance(model, HistoryBonusScorer):
+        model, bonus = model.history_bonus()
+    if not isinstance(model, nn.Module):
+        return None
+    bias = model.item_bias() if isinstance(model, ItemBiasScorer) else None
+    if not (getattr(model, "dot_product_scores", False) or bias is not None):
+        return None
+    return model, model.item_embeddings(), bias, bonus
 
 
 def _prefixed(metrics: dict[str, float | None]) -> dict[str, float | None]:

@@ -93,10 +93,14 @@ def count_ge(scores: torch.Tensor, t_score: torch.Tensor, excluded_rows: torch.T
 
 def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
                    excluded_rows: torch.Tensor | None = None, excluded_items: torch.Tensor | None = None,
-                   where: str = "this block", table_absmax: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`rank_block(state @ table.T, ...)` on CPU without the [B, N + 1] score block. state [B, d], table
-    [N + 1, d] (row 0 = PAD). The scores are formed one cache-sized column chunk at a time and counted
-    while in cache, so the block is never written to memory and read back (and memory is one chunk).
+                   where: str = "this block", table_absmax: float | None = None,
+                   item_bias: torch.Tensor | None = None, target_bonus: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rank_block(state @ table.T + item_bias, ...)` on CPU without the [B, N + 1] score block. state [B, d],
+    table [N + 1, d] (row 0 = PAD), item_bias [N + 1] or None. The scores are formed one cache-sized column chunk
+    at a time and counted while in cache, so the block is never written to memory and read back (and memory is
+    one chunk). `target_bonus` [B] is added to each row's target score only: a term on history items
+    (models/repeat.py) once every other history item is excluded.
 
     The target's score comes from a product of the same kind as every other score; the target is counted
     once by rule (1 + other candidates scoring >= it), whatever the rounding of its own column.
@@ -107,6 +111,10 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     targets = targets.to(state.device, torch.int64)
     b, n_cols = state.shape[0], table.shape[0]
     t_score = torch.mm(state, table[targets].T).diagonal().unsqueeze(1)  # [B, 1]
+    if item_bias is not None:
+        t_score = t_score + item_bias[targets].unsqueeze(1)
+    if target_bonus is not None:
+        t_score = t_score + target_bonus.to(t_score.dtype).unsqueeze(1)
     cols = max(1, min(n_cols - 1, CPU_CHUNK // max(b, 1)))
     score_buf = torch.empty(b * cols, dtype=state.dtype)
     hit_buf = torch.empty(b * cols, dtype=torch.float32)
@@ -115,6 +123,8 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     if table_absmax is None:
         table_absmax = float(table.abs().max())
     bound = table.shape[1] * float(state.abs().max()) * table_absmax  # NaN if an input is NaN
+    if item_bias is not None:
+        bound += float(item_bias.abs().max())
     no_nan_possible = math.isfinite(bound) and bound < torch.finfo(state.dtype).max / 4
     rows = torch.arange(b)
     pairs = excluded_rows is not None and excluded_items is not None and excluded_rows.numel() > 0
@@ -124,6 +134,8 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
     for c0 in range(1, n_cols, cols):  # column 0 (PAD) is never a candidate
         c1 = min(n_cols, c0 + cols)
         part = torch.mm(state, table[c0:c1].T, out=score_buf[: b * (c1 - c0)].view(b, c1 - c0))  # [B, C]
+        if item_bias is not None:
+            part += item_bias[c0:c1]
         if not no_nan_possible:
             nan_sum += part.sum()
         hit = torch.ge(part, t_score, out=hit_buf[: part.numel()].view(part.shape))  # [B, C] 0/1
@@ -136,7 +148,8 @@ def rank_dot_block(state: torch.Tensor, table: torch.Tensor, targets: torch.Tens
                 r, i = ex_rows[lo:hi], ex_items[lo:hi] - c0
                 counts.index_add_(0, r, -hit[r, i].to(torch.int64))
     if bool(torch.isnan(nan_sum)):
-        check_no_nan(state @ table.T, where)
+        check_no_nan(state @ table.T + (0.0 if item_bias is None else item_bias), where)
+        check_no_nan(t_score, where)
     return counts, t_score
 
 

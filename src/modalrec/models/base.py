@@ -7,6 +7,9 @@ never probe a model with `hasattr`:
 - `training_kind` (a `Training`): which data the trainer feeds it (windows, pairs, events, counts, staged);
 - `dot_product_scores`: whether `score(batch) == forward(batch) @ item_embeddings().T`, so serving may rank
   with an (approximate) nearest-neighbour index over `item_embeddings()` (and `embed_items` for new rows);
+- `item_bias()`: a per-item term ([n_items + 1]) when `score(batch) == forward(batch) @ item_embeddings().T +
+  item_bias()` (SASRec's new-item offset), else None; the evaluator then ranks without a score block, while
+  serving, which reads only `dot_product_scores`, scores such a model through `score`;
 - `stateful`: whether scores depend on state built from earlier events (`reset_state` / `observe`);
 - `history_length`: how many of the user's most recent items it reads (training windows, evaluation and
   serving cut histories to this; 0 = it reads no history window);
@@ -135,6 +138,11 @@ class Recommender(nn.Module):
 
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
         raise NotImplementedError
+
+    def item_bias(self) -> torch.Tensor | None:
+        """[n_items + 1] when scores are `forward(batch) @ item_embeddings().T` plus this per-item term; else None
+        (plain dot products say so by `dot_product_scores`)."""
+        return None
 
     def loss(self, batch: Any) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is not trained by gradient steps ({self.training_kind.value})")

@@ -52,7 +52,15 @@ class ScoreBlend(nn.Module):
     def dot_product_scores(self) -> bool:
         return bool(self.trained.dot_product_scores and self.reference.dot_product_scores)  # the model contract
 
-    def forward(self, batch: Any) -> torch.Tensor:  # [B, d1 + d2]; dot-product models only
+    def item_bias(self) -> torch.Tensor | None:
+        """The parts' per-item terms, weighted, when both parts score as `forward @ item_embeddings().T` (plus such a
+        term) and at least one has one; else None (the model contract, models/base.py)."""
+        parts = [(m, m.item_bias()) for m in (self.trained, self.reference)]
+        if not all(m.dot_product_scores or bias is not None for m, bias in parts) or all(b is None for _, b in parts):
+            return None
+        return sum(w * b for w, (_, b) in zip((1.0 - self._weight, self._weight), parts) if b is not None)
+
+    def forward(self, batch: Any) -> torch.Tensor:  # [B, d1 + d2]; (biased) dot-product models only
         return torch.cat([(1.0 - self._weight) * self.trained(batch), self._weight * self.reference(batch)], -1)
 
     def item_embeddings(self) -> torch.Tensor:  # [n_items + 1, d1 + d2]

@@ -48,6 +48,11 @@ class RepeatBonus(nn.Module):
     def history_length(self) -> int:
         return int(self.model.history_length)
 
+    def history_bonus(self) -> tuple[Any, float]:
+        """(the wrapped model, the bonus): the evaluator ranks the wrapped model's scores with the bonus on the target
+        alone when every other history item is excluded (types.HistoryBonusScorer)."""
+        return self.model, self._bonus
+
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
         scores = self.model.score(batch, items)
         if not self._bonus:

@@ -191,6 +191,14 @@ class SASRec(CausalTowerRecommender):
         # first-event gate (query time) or the offset (a per-item term) adds to them; then ranking goes by `score`
         self.dot_product_scores = self.prior is None and self.id_gate is None and not self._new_item_offset
 
+    def item_bias(self) -> torch.Tensor | None:
+        """The new-item offset as a per-item term, when it is the only term beyond the dot products (prediction)."""
+        if self.prior is not None or self.id_gate is not None or not self._new_item_offset or self.training:
+            return None
+        table = self.item_embeddings()
+        items = torch.arange(table.shape[0], device=table.device)
+        return self._offset_terms(items, None).to(table.dtype)
+
     def scoring_tower(self) -> nn.Module:
         return self.tower if self.id_gate is None else self.tower.content
 
