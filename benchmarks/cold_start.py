@@ -468,6 +468,13 @@ def _seeds_of(results: list[dict[str, Any]], name: str, model: str) -> set[int]:
     return {r["seed"] for r in results if r["dataset"] == name and r["model"] == model and "error" not in r}
 
 
+def _events(results: list[dict[str, Any]], name: str, part: str, model: str) -> dict[str, int]:
+    """group -> events of `part` (the mean over the model's seeds: with cold_item_fraction the split is the seed's)."""
+    runs = [r[part] for r in results if r["dataset"] == name and r["model"] == model and "error" not in r]
+    return {g: round(sum(run[g]["n"] for run in runs) / len(runs)) for g in GROUPS
+            if runs and all(g in run and run[g].get("n") is not None for run in runs)}
+
+
 def untrained_of(model: str) -> str:
     """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` training (a training-only
     term) start from the same model."""
@@ -497,22 +504,25 @@ def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
             ref = _stats(results, name, part, seeds_run) if seeds_run <= _seeds_of(results, name, untrained_of(m)) \
                 else st
             rows = {}
+            events = _events(results, name, part, m)
             for g, (mean, _, seeds) in st[m].items():
                 refs = {k: src[r][g][0] for k, r, src in (("untrained", untrained_of(m), ref),
                                                              ("content_knn", "content_knn", st)) if g in src.get(r, {})}
-                rows[g] = {"trained": round(mean, 5), "seeds": seeds, **{k: round(v, 5) for k, v in refs.items()},
-                           "holds": all(mean >= v for v in refs.values())}
+                rows[g] = {"trained": round(mean, 5), "seeds": seeds, "events": events.get(g),
+                           **{k: round(v, 5) for k, v in refs.items()}, "holds": all(mean >= v for v in refs.values())}
             content[m] = {"untrained": untrained_of(m), "holds": all(r["holds"] for r in rows.values()), "groups": rows}
         hybrid = {}
         others = [m for m in st if "hybrid" not in m and not m.endswith(UNTRAINED)]
         for h in (m for m in st if "hybrid" in m and not m.endswith(UNTRAINED)):
             rows = {}
+            events = _events(results, name, part, h)
             for g, (mean, sd, seeds) in st[h].items():
                 rivals = [(st[o][g][0], st[o][g][1], o) for o in others if g in st[o]]
                 if not rivals:
                     continue
                 best, best_sd, who = max(rivals)
-                rows[g] = {"hybrid": round(mean, 5), "hybrid_sd": round(sd, 5), "seeds": seeds, "best_other": who,
+                rows[g] = {"hybrid": round(mean, 5), "hybrid_sd": round(sd, 5), "seeds": seeds,
+                           "events": events.get(g), "best_other": who,
                            "best": round(best, 5), "best_sd": round(best_sd, 5),
                            "holds": mean >= best - (sd + best_sd)}
             hybrid[h] = {"holds": all(r["holds"] for r in rows.values()), "groups": rows}

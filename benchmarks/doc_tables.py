@@ -763,10 +763,10 @@ def cold_start_checks(dataset: str) -> Callable[[Path], str]:
         rows = []
         for model, c in checks.items():
             for g, row in c["groups"].items():
-                rows.append([cold_start_label(model), g, row["seeds"], _f(row["trained"]),
+                rows.append([cold_start_label(model), g, row.get("events", ""), row["seeds"], _f(row["trained"]),
                              _f(row.get("untrained")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
-        return _table(["model", "group", "seeds", "trained", "untrained (epoch 0)", "content-kNN", "trained >= both"],
-                      rows, "ll")
+        return _table(["model", "group", "events", "seeds", "trained", "untrained (epoch 0)", "content-kNN",
+                       "trained >= both"], rows, "ll")
 
     return table
 
@@ -780,12 +780,13 @@ def cold_start_hybrid_checks(dataset: str) -> Callable[[Path], str]:
         rows = []
         for model, c in found["test"]["hybrid_vs_best"].items():
             for g, row in c["groups"].items():
-                rows.append([cold_start_label(model), g, row["seeds"], f"{_f(row['hybrid'])} ± {_f(row['hybrid_sd'])}",
-                             cold_start_label(row["best_other"]), f"{_f(row['best'])} ± {_f(row['best_sd'])}",
-                             "yes" if row["holds"] else "**no**"])
+                rows.append([cold_start_label(model), g, row.get("events", ""), row["seeds"],
+                             f"{_f(row['hybrid'])} ± {_f(row['hybrid_sd'])}", cold_start_label(row["best_other"]),
+                             f"{_f(row['best'])} ± {_f(row['best_sd'])}", "yes" if row["holds"] else "**no**"])
             for g in found.get("unreachable_groups", []):
-                rows.append([cold_start_label(model), g, "", "0 (unreachable)", "every model", "0", "not counted"])
-        return _table(["model", "group", "seeds", "hybrid", "best other", "best", "hybrid >= best - noise"], rows, "ll")
+                rows.append([cold_start_label(model), g, "", "", "0 (unreachable)", "every model", "0", "not counted"])
+        return _table(["model", "group", "events", "seeds", "hybrid", "best other", "best", "hybrid >= best - noise"],
+                      rows, "ll")
 
     return table
 
@@ -892,6 +893,25 @@ def cold_gate_bound(results: Path) -> str:
     return _table(["dataset", "model", "items without training events", "TEST cold-item events", "cold-item",
                    "new items first: cold-item", "new items first / content-kNN cold-item", "overall",
                    "new items first: overall"], rows, "ll")
+
+
+def recipe_towers_groups(results: Path) -> str:
+    """recipe_towers.py on CPU: both arms, every evaluator group, VALID (the choice) then TEST (reference)."""
+    data = _load(results, "recipe_towers_cpu.json")
+    names = {"builtin": "built-in", "ml100k": "ML-100K"}
+    parts = []
+    for split in ("valid", "test"):
+        rows: list[GroupRow] = []
+        for entry in data["summary"]:
+            counts = next(r[f"{split}_counts"] for r in data["runs"]
+                          if (r["dataset"], r["tower"]) == (entry["dataset"], entry["tower"]))
+            for arm in ("recipe", "library"):
+                seeds = entry[f"seeds_{arm}"]
+                rows.append(([names[entry["dataset"]], entry["tower"], arm, ", ".join(map(str, seeds)),
+                              f"{_f(entry[split][arm]['overall'])} ({counts['overall']})"], entry[split][arm], counts))
+        head = ["data", "tower", f"arm ({split.upper()} NDCG@10, events)", "seeds", "overall"]
+        parts.append(_group_table(head, rows).rstrip("\n"))
+    return "\n\n".join(parts) + "\n"
 
 
 TABLES: dict[str, Callable[[Path], str]] = {

@@ -2,7 +2,7 @@
 
 SASREC_RECIPE (models/sequential/sasrec.py) was chosen on ID SASRec; this checks the content towers
 (built-in data as `modalrec demo` sets it up: text, image, text+image, hybrid; ML-100K with text features
-and a global temporal split: text, hybrid), overall and per group (warm / cold_item / cold_user). Both arms
+and a global temporal split: text, hybrid), overall and per evaluator group (warm / cold_item / cold_user, repeat / novel, history buckets). Both arms
 use the same epochs, patience and seeds; the "library" arm sets the recipe's fields to the library
 defaults. TEST is recorded for reference only; nothing is chosen on it. Results and commands:
 docs/benchmarks.md, "SASRec's recipe on content towers".
@@ -27,7 +27,9 @@ from typing import Any
 
 from _pinned import FIXED_ITEM_LENGTH
 
-GROUPS = ("overall", "warm", "cold_item", "cold_user")
+from modalrec.evaluation.report import GROUP_ROWS
+
+GROUPS = GROUP_ROWS  # overall, then every evaluator group (warm / cold_item / cold_user, repeat / novel, history)
 TOWERS = {"builtin": ("text", "image", "text+image", "hybrid"), "ml100k": ("text", "hybrid")}
 
 
