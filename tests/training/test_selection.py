@@ -191,3 +191,39 @@ def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_pat
         run_experiment(pop, write=False)
     with pytest.raises(ConfigError, match="select"):
         from_dict(ExperimentConfig, {"select": {"blend": True}})
+
+
+class _CountingState(torch.nn.Module):
+    """state = a linear map of the history's summed item ids; counts its forward calls."""
+
+    def __init__(self, stateful: bool = False) -> None:
+        super().__init__()
+        self.stateful = stateful
+        self.proj = torch.nn.Linear(1, 4)
+        self.calls = 0
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        self.calls += 1
+        return self.proj(batch.items.sum(1, keepdim=True).float())
+
+
+def test_the_sweeps_compute_each_batchs_state_once_and_give_the_model_its_forward_back() -> None:
+    from modalrec.training.selection import reused_states
+    from modalrec.types import SeqBatch
+
+    def batch(items: list[list[int]]) -> SeqBatch:
+        return SeqBatch(items=torch.tensor(items), targets=torch.tensor([1] * len(items)),
+                        users=torch.arange(1, len(items) + 1))
+
+    model, stateful = _CountingState(), _CountingState(stateful=True)
+    a, b = batch([[0, 1, 2], [3, 4, 5]]), batch([[0, 1, 2], [3, 4, 6]])  # b differs in one item
+    with torch.no_grad():
+        plain = model(a)
+        with reused_states(model, stateful, None):
+            for _ in range(3):  # three candidates, each a pass over the same two batches
+                torch.testing.assert_close(model(a), plain)
+                model(b), stateful(a)
+        assert model.calls == 1 + 2 and stateful.calls == 3  # one per distinct batch; stateful models every time
+        assert "forward" not in vars(model)  # the class's forward again (TEST computes its own states)
+        model(a)
+    assert model.calls == 4

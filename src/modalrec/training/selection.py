@@ -19,10 +19,13 @@ chosen value, so nothing evaluates VALID again once the choice is made.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
@@ -147,6 +150,12 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
     (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
     its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline
     `name` (cfg.offset_reach). Without any setting: (model, {}, None)."""
+    with reused_states(model, untrained):
+        return _select(model, untrained, cfg, evaluate, rules)
+
+
+def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
+            rules: Callable[[str], Any] | None) -> tuple[Any, dict[str, Any], Any]:
     from modalrec.models.blend import ScoreBlend
     from modalrec.models.repeat import RepeatBonus
 
@@ -176,6 +185,49 @@ def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate:
         record["repeat_bonus"] = {"chosen": choice.value, "rule": REPEAT_RULE, "valid_sweep": choice.sweep}
         model, report = scorer, choice.report
     return model, record, report
+
+
+@contextmanager
+def reused_states(*models: nn.Module | None) -> Iterator[None]:
+    """Within the sweeps each model's state (`forward`) depends on the batch alone, not on the offset, weight or
+    bonus being swept, so every candidate's VALID pass reuses the state the first one computed for each batch
+    (a VALID pass of a SASRec is mostly its transformer). Keyed by a digest of every tensor of the batch; stateful
+    models (their state moves with the events streamed) compute theirs each time. The models' own `forward`
+    is back when the block exits, before TEST."""
+    patched = [m for m in models if isinstance(m, nn.Module) and not getattr(m, "stateful", False)
+               and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = _memoised(m.forward)  # an instance attribute: nn.Module.__call__ finds it first
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _memoised(forward: Callable[[Any], torch.Tensor]) -> Callable[[Any], torch.Tensor]:
+    states: dict[bytes, torch.Tensor] = {}
+
+    def state(batch: Any) -> torch.Tensor:
+        key = _batch_digest(batch)
+        if key not in states:
+            states[key] = forward(batch)
+        return states[key]
+
+    return state
+
+
+def _batch_digest(batch: Any) -> bytes:
+    """A digest of every tensor field of a batch dataclass (name, dtype, shape and values)."""
+    if not is_dataclass(batch):
+        raise TypeError(f"cannot key a state by a {type(batch).__name__}")
+    h = hashlib.blake2b(digest_size=20)
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor):
+            h.update(f"{f.name}:{value.dtype}:{tuple(value.shape)}".encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()
 
 
 def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, Any]) -> Any:
