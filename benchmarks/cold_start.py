@@ -91,6 +91,10 @@ DEBIAS = "_debias"
 # content SASRec's best VALID epoch is its untrained state on the Amazon datasets); sasrec_hybrid_temp: the same for
 # the content part of the hybrid tower
 TEMP = "_temp"
+# a learned temperature still dips for a few epochs before it trains past its untrained state, so `_temp` runs
+# wait longer for VALID to improve than the others (--patience overrides): the settings of the stored runs
+TEMP_PATIENCE = {"unisrec": 5, "": 10}  # dataset name prefix -> patience; "" = any other dataset
+DEFAULT_PATIENCE = 3
 # _offset (before _first / _reach): the run picks a new-item offset on VALID (items without training events; a
 # content tower fits its projection to the items training shows) and then blends with its untrained self, so the
 # `+blend` row is the offset model blended (a hybrid without the suffix gets the offset alone); untrained, it is
@@ -193,6 +197,15 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         **(GATED if gated else {}), "tower": {"dropout": 0.1, **tower}}}
 
 
+def patience_of(name: str, model: str, args: argparse.Namespace) -> int:
+    """--patience if given, else the default of the model (TEMP_PATIENCE for `_temp` models)."""
+    if args.patience is not None:
+        return args.patience
+    if TEMP not in model:
+        return DEFAULT_PATIENCE
+    return next(p for prefix, p in TEMP_PATIENCE.items() if name.startswith(prefix))
+
+
 def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
     from modalrec.config import from_dict
     from modalrec.experiment import ExperimentConfig
@@ -204,7 +217,7 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
         "features": {**ds["features"], "cache_dir": args.cache_dir, "device": args.device},
         "model": model_spec(model, ds, args),
         "train": {"epochs": 0 if model.endswith(UNTRAINED) else args.epochs, "batch_size": args.batch_size,
-                  "lr": 1e-3, "patience": args.patience,
+                  "lr": 1e-3, "patience": patience_of(name, model, args),
                   "device": args.device, "progress": False,
                   "first_event_targets": FIRST in run_suffixes(model)[1],
                   **library_training(args.max_len)},  # the training its stored results used, not SASRec's recipe
@@ -300,7 +313,7 @@ def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any,
         "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS
         else None,
         "seconds": round(seconds, 1),
-        **({"patience": args.patience} if model in SASRECS else {}),
+        **({"patience": patience_of(name, model, args)} if model in SASRECS else {}),
         "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
                                                              "duplicate_events_removed", "items_with_launch_time")},
         "split": res.manifest["split"], "item_launch": res.manifest["item_launch"],
@@ -334,7 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model names, or 'rules' / 'sasrec' for each family")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=20, help="epoch cap for the SASRec runs (stated in the JSON)")
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"validations without improvement before stopping (default {DEFAULT_PATIENCE}; `_temp` models: "
+                        f"{TEMP_PATIENCE['']}, on unisrec_* {TEMP_PATIENCE['unisrec']})")
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--temperature", type=float, default=10.0, help="knn models: initial temperature of the kNN term")
     p.add_argument("--batch-size", type=int, default=128)

@@ -868,7 +868,7 @@ def cold_start_repeat(results: Path) -> str:
         without = (name, model.replace("_repeat", ""))
         rows.append([name, cold_start_label(model), ", ".join(f"{x['repeat']['chosen']:g}" for x in selected),
                      f"{selected[0]['test']['repeat']['n']:,} / {selected[0]['test']['novel']['n']:,}",
-                     *(f"{mean(without, g)} → {mean((name, model), g)}" for g in ("repeat", "novel", "overall")),
+                     *(f"{mean(without, g) or 'not run'} → {mean((name, model), g)}" for g in ("repeat", "novel", "overall")),
                      mean((name, "repeat_history"), "repeat")])
     return _table(["dataset", "model (with the bonus)", "bonus per seed (logits)", "TEST repeat / novel events",
                    "repeat: without → with the bonus", "novel: without → with", "overall: without → with",

@@ -319,3 +319,18 @@ def test_tgn_benchmark_trains_both_sasrec_baselines_and_reports_every_group() ->
         assert {"transductive", "inductive", *GROUPS} <= set(out["test"])
         assert out["test"]["overall"]["count"] == len(split.test)
         assert out["test"]["repeat"]["count"] + out["test"]["novel"]["count"] == len(split.test)
+
+
+def test_cold_start_temp_models_wait_as_long_as_their_stored_runs_did() -> None:
+    """A learned temperature dips for a few epochs before it trains past its start: `_temp` runs default to the
+    patience every stored `_temp` run was made with, the others to 3; --patience overrides both."""
+    cold = importlib.import_module("cold_start")
+    args = cold.parse_args([])
+    stored = json.loads((BENCH / "results" / "cold_start_cpu.json").read_text())["results"]
+    temp_runs = [r for r in stored if cold.TEMP in r["model"] and "patience" in r]
+    assert temp_runs
+    for r in temp_runs:
+        assert cold.patience_of(r["dataset"], r["model"], args) == r["patience"], (r["dataset"], r["model"], r["seed"])
+    assert cold.config("iisan_scientific_cold10", "sasrec_content_temp", 0, args).train.patience == 10
+    assert cold.config("iisan_scientific_cold10", "sasrec_content", 0, args).train.patience == 3
+    assert cold.patience_of("unisrec_scientific", "sasrec_hybrid_temp", cold.parse_args(["--patience", "2"])) == 2
