@@ -950,6 +950,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "tgn_ablation": tgn_ablation,
     "recformer_transfer": recformer_transfer,
     "recbole_side_by_side": recbole_side_by_side,
+    "recipe_towers_groups": recipe_towers_groups,
     "recbole_seeds": recbole_seeds,
     "recbole_fresh_seeds": recbole_fresh_seeds,
     "speed": speed,
