@@ -373,8 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(models) - known) + sorted(set(args.datasets) - set(datasets(args.data_root)))
     if unknown:
         raise SystemExit(f"unknown model / dataset: {unknown}")
-    previous = earlier_json(args.out)
-    results = [r for r in previous.get("results", []) if "error" not in r]  # failed runs are retried
+    results = [r for r in stored_results(earlier_json(args.out)) if "error" not in r]  # failed runs are retried
     done = {(r["dataset"], r["model"], r["seed"]) for r in results}
     for name in args.datasets:
         for model in models:
@@ -411,7 +410,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         "dedupe": "exact duplicate (user, item, timestamp) events collapsed", "datasets": protocols},
         "checks": {n: checks(results, n) for n in names}, "claims": claim(results, args.offset_tolerance),
         "published": {n: published(results, n) for n in names if n.removesuffix(MASKED) in IISAN["pct"]},
-        "results": results}
+        **dict(zip(("dataset_facts", "results"), factor_out(results)))}
     if args.out:
         _write_json(out, args.out)
     if args.table:
@@ -421,6 +420,28 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
                          f"{table(results, n)}\n\nVALID NDCG@10 by group\n\n{table(results, n, 'valid')}\n")
         args.table.write_text("\n".join(parts))
     return out
+
+
+# What each run records of its data -- the loaded data, the split, item launch times, the candidate rule -- is the
+# same for every run of a dataset but where the split depends on the seed (cold10): stored once per dataset
+RUN_FACTS = ("data", "split", "item_launch", "candidates")
+
+
+def factor_out(results: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(per dataset, the RUN_FACTS all its runs agree on; the runs without them)."""
+    shared: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["dataset"] for r in results):
+        runs = [r for r in results if r["dataset"] == name and "error" not in r]
+        facts = {f: runs[0][f] for f in RUN_FACTS if runs and all(f in r and r[f] == runs[0][f] for r in runs)}
+        if facts:
+            shared[name] = facts
+    return shared, [{k: v for k, v in r.items() if k not in shared.get(r["dataset"], {})} for r in results]
+
+
+def stored_results(stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a JSON this script wrote, each with its dataset's facts back in place (factor_out undone)."""
+    shared = stored.get("dataset_facts", {})
+    return [r if "error" in r else {**shared.get(r["dataset"], {}), **r} for r in stored.get("results", [])]
 
 
 def claim(results: list[dict[str, Any]], tolerance: float) -> dict[str, Any] | None:

@@ -334,3 +334,14 @@ def test_cold_start_temp_models_wait_as_long_as_their_stored_runs_did() -> None:
     assert cold.config("iisan_scientific_cold10", "sasrec_content_temp", 0, args).train.patience == 10
     assert cold.config("iisan_scientific_cold10", "sasrec_content", 0, args).train.patience == 3
     assert cold.patience_of("unisrec_scientific", "sasrec_hybrid_temp", cold.parse_args(["--patience", "2"])) == 2
+
+
+def test_cold_start_stores_each_datasets_facts_once_and_gives_every_run_them_back() -> None:
+    cold = importlib.import_module("cold_start")
+    stored = json.loads((BENCH / "results" / "cold_start_cpu.json").read_text())
+    runs = cold.stored_results(stored)
+    assert all(f in r for r in runs for f in cold.RUN_FACTS)
+    shared, slim = cold.factor_out(runs)
+    assert (shared, slim) == (stored["dataset_facts"], stored["results"])
+    assert "split" not in shared["iisan_scientific_cold10"]  # its split is the seed's: kept with each run
+    assert len({json.dumps(r["split"]) for r in runs if r["dataset"] == "iisan_scientific_cold10"}) == 3
