@@ -62,11 +62,11 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class ItemBiasScorer(Protocol):
-    """A scorer that may declare its scores `forward(batch) @ item_embeddings().T + item_bias()`: `item_bias()`
-    is that per-item term ([n_items + 1]), or None when its scores are not of that form (or have no such term:
+    """A scorer that may declare its scores `forward(batch) @ item_embeddings().T + item_bias(n_items + 1)`:
+    `item_bias(n_rows)` is that per-item term ([n_rows]), or None when its scores are not of that form (or have no such term:
     then `dot_product_scores` says whether they are plain dot products)."""
 
-    def item_bias(self) -> torch.Tensor | None: ...
+    def item_bias(self, n_rows: int) -> torch.Tensor | None: ...
 
 
 @runtime_checkable

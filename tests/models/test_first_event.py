@@ -157,9 +157,10 @@ def test_new_item_offset_lifts_items_without_an_id_vector_at_prediction_only(id_
     assert cold_after > cold_before  # every cold item lacks an ID vector, so each one rises
     if id_scores == "always":  # the offset is the only term beyond the table: a per-item bias (the model contract)
         with torch.no_grad():
-            torch.testing.assert_close(after, model(ev) @ model.item_embeddings().T + model.item_bias())
+            torch.testing.assert_close(after, model(ev) @ model.item_embeddings().T
+                                       + model.item_bias(split.n_items + 1))
     else:  # the first-event gate depends on the query time
-        assert model.item_bias() is None
+        assert model.item_bias(split.n_items + 1) is None
     batch = next(iter(TrainWindows(split.train, 8).batches(32, seed=0, epoch=0, shuffle=False)))
     model.train()
     losses = []

@@ -121,7 +121,7 @@ class DotModel(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.items
 
-    def item_bias(self) -> torch.Tensor | None:
+    def item_bias(self, n_rows: int) -> torch.Tensor | None:
         return self.bias
 
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,5 +165,5 @@ def test_biased_dot_products_and_the_bonus_rank_without_a_score_block_as_they_sc
             bonus_changes += int((got != evaluator.run(scorer.model).ranks).sum())
     assert bonus_changes > 0 if repeat_targets == "rankable" else bonus_changes == 0
     blend = ScoreBlend(biased, plain, 0.5)
-    torch.testing.assert_close(blend.item_bias(), 0.5 * biased.bias)
-    assert ScoreBlend(plain, plain, 0.5).item_bias() is None  # plain dot products: dot_product_scores says so
+    torch.testing.assert_close(blend.item_bias(N_ITEMS + 1), 0.5 * biased.bias)
+    assert ScoreBlend(plain, plain, 0.5).item_bias(N_ITEMS + 1) is None  # plain dot products: dot_product_scores says so

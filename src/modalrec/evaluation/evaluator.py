@@ -178,7 +178,7 @@ class Evaluator:
                 model.eval()
             with torch.no_grad():
                 # sampled metrics read scores at drawn negatives: they need the score block
-                linear = _linear_parts(model, self.exclude_seen) if starts and negatives is None \
+                linear = _linear_parts(model, self.exclude_seen, self.n_items + 1) if starts and negatives is None \
                     and dev.type == "cpu" else None
                 fused = linear is not None
                 if fused:
@@ -188,7 +188,7 @@ class Evaluator:
                 if table is not None:
                     _check_shape(table, (self.n_items + 1, table.shape[1]), "item_embeddings()", f"evaluation '{name}'")
                 if fused and bias is not None:
-                    _check_shape(bias[None], (1, self.n_items + 1), "item_bias()", f"evaluation '{name}'")
+                    _check_shape(bias[None], (1, self.n_items + 1), "item_bias(n_items + 1)", f"evaluation '{name}'")
                 table_absmax = float(table.abs().max()) if fused else None  # once per evaluation
                 # a block the model (or the product below) returns is scored `score_rows` events at a time
                 rows = self.batch_size if fused else self.score_rows
@@ -323,7 +323,7 @@ def _item_table(model: Scorer) -> torch.Tensor | None:
     return None
 
 
-def _linear_parts(model: Scorer, exclude_seen: bool,
+def _linear_parts(model: Scorer, exclude_seen: bool, n_rows: int,
                   ) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None, float] | None:
     """(the module whose forward is the state, its item table, a per-item score term or None, a bonus on history
     items) when scores are `state @ table.T + item_bias` plus that bonus, so the CPU path can rank them without a
@@ -334,7 +334,7 @@ def _linear_parts(model: Scorer, exclude_seen: bool,
         model, bonus = model.history_bonus()
     if not isinstance(model, nn.Module):
         return None
-    bias = model.item_bias() if isinstance(model, ItemBiasScorer) else None
+    bias = model.item_bias(n_rows) if isinstance(model, ItemBiasScorer) else None
     if not (getattr(model, "dot_product_scores", False) or bias is not None):
         return None
     return model, model.item_embeddings(), bias, bonus

@@ -7,8 +7,8 @@ never probe a model with `hasattr`:
 - `training_kind` (a `Training`): which data the trainer feeds it (windows, pairs, events, counts, staged);
 - `dot_product_scores`: whether `score(batch) == forward(batch) @ item_embeddings().T`, so serving may rank
   with an (approximate) nearest-neighbour index over `item_embeddings()` (and `embed_items` for new rows);
-- `item_bias()`: a per-item term ([n_items + 1]) when `score(batch) == forward(batch) @ item_embeddings().T +
-  item_bias()` (SASRec's new-item offset), else None; the evaluator then ranks without a score block, while
+- `item_bias(n_items + 1)`: a per-item term ([n_items + 1]) when `score(batch) == forward(batch) @
+  item_embeddings().T + item_bias(n_items + 1)` (SASRec's new-item offset), else None; the evaluator then ranks without a score block, while
   serving, which reads only `dot_product_scores`, scores such a model through `score`;
 - `stateful`: whether scores depend on state built from earlier events (`reset_state` / `observe`);
 - `history_length`: how many of the user's most recent items it reads (training windows, evaluation and
@@ -139,9 +139,10 @@ class Recommender(nn.Module):
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
         raise NotImplementedError
 
-    def item_bias(self) -> torch.Tensor | None:
-        """[n_items + 1] when scores are `forward(batch) @ item_embeddings().T` plus this per-item term; else None
-        (plain dot products say so by `dot_product_scores`)."""
+    def item_bias(self, n_rows: int) -> torch.Tensor | None:
+        """[n_rows] (items 0..n_rows - 1, the rows of `item_embeddings()`) when scores are `forward(batch) @
+        item_embeddings().T` plus this per-item term; else None (plain dot products say so by `dot_product_scores`).
+        The caller gives the row count, so the term costs no pass over the item tower."""
         return None
 
     def loss(self, batch: Any) -> torch.Tensor:

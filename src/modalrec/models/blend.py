@@ -52,10 +52,10 @@ class ScoreBlend(nn.Module):
     def dot_product_scores(self) -> bool:
         return bool(self.trained.dot_product_scores and self.reference.dot_product_scores)  # the model contract
 
-    def item_bias(self) -> torch.Tensor | None:
+    def item_bias(self, n_rows: int) -> torch.Tensor | None:
         """The parts' per-item terms, weighted, when both parts score as `forward @ item_embeddings().T` (plus such a
         term) and at least one has one; else None (the model contract, models/base.py)."""
-        parts = [(m, m.item_bias()) for m in (self.trained, self.reference)]
+        parts = [(m, m.item_bias(n_rows)) for m in (self.trained, self.reference)]
         if not all(m.dot_product_scores or bias is not None for m, bias in parts) or all(b is None for _, b in parts):
             return None
         return sum(w * b for w, (_, b) in zip((1.0 - self._weight, self._weight), parts) if b is not None)

@@ -191,13 +191,11 @@ class SASRec(CausalTowerRecommender):
         # first-event gate (query time) or the offset (a per-item term) adds to them; then ranking goes by `score`
         self.dot_product_scores = self.prior is None and self.id_gate is None and not self._new_item_offset
 
-    def item_bias(self) -> torch.Tensor | None:
+    def item_bias(self, n_rows: int) -> torch.Tensor | None:
         """The new-item offset as a per-item term, when it is the only term beyond the dot products (prediction)."""
         if self.prior is not None or self.id_gate is not None or not self._new_item_offset or self.training:
             return None
-        table = self.item_embeddings()
-        items = torch.arange(table.shape[0], device=table.device)
-        return self._offset_terms(items, None).to(table.dtype)
+        return self._offset_terms(torch.arange(n_rows, device=self.trained_items.device), None)
 
     def scoring_tower(self) -> nn.Module:
         return self.tower if self.id_gate is None else self.tower.content
