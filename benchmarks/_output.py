@@ -13,6 +13,15 @@ from typing import Any
 from modalrec.io import write_json_atomic
 
 
+def groups_of(report: Any, metrics: Sequence[str] = ("ndcg@10", "hr@10")) -> dict[str, Any]:
+    """Events and `metrics` overall and per evaluator group of a Report (modalrec.evaluation.report.GROUP_ROWS:
+    warm / cold_item / cold_user, repeat / novel, history buckets); a metric is None where its group has no events."""
+    from modalrec.evaluation.report import GROUP_ROWS
+
+    return {g: {"n": report.counts.get(g, 0), **{m: report.metric(m, g) for m in metrics}}
+            for g in GROUP_ROWS if g == "overall" or g in report.groups}
+
+
 def emit_json(result: dict[str, Any], out: str | Path | None) -> None:
     """Print `result` as indented JSON (values JSON cannot hold become strings) and write it to `out` if given.
 

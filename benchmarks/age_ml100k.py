@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _output import earlier_json, emit_json, start_run
-from cold_start import GROUPS, groups_of
+from _output import earlier_json, emit_json, groups_of, start_run
+from cold_start import GROUPS
 
 SHARED = Path(os.environ.get("MODALREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 RULES = ("pop", "recent_pop", "newest_first", "content_knn", "repeat_history")

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _output import earlier_json, emit_json, mean_sd, start_run
+from _output import earlier_json, emit_json, groups_of, mean_sd, start_run
 from _pinned import FIXED_ITEM_LENGTH
 from _published import IISAN, comparison
 
@@ -225,11 +225,6 @@ def config(name: str, model: str, seed: int, args: argparse.Namespace) -> Any:
                  "repeat_targets": ds.get("repeat_targets", "rankable")},
         "select": select_settings(model, args, ds),
     })
-
-
-def groups_of(report: Any) -> dict[str, Any]:
-    return {g: {"n": report.counts.get(g, 0), **{m: report.metric(m, g) for m in METRICS}}
-            for g in GROUPS if g == "overall" or g in report.groups}
 
 
 def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) -> dict[str, Any]:

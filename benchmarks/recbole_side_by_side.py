@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _output import emit_json
+from _output import emit_json, groups_of
 
 from modalrec.models.recipe import LIBRARY_RECIPE
 from modalrec.models.sequential.sasrec import SASREC_RECIPE
@@ -239,7 +239,7 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         rep = ev.run(model, "test", keep_ranks=False)
         tests["history_masked" if masked else "no_history_mask"] = {
             "metrics": {k: rep.overall[k] for k in ("hr@10", "ndcg@10", "mrr", "hr@20", "ndcg@20")},
-            "groups": by_group(rep), "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0}
+            "groups": groups_of(rep), "seconds": time.perf_counter() - w0, "cpu_seconds": time.process_time() - c0}
     selected = "history_masked" if exclude_seen else "no_history_mask"
     other = "no_history_mask" if exclude_seen else "history_masked"
     best = hist.best_epoch
@@ -277,14 +277,6 @@ def train_modalrec_sasrec(split: Any, args: argparse.Namespace, exclude_seen: bo
         "seconds_fit": hist.total_seconds,
         "seconds_data_prep": prep_s,
     }
-
-
-def by_group(rep: Any) -> dict[str, dict[str, Any]]:
-    """Events, HR@10 and NDCG@10 overall and per evaluator group (warm / cold_item / cold_user, repeat / novel,
-    history buckets: modalrec.data.splits.GROUP_DEFINITIONS); None where a group has no events."""
-    from modalrec.evaluation.report import GROUP_ROWS
-
-    return {g: {"n": rep.counts.get(g, 0), **{m: rep.metric(m, g) for m in ("hr@10", "ndcg@10")}} for g in GROUP_ROWS}
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -409,7 +401,7 @@ def cross_check(ds: Any, split: Any, rb: dict[str, Any], exported: dict[str, np.
         rep = Evaluator(split.test, split.n_items, ks=(10, 20), exclude_seen=masked, max_len=max_len).run(scorer)
         protocol = "history_masked" if masked else "no_history_mask"
         reranked[protocol] = {k: rep.overall[k] for k in ("hr@10", "ndcg@10", "mrr", "hr@20", "ndcg@20")}
-        reranked_groups[protocol] = by_group(rep)
+        reranked_groups[protocol] = groups_of(rep)
     rc = rb["counts"]
     return {
         "same_users": rc["users"] == split.n_users,
