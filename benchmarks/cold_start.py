@@ -56,7 +56,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
            "sasrec_hybrid_temp", "sasrec_hybrid_temp_offset", "sasrec_hybrid_agehist_gated_first_reach",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
-           "sasrec_hybrid_temp_offset_repeat")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.

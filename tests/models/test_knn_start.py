@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from seq_testdata import random_batch
 
@@ -55,3 +56,53 @@ def test_training_opens_the_gate_and_lowers_the_loss() -> None:
         model.loss(batch).backward()
         opt.step()
     assert model.gate.item() != 0.0 and model.loss(batch).item() < first
+
+
+def test_the_new_item_offset_lifts_items_without_training_events_and_ranks_as_it_scores() -> None:
+    """select.new_item_offset sets the offset on the model it sweeps: for knn_sasrec that must move the joint
+    scores of the items training never showed (and nothing else), at prediction only, and the evaluator's
+    table path (state . item table + item_bias) must rank as `score` does."""
+    from modalrec.data.splits import EvalSet
+    from modalrec.evaluation.evaluator import Evaluator
+
+    ctx = _ctx()
+    untrained = [3, 9, 21]
+    ctx.train_item_counts[untrained] = 0
+    model = build_model("knn_sasrec", _cfg(), ctx).eval()
+    with torch.no_grad():
+        model.gate.fill_(0.5)  # a trained residual, so the scores are not the kNN term alone
+    batch = random_batch(N, batch=5, length=9, seed=2)
+    with torch.no_grad():
+        before = model.score(batch)
+        assert model.dot_product_scores and model.item_bias(N + 1) is None
+        model.new_item_offset = 2.0
+        after = model.score(batch)
+        lifted = torch.zeros(N + 1)
+        lifted[untrained] = 2.0
+        lifted[0] = 2.0  # PAD: never a candidate
+        torch.testing.assert_close(after - before, lifted.expand_as(before))
+        assert not model.dot_product_scores
+        torch.testing.assert_close(model.item_bias(N + 1), lifted)
+        torch.testing.assert_close(after, model(batch) @ model.item_embeddings().T + model.item_bias(N + 1))
+    model.train()
+    assert model.item_bias(N + 1) is None and model.score_terms() is None  # training never sees the offset
+    model.eval()
+
+    rng = np.random.default_rng(3)
+    n = 40
+    target = rng.integers(1, N + 1, n)
+    target[:8] = np.resize(untrained, 8)  # cold targets the offset must lift
+    es = EvalSet(user=np.arange(1, n + 1), target=target, ts=np.arange(n), hist_offsets=np.arange(0, 5 * n + 1, 5),
+                 hist_items=rng.integers(1, N + 1, 5 * n), hist_ts=np.zeros(5 * n, np.int64),
+                 cold_item=np.isin(target, untrained), cold_user=np.zeros(n, bool))
+    evaluator = Evaluator(es, N, ks=(10,), max_len=6)
+
+    class ScoreOnly:  # only `score`: the evaluator ranks a materialised score block
+        def score(self, b, items=None):  # type: ignore[no-untyped-def]
+            return model.score(b, items)
+
+    with torch.no_grad():
+        fused = evaluator.run(model)
+        assert (fused.ranks == evaluator.run(ScoreOnly()).ranks).all()
+        model.new_item_offset = 0.0
+        assert fused.metric("ndcg@10", "overall") != evaluator.run(model).metric("ndcg@10", "overall")

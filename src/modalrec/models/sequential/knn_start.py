@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,23 @@ class KNNSASRec(CausalTowerRecommender):
         self.criterion = self.backbone.criterion
         self.prior = self.backbone.prior
         self.dot_product_scores = self.backbone.dot_product_scores
+
+    # The new-item offset (select.new_item_offset) is the backbone's: the same constant on every item without
+    # training events, added to the joint score. Kept in one place, so a sweep that sets it here moves the scores.
+    @property
+    def new_item_offset(self) -> float:
+        return self.backbone.new_item_offset
+
+    @new_item_offset.setter
+    def new_item_offset(self, offset: float) -> None:
+        self.backbone.new_item_offset = offset
+        self.dot_product_scores = self.backbone.dot_product_scores
+
+    def item_bias(self, n_rows: int) -> torch.Tensor | None:
+        return self.backbone.item_bias(n_rows)
+
+    def score_terms(self) -> Any:
+        return self.backbone.score_terms()
 
     @classmethod
     def build(cls, cfg: KNNSASRecConfig, ctx: ModelContext) -> KNNSASRec:
