@@ -56,7 +56,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_content_debias", "sasrec_hybrid_debias", "sasrec_content_temp", "sasrec_content_temp_offset",
            "sasrec_hybrid_temp", "sasrec_hybrid_temp_offset", "sasrec_hybrid_agehist_gated_first_reach",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
-           "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
+           "sasrec_hybrid_temp_aux_offset_repeat")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -85,6 +86,10 @@ REACH = "_reach"
 # logits explain the log's popularity with a fixed term, so the learned scores need not rank items without
 # training events below every item that had some; prediction ranks by the learned score alone
 DEBIAS = "_debias"
+# _aux (hybrids; the last model suffix): the content-only auxiliary loss (SASRec content_aux = 1): each training
+# state also ranks the target by the content part of the item vectors alone, so the state stays useful where the
+# ID vectors say little; prediction scores with the whole hybrid vectors. A training-only term, like _debias
+AUX = "_aux"
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -170,6 +175,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base, _ = run_suffixes(model)
+    aux = base.endswith(AUX)
+    base = base.removesuffix(AUX)
     debias = base.endswith(DEBIAS)
     base = base.removesuffix(DEBIAS)
     temp = base.endswith(TEMP)
@@ -193,7 +200,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
-        **({"loss_popularity": 1.0} if debias else {}),
+        **({"loss_popularity": 1.0} if debias else {}), **({"content_aux": 1.0} if aux else {}),
         **(GATED if gated else {}), "tower": {"dropout": 0.1, **tower}}}
 
 
@@ -305,7 +312,7 @@ def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any,
         "valid": groups_of(res.valid if valid is None else valid), "test": groups_of(res.test if test is None else test),
         "epochs_run": getattr(hist, "epochs", 0) if hist is not None else 0,
         "best_epoch": getattr(hist, "best_epoch", None) if hist is not None else None,
-        "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if model.removesuffix(UNTRAINED) in SASRECS
+        "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if is_sasrec(model)
         else None,
         "seconds": round(seconds, 1),
         **({"patience": patience_of(name, model, args)} if model in SASRECS else {}),
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start_run(args.threads)
     models = [m for spec in args.models for m in (RULES if spec == "rules" else SASRECS if spec == "sasrec" else [spec])]
-    known = {*RULES, *SASRECS, *(m + UNTRAINED for m in SASRECS)}
+    known = {*RULES, *SASRECS, *untrained_runs()}
     unknown = sorted(set(models) - known) + sorted(set(args.datasets) - set(datasets(args.data_root)))
     if unknown:
         raise SystemExit(f"unknown model / dataset: {unknown}")
@@ -372,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = {(r["dataset"], r["model"], r["seed"]) for r in results}
     for name in args.datasets:
         for model in models:
-            for seed in args.seeds if model.removesuffix(UNTRAINED) in SASRECS or "cold10" in name else args.seeds[:1]:
+            for seed in args.seeds if is_sasrec(model) or "cold10" in name else args.seeds[:1]:
                 if (name, model, seed) in done:
                     continue
                 if ((model == "newest_first" or "_age" in model)
@@ -507,9 +514,20 @@ def _events(results: list[dict[str, Any]], name: str, part: str, model: str) -> 
 
 
 def untrained_of(model: str) -> str:
-    """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` training (a training-only
-    term) start from the same model."""
-    return model.split("+")[0].removesuffix(REPEAT).removesuffix(SELECT_OFFSET).removesuffix(DEBIAS) + UNTRAINED
+    """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` / `_aux` training (training-
+    only terms) start from the same model."""
+    return model.split("+")[0].removesuffix(REPEAT).removesuffix(SELECT_OFFSET).removesuffix(AUX).removesuffix(DEBIAS) + UNTRAINED
+
+
+def untrained_runs() -> set[str]:
+    """Every SASRec evaluated untrained: each model's `@0`, and the untrained self the checks compare a trained model
+    with (untrained_of: `sasrec_knn_content_temp@0` for `sasrec_knn_content_temp_offset_repeat`)."""
+    return {m + UNTRAINED for m in SASRECS} | {untrained_of(m) for m in SASRECS}
+
+
+def is_sasrec(model: str) -> bool:
+    """A SASRec run, trained or untrained (as opposed to a no-learning rule): one run per seed."""
+    return model in SASRECS or model in untrained_runs()
 
 
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:

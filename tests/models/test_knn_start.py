@@ -106,3 +106,14 @@ def test_the_new_item_offset_lifts_items_without_training_events_and_ranks_as_it
         assert (fused.ranks == evaluator.run(ScoreOnly()).ranks).all()
         model.new_item_offset = 0.0
         assert fused.metric("ndcg@10", "overall") != evaluator.run(model).metric("ndcg@10", "overall")
+
+
+def test_an_id_tower_takes_the_offset_too_since_the_knn_term_scores_new_items_from_content() -> None:
+    ctx = _ctx()
+    ctx.train_item_counts[[3, 9]] = 0
+    cfg = KNNSASRecConfig(dim=8, n_layers=1, n_heads=2, max_len=6, dropout=0.0, tower=TowerConfig(kind="id"),
+                          new_item_offset=1.5)  # as an exported artifact rebuilds the chosen offset
+    model = build_model("knn_sasrec", cfg, ctx).eval()
+    assert model.new_item_offset == 1.5 and not model.dot_product_scores
+    bias = model.item_bias(N + 1)
+    assert bias[[3, 9]].tolist() == [1.5, 1.5] and bias[1:].sum().item() == 3.0

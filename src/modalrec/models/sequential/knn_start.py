@@ -13,6 +13,7 @@ vector [e ; c], so the shared losses and the evaluator's table scoring apply unc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -69,13 +70,15 @@ class KNNSASRec(CausalTowerRecommender):
         if not self.modalities:
             raise ConfigError(f"knn_sasrec needs content features ({cfg.knn_modalities}); the features provide "
                               f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image)")
-        self.backbone = SASRec(cfg, ctx)
+        # the offset is set after the backbone is built: SASRec alone refuses it on an ID tower, which cannot score
+        # new items, but here the kNN term scores them from content
+        self.backbone = SASRec(dataclasses.replace(cfg, new_item_offset=0.0), ctx)
         self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
         self.gate = nn.Parameter(torch.zeros(()))
         self.tower = _JointTower(self.backbone.tower, ctx, self.modalities)
         self.criterion = self.backbone.criterion
         self.prior = self.backbone.prior
-        self.dot_product_scores = self.backbone.dot_product_scores
+        self.new_item_offset = cfg.new_item_offset
 
     # The new-item offset (select.new_item_offset) is the backbone's: the same constant on every item without
     # training events, added to the joint score. Kept in one place, so a sweep that sets it here moves the scores.
