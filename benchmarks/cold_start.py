@@ -532,8 +532,8 @@ def is_sasrec(model: str) -> bool:
 
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """Per group, on VALID and TEST (NDCG@10, means over seeds):
-    - `content_vs_untrained_and_knn`: each trained content model >= its own untrained self (untrained_of; over
-      the trained model's seeds where the untrained model ran them all) and >= content-kNN;
+    - `content_vs_untrained_and_knn`: each trained content model >= its own untrained self (untrained_of) and >=
+      content-kNN, each over the trained model's seeds where it ran them all;
     - `hybrid_vs_best`: each hybrid model >= the best of the ID, content and rule models, within seed noise
       (the two models' seed standard deviations added; 0 with one seed).
     Under repeat_targets='miss' the repeat group is unreachable (every model scores 0 there): it is listed under
@@ -548,15 +548,16 @@ def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
         st = {m: {g: v for g, v in groups.items() if g not in unreachable} for m, groups in st.items()}
         content = {}
         for m in (m for m in st if "content" in m and not m.endswith(UNTRAINED) and untrained_of(m) in st):
-            # the untrained model over the trained model's own seeds, where it ran them all
+            # each reference over the trained model's own seeds, where it ran them all (with cold_item_fraction the
+            # split is the seed's, so only the same seeds compare the same events)
             seeds_run = _seeds_of(results, name, m)
-            ref = _stats(results, name, part, seeds_run) if seeds_run <= _seeds_of(results, name, untrained_of(m)) \
-                else st
+            matched = _stats(results, name, part, seeds_run)
+            sources = [(k, r, matched if seeds_run <= _seeds_of(results, name, r) else st)
+                       for k, r in (("untrained", untrained_of(m)), ("content_knn", "content_knn"))]
             rows = {}
             events = _events(results, name, part, m)
             for g, (mean, _, seeds) in st[m].items():
-                refs = {k: src[r][g][0] for k, r, src in (("untrained", untrained_of(m), ref),
-                                                             ("content_knn", "content_knn", st)) if g in src.get(r, {})}
+                refs = {k: src[r][g][0] for k, r, src in sources if g in src.get(r, {})}
                 rows[g] = {"trained": round(mean, 5), "seeds": seeds, "events": events.get(g),
                            **{k: round(v, 5) for k, v in refs.items()}, "holds": all(mean >= v for v in refs.values())}
             content[m] = {"untrained": untrained_of(m), "holds": all(r["holds"] for r in rows.values()), "groups": rows}

@@ -197,6 +197,13 @@ def test_cold_start_debias_adds_only_the_popularity_term_and_derived_runs_check_
     assert cold.untrained_of("sasrec_content_temp_offset+blend") == "sasrec_content_temp@0"
     assert cold.untrained_of("sasrec_content_temp_offset_repeat+blend") == "sasrec_content_temp@0"
     assert cold.untrained_of("sasrec_hybrid_agehist_gated_first+offset") == "sasrec_hybrid_agehist_gated_first@0"
+    assert cold.untrained_of("sasrec_knn_content_temp_offset_repeat+blend") == "sasrec_knn_content_temp@0"
+    assert cold.untrained_of("sasrec_hybrid_temp_aux_offset_repeat+blend") == "sasrec_hybrid_temp@0"
+    plain, aux = (cold.config("unisrec_scientific", m, 0, args).model.params
+                  for m in ("sasrec_hybrid_temp_offset_repeat", "sasrec_hybrid_temp_aux_offset_repeat"))
+    assert {k: v for k, v in aux.items() if plain.get(k) != v} == {"content_aux": 1.0}
+    known = cold.untrained_runs()
+    assert "sasrec_knn_content_temp@0" in known and cold.is_sasrec("sasrec_knn_content_temp@0")
 
 
 def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_settings() -> None:
@@ -231,8 +238,9 @@ def test_cold_start_selects_offsets_and_blends_through_the_pipelines_select_sett
 
 
 def test_cold_start_content_check_pairs_the_untrained_runs_with_the_trained_models_seeds() -> None:
-    """A trained model run at seeds 1-2 is compared with its untrained runs at seeds 1-2, not with the mean
-    over every untrained seed; one group below its untrained self fails the check."""
+    """A trained model run at seeds 1-2 is compared with its untrained runs and content-kNN's at seeds 1-2 (with
+    cold_item_fraction each seed is its own split), not with the mean over every seed; one group below its
+    untrained self fails the check."""
     cold = importlib.import_module("cold_start")
 
     def run(model: str, seed: int, overall: float, cold_item: float) -> dict:
@@ -241,13 +249,15 @@ def test_cold_start_content_check_pairs_the_untrained_runs_with_the_trained_mode
         return {"dataset": "d", "model": model, "seed": seed, "valid": groups, "test": groups}
 
     results = [run("sasrec_content@0", 0, 0.90, 0.90), run("sasrec_content@0", 1, 0.10, 0.10),
-               run("sasrec_content@0", 2, 0.10, 0.10), run("content_knn", 0, 0.05, 0.05),
+               run("sasrec_content@0", 2, 0.10, 0.10), run("content_knn", 0, 0.95, 0.95),
+               run("content_knn", 1, 0.05, 0.05), run("content_knn", 2, 0.05, 0.05),
                run("sasrec_content", 1, 0.20, 0.20), run("sasrec_content", 2, 0.20, 0.20),
                run("sasrec_content+blend", 1, 0.20, 0.05), run("sasrec_content+blend", 2, 0.20, 0.05)]
     got = cold.checks(results, "d")["test"]["content_vs_untrained_and_knn"]
     plain = got["sasrec_content"]
     assert plain["holds"] and plain["untrained"] == "sasrec_content@0"
     assert plain["groups"]["overall"]["untrained"] == 0.1  # seeds 1-2 only; all three would average 0.367
+    assert plain["groups"]["overall"]["content_knn"] == 0.05  # seeds 1-2 only; all three would average 0.35
     blend = got["sasrec_content+blend"]
     assert not blend["holds"] and not blend["groups"]["cold_item"]["holds"] and blend["groups"]["overall"]["holds"]
 
