@@ -620,7 +620,7 @@ def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
-    model's, weight chosen on VALID), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
@@ -630,9 +630,11 @@ def cold_start_label(model: str) -> str:
     reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
     offset_first, base = base.endswith("_offset"), base.removesuffix("_offset")
+    aux, base = base.endswith("_aux"), base.removesuffix("_aux")
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
+            + (", content-only auxiliary loss" if aux else "")
             + (", new-item offset chosen on VALID" if offset_first and blend
                else ", at offset 0 (the run then picks an offset and a blend on VALID)" if offset_first else "")
             + (", trained without popularity" if debias else "")
@@ -792,27 +794,30 @@ def cold_start_hybrid_checks(dataset: str) -> Callable[[Path], str]:
 
 
 def cold_start_summary(results: Path) -> str:
-    """Per dataset, on TEST: the trained content models that hold `content_vs_untrained_and_knn` on every group and
-    the hybrids that hold `hybrid_vs_best`, else the models that fail the fewest groups, with those groups (the
-    checks in cold_start_cpu.json)."""
+    """Per dataset: the trained content models that hold `content_vs_untrained_and_knn` on every group of VALID and
+    of TEST and the hybrids that hold `hybrid_vs_best` so, else the models that fail the fewest groups, with those
+    groups by part (the checks in cold_start_cpu.json)."""
     found = _load(results, "cold_start_cpu.json")["checks"]
 
-    def verdict(checks: dict[str, Any]) -> str:
-        held = [cold_start_label(m) for m, c in checks.items() if c["holds"]]
+    def verdict(checks: dict[str, Any], check: str) -> str:
+        models = checks["test"][check]
+        if not models:
+            return "not run"
+        failing = {m: [f"{part} {g}" for part in ("valid", "test")
+                       for g, r in checks[part][check].get(m, {"groups": {"all": {"holds": False}}})["groups"].items()
+                       if not r["holds"]] for m in models}
+        held = [cold_start_label(m) for m, f in failing.items() if not f]
         if held:
             return "holds: " + "; ".join(held)
-        if not checks:
-            return "not run"
-        failing = {m: [g for g, r in c["groups"].items() if not r["holds"]] for m, c in checks.items()}
         fewest = min(len(f) for f in failing.values())
         closest = "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items() if len(f) == fewest)
-        return f"**fails** in all {len(checks)} models run; closest: {closest}"
+        return f"**fails** in all {len(models)} models run; closest: {closest}"
 
-    rows = [[name, verdict(c["test"]["content_vs_untrained_and_knn"]), verdict(c["test"]["hybrid_vs_best"]),
+    rows = [[name, verdict(c, "content_vs_untrained_and_knn"), verdict(c, "hybrid_vs_best"),
              ", ".join(c.get("unreachable_groups", [])) or "none"] for name, c in found.items()]
-    return _table(["dataset", "trained content >= its untrained self and content-kNN, every group",
-                   "hybrid >= best of ID, content and rules, every group (seed noise)", "groups not counted"],
-                  rows, "llll")
+    return _table(["dataset", "trained content >= its untrained self and content-kNN, every group of VALID and TEST",
+                   "hybrid >= best of ID, content and rules, every group of VALID and TEST (seed noise)",
+                   "groups not counted"], rows, "llll")
 
 
 def cold_start_temp(results: Path) -> str:
