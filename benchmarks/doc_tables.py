@@ -635,13 +635,15 @@ def cold_start_label(model: str) -> str:
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
             + (", content-only auxiliary loss" if aux else "")
-            + (", new-item offset chosen on VALID" if offset_first and blend
-               else ", at offset 0 (the run then picks an offset and a blend on VALID)" if offset_first else "")
+            + ((f", new-item offset {'reaching the rules' if reach else 'chosen'} on VALID" if blend else
+                ", at offset 0 (the run then picks an offset" + (" reaching the rules" if reach else "")
+                + " and a blend on VALID)") if offset_first else "")
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
             + (", new-item offset chosen on VALID" if offset and not reach else "")
             + (", new-item offset reaching the rules on VALID" if offset and reach else
-               ", at offset 0 (the run then picks an offset reaching the rules on VALID)" if reach else "")
+               ", at offset 0 (the run then picks an offset reaching the rules on VALID)" if reach and not offset_first
+               else "")
             + (", blended with its untrained self on VALID" if blend else "")
             + (", history bonus chosen on VALID" if repeat and selected else
                ", without its history bonus" if repeat else "")
