@@ -633,11 +633,14 @@ def cold_start_label(model: str) -> str:
     aux, base = base.endswith("_aux"), base.removesuffix("_aux")
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
+    rule = " reaching the rules" if reach else ""
+    # `_offset` runs pick the offset (by `_reach`'s rule where given) and then the blend; their `+blend` row has both
+    offset_then_blend = "" if not offset_first else (
+        f", new-item offset{rule or ' chosen'} on VALID" if blend
+        else f", at offset 0 (the run then picks an offset{rule} and a blend on VALID)")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
             + (", content-only auxiliary loss" if aux else "")
-            + ((f", new-item offset {'reaching the rules' if reach else 'chosen'} on VALID" if blend else
-                ", at offset 0 (the run then picks an offset" + (" reaching the rules" if reach else "")
-                + " and a blend on VALID)") if offset_first else "")
+            + offset_then_blend
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")
             + (", new-item offset chosen on VALID" if offset and not reach else "")
@@ -805,9 +808,8 @@ def cold_start_summary(results: Path) -> str:
         models = checks["test"][check]
         if not models:
             return "not run"
-        failing = {m: [f"{part} {g}" for part in ("valid", "test")
-                       for g, r in checks[part][check].get(m, {"groups": {"all": {"holds": False}}})["groups"].items()
-                       if not r["holds"]] for m in models}
+        failing = {m: [f"{part} {g}" for part in ("valid", "test") for g, r in checks[part][check][m]["groups"].items()
+                       if not r["holds"]] for m in models}  # both parts check the same models
         held = [cold_start_label(m) for m, f in failing.items() if not f]
         if held:
             return "holds: " + "; ".join(held)

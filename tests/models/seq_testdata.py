@@ -61,3 +61,14 @@ def train_adam(model: torch.nn.Module, windows: object, epochs: int, lr: float, 
             model.loss(batch).backward()
             opt.step()
     model.eval()
+
+
+class ScoreOnly:
+    """`model` seen through `score` alone (no dot-product or item-bias contract): the evaluator ranks a
+    materialised score block, the reference its fused table path must match."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.score(batch, items)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import torch
-from seq_testdata import random_batch
+from seq_testdata import ScoreOnly, random_batch
 
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
@@ -97,13 +97,9 @@ def test_the_new_item_offset_lifts_items_without_training_events_and_ranks_as_it
                  cold_item=np.isin(target, untrained), cold_user=np.zeros(n, bool))
     evaluator = Evaluator(es, N, ks=(10,), max_len=6)
 
-    class ScoreOnly:  # only `score`: the evaluator ranks a materialised score block
-        def score(self, b, items=None):  # type: ignore[no-untyped-def]
-            return model.score(b, items)
-
     with torch.no_grad():
         fused = evaluator.run(model)
-        assert (fused.ranks == evaluator.run(ScoreOnly()).ranks).all()
+        assert (fused.ranks == evaluator.run(ScoreOnly(model)).ranks).all()
         model.new_item_offset = 0.0
         assert fused.metric("ndcg@10", "overall") != evaluator.run(model).metric("ndcg@10", "overall")
 

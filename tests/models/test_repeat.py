@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from seq_testdata import ScoreOnly
 from torch import nn
 
 from modalrec.data.splits import EvalSet
@@ -127,16 +128,6 @@ class DotModel(nn.Module):
     def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
         out = self.forward(batch) @ self.items.T + (0.0 if self.bias is None else self.bias)
         return out if items is None else out[:, items]
-
-
-class ScoreOnly:
-    """Only `score`: the evaluator ranks a materialised score block."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def score(self, batch: SeqBatch, items: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.score(batch, items)
 
 
 @pytest.mark.parametrize(("exclude_seen", "repeat_targets"), [(True, "rankable"), (True, "miss"), (False, "rankable")])

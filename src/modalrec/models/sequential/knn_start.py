@@ -89,7 +89,10 @@ class KNNSASRec(CausalTowerRecommender):
     @new_item_offset.setter
     def new_item_offset(self, offset: float) -> None:
         self.backbone.new_item_offset = offset
-        self.dot_product_scores = self.backbone.dot_product_scores
+
+    @property
+    def dot_product_scores(self) -> bool:  # the backbone's terms (prior, offset) are the joint score's
+        return self.backbone.dot_product_scores
 
     def item_bias(self, n_rows: int) -> torch.Tensor | None:
         return self.backbone.item_bias(n_rows)
