@@ -57,7 +57,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_temp", "sasrec_hybrid_temp_offset", "sasrec_hybrid_agehist_gated_first_reach",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
-           "sasrec_hybrid_temp_aux_offset_repeat")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
+           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -90,6 +91,14 @@ DEBIAS = "_debias"
 # state also ranks the target by the content part of the item vectors alone, so the state stays useful where the
 # ID vectors say little; prediction scores with the whole hybrid vectors. A training-only term, like _debias
 AUX = "_aux"
+# _iddrop (hybrids; the last model suffix, after _aux): the hybrid tower drops an item's ID vector with probability
+# ID_DROP at each training step instead of 0.2, so more of the training ranks by the content part alone (the ID vectors
+# of long histories' items then weigh less in the user state). A training-only setting, like _aux
+ID_DROP_SUFFIX, ID_DROP = "_iddrop", 0.5
+# _spread (hybrids; the last model suffix): the new-item offset in units of each user's ID score spread
+# (new_item_offset_unit 'id_spread', models/first_event.py ImputedIDScore) instead of logits: an item without an ID
+# vector is scored as if its ID part were the user's mean ID score plus `offset` standard deviations of it
+SPREAD = "_spread"
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -175,6 +184,10 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     if model in ("pop", "newest_first"):
         return {"name": model, "params": {}}
     base, _ = run_suffixes(model)
+    spread = base.endswith(SPREAD)
+    base = base.removesuffix(SPREAD)
+    id_drop = base.endswith(ID_DROP_SUFFIX)
+    base = base.removesuffix(ID_DROP_SUFFIX)
     aux = base.endswith(AUX)
     base = base.removesuffix(AUX)
     debias = base.endswith(DEBIAS)
@@ -194,14 +207,14 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     tower = {"sasrec_id": {"kind": "id"},
              "sasrec_content": {"kind": ds["content"], "fusion": "film", "options": scale},
              "sasrec_hybrid": {"kind": "hybrid", **({"fusion": "film"} if aged else {}), "options": {
-                 "content": ds["content"], "id_dropout": 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
+                 "content": ds["content"], "id_dropout": ID_DROP if id_drop else 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
     loss = AGE["loss"] if aged else ds["loss"]
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
         **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
         **({"loss_popularity": 1.0} if debias else {}), **({"content_aux": 1.0} if aux else {}),
-        **(GATED if gated else {}), "tower": {"dropout": 0.1, **tower}}}
+        **(GATED if gated else {}), **({"new_item_offset_unit": "id_spread"} if spread else {}), "tower": {"dropout": 0.1, **tower}}}
 
 
 def patience_of(name: str, model: str, args: argparse.Namespace) -> int:
@@ -514,9 +527,10 @@ def _events(results: list[dict[str, Any]], name: str, part: str, model: str) -> 
 
 
 def untrained_of(model: str) -> str:
-    """The untrained run of a trained model: `+blend` / `+offset` results and `_debias` / `_aux` training (training-
-    only terms) start from the same model."""
-    return model.split("+")[0].removesuffix(REPEAT).removesuffix(SELECT_OFFSET).removesuffix(AUX).removesuffix(DEBIAS) + UNTRAINED
+    """The untrained run of a trained model: `+blend` / `+offset` results, `_debias` / `_aux` training (training-
+    only terms) and `_iddrop`'s ID dropout start from the same model."""
+    name = model.split("+")[0].removesuffix(REPEAT).removesuffix(SELECT_OFFSET).removesuffix(ID_DROP_SUFFIX)
+    return name.removesuffix(AUX).removesuffix(DEBIAS) + UNTRAINED
 
 
 def untrained_runs() -> set[str]:

@@ -620,7 +620,8 @@ def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
-    model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_iddrop` (ID dropout 0.5),
+    `_spread` (the offset in units of each user's ID score spread), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
@@ -630,6 +631,8 @@ def cold_start_label(model: str) -> str:
     reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
     offset_first, base = base.endswith("_offset"), base.removesuffix("_offset")
+    spread, base = base.endswith("_spread"), base.removesuffix("_spread")
+    id_drop, base = base.endswith("_iddrop"), base.removesuffix("_iddrop")
     aux, base = base.endswith("_aux"), base.removesuffix("_aux")
     debias, base = base.endswith("_debias"), base.removesuffix("_debias")
     temp, base = base.endswith("_temp"), base.removesuffix("_temp")
@@ -640,6 +643,8 @@ def cold_start_label(model: str) -> str:
         else f", at offset 0 (the run then picks an offset{rule} and a blend on VALID)")
     return (COLD_START_MODELS.get(base, base) + (", learned temperature" if temp else "")
             + (", content-only auxiliary loss" if aux else "")
+            + (", ID dropout 0.5" if id_drop else "")
+            + (", offset in units of each user's ID score spread" if spread else "")
             + offset_then_blend
             + (", trained without popularity" if debias else "")
             + (", first events as targets" if first else "")

@@ -122,7 +122,10 @@ def test_id_score_dropout_scores_some_items_without_their_id_vector_in_training_
 @pytest.mark.parametrize("params", [{"id_score_dropout": 0.3, "id_scores": "always"}, {"id_score_dropout": 1.0},
                                     {"id_scores": "sometimes"}, {"content_aux": 1.0},
                                     {"tower": TowerConfig(kind="text")},
-                                    {"tower": TowerConfig(kind="id"), "id_scores": "always", "new_item_offset": 1.0}])
+                                    {"tower": TowerConfig(kind="id"), "id_scores": "always", "new_item_offset": 1.0},
+                                    {"new_item_offset_unit": "logits"},
+                                    {"tower": TowerConfig(kind="text"), "id_scores": "always",
+                                     "new_item_offset_unit": "id_spread"}])
 def test_bad_id_score_options_are_config_errors(params: dict) -> None:
     split, ctx = _setup()
     with pytest.raises(ConfigError):
@@ -183,3 +186,34 @@ def test_new_item_offset_of_a_content_tower_lifts_the_items_without_training_eve
     assert cold_after > cold_before
     beyond = torch.tensor([split.n_items + 1, split.n_items + 5])  # appended after training: new as well
     assert model.without_training_events(beyond).all()
+
+
+@pytest.mark.parametrize("id_scores", ["always", "after_first_event"])
+def test_an_id_spread_offset_scores_new_items_at_each_users_own_id_score_quantile(id_scores: str) -> None:
+    """new_item_offset_unit='id_spread': an item without an ID vector gets, per user, the mean of that user's ID
+    scores over the items with ID vectors plus `offset` standard deviations of them -- by hand here -- so users
+    whose ID scores spread differently get different lifts; training never sees it."""
+    split, ctx = _setup()
+    model = _model(split, ctx, id_scores=id_scores, age="none", new_item_offset_unit="id_spread").eval()
+    ev, before, after, cold_before, cold_after = _with_and_without_offset(model, split, 1.5)
+    items = torch.arange(split.n_items + 1)
+    has_id = model.tower.has_id_vector(items)
+    no_id = ~has_id
+    if id_scores == "after_first_event":
+        no_id = no_id | ~model.id_gate(items, ev.target_ts.reshape(-1, 1))
+    with torch.no_grad():
+        state = model(ev)
+        id_scores_of_user = state @ model.tower.id_embedding.weight[has_id].T  # [B, items with ID vectors]
+    lift = id_scores_of_user.mean(1) + 1.5 * id_scores_of_user.std(1, unbiased=False)  # [B]
+    torch.testing.assert_close(after - before, lift[:, None] * no_id.float().expand_as(before))
+    assert lift.unique().numel() == len(lift)  # a lift of each user's own, not one constant
+    assert cold_after != cold_before
+    assert model.item_bias(split.n_items + 1) is None  # the lift depends on the user state: no per-item bias
+    model.train()
+    batch = next(iter(TrainWindows(split.train, 8).batches(32, seed=0, epoch=0, shuffle=False)))
+    losses = []
+    for offset in (0.0, 1.5):
+        model.new_item_offset = offset
+        torch.manual_seed(1)
+        losses.append(model.loss(batch))
+    torch.testing.assert_close(losses[0], losses[1])

@@ -113,6 +113,23 @@ def test_evaluate_and_serving_reapply_the_chosen_offset(offset_run: Any, tmp_pat
     assert art.model_params["new_item_offset"] == offset_run.manifest["selection"]["new_item_offset"]["chosen"]
 
 
+def test_an_offset_in_id_spread_units_is_chosen_reapplied_and_served(tmp_path: Path) -> None:
+    """model.new_item_offset_unit='id_spread': the same sweep and rule, each user's own lift; `evaluate` and the
+    exported artifact score with it (serving's top 10 are the run's model's), an item added at serving time too."""
+    cfg = _config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=0.05)
+    cfg.model.params["new_item_offset_unit"] = "id_spread"
+    run = run_experiment(cfg)
+    chosen = run.manifest["selection"]["new_item_offset"]["chosen"]
+    assert chosen > 0 and run.model.new_item_offset == chosen and run.model.imputed_id_score is not None
+    again = evaluate_run(run.run_dir, part="test")
+    assert again.metric("ndcg@10", "cold_item") == pytest.approx(run.test.metric("ndcg@10", "cold_item"), abs=1e-9)
+    rec = _served_like_the_run(run, tmp_path / "artifact")
+    assert rec.model.new_item_offset == chosen and rec.model.imputed_id_score is not None
+    history = list(rec.artifact.vocab.raw_ids[:5])
+    rec.add_items([{"id": "new-item", "title": "a new item", "description": "never seen in training"}])
+    assert "new-item" in {r.item_id for r in rec.recommend(history=history, k=len(rec.catalogue), exclude_seen=False)}
+
+
 def test_the_blend_with_the_untrained_state_is_chosen_on_valid_and_kept(tmp_path: Path) -> None:
     from modalrec.models.blend import ScoreBlend
 

@@ -54,3 +54,39 @@ def gated_id_scores(state: torch.Tensor, ids: torch.Tensor, gate: torch.Tensor, 
     else:
         dots = state @ ids.T
     return dots * gate.to(dots.dtype)
+
+
+class ImputedIDScore(nn.Module):
+    """The ID part a hybrid item without an ID vector is scored with, per user: the user's mean ID score over the
+    items that have ID vectors plus `k` of that score's standard deviations (SASRec new_item_offset_unit
+    'id_spread'): `state . mu + k * sqrt(state' S state)`, mu and S the mean and covariance of the ID rows.
+
+    A constant new-item offset lifts new items by the same logits for every user, though users' ID scores spread
+    differently (a confident state separates the items it has seen more widely), so the constant that lets new
+    items compete for one user floods another's list with them. In these units a new item's ID part sits at the
+    same place in each user's own ID score distribution. The moments depend on the ID rows only: computed once per
+    version of the weights, not per call (serving scores one user at a time).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key: tuple[int, int] | None = None
+        self._mean: torch.Tensor | None = None
+        self._cov: torch.Tensor | None = None
+
+    def forward(self, state: torch.Tensor, id_table: torch.Tensor, has_id: torch.Tensor, k: float) -> torch.Tensor:
+        """state [..., d], id_table [N + 1, d] (the ID embedding's weight), has_id [N + 1] (the rows that are ID
+        vectors) -> [...]."""
+        mean, cov = self._moments(id_table, has_id)
+        spread = torch.einsum("...d,de,...e->...", state, cov, state).clamp(min=0.0).sqrt()
+        return state @ mean + k * spread
+
+    def _moments(self, id_table: torch.Tensor, has_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (id_table.data_ptr(), id_table._version)  # an optimiser step or a weight load bumps the version
+        if key != self._key or self._mean is None or self._cov is None:
+            rows = id_table.detach()[has_id].to(torch.float32)
+            self._mean = rows.mean(0)
+            centred = rows - self._mean
+            self._cov = centred.T @ centred / max(len(rows), 1)
+            self._key = key
+        return self._mean, self._cov

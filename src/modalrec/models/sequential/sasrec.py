@@ -18,7 +18,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext, flag_of
-from modalrec.models.first_event import FirstEventGate, gated_id_scores
+from modalrec.models.first_event import FirstEventGate, ImputedIDScore, gated_id_scores
 from modalrec.models.freshness import FreshnessPrior, HistoryAge
 from modalrec.models.layers import SelfAttentionBlock, init_weights
 from modalrec.models.losses import NextItemLoss
@@ -69,6 +69,10 @@ class SASRecConfig:
     # before the query). 0 keeps the trained model; a positive offset ranks new items higher at some cost to the
     # others (select.new_item_offset picks it on VALID within a stated loss of overall NDCG@10)
     new_item_offset: float = 0.0
+    # hybrid tower only: "score" adds the offset as logits; "id_spread" scores an item without an ID vector as
+    # if its ID part were the user's mean ID score plus `new_item_offset` standard deviations of it
+    # (first_event.ImputedIDScore: the same place in every user's own spread); 0 is the trained model either way
+    new_item_offset_unit: str = "score"
     init_std: float = 0.02
     tower: TowerConfig = field(default_factory=TowerConfig)
 
@@ -170,6 +174,10 @@ class SASRec(CausalTowerRecommender):
         if cfg.new_item_offset and (ctx.train_item_counts is None or not self.content_modalities(cfg)):
             raise ConfigError("sasrec: new_item_offset needs an item tower that scores items from content ('text', "
                               "'image', 'text+image' or 'hybrid') and the training item counts")
+        if cfg.new_item_offset_unit == "id_spread" and not isinstance(self.tower, HybridTower):
+            raise ConfigError("sasrec: new_item_offset_unit='id_spread' needs the 'hybrid' item tower (ID vectors "
+                              "to measure each user's ID scores by)")
+        self.imputed_id_score = ImputedIDScore() if cfg.new_item_offset_unit == "id_spread" else None
         self.new_item_offset = cfg.new_item_offset  # settable after training (benchmarks/cold_start.py)
         init_weights(self, cfg.init_std, torch_generator(ctx.seed, "init/sasrec"))
 
@@ -193,7 +201,8 @@ class SASRec(CausalTowerRecommender):
 
     def item_bias(self, n_rows: int) -> torch.Tensor | None:
         """The new-item offset as a per-item term, when it is the only term beyond the dot products (prediction)."""
-        if self.prior is not None or self.id_gate is not None or not self._new_item_offset or self.training:
+        if (self.prior is not None or self.id_gate is not None or not self._new_item_offset or self.training
+                or self.imputed_id_score is not None):  # that offset depends on the user state
             return None
         return self._offset_terms(torch.arange(n_rows, device=self.trained_items.device), None)
 
@@ -212,8 +221,20 @@ class SASRec(CausalTowerRecommender):
     def _offset_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                       state: torch.Tensor | None = None) -> torch.Tensor:
         """The new-item offset on every item without training events, plus the prior if any (prediction only)."""
-        out = self.new_item_offset * self.without_training_events(items).to(torch.float32)
+        out = self._new_item_terms(self.without_training_events(items), state)
         return out if self.prior is None else out + self.prior(items, query_ts, state)
+
+    def _new_item_terms(self, new: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """The offset on the `new` items ([C] shared by every row, or [B, C]): a constant, or (id_spread) each
+        row's imputed ID score -> [C] or [B, C]."""
+        if self.imputed_id_score is None:
+            return self.new_item_offset * new.to(torch.float32)
+        if state is None:
+            raise ValueError("sasrec: new_item_offset_unit='id_spread' scores need the user states")
+        table = self.tower.id_embedding.weight
+        imputed = self.imputed_id_score(state, table, self.tower.has_id_vector(
+            torch.arange(len(table), device=table.device)), self.new_item_offset)  # [B]
+        return new.to(imputed.dtype) * imputed[:, None]
 
     def _gated_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
                      state: torch.Tensor | None = None) -> torch.Tensor:
@@ -225,7 +246,7 @@ class SASRec(CausalTowerRecommender):
             has_id = has_id & ~self._id_dropped[items.clamp(max=len(self._id_dropped) - 1)]
         out = gated_id_scores(state, self.tower.id_vectors(items, rows=has_id), has_id, per_row)
         if self.new_item_offset and not self.training:
-            out = out + self.new_item_offset * (~has_id).to(out.dtype)
+            out = out + self._new_item_terms(~has_id, state).to(out.dtype)
         return out if self.prior is None else out + self.prior(items, query_ts, state, has_id)
 
     def loss(self, batch: SeqBatch) -> torch.Tensor:
@@ -323,6 +344,8 @@ def _check(cfg: SASRecConfig) -> None:
         raise ConfigError("sasrec: id_score_dropout must lie in [0, 1) and needs id_scores='after_first_event'")
     if cfg.content_aux < 0:
         raise ConfigError(f"sasrec: content_aux must be >= 0, got {cfg.content_aux}")
+    if cfg.new_item_offset_unit not in ("score", "id_spread"):
+        raise ConfigError(f"sasrec: new_item_offset_unit must be 'score' or 'id_spread', got {cfg.new_item_offset_unit!r}")
     if cfg.max_len < 1 or cfg.n_layers < 0:
         raise ConfigError("sasrec: max_len must be >= 1 and n_layers >= 0")
 
