@@ -58,7 +58,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
            "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
-           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach",
+           "sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -99,6 +100,13 @@ ID_DROP_SUFFIX, ID_DROP = "_iddrop", 0.5
 # (new_item_offset_unit 'id_spread', models/first_event.py ImputedIDScore) instead of logits: an item without an ID
 # vector is scored as if its ID part were the user's mean ID score plus `offset` standard deviations of it
 SPREAD = "_spread"
+# _fused (the last suffix): a late-fusion hybrid. The hybrid run without the suffix (its offset, blend and bonus
+# chosen on VALID as that run does) and the content SASRec FUSED_CONTENT are trained apart on the same split; their
+# scores are then interpolated with the weight of the content model chosen on VALID by the library's blend rule
+# (selection.blend_sweep: the best VALID overall among the weights that lose no VALID group to the content model
+# alone), TEST once. The hybrid tower's ID vectors serve the users and items whose histories training saw; the
+# content model's states keep what the ID vectors blur in long histories
+FUSED, FUSED_CONTENT = "_fused", "sasrec_content_temp"
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -279,11 +287,36 @@ def run_suffixes(model: str) -> tuple[str, set[str]]:
     return model, found
 
 
+def run_fused(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A `_fused` model's result: the hybrid run's selected model and FUSED_CONTENT's trained model, blended by the
+    weight of the content model chosen on VALID (BLEND_RULE), TEST once."""
+    from modalrec.models.blend import ScoreBlend
+    from modalrec.pipeline import run_experiment
+    from modalrec.training.selection import BLEND_RULE, blend_sweep
+
+    hybrid = model.removesuffix(FUSED)
+    t0 = time.perf_counter()
+    cfg = config(name, hybrid, seed, args)
+    runs = [run_experiment(c, write=False) for c in (cfg, config(name, FUSED_CONTENT, seed, args))]
+    if runs[0].split.describe() != runs[1].split.describe():
+        raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
+    content = runs[1].model  # the content run also blends with its untrained self: its trained half is fused
+    fused = ScoreBlend(runs[0].model, (content.trained if isinstance(content, ScoreBlend) else content).eval())
+    choice = blend_sweep(fused, lambda m: evaluate(cfg, runs[0].split, m, "valid"))
+    test = evaluate(cfg, runs[0].split, fused, "test")
+    out = result(name, model, seed, args, runs[0], time.perf_counter() - t0, choice.report, test)
+    return [{**out, "fused": {"content_model": FUSED_CONTENT, "chosen": choice.value, "rule": BLEND_RULE,
+                              "valid_sweep": choice.sweep, "content_best_epoch": runs[1].history.best_epoch,
+                              "hybrid_selection": runs[0].manifest["selection"]}}]
+
+
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The run's result; with `select_settings`, the trained model's result and the selected one's (`+offset` /
     `+blend` -- with both settings the blend of the offset model --, each evaluated on TEST once)."""
     from modalrec.pipeline import run_experiment
 
+    if model.endswith(FUSED):
+        return run_fused(name, model, seed, args)
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)

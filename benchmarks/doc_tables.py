@@ -621,9 +621,14 @@ def cold_start_label(model: str) -> str:
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
     model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_iddrop` (ID dropout 0.5),
-    `_spread` (the offset in units of each user's ID score spread), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    `_spread` (the offset in units of each user's ID score spread), `_fused` (late fusion with the trained content
+    model), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
+    fused, base = base.endswith("_fused"), base.removesuffix("_fused")
+    if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
+        selected = "+blend" if "_offset" in base else "+offset"
+        return cold_start_label(base + selected) + ", fused with the trained content SASRec, learned temperature (weight chosen on VALID)"
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     selected, base = offset or blend or base.endswith("+repeat"), base.removesuffix("+repeat")

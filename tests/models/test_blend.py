@@ -39,6 +39,22 @@ def test_the_blend_is_the_weighted_sum_of_scores_and_stays_a_dot_product_model()
         torch.testing.assert_close(blend(batch) @ blend.item_embeddings().T, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_part_with_a_history_bonus_is_blended_through_its_scores() -> None:
+    """A RepeatBonus part (its bonus depends on the history: no item table, no per-item term) makes the blend a
+    score-path model, ranked by the weighted scores -- a late fusion of two finished models, bonus included."""
+    from modalrec.models.repeat import RepeatBonus
+
+    split = cyclic_split()
+    a, b = RepeatBonus(_content_sasrec(split, 0), 4.0), _content_sasrec(split, 1)
+    blend = ScoreBlend(a, b, weight=0.4)
+    assert not blend.dot_product_scores and blend.item_bias(split.n_items + 1) is None
+    batch = eval_batch(split.test, np.arange(8), 10)
+    with torch.no_grad():
+        torch.testing.assert_close(blend.score(batch), 0.6 * a.score(batch) + 0.4 * b.score(batch))
+    want = evaluate(ScoreBlend(a, b, 0.0), split).ranks.tolist()
+    assert want == evaluate(a, split).ranks.tolist()
+
+
 def test_weight_zero_ranks_as_the_trained_model_and_one_as_the_reference() -> None:
     split = cyclic_split()
     a, b = _content_sasrec(split, 0), _content_sasrec(split, 1)

@@ -21,6 +21,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import Recommender
+from modalrec.types import ItemBiasScorer
 
 
 class ScoreBlend(nn.Module):
@@ -55,7 +56,9 @@ class ScoreBlend(nn.Module):
     def item_bias(self, n_rows: int) -> torch.Tensor | None:
         """The parts' per-item terms, weighted, when both parts score as `forward @ item_embeddings().T` (plus such a
         term) and at least one has one; else None (the model contract, models/base.py)."""
-        parts = [(m, m.item_bias(n_rows)) for m in (self.trained, self.reference)]
+        # a part without the method (a RepeatBonus: its bonus depends on the history) has no such term
+        parts = [(m, m.item_bias(n_rows) if isinstance(m, ItemBiasScorer) else None)
+                 for m in (self.trained, self.reference)]
         if not all(m.dot_product_scores or bias is not None for m, bias in parts) or all(b is None for _, b in parts):
             return None
         return sum(w * b for w, (_, b) in zip((1.0 - self._weight, self._weight), parts) if b is not None)
