@@ -58,8 +58,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
            "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
-           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach",
-           "sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach")  # knn: residual over content-kNN
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -107,6 +106,7 @@ SPREAD = "_spread"
 # alone), TEST once. The hybrid tower's ID vectors serve the users and items whose histories training saw; the
 # content model's states keep what the ID vectors blur in long histories
 FUSED, FUSED_CONTENT = "_fused", "sasrec_content_temp"
+FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused")  # two SASRec runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -361,7 +361,7 @@ def result(name: str, model: str, seed: int, args: argparse.Namespace, res: Any,
         "epoch_cap": (0 if model.endswith(UNTRAINED) else args.epochs) if is_sasrec(model)
         else None,
         "seconds": round(seconds, 1),
-        **({"patience": patience_of(name, model, args)} if model in SASRECS else {}),
+        **({"patience": patience_of(name, model, args)} if model in SASRECS or model in FUSED_MODELS else {}),
         "data": {k: res.manifest["dataset"].get(k) for k in ("users", "items", "interactions",
                                                              "duplicate_events_removed", "items_with_launch_time")},
         "split": res.manifest["split"], "item_launch": res.manifest["item_launch"],
@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=SHARED)
     p.add_argument("--datasets", nargs="+", default=list(datasets(SHARED)))
-    p.add_argument("--models", nargs="+", default=[*RULES, *SASRECS],
+    p.add_argument("--models", nargs="+", default=[*RULES, *SASRECS, *FUSED_MODELS],
                    help="model names, or 'rules' / 'sasrec' for each family")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=20, help="epoch cap for the SASRec runs (stated in the JSON)")
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start_run(args.threads)
     models = [m for spec in args.models for m in (RULES if spec == "rules" else SASRECS if spec == "sasrec" else [spec])]
-    known = {*RULES, *SASRECS, *untrained_runs()}
+    known = {*RULES, *SASRECS, *FUSED_MODELS, *untrained_runs()}
     unknown = sorted(set(models) - known) + sorted(set(args.datasets) - set(datasets(args.data_root)))
     if unknown:
         raise SystemExit(f"unknown model / dataset: {unknown}")
@@ -574,7 +574,7 @@ def untrained_runs() -> set[str]:
 
 def is_sasrec(model: str) -> bool:
     """A SASRec run, trained or untrained (as opposed to a no-learning rule): one run per seed."""
-    return model in SASRECS or model in untrained_runs()
+    return model in SASRECS or model in FUSED_MODELS or model in untrained_runs()
 
 
 def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
