@@ -92,19 +92,20 @@ DEBIAS = "_debias"
 # ID vectors say little; prediction scores with the whole hybrid vectors. A training-only term, like _debias
 AUX = "_aux"
 # _iddrop (hybrids; the last model suffix, after _aux): the hybrid tower drops an item's ID vector with probability
-# ID_DROP at each training step instead of 0.2, so more of the training ranks by the content part alone (the ID vectors
-# of long histories' items then weigh less in the user state). A training-only setting, like _aux
+# ID_DROP at each training step instead of 0.2, so more of the training ranks by the content part alone. A
+# training-only setting, like _aux (UniSRec Scientific, seed 0: the long histories the content model ranks better
+# stayed where they were)
 ID_DROP_SUFFIX, ID_DROP = "_iddrop", 0.5
 # _spread (hybrids; the last model suffix): the new-item offset in units of each user's ID score spread
 # (new_item_offset_unit 'id_spread', models/first_event.py ImputedIDScore) instead of logits: an item without an ID
 # vector is scored as if its ID part were the user's mean ID score plus `offset` standard deviations of it
 SPREAD = "_spread"
 # _fused (the last suffix): a late-fusion hybrid. The hybrid run without the suffix (its offset, blend and bonus
-# chosen on VALID as that run does) and the content SASRec FUSED_CONTENT are trained apart on the same split; their
-# scores are then interpolated with the weight of the content model chosen on VALID by the library's blend rule
-# (selection.blend_sweep: the best VALID overall among the weights that lose no VALID group to the content model
-# alone), TEST once. The hybrid tower's ID vectors serve the users and items whose histories training saw; the
-# content model's states keep what the ID vectors blur in long histories
+# chosen on VALID as that run does) and the content SASRec FUSED_CONTENT are trained apart on the same split; the
+# hybrid's selected scores and the trained content model's (without its own blend) are interpolated with the content
+# model's weight chosen on VALID by the library's blend rule (selection.blend_sweep: the best VALID overall among the
+# weights that lose no VALID group to the content model alone), TEST once -- for the users with long histories,
+# whom the content model ranks better than the hybrid on UniSRec Scientific
 FUSED, FUSED_CONTENT = "_fused", "sasrec_content_temp"
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused")  # two SASRec runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
