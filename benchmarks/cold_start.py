@@ -107,7 +107,12 @@ SPREAD = "_spread"
 # weights that lose no VALID group to the content model alone), TEST once -- for the users with long histories,
 # whom the content model ranks better than the hybrid on UniSRec Scientific
 FUSED, FUSED_CONTENT = "_fused", "sasrec_content_temp"
-FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused")  # two SASRec runs each
+# _fusedfirst (the last suffix): the same two trained models fused first (weight by the same rule), then the new-item
+# offset (on both parts' items without training events) and, for a `_repeat` hybrid, the history bonus chosen on
+# VALID for the fused model, so neither is diluted by the fusion
+FUSED_FIRST = "_fusedfirst"
+FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
+                "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -311,6 +316,61 @@ def run_fused(name: str, model: str, seed: int, args: argparse.Namespace) -> lis
                               "hybrid_selection": runs[0].manifest["selection"]}}]
 
 
+class _BothOffsets:
+    """`new_item_offset` of a fusion's two SASRec parts set together (offset_sweep sets one attribute)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    @property
+    def new_item_offset(self) -> float:
+        return float(self.parts[0].new_item_offset)
+
+    @new_item_offset.setter
+    def new_item_offset(self, offset: float) -> None:
+        for part in self.parts:
+            part.new_item_offset = offset
+
+
+def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A `_fusedfirst` model's result: the trained hybrid and FUSED_CONTENT fused (BLEND_RULE against the content
+    model alone), then the offset (selection.offset_sweep, --offset-tolerance) and, for `_repeat`, the bonus
+    (selection.repeat_sweep) chosen on VALID for the fused model; TEST once."""
+    import dataclasses
+
+    from modalrec.experiment import SelectConfig
+    from modalrec.models.blend import ScoreBlend
+    from modalrec.models.repeat import RepeatBonus
+    from modalrec.pipeline import run_experiment
+    from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
+
+    hybrid = model.removesuffix(FUSED_FIRST)
+    t0 = time.perf_counter()
+    cfgs = [dataclasses.replace(config(name, m, seed, args), select=SelectConfig()) for m in (hybrid, FUSED_CONTENT)]
+    runs = [run_experiment(c, write=False) for c in cfgs]
+    if runs[0].split.describe() != runs[1].split.describe():
+        raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
+    parts = [r.model.eval() for r in runs]
+
+    def valid(m: Any) -> Any:
+        return evaluate(cfgs[0], runs[0].split, m, "valid")
+
+    fused = ScoreBlend(*parts)
+    fusion = blend_sweep(fused, valid)
+    offset = offset_sweep(_BothOffsets(*parts), lambda _: valid(fused), tolerance=args.offset_tolerance)
+    chosen, report = fused, offset.report
+    record = {"content_model": FUSED_CONTENT, "chosen": fusion.value, "rule": BLEND_RULE, "valid_sweep": fusion.sweep,
+              "content_best_epoch": runs[1].history.best_epoch, "offset": offset.value,
+              "offset_valid_sweep": offset.sweep}
+    if REPEAT in run_suffixes(hybrid)[1]:
+        chosen = RepeatBonus(fused)
+        bonus = repeat_sweep(chosen, valid)
+        report, record = bonus.report, {**record, "repeat": bonus.value, "repeat_valid_sweep": bonus.sweep}
+    test = evaluate(cfgs[0], runs[0].split, chosen, "test")
+    out = result(name, model, seed, args, runs[0], time.perf_counter() - t0, report, test)
+    return [{**out, "fused": record}]
+
+
 def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The run's result; with `select_settings`, the trained model's result and the selected one's (`+offset` /
     `+blend` -- with both settings the blend of the offset model --, each evaluated on TEST once)."""
@@ -318,6 +378,8 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
 
     if model.endswith(FUSED):
         return run_fused(name, model, seed, args)
+    if model.endswith(FUSED_FIRST):
+        return run_fused_first(name, model, seed, args)
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()
     res = run_experiment(cfg, write=False)

@@ -622,9 +622,15 @@ def cold_start_label(model: str) -> str:
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
     model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_iddrop` (ID dropout 0.5),
     `_spread` (the offset in units of each user's ID score spread), `_fused` (late fusion with the trained content
-    model), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    model), `_fusedfirst` (the fusion first, then the offset and bonus), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
+    if base.endswith("_fusedfirst"):  # the trained hybrid and content models fused, then the run's other settings
+        base = base.removesuffix("_fusedfirst")
+        repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
+        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + ", fused with the trained "
+                "content SASRec, learned temperature (weight chosen on VALID), then new-item offset chosen on VALID"
+                + repeat)
     fused, base = base.endswith("_fused"), base.removesuffix("_fused")
     if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
         selected = "+blend" if "_offset" in base else "+offset"

@@ -355,3 +355,37 @@ def test_cold_start_stores_each_datasets_facts_once_and_gives_every_run_them_bac
     assert (shared, slim) == (stored["dataset_facts"], stored["results"])
     assert "split" not in shared["iisan_scientific_cold10"]  # its split is the seed's: kept with each run
     assert len({json.dumps(r["split"]) for r in runs if r["dataset"] == "iisan_scientific_cold10"}) == 3
+
+
+@pytest.mark.parametrize("model", ["sasrec_hybrid_temp_offset_repeat_fused", "sasrec_hybrid_temp_offset_fusedfirst"])
+def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late-fusion run trains the hybrid and the content SASRec on one split and keeps the weight of the content
+    model that loses no VALID group to the content model alone (weight 1) with the best VALID overall; `_fusedfirst`
+    then picks the offset for the fused model (offset 0 first in its sweep)."""
+    cold = importlib.import_module("cold_start")
+    real = cold.datasets
+
+    def with_tiny(root: Path) -> dict:
+        return {**real(root), "tiny": {
+            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
+            "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1}, "clock": False, "content": "text",
+            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
+
+    monkeypatch.setattr(cold, "datasets", with_tiny)
+    args = cold.parse_args(["--epochs", "1", "--cache-dir", str(tmp_path / "features")])
+    [row] = cold.run_one("tiny", model, 0, args)
+    fused = row["fused"]
+    sweep = {s["weight"]: s for s in fused["valid_sweep"]}
+    alone = sweep[1.0]["groups"]
+
+    def keeps_every_group(s: dict) -> bool:
+        return all((s["groups"][g] or 0.0) >= (v or 0.0) for g, v in alone.items())
+
+    assert keeps_every_group(sweep[fused["chosen"]])
+    assert sweep[fused["chosen"]]["overall"] == max(s["overall"] for s in sweep.values() if keeps_every_group(s))
+    assert row["model"] == model and row["test"]["overall"]["n"] > 0
+    if model.endswith(cold.FUSED_FIRST):
+        assert fused["offset_valid_sweep"][0]["offset"] == 0.0 and "repeat" not in fused
+    else:
+        assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[fused["chosen"]]["overall"])
