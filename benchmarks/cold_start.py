@@ -293,21 +293,37 @@ def run_suffixes(model: str) -> tuple[str, set[str]]:
     return model, found
 
 
+def _without_select(cfg: Any) -> Any:
+    """`cfg` with no setting chosen on VALID after training (the trained model as it is)."""
+    import dataclasses
+
+    from modalrec.experiment import SelectConfig
+
+    return dataclasses.replace(cfg, select=SelectConfig())
+
+
+def _trained_apart(name: str, hybrid_cfg: Any, seed: int, args: argparse.Namespace) -> list[Any]:
+    """The runs of `hybrid_cfg` and of FUSED_CONTENT (trained as it is, no `select`) on `name`, checked to split
+    the log alike, for a fusion of the two."""
+    from modalrec.pipeline import run_experiment
+
+    runs = [run_experiment(c, write=False)
+            for c in (hybrid_cfg, _without_select(config(name, FUSED_CONTENT, seed, args)))]
+    if runs[0].split.describe() != runs[1].split.describe():
+        raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
+    return runs
+
+
 def run_fused(name: str, model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """A `_fused` model's result: the hybrid run's selected model and FUSED_CONTENT's trained model, blended by the
     weight of the content model chosen on VALID (BLEND_RULE), TEST once."""
     from modalrec.models.blend import ScoreBlend
-    from modalrec.pipeline import run_experiment
     from modalrec.training.selection import BLEND_RULE, blend_sweep
 
-    hybrid = model.removesuffix(FUSED)
     t0 = time.perf_counter()
-    cfg = config(name, hybrid, seed, args)
-    runs = [run_experiment(c, write=False) for c in (cfg, config(name, FUSED_CONTENT, seed, args))]
-    if runs[0].split.describe() != runs[1].split.describe():
-        raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
-    content = runs[1].model  # the content run also blends with its untrained self: its trained half is fused
-    fused = ScoreBlend(runs[0].model, (content.trained if isinstance(content, ScoreBlend) else content).eval())
+    cfg = config(name, model.removesuffix(FUSED), seed, args)
+    runs = _trained_apart(name, cfg, seed, args)
+    fused = ScoreBlend(runs[0].model, runs[1].model.eval())
     choice = blend_sweep(fused, lambda m: evaluate(cfg, runs[0].split, m, "valid"))
     test = evaluate(cfg, runs[0].split, fused, "test")
     out = result(name, model, seed, args, runs[0], time.perf_counter() - t0, choice.report, test)
@@ -336,24 +352,18 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     """A `_fusedfirst` model's result: the trained hybrid and FUSED_CONTENT fused (BLEND_RULE against the content
     model alone), then the offset (selection.offset_sweep, --offset-tolerance) and, for `_repeat`, the bonus
     (selection.repeat_sweep) chosen on VALID for the fused model; TEST once."""
-    import dataclasses
-
-    from modalrec.experiment import SelectConfig
     from modalrec.models.blend import ScoreBlend
     from modalrec.models.repeat import RepeatBonus
-    from modalrec.pipeline import run_experiment
     from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
 
     hybrid = model.removesuffix(FUSED_FIRST)
     t0 = time.perf_counter()
-    cfgs = [dataclasses.replace(config(name, m, seed, args), select=SelectConfig()) for m in (hybrid, FUSED_CONTENT)]
-    runs = [run_experiment(c, write=False) for c in cfgs]
-    if runs[0].split.describe() != runs[1].split.describe():
-        raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
+    cfg = _without_select(config(name, hybrid, seed, args))
+    runs = _trained_apart(name, cfg, seed, args)
     parts = [r.model.eval() for r in runs]
 
     def valid(m: Any) -> Any:
-        return evaluate(cfgs[0], runs[0].split, m, "valid")
+        return evaluate(cfg, runs[0].split, m, "valid")
 
     fused = ScoreBlend(*parts)
     fusion = blend_sweep(fused, valid)
@@ -366,7 +376,7 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
         chosen = RepeatBonus(fused)
         bonus = repeat_sweep(chosen, valid)
         report, record = bonus.report, {**record, "repeat": bonus.value, "repeat_valid_sweep": bonus.sweep}
-    test = evaluate(cfgs[0], runs[0].split, chosen, "test")
+    test = evaluate(cfg, runs[0].split, chosen, "test")
     out = result(name, model, seed, args, runs[0], time.perf_counter() - t0, report, test)
     return [{**out, "fused": record}]
 

@@ -616,6 +616,9 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event"}
 
 
+FUSED_WORDS = ", fused with the trained content SASRec, learned temperature (weight chosen on VALID)"
+
+
 def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
@@ -628,13 +631,12 @@ def cold_start_label(model: str) -> str:
     if base.endswith("_fusedfirst"):  # the trained hybrid and content models fused, then the run's other settings
         base = base.removesuffix("_fusedfirst")
         repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
-        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + ", fused with the trained "
-                "content SASRec, learned temperature (weight chosen on VALID), then new-item offset chosen on VALID"
-                + repeat)
+        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + FUSED_WORDS
+                + ", then new-item offset chosen on VALID" + repeat)
     fused, base = base.endswith("_fused"), base.removesuffix("_fused")
     if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
         selected = "+blend" if "_offset" in base else "+offset"
-        return cold_start_label(base + selected) + ", fused with the trained content SASRec, learned temperature (weight chosen on VALID)"
+        return cold_start_label(base + selected) + FUSED_WORDS
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     selected, base = offset or blend or base.endswith("+repeat"), base.removesuffix("+repeat")

@@ -231,9 +231,9 @@ class SASRec(CausalTowerRecommender):
             return self.new_item_offset * new.to(torch.float32)
         if state is None:
             raise ValueError("sasrec: new_item_offset_unit='id_spread' scores need the user states")
-        table = self.tower.id_embedding.weight
-        imputed = self.imputed_id_score(state, table, self.tower.has_id_vector(
-            torch.arange(len(table), device=table.device)), self.new_item_offset)  # [B]
+        # the tower's `warm` flags are its ID rows (one per embedding row): no per-call lookup of every item
+        imputed = self.imputed_id_score(state, self.tower.id_embedding.weight, self.tower.warm,
+                                        self.new_item_offset)  # [B]
         return new.to(imputed.dtype) * imputed[:, None]
 
     def _gated_terms(self, items: torch.Tensor, query_ts: torch.Tensor | None,
