@@ -604,6 +604,7 @@ def scale_cuda(results: Path) -> str:
 
 COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)",
                      "newest_first": "newest first (launch time)", "content_knn": "content-kNN (no training)",
+                     "content_knn_recent": "content-kNN, recency-weighted history (decay chosen on VALID; no training)",
                      "repeat_history": "repeat history", "sasrec_id": "SASRec, ID", "sasrec_content": "SASRec, content",
                      "sasrec_hybrid": "SASRec, hybrid", "sasrec_content_age": "SASRec, content + age prior",
                      "sasrec_hybrid_age": "SASRec, hybrid + age prior",
@@ -779,6 +780,10 @@ def claims(results: Path) -> str:
     return _table(["system", "claim", "protocol", "ours", "target", "reproduce"], rows, "llllll")
 
 
+def _yes_no(flag: bool | None) -> str:
+    return "" if flag is None else "yes" if flag else "**no**"
+
+
 def cold_start_checks(dataset: str) -> Callable[[Path], str]:
     """`cold_start.py`'s TEST check per group: each trained content model vs its untrained self and content-kNN
     (NDCG@10, means over the seeds run)."""
@@ -789,9 +794,10 @@ def cold_start_checks(dataset: str) -> Callable[[Path], str]:
         for model, c in checks.items():
             for g, row in c["groups"].items():
                 rows.append([cold_start_label(model), g, row.get("events", ""), row["seeds"], _f(row["trained"]),
-                             _f(row.get("untrained")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**"])
+                             _f(row.get("untrained")), _f(row.get("content_knn")), "yes" if row["holds"] else "**no**",
+                             _f(row.get("content_knn_recent")), _yes_no(row.get("holds_vs_knn_recent"))])
         return _table(["model", "group", "events", "seeds", "trained", "untrained (epoch 0)", "content-kNN",
-                       "trained >= both"], rows, "ll")
+                       "trained >= both", "recency-weighted kNN", "trained >= it"], rows, "ll")
 
     return table
 
@@ -807,11 +813,13 @@ def cold_start_hybrid_checks(dataset: str) -> Callable[[Path], str]:
             for g, row in c["groups"].items():
                 rows.append([cold_start_label(model), g, row.get("events", ""), row["seeds"],
                              f"{_f(row['hybrid'])} ± {_f(row['hybrid_sd'])}", cold_start_label(row["best_other"]),
-                             f"{_f(row['best'])} ± {_f(row['best_sd'])}", "yes" if row["holds"] else "**no**"])
+                             f"{_f(row['best'])} ± {_f(row['best_sd'])}", "yes" if row["holds"] else "**no**",
+                             _f(row.get("content_knn_recent")), _yes_no(row.get("holds_vs_knn_recent"))])
             for g in found.get("unreachable_groups", []):
-                rows.append([cold_start_label(model), g, "", "", "0 (unreachable)", "every model", "0", "not counted"])
-        return _table(["model", "group", "events", "seeds", "hybrid", "best other", "best", "hybrid >= best - noise"],
-                      rows, "ll")
+                rows.append([cold_start_label(model), g, "", "", "0 (unreachable)", "every model", "0", "not counted",
+                             "0", "not counted"])
+        return _table(["model", "group", "events", "seeds", "hybrid", "best other", "best", "hybrid >= best - noise",
+                       "recency-weighted kNN", "hybrid >= it - noise"], rows, "ll")
 
     return table
 
@@ -835,11 +843,27 @@ def cold_start_summary(results: Path) -> str:
         closest = "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items() if len(f) == fewest)
         return f"**fails** in all {len(models)} models run; closest: {closest}"
 
+    def versus_recent(checks: dict[str, Any], check: str) -> str:
+        """Of the models that hold `check`, those that also hold it against the recency-weighted content-kNN."""
+        held = [m for m in checks["test"][check]
+                if all(r["holds"] for part in ("valid", "test") for r in checks[part][check][m]["groups"].values())]
+        failing = {m: [f"{part} {g}" for part in ("valid", "test") for g, r in checks[part][check][m]["groups"].items()
+                       if r.get("holds_vs_knn_recent") is False] for m in held}
+        if not held or not any("holds_vs_knn_recent" in checks["test"][check][m] for m in held):
+            return "not run"
+        good = [cold_start_label(m) for m, f in failing.items() if not f]
+        if good:
+            return "holds: " + "; ".join(good)
+        return "**fails**: " + "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items())
+
     rows = [[name, verdict(c, "content_vs_untrained_and_knn"), verdict(c, "hybrid_vs_best"),
+             versus_recent(c, "content_vs_untrained_and_knn"), versus_recent(c, "hybrid_vs_best"),
              ", ".join(c.get("unreachable_groups", [])) or "none"] for name, c in found.items()]
     return _table(["dataset", "trained content >= its untrained self and content-kNN, every group of VALID and TEST",
                    "hybrid >= best of ID, content and rules, every group of VALID and TEST (seed noise)",
-                   "groups not counted"], rows, "llll")
+                   "of those content models, also >= the recency-weighted content-kNN",
+                   "of those hybrids, also >= the recency-weighted content-kNN (seed noise)",
+                   "groups not counted"], rows, "llllll")
 
 
 def cold_start_temp(results: Path) -> str:

@@ -389,3 +389,54 @@ def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: s
         assert fused["offset_valid_sweep"][0]["offset"] == 0.0 and "repeat" not in fused
     else:
         assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[fused["chosen"]]["overall"])
+
+
+def test_cold_start_recency_knn_keeps_the_decay_with_the_best_valid_overall(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """content_knn_recent runs content-kNN at every decay of KNN_DECAYS and reports the one VALID ranks first; its
+    TEST is that run's (the plain mean's TEST when decay 1 wins)."""
+    cold = importlib.import_module("cold_start")
+    real = cold.datasets
+
+    def with_tiny(root: Path) -> dict:
+        return {**real(root), "tiny": {
+            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
+            "split": {"kind": "leave_one_out"}, "clock": False, "content": "text",
+            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
+
+    monkeypatch.setattr(cold, "datasets", with_tiny)
+    args = cold.parse_args(["--cache-dir", str(tmp_path / "features")])
+    [row] = cold.run_one("tiny", cold.KNN_RECENT, 0, args)
+    sweep = {float(d): v for d, v in row["decay_sweep"].items()}
+    assert set(sweep) == set(cold.KNN_DECAYS) and sweep[row["decay"]] == max(sweep.values())
+    assert row["config"]["params"]["decay"] == row["decay"]
+    assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[row["decay"]], abs=1e-5)
+    [plain] = cold.run_one("tiny", "content_knn", 0, args)
+    assert (row["test"] == plain["test"]) == (row["decay"] == 1.0)
+
+
+def test_cold_start_checks_hold_the_recency_knn_apart_and_the_json_keeps_one_run_a_line(tmp_path: Path) -> None:
+    """A content model above content-kNN but below content_knn_recent holds the check as defined and fails the
+    recency comparison beside it; the hybrid's rivals leave content_knn_recent out of `best_other`. The stored
+    JSON reads back equal with each run on its own line."""
+    cold = importlib.import_module("cold_start")
+
+    def run(model: str, overall: float) -> dict:
+        groups = {"overall": {"n": 10, "ndcg@10": overall, "hr@10": overall}}
+        return {"dataset": "d", "model": model, "seed": 0, "valid": groups, "test": groups}
+
+    results = [run("content_knn", 0.05), run(cold.KNN_RECENT, 0.09), run("sasrec_content@0", 0.06),
+               run("sasrec_content", 0.08), run("sasrec_hybrid", 0.085)]
+    got = cold.checks(results, "d")["test"]
+    content = got["content_vs_untrained_and_knn"]["sasrec_content"]
+    assert content["holds"] and not content["holds_vs_knn_recent"]
+    assert content["groups"]["overall"][cold.KNN_RECENT] == 0.09
+    hybrid = got["hybrid_vs_best"]["sasrec_hybrid"]
+    assert hybrid["holds"] and hybrid["groups"]["overall"]["best_other"] == "sasrec_content"
+    assert not hybrid["holds_vs_knn_recent"]
+    path = tmp_path / "out.json"
+    out = {"benchmark": "cold_start", "checks": {"d": got}, "results": results}
+    cold._write_json(out, path)
+    lines = path.read_text().splitlines()
+    assert json.loads(path.read_text()) == out
+    assert sum(line.strip().startswith('{"dataset"') for line in lines) == len(results)

@@ -92,6 +92,24 @@ def test_content_knn_is_cosine_of_mean_history() -> None:
     assert torch.all(scores[1] == 0)  # no history: every item ties
 
 
+def test_content_knn_decay_weights_the_newest_items_most() -> None:
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    text = torch.randn(n + 1, 5, generator=g)
+    ctx = ModelContext(n_items=n, n_users=2, item_features={"text": text})
+    model = build_model("content_knn", ContentKNNConfig(max_len=3, decay=0.5), ctx).fit_counts(None)
+    hist = torch.tensor([[1, 2, 5, 3, 6], [0, 0, 0, 4, 2]])  # row 0's window [5, 3, 6]; row 1 two items
+    scores = model.score(SeqBatch(hist, torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64)))
+    unit = (text / text.norm(dim=1, keepdim=True)).numpy()
+    for row, weighted in ((0, 0.25 * unit[5] + 0.5 * unit[3] + unit[6]), (1, 0.5 * unit[4] + unit[2])):
+        want = [0.0] + [float(unit[i] @ weighted / np.linalg.norm(weighted)) for i in range(1, n + 1)]
+        np.testing.assert_allclose(scores[row].numpy(), want, rtol=1e-5, atol=1e-6)
+    # the newest history item is the nearest item to a decayed query; the plain mean need not agree
+    assert int(scores[1, 1:].argmax()) + 1 == 2
+    with pytest.raises(ConfigError, match="decay"):
+        build_model("content_knn", ContentKNNConfig(decay=0.0), ctx)
+
+
 def test_repeat_history_newest_first() -> None:
     model = build_model("repeat_history", RepeatHistoryConfig(max_len=4), ModelContext(n_items=8, n_users=1))
     batch = SeqBatch(torch.tensor([[9, 3, 5, 3, 7]]) % 9, torch.zeros(1, dtype=torch.int64),

@@ -3,7 +3,7 @@
 - `NewestFirst`: items by launch time at the query time, newest first (data/item_age.py: metadata launch,
   else first appearance strictly before the query; items not launched / not yet seen rank last);
 - `ContentKNN`: cosine of the mean content vector of the user's history to every item's content vector
-  (the frozen FeatureStore features; no training);
+  (the frozen FeatureStore features; no training); `decay < 1` weights the history by recency instead;
 - `RepeatHistory`: the user's own history, most recent first; every other item ties below it.
 
 All are fitted by `fit_counts` (nothing to fit) and scored by the shared evaluator like any model.
@@ -107,10 +107,14 @@ def content_table(features: dict[str, torch.Tensor], missing: dict[str, torch.Te
 class ContentKNNConfig:
     max_len: int = 50  # history items averaged
     modalities: str = "auto"  # "text", "image", "text+image", or "auto": every modality the features provide
+    # weight of each history item relative to the next newer one: 1 = the plain mean (the rule's definition);
+    # 0.5 halves the weight per step back, so the last item counts as much as all older ones together
+    decay: float = 1.0
 
 
 class ContentKNN(SequentialRecommender, _Rule):
-    """Cosine of the history's mean content vector to each item's (per-modality unit vectors, concatenated)."""
+    """Cosine of the history's mean content vector to each item's (per-modality unit vectors, concatenated);
+    with `decay` < 1 the mean is weighted, the k-th newest history item by decay ** (k - 1)."""
 
     training_kind = Training.COUNTS
 
@@ -118,6 +122,8 @@ class ContentKNN(SequentialRecommender, _Rule):
         super().__init__()
         if cfg.max_len < 1:
             raise ConfigError(f"content_knn: max_len must be >= 1, got {cfg.max_len}")
+        if not 0.0 < cfg.decay <= 1.0:
+            raise ConfigError(f"content_knn: decay must be in (0, 1] (1 = the plain mean), got {cfg.decay}")
         self.cfg = cfg
         self.modalities = sorted(m for m in type(self).content_modalities(cfg) if m in ctx.item_features)
         if not self.modalities:
@@ -141,7 +147,12 @@ class ContentKNN(SequentialRecommender, _Rule):
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:  # [B, D] unit mean history vector (0: no history)
         hist = self.table[batch.items[:, -self.cfg.max_len:]]  # [B, L, D]; PAD rows are 0
-        return F.normalize(hist.sum(1), dim=-1)
+        if self.cfg.decay == 1.0:
+            return F.normalize(hist.sum(1), dim=-1)
+        # left-padded histories: the newest item is the last column whatever the length, so the weights by
+        # column are the same for every row (PAD rows add nothing)
+        steps_back = torch.arange(hist.shape[1] - 1, -1, -1, device=hist.device, dtype=hist.dtype)
+        return F.normalize(torch.einsum("bld,l->bd", hist, self.cfg.decay ** steps_back), dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.table
