@@ -62,7 +62,11 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_agehist_gated_offset_first_reach", "sasrec_hybrid_repeat", "sasrec_content_temp_offset_repeat",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
            "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
-           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach")  # knn: residual over content-kNN
+           "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach",
+           "sasrec_knnrecent_content_temp_offset_repeat")  # knn: residual over content-kNN
+# _knnrecent_ (in place of _knn_): the residual over the recency-weighted content-kNN (knn_sasrec knn_decay), the
+# decay fixed at the value content_knn_recent's VALID sweep picked on most of the Amazon title logs
+KNN_RECENT_TOKEN, KNN_RESIDUAL_DECAY = "_knnrecent_", 0.5
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -216,6 +220,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
     base = base.removesuffix("_pop")
+    knn_recent = KNN_RECENT_TOKEN in base
+    base = base.replace(KNN_RECENT_TOKEN, "_knn_")
     knn = "_knn_" in base
     base = base.replace("_knn_", "_")
     hist = base.endswith("_agehist")
@@ -228,7 +234,7 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
                  "content": ds["content"], "id_dropout": ID_DROP if id_drop else 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
     loss = AGE["loss"] if aged else ds["loss"]
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
-        **({"temperature": args.temperature} if knn else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
+        **({"temperature": args.temperature} if knn else {}), **({"knn_decay": KNN_RESIDUAL_DECAY} if knn_recent else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
         **({"loss_popularity": 1.0} if debias else {}), **({"content_aux": 1.0} if aux else {}),

@@ -612,6 +612,7 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_hybrid_agehist": "SASRec, hybrid + age prior + history ages",
                      "sasrec_knn_content": "SASRec content residual over content-kNN",
                      "sasrec_knn_hybrid": "SASRec hybrid residual over content-kNN",
+                     "sasrec_knnrecent_content": "SASRec content residual over the recency-weighted content-kNN (decay 0.5)",
                      "sasrec_content_agehist_pop": "SASRec, content + age prior + history ages, popularity split",
                      "sasrec_hybrid_agehist_pop": "SASRec, hybrid + age prior + history ages, popularity split",
                      "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event"}

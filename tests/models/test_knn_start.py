@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from seq_testdata import ScoreOnly, random_batch
 
+from modalrec.errors import ConfigError
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
 from modalrec.models.coldstart import ContentKNNConfig
@@ -43,6 +45,19 @@ def test_untrained_scores_are_content_knn_times_the_temperature() -> None:
         subset = torch.tensor([4, 1, 17])
         torch.testing.assert_close(model.score(batch, items=subset), 7.0 * knn.score(batch)[:, subset],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_untrained_scores_follow_content_knn_with_the_same_decay() -> None:
+    ctx = _ctx()
+    model = build_model("knn_sasrec", _cfg(knn_decay=0.5), ctx).eval()
+    knn = build_model("content_knn", ContentKNNConfig(max_len=6, decay=0.5), ctx).fit_counts(None)
+    plain = build_model("content_knn", ContentKNNConfig(max_len=6), ctx).fit_counts(None)
+    batch = random_batch(N, batch=5, length=9, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(batch), 7.0 * knn.score(batch), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(knn.score(batch), plain.score(batch), atol=1e-3)
+    with pytest.raises(ConfigError, match="knn_decay"):
+        build_model("knn_sasrec", _cfg(knn_decay=1.5), ctx)
 
 
 def test_training_opens_the_gate_and_lowers_the_loss() -> None:

@@ -1,6 +1,7 @@
 """SASRec that starts as content-kNN and learns a residual on top of it.
 
 score(history, item) = tau * cos(mean unit content of the history, unit content of the item)
+                       (the mean weighted by recency with `knn_decay` < 1, as content_knn's `decay`)
                        + gate * SASRec(history) . tower(item)
 
 The first term is exactly the `content_knn` rule (frozen features, no training) scaled by a learned
@@ -32,6 +33,7 @@ from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 class KNNSASRecConfig(SASRecConfig):
     temperature: float = 10.0  # initial tau (learned, kept positive through its log)
     knn_modalities: str = "auto"  # content of the kNN term: "text", "image", "text+image", "auto" = all provided
+    knn_decay: float = 1.0  # the kNN term's history weights, as content_knn's `decay` (1 = the plain mean)
 
 
 class _JointTower(ItemTower):
@@ -59,6 +61,8 @@ class KNNSASRec(CausalTowerRecommender):
         super().__init__()
         if cfg.temperature <= 0:
             raise ConfigError(f"knn_sasrec: temperature must be > 0, got {cfg.temperature}")
+        if not 0.0 < cfg.knn_decay <= 1.0:
+            raise ConfigError(f"knn_sasrec: knn_decay must be in (0, 1] (1 = the plain mean), got {cfg.knn_decay}")
         if cfg.age_personal:
             raise ConfigError("knn_sasrec: age_personal reads the SASRec state alone; use age 'bias' / 'bias+trend'")
         if cfg.age_input:
@@ -115,5 +119,12 @@ class KNNSASRec(CausalTowerRecommender):
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, L] left-padded -> [B, L, d + D]: [gate * SASRec state ; tau * unit running content sum]."""
         items = items[:, -self.cfg.max_len :]
-        running = F.normalize(self.tower.content[items].cumsum(1), dim=-1)  # [B, L, D] PAD rows add 0
+        content = self.tower.content[items]  # [B, L, D]; PAD rows are 0 and add nothing
+        if self.cfg.knn_decay == 1.0:
+            running = F.normalize(content.cumsum(1), dim=-1)
+        else:  # position t sums the items up to t, the one k steps back weighted decay ** k (a causal [L, L] matrix)
+            steps = torch.arange(items.shape[1], device=items.device)
+            back = (steps[:, None] - steps[None, :]).to(content.dtype)
+            weights = torch.where(back >= 0, self.cfg.knn_decay ** back.clamp(min=0), torch.zeros_like(back))
+            running = F.normalize(torch.einsum("tj,bjd->btd", weights, content), dim=-1)
         return torch.cat([self.gate * self.backbone.encode(items), self.log_tau.exp() * running], dim=-1)
