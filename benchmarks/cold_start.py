@@ -119,8 +119,12 @@ FUSED, FUSED_CONTENT = "_fused", "sasrec_content_temp"
 # offset (on both parts' items without training events) and, for a `_repeat` hybrid, the history bonus chosen on
 # VALID for the fused model, so neither is diluted by the fusion
 FUSED_FIRST = "_fusedfirst"
+# _fusedfirstknn (the last suffix): _fusedfirst with the residual over the recency-weighted content-kNN as the
+# content model (the best content model on IISAN Scientific)
+FUSED_FIRST_KNN, FUSED_KNN_CONTENT = "_fusedfirstknn", "sasrec_knnrecent_content_temp"
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
-                "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst")  # two runs each
+                "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
+                "sasrec_hybrid_repeat_fusedfirstknn")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -312,13 +316,14 @@ def _without_select(cfg: Any) -> Any:
     return dataclasses.replace(cfg, select=SelectConfig())
 
 
-def _trained_apart(name: str, hybrid_cfg: Any, seed: int, args: argparse.Namespace) -> list[Any]:
-    """The runs of `hybrid_cfg` and of FUSED_CONTENT (trained as it is, no `select`) on `name`, checked to split
-    the log alike, for a fusion of the two."""
+def _trained_apart(name: str, hybrid_cfg: Any, seed: int, args: argparse.Namespace,
+                   content: str = FUSED_CONTENT) -> list[Any]:
+    """The runs of `hybrid_cfg` and of the content model `content` (trained as it is, no `select`) on `name`,
+    checked to split the log alike, for a fusion of the two."""
     from modalrec.pipeline import run_experiment
 
     runs = [run_experiment(c, write=False)
-            for c in (hybrid_cfg, _without_select(config(name, FUSED_CONTENT, seed, args)))]
+            for c in (hybrid_cfg, _without_select(config(name, content, seed, args)))]
     if runs[0].split.describe() != runs[1].split.describe():
         raise RuntimeError(f"{name}: the hybrid and the content run split the log differently")
     return runs
@@ -366,10 +371,11 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     from modalrec.models.repeat import RepeatBonus
     from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
 
-    hybrid = model.removesuffix(FUSED_FIRST)
+    content = FUSED_KNN_CONTENT if model.endswith(FUSED_FIRST_KNN) else FUSED_CONTENT
+    hybrid = model.removesuffix(FUSED_FIRST_KNN).removesuffix(FUSED_FIRST)
     t0 = time.perf_counter()
     cfg = _without_select(config(name, hybrid, seed, args))
-    runs = _trained_apart(name, cfg, seed, args)
+    runs = _trained_apart(name, cfg, seed, args, content)
     parts = [r.model.eval() for r in runs]
 
     def valid(m: Any) -> Any:
@@ -379,7 +385,7 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     fusion = blend_sweep(fused, valid)
     offset = offset_sweep(_BothOffsets(*parts), lambda _: valid(fused), tolerance=args.offset_tolerance)
     chosen, report = fused, offset.report
-    record = {"content_model": FUSED_CONTENT, "chosen": fusion.value, "rule": BLEND_RULE, "valid_sweep": fusion.sweep,
+    record = {"content_model": content, "chosen": fusion.value, "rule": BLEND_RULE, "valid_sweep": fusion.sweep,
               "content_best_epoch": runs[1].history.best_epoch, "offset": offset.value,
               "offset_valid_sweep": offset.sweep}
     if REPEAT in run_suffixes(hybrid)[1]:
@@ -400,7 +406,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
         return [run_knn_recent(name, seed, args)]
     if model.endswith(FUSED):
         return run_fused(name, model, seed, args)
-    if model.endswith(FUSED_FIRST):
+    if model.endswith((FUSED_FIRST, FUSED_FIRST_KNN)):
         return run_fused_first(name, model, seed, args)
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()

@@ -618,6 +618,8 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
                      "sasrec_hybrid_agehist_gated": "SASRec, hybrid + age prior + history ages, IDs after first event"}
 
 
+FUSED_KNN_WORDS = (", fused with the trained SASRec content residual over the recency-weighted content-kNN, learned "
+                   "temperature (weight chosen on VALID)")
 FUSED_WORDS = ", fused with the trained content SASRec, learned temperature (weight chosen on VALID)"
 
 
@@ -630,6 +632,11 @@ def cold_start_label(model: str) -> str:
     model), `_fusedfirst` (the fusion first, then the offset and bonus), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
+    if base.endswith("_fusedfirstknn"):  # the same with the residual over the recency-weighted kNN as content model
+        base = base.removesuffix("_fusedfirstknn")
+        repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
+        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + FUSED_KNN_WORDS
+                + ", then new-item offset chosen on VALID" + repeat)
     if base.endswith("_fusedfirst"):  # the trained hybrid and content models fused, then the run's other settings
         base = base.removesuffix("_fusedfirst")
         repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""

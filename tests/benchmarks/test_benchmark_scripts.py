@@ -357,7 +357,8 @@ def test_cold_start_stores_each_datasets_facts_once_and_gives_every_run_them_bac
     assert len({json.dumps(r["split"]) for r in runs if r["dataset"] == "iisan_scientific_cold10"}) == 3
 
 
-@pytest.mark.parametrize("model", ["sasrec_hybrid_temp_offset_repeat_fused", "sasrec_hybrid_temp_offset_fusedfirst"])
+@pytest.mark.parametrize("model", ["sasrec_hybrid_temp_offset_repeat_fused", "sasrec_hybrid_temp_offset_fusedfirst",
+                                   "sasrec_hybrid_repeat_fusedfirstknn"])
 def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: str, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A late-fusion run trains the hybrid and the content SASRec on one split and keeps the weight of the content
@@ -385,8 +386,10 @@ def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: s
     assert keeps_every_group(sweep[fused["chosen"]])
     assert sweep[fused["chosen"]]["overall"] == max(s["overall"] for s in sweep.values() if keeps_every_group(s))
     assert row["model"] == model and row["test"]["overall"]["n"] > 0
-    if model.endswith(cold.FUSED_FIRST):
-        assert fused["offset_valid_sweep"][0]["offset"] == 0.0 and "repeat" not in fused
+    if model.endswith((cold.FUSED_FIRST, cold.FUSED_FIRST_KNN)):
+        assert fused["offset_valid_sweep"][0]["offset"] == 0.0 and ("repeat" in fused) == ("_repeat" in model)
+        knn = model.endswith(cold.FUSED_FIRST_KNN)
+        assert fused["content_model"] == (cold.FUSED_KNN_CONTENT if knn else cold.FUSED_CONTENT)
     else:
         assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[fused["chosen"]]["overall"])
 
