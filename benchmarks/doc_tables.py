@@ -632,16 +632,14 @@ def cold_start_label(model: str) -> str:
     model), `_fusedfirst` (the fusion first, then the offset and bonus), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
-    if base.endswith("_fusedfirstknn"):  # the same with the residual over the recency-weighted kNN as content model
-        base = base.removesuffix("_fusedfirstknn")
-        repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
-        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + FUSED_KNN_WORDS
-                + ", then new-item offset chosen on VALID" + repeat)
-    if base.endswith("_fusedfirst"):  # the trained hybrid and content models fused, then the run's other settings
-        base = base.removesuffix("_fusedfirst")
-        repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
-        return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + FUSED_WORDS
-                + ", then new-item offset chosen on VALID" + repeat)
+    # the trained hybrid and a content model fused, then the run's other settings (`_fusedfirstknn`: the content
+    # model is the residual over the recency-weighted kNN)
+    for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirst", FUSED_WORDS)):
+        if base.endswith(suffix):
+            base = base.removesuffix(suffix)
+            repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
+            return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + words
+                    + ", then new-item offset chosen on VALID" + repeat)
     fused, base = base.endswith("_fused"), base.removesuffix("_fused")
     if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
         selected = "+blend" if "_offset" in base else "+offset"

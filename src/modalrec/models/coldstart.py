@@ -88,6 +88,14 @@ class NewestFirst(_Rule):
         return scores.to(batch.items.device)
 
 
+def recency_weights(length: int, decay: float, like: torch.Tensor) -> torch.Tensor:
+    """[L, L] causal history weights over a left-padded window of `length` (`like`'s device and dtype): row t
+    weighs position j <= t by decay ** (t - j) and later positions 0; the last row weighs the whole window."""
+    steps = torch.arange(length, device=like.device)
+    back = (steps[:, None] - steps[None, :]).to(like.dtype)
+    return torch.where(back >= 0, decay ** back.clamp(min=0), torch.zeros_like(back))
+
+
 def content_table(features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor],
                   modalities: list[str]) -> torch.Tensor:
     """[N + 1, D] unit item vectors: per-modality unit vectors (0 where missing) concatenated, renormalised
@@ -151,8 +159,8 @@ class ContentKNN(SequentialRecommender, _Rule):
             return F.normalize(hist.sum(1), dim=-1)
         # left-padded histories: the newest item is the last column whatever the length, so the weights by
         # column are the same for every row (PAD rows add nothing)
-        steps_back = torch.arange(hist.shape[1] - 1, -1, -1, device=hist.device, dtype=hist.dtype)
-        return F.normalize(torch.einsum("bld,l->bd", hist, self.cfg.decay ** steps_back), dim=-1)
+        weights = recency_weights(hist.shape[1], self.cfg.decay, hist)[-1]
+        return F.normalize(torch.einsum("bld,l->bd", hist, weights), dim=-1)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.table

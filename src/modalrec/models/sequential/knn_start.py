@@ -25,7 +25,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.models.base import CausalTowerRecommender, ItemTower, ModelContext, content_modality_set
-from modalrec.models.coldstart import content_table
+from modalrec.models.coldstart import content_table, recency_weights
 from modalrec.models.sequential.sasrec import SASRec, SASRecConfig
 
 
@@ -122,9 +122,7 @@ class KNNSASRec(CausalTowerRecommender):
         content = self.tower.content[items]  # [B, L, D]; PAD rows are 0 and add nothing
         if self.cfg.knn_decay == 1.0:
             running = F.normalize(content.cumsum(1), dim=-1)
-        else:  # position t sums the items up to t, the one k steps back weighted decay ** k (a causal [L, L] matrix)
-            steps = torch.arange(items.shape[1], device=items.device)
-            back = (steps[:, None] - steps[None, :]).to(content.dtype)
-            weights = torch.where(back >= 0, self.cfg.knn_decay ** back.clamp(min=0), torch.zeros_like(back))
+        else:  # position t sums the items up to t, the one k steps back weighted decay ** k
+            weights = recency_weights(items.shape[1], self.cfg.knn_decay, content)
             running = F.normalize(torch.einsum("tj,bjd->btd", weights, content), dim=-1)
         return torch.cat([self.gate * self.backbone.encode(items), self.log_tau.exp() * running], dim=-1)
