@@ -722,9 +722,7 @@ def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
                 refs = {k: src[r][g][0] for k, r, src in sources if g in src.get(r, {})}
                 rows[g] = {"trained": round(mean, 5), "seeds": seeds, "events": events.get(g),
                            **{k: round(v, 5) for k, v in refs.items()}, "holds": all(mean >= v for v in refs.values())}
-                if g in st.get(KNN_RECENT, {}):
-                    rows[g] |= {KNN_RECENT: round(st[KNN_RECENT][g][0], 5),
-                                "holds_vs_knn_recent": mean >= st[KNN_RECENT][g][0]}
+                rows[g] |= _vs_recent_group(st, g, mean, slack=0.0)
             content[m] = {"untrained": untrained_of(m), "holds": all(r["holds"] for r in rows.values()),
                           **_vs_recent(rows), "groups": rows}
         hybrid = {}
@@ -741,12 +739,19 @@ def checks(results: list[dict[str, Any]], name: str) -> dict[str, Any]:
                            "events": events.get(g), "best_other": who,
                            "best": round(best, 5), "best_sd": round(best_sd, 5),
                            "holds": mean >= best - (sd + best_sd)}
-                if g in st.get(KNN_RECENT, {}):  # a rule: no seed spread of its own
-                    rows[g] |= {KNN_RECENT: round(st[KNN_RECENT][g][0], 5),
-                                "holds_vs_knn_recent": mean >= st[KNN_RECENT][g][0] - sd}
+                rows[g] |= _vs_recent_group(st, g, mean, slack=sd)
             hybrid[h] = {"holds": all(r["holds"] for r in rows.values()), **_vs_recent(rows), "groups": rows}
         out[part] = {"content_vs_untrained_and_knn": content, "hybrid_vs_best": hybrid}
     return out
+
+
+def _vs_recent_group(st: dict[str, Any], g: str, mean: float, slack: float) -> dict[str, Any]:
+    """content_knn_recent's score on group `g` and whether `mean` reaches it less `slack` (a hybrid's seed spread:
+    the rule has none of its own); {} where the rule did not run."""
+    if g not in st.get(KNN_RECENT, {}):
+        return {}
+    rule = st[KNN_RECENT][g][0]
+    return {KNN_RECENT: round(rule, 5), "holds_vs_knn_recent": mean >= rule - slack}
 
 
 def _vs_recent(rows: dict[str, dict[str, Any]]) -> dict[str, bool]:

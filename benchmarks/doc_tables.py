@@ -836,31 +836,34 @@ def cold_start_summary(results: Path) -> str:
     groups by part (the checks in cold_start_cpu.json)."""
     found = _load(results, "cold_start_cpu.json")["checks"]
 
+    def failing(checks: dict[str, Any], check: str, flag: str) -> dict[str, list[str]]:
+        """{model: its "part group" entries whose `flag` is False}, both parts (they check the same models)."""
+        return {m: [f"{part} {g}" for part in ("valid", "test") for g, r in checks[part][check][m]["groups"].items()
+                    if r.get(flag) is False] for m in checks["test"][check]}
+
     def verdict(checks: dict[str, Any], check: str) -> str:
         models = checks["test"][check]
         if not models:
             return "not run"
-        failing = {m: [f"{part} {g}" for part in ("valid", "test") for g, r in checks[part][check][m]["groups"].items()
-                       if not r["holds"]] for m in models}  # both parts check the same models
-        held = [cold_start_label(m) for m, f in failing.items() if not f]
+        failing_groups = failing(checks, check, "holds")
+        held = [cold_start_label(m) for m, f in failing_groups.items() if not f]
         if held:
             return "holds: " + "; ".join(held)
-        fewest = min(len(f) for f in failing.values())
-        closest = "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items() if len(f) == fewest)
+        fewest = min(len(f) for f in failing_groups.values())
+        closest = "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing_groups.items()
+                            if len(f) == fewest)
         return f"**fails** in all {len(models)} models run; closest: {closest}"
 
     def versus_recent(checks: dict[str, Any], check: str) -> str:
         """Of the models that hold `check`, those that also hold it against the recency-weighted content-kNN."""
-        held = [m for m in checks["test"][check]
-                if all(r["holds"] for part in ("valid", "test") for r in checks[part][check][m]["groups"].values())]
-        failing = {m: [f"{part} {g}" for part in ("valid", "test") for g, r in checks[part][check][m]["groups"].items()
-                       if r.get("holds_vs_knn_recent") is False] for m in held}
+        held = [m for m, f in failing(checks, check, "holds").items() if not f]
+        below_rule = {m: f for m, f in failing(checks, check, "holds_vs_knn_recent").items() if m in held}
         if not held or not any("holds_vs_knn_recent" in checks["test"][check][m] for m in held):
             return "not run"
-        good = [cold_start_label(m) for m, f in failing.items() if not f]
+        good = [cold_start_label(m) for m, f in below_rule.items() if not f]
         if good:
             return "holds: " + "; ".join(good)
-        return "**fails**: " + "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in failing.items())
+        return "**fails**: " + "; ".join(f"{cold_start_label(m)} ({', '.join(f)})" for m, f in below_rule.items())
 
     rows = [[name, verdict(c, "content_vs_untrained_and_knn"), verdict(c, "hybrid_vs_best"),
              versus_recent(c, "content_vs_untrained_and_knn"), versus_recent(c, "hybrid_vs_best"),
