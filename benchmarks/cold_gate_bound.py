@@ -7,12 +7,15 @@ model that ranks new items by the same frozen vectors cannot beat it on cold ite
 similarity. Overall it is a poor recommender (every warm target ranks below thousands of new items): the number
 is a bound for reading the cold-item column of `cold_start.py`, not a model to use. `--models` may add trained
 SASRecs of `cold_start.py` (no `select` settings; the same gate is their new-item offset set to NEW_FIRST after
-training): the bound for their learned similarity. Same datasets, splits, features and evaluation as
-`cold_start.py`; results accumulate in --out (one entry per dataset and model).
+training): the bound for their learned similarity; `--decays` bounds content-kNN with the history weighted by
+recency (the rule `cold_start.py`'s content_knn_recent sweeps) at each decay given. Same datasets, splits,
+features and evaluation as `cold_start.py`; results accumulate in --out (one entry per dataset and model).
 
     nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific iisan_instruments \\
         unisrec_scientific --out benchmarks/results/cold_gate_bound_cpu.json
     nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific --models sasrec_hybrid \\
+        --out benchmarks/results/cold_gate_bound_cpu.json
+    nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific --decays 0.7 0.5 0.3 0.1 0.01 \\
         --out benchmarks/results/cold_gate_bound_cpu.json
 """
 
@@ -37,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=["iisan_scientific"], help="cold_start.py dataset names")
     p.add_argument("--models", nargs="+", default=["content_knn"],
                    help="content_knn and / or cold_start.py SASRec names (trained here, seed --seed)")
+    p.add_argument("--decays", nargs="+", type=float, default=[1.0],
+                   help="content_knn: the history weights' recency decays to bound (1 = the plain mean; "
+                        "another d is stored as content_knn_recent_<d>, the rule content_knn_recent sweeps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20, help="SASRecs: epoch cap (cold_start.py's default)")
     p.add_argument("--patience", type=int, default=3)
@@ -64,8 +70,14 @@ def new_items_first(knn: Any, seen: Any) -> Any:
     return NewItemsFirst()
 
 
-def bound(name: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
-    """`model` on `name`: VALID / TEST NDCG@10 as trained ("plain") and with every new item ranked first."""
+def stored_name(model: str, decay: float) -> str:
+    """The results key of `model` at history decay `decay` (content_knn only; 1 = the plain mean)."""
+    return model if decay == 1.0 else f"{cold_start.KNN_RECENT}_{decay:g}"
+
+
+def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -> dict[str, Any]:
+    """`model` on `name` (content_knn: its history weighted by recency `decay`): VALID / TEST NDCG@10 as trained
+    ("plain") and with every new item ranked first."""
     import dataclasses
 
     from modalrec.experiment import SelectConfig
@@ -75,6 +87,9 @@ def bound(name: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     cs_args = cold_start.parse_args(["--cache-dir", args.cache_dir, "--epochs", str(args.epochs),
                                      "--patience", str(args.patience), "--threads", str(args.threads)])
     cfg = dataclasses.replace(cold_start.config(name, model, args.seed, cs_args), select=SelectConfig())
+    if decay != 1.0:
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-decay{decay:g}", model=dataclasses.replace(
+            cfg.model, params={**cfg.model.params, "decay": decay}))
     res = run_experiment(cfg, write=False)
     seen = ModelContext.for_split(res.split).items_with_training_events()  # [n_items + 1], PAD False
     if model == "content_knn":
@@ -99,8 +114,9 @@ def main() -> dict[str, Any]:
     done = json.loads(args.out.read_text())["results"] if args.out and args.out.is_file() else {}
     for name in args.datasets:
         for model in args.models:
-            log.info("cold_gate_bound %s / %s", name, model)
-            done.setdefault(name, {})[model] = bound(name, model, args)
+            for decay in args.decays if model == "content_knn" else [1.0]:
+                log.info("cold_gate_bound %s / %s (decay %g)", name, model, decay)
+                done.setdefault(name, {})[stored_name(model, decay)] = bound(name, model, args, decay)
     result = {"benchmark": "cold_gate_bound", "metric": "ndcg@10",
               "rule": __doc__.split("\n\n")[1].replace("\n", " "), "results": done}
     emit_json(result, args.out)

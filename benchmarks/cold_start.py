@@ -63,7 +63,7 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
            "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
            "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach",
-           "sasrec_knnrecent_content_temp_offset_repeat")  # knn: residual over content-kNN
+           "sasrec_knnrecent_content_temp_offset_repeat", "sasrec_knnrecent_content_temp_offset")  # knn: residual over content-kNN
 # _knnrecent_ (in place of _knn_): the residual over the recency-weighted content-kNN (knn_sasrec knn_decay), the
 # decay fixed at the value content_knn_recent's VALID sweep picked on most of the Amazon title logs
 KNN_RECENT_TOKEN, KNN_RESIDUAL_DECAY = "_knnrecent_", 0.5
@@ -124,7 +124,7 @@ FUSED_FIRST = "_fusedfirst"
 FUSED_FIRST_KNN, FUSED_KNN_CONTENT = "_fusedfirstknn", "sasrec_knnrecent_content_temp"
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
-                "sasrec_hybrid_repeat_fusedfirstknn")  # two runs each
+                "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the

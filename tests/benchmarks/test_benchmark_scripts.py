@@ -443,3 +443,29 @@ def test_cold_start_checks_hold_the_recency_knn_apart_and_the_json_keeps_one_run
     lines = path.read_text().splitlines()
     assert json.loads(path.read_text()) == out
     assert sum(line.strip().startswith('{"dataset"') for line in lines) == len(results)
+
+
+def test_cold_gate_bound_ranks_new_items_first_at_each_history_decay(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate puts every item without training events above the rest: a cold-item target then competes with the
+    other new items only, so its NDCG@10 can only rise; each decay is its own stored run of content-kNN."""
+    cold, gate = importlib.import_module("cold_start"), importlib.import_module("cold_gate_bound")
+    real = cold.datasets
+
+    def with_tiny(root: Path) -> dict:
+        return {**real(root), "tiny": {
+            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
+            "split": {"kind": "leave_one_out", "cold_item_fraction": 0.2}, "clock": False, "content": "text",
+            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
+
+    monkeypatch.setattr(cold, "datasets", with_tiny)
+    args = gate.parse_args(["--cache-dir", str(tmp_path / "features"), "--decays", "1.0", "0.1"])
+    runs = {gate.stored_name("content_knn", d): gate.bound("tiny", "content_knn", args, d) for d in args.decays}
+    assert set(runs) == {"content_knn", f"{cold.KNN_RECENT}_0.1"}
+    for run in runs.values():
+        assert run["items_without_training_events"] > 0 and run["test"]["events"]["cold_item"] > 0
+        for part in ("valid", "test"):
+            assert run[part]["new_items_first"]["cold_item"] >= run[part]["plain"]["cold_item"]
+        assert run["test"]["new_items_first"]["cold_item"] > run["test"]["plain"]["cold_item"]
+        assert run["test"]["new_items_first"]["warm"] < run["test"]["plain"]["warm"]  # below every new item
+    assert runs["content_knn"]["valid"]["plain"] != runs[f"{cold.KNN_RECENT}_0.1"]["valid"]["plain"]
