@@ -98,6 +98,7 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -
         gated = res.model
         gated.new_item_offset = NEW_FIRST
     out: dict[str, Any] = {"seed": None if model == "content_knn" else args.seed,
+                           **({"decay": decay} if decay != 1.0 else {}),
                            "best_epoch": getattr(res.history, "best_epoch", None),
                            "items": int(len(seen) - 1), "items_without_training_events": int((~seen[1:]).sum())}
     for part, plain in (("valid", res.valid), ("test", res.test)):

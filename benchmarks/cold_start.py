@@ -63,7 +63,8 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
            "sasrec_hybrid_temp_offset_repeat", "sasrec_knn_content_temp_offset_repeat",
            "sasrec_hybrid_temp_aux_offset_repeat", "sasrec_hybrid_temp_iddrop_offset",
            "sasrec_hybrid_temp_iddrop_offset_repeat", "sasrec_hybrid_agehist_gated_spread_first_reach",
-           "sasrec_knnrecent_content_temp_offset_repeat", "sasrec_knnrecent_content_temp_offset")  # knn: residual over content-kNN
+           "sasrec_knnrecent_content_temp_offset_repeat",
+           "sasrec_knnrecent_content_temp_offset")  # knn: residual over content-kNN
 # _knnrecent_ (in place of _knn_): the residual over the recency-weighted content-kNN (knn_sasrec knn_decay), the
 # decay fixed at the value content_knn_recent's VALID sweep picked on most of the Amazon title logs
 KNN_RECENT_TOKEN, KNN_RESIDUAL_DECAY = "_knnrecent_", 0.5

@@ -944,8 +944,7 @@ def cold_gate_bound(results: Path) -> str:
         for model, r in models.items():
             test = r["test"]
             plain, first = test["plain"], test["new_items_first"]
-            decay = model.removeprefix("content_knn_recent_") if model.startswith("content_knn_recent_") else None
-            label = (f"content-kNN, recency-weighted history (decay {decay}; no training)" if decay else
+            label = (f"content-kNN, recency-weighted history (decay {r['decay']:g}; no training)" if "decay" in r else
                      cold_start_label(model) + (f" (seed {r['seed']}, best epoch {r['best_epoch']})"
                                                 if r.get("seed") is not None else ""))
             rows.append([name, label, f"{r['items_without_training_events']:,} of {r['items']:,}",

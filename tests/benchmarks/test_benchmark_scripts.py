@@ -462,6 +462,7 @@ def test_cold_gate_bound_ranks_new_items_first_at_each_history_decay(tmp_path: P
     args = gate.parse_args(["--cache-dir", str(tmp_path / "features"), "--decays", "1.0", "0.1"])
     runs = {gate.stored_name("content_knn", d): gate.bound("tiny", "content_knn", args, d) for d in args.decays}
     assert set(runs) == {"content_knn", f"{cold.KNN_RECENT}_0.1"}
+    assert "decay" not in runs["content_knn"] and runs[f"{cold.KNN_RECENT}_0.1"]["decay"] == 0.1
     for run in runs.values():
         assert run["items_without_training_events"] > 0 and run["test"]["events"]["cold_item"] > 0
         for part in ("valid", "test"):
