@@ -748,7 +748,8 @@ def published_iisan(results: Path) -> str:
                 base = model.removesuffix("@0")
                 name = names.get(base) or cold_start_label(base)
                 if rule != dataset:  # only what VALID selects differs: rules and untrained models are restated above
-                    if not model.startswith("sasrec") or model.endswith("@0") or "+blend" in model:
+                    # (a content model's run gives the trained model and its blend with its untrained self: both)
+                    if not model.startswith("sasrec") or model.endswith("@0"):
                         continue
                     name += ", selected and evaluated with history masked"
                 runs = [r for r in cold["results"] if src == "cold_start.py" and r["dataset"] == rule
