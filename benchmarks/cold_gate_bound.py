@@ -88,8 +88,7 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -
                                      "--patience", str(args.patience), "--threads", str(args.threads)])
     cfg = dataclasses.replace(cold_start.config(name, model, args.seed, cs_args), select=SelectConfig())
     if decay != 1.0:
-        cfg = dataclasses.replace(cfg, name=f"{cfg.name}-decay{decay:g}", model=dataclasses.replace(
-            cfg.model, params={**cfg.model.params, "decay": decay}))
+        cfg = cold_start.at_decay(cfg, decay)
     res = run_experiment(cfg, write=False)
     seen = ModelContext.for_split(res.split).items_with_training_events()  # [n_items + 1], PAD False
     if model == "content_knn":

@@ -436,23 +436,27 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
 def run_knn_recent(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """content-kNN at each decay of KNN_DECAYS; the one with the best VALID overall NDCG@10, TEST once (the sweep's
     VALID numbers recorded as `decay_sweep`)."""
-    import dataclasses
-
     from modalrec.pipeline import run_experiment
 
     base = config(name, "content_knn", seed, args)
     sweep, best = {}, None
     t0 = time.perf_counter()
     for decay in KNN_DECAYS:
-        cfg = dataclasses.replace(base, name=f"{name}-{KNN_RECENT}-{decay}-s{seed}", model=dataclasses.replace(
-            base.model, params={**base.model.params, "decay": decay}))
-        res = run_experiment(cfg, write=False)
+        res = run_experiment(at_decay(base, decay), write=False)
         sweep[decay] = res.valid.metric("ndcg@10", "overall")
         if best is None or sweep[decay] > sweep[best[0]]:
             best = (decay, res)
     decay, res = best
     return {**result(name, KNN_RECENT, seed, args, res, time.perf_counter() - t0), "decay": decay,
             "decay_sweep": {str(d): round(v, 5) for d, v in sweep.items()}}
+
+
+def at_decay(cfg: Any, decay: float) -> Any:
+    """A content_knn run's config with its history weighted by recency `decay` (ContentKNNConfig.decay)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, name=f"{cfg.name}-decay{decay:g}", model=dataclasses.replace(
+        cfg.model, params={**cfg.model.params, "decay": decay}))
 
 
 def evaluate(cfg: Any, split: Any, model: Any, part: str) -> Any:

@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,21 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from train_testdata import cyclic_split
+
+
+def _add_tiny_dataset(cold: Any, monkeypatch: pytest.MonkeyPatch, cold_item_fraction: float = 0.0) -> None:
+    """cold_start's datasets plus "tiny": a synthetic leave-one-out log with hashed text features, `cold_item_fraction`
+    of its items held out of training."""
+    real = cold.datasets
+    split = {"kind": "leave_one_out", **({"cold_item_fraction": cold_item_fraction} if cold_item_fraction else {})}
+
+    def with_tiny(root: Path) -> dict:
+        return {**real(root), "tiny": {
+            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
+            "split": split, "clock": False, "content": "text",
+            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
+
+    monkeypatch.setattr(cold, "datasets", with_tiny)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -365,15 +381,7 @@ def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: s
     model that loses no VALID group to the content model alone (weight 1) with the best VALID overall; `_fusedfirst`
     then picks the offset for the fused model (offset 0 first in its sweep)."""
     cold = importlib.import_module("cold_start")
-    real = cold.datasets
-
-    def with_tiny(root: Path) -> dict:
-        return {**real(root), "tiny": {
-            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
-            "split": {"kind": "leave_one_out", "cold_item_fraction": 0.1}, "clock": False, "content": "text",
-            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
-
-    monkeypatch.setattr(cold, "datasets", with_tiny)
+    _add_tiny_dataset(cold, monkeypatch, cold_item_fraction=0.1)
     args = cold.parse_args(["--epochs", "1", "--cache-dir", str(tmp_path / "features")])
     [row] = cold.run_one("tiny", model, 0, args)
     fused = row["fused"]
@@ -399,15 +407,7 @@ def test_cold_start_recency_knn_keeps_the_decay_with_the_best_valid_overall(tmp_
     """content_knn_recent runs content-kNN at every decay of KNN_DECAYS and reports the one VALID ranks first; its
     TEST is that run's (the plain mean's TEST when decay 1 wins)."""
     cold = importlib.import_module("cold_start")
-    real = cold.datasets
-
-    def with_tiny(root: Path) -> dict:
-        return {**real(root), "tiny": {
-            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
-            "split": {"kind": "leave_one_out"}, "clock": False, "content": "text",
-            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
-
-    monkeypatch.setattr(cold, "datasets", with_tiny)
+    _add_tiny_dataset(cold, monkeypatch)
     args = cold.parse_args(["--cache-dir", str(tmp_path / "features")])
     [row] = cold.run_one("tiny", cold.KNN_RECENT, 0, args)
     sweep = {float(d): v for d, v in row["decay_sweep"].items()}
@@ -450,15 +450,7 @@ def test_cold_gate_bound_ranks_new_items_first_at_each_history_decay(tmp_path: P
     """The gate puts every item without training events above the rest: a cold-item target then competes with the
     other new items only, so its NDCG@10 can only rise; each decay is its own stored run of content-kNN."""
     cold, gate = importlib.import_module("cold_start"), importlib.import_module("cold_gate_bound")
-    real = cold.datasets
-
-    def with_tiny(root: Path) -> dict:
-        return {**real(root), "tiny": {
-            "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
-            "split": {"kind": "leave_one_out", "cold_item_fraction": 0.2}, "clock": False, "content": "text",
-            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
-
-    monkeypatch.setattr(cold, "datasets", with_tiny)
+    _add_tiny_dataset(cold, monkeypatch, cold_item_fraction=0.2)
     args = gate.parse_args(["--cache-dir", str(tmp_path / "features"), "--decays", "1.0", "0.1"])
     runs = {gate.stored_name("content_knn", d): gate.bound("tiny", "content_knn", args, d) for d in args.decays}
     assert set(runs) == {"content_knn", f"{cold.KNN_RECENT}_0.1"}
