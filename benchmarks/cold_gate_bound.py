@@ -8,7 +8,8 @@ similarity. Overall it is a poor recommender (every warm target ranks below thou
 is a bound for reading the cold-item column of `cold_start.py`, not a model to use. `--models` may add trained
 SASRecs of `cold_start.py` (no `select` settings; the same gate is their new-item offset set to NEW_FIRST after
 training): the bound for their learned similarity; `--decays` bounds content-kNN with the history weighted by
-recency (the rule `cold_start.py`'s content_knn_recent sweeps) at each decay given. Same datasets, splits,
+recency (the rule `cold_start.py`'s content_knn_recent sweeps) at each decay given; `--modalities text+lexical`
+adds exact words to the similarity (TF-IDF over the title's n-grams, features.lexical). Same datasets, splits,
 features and evaluation as `cold_start.py`; results accumulate in --out (one entry per dataset and model).
 
     nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific iisan_instruments \\
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decays", nargs="+", type=float, default=[1.0],
                    help="content_knn: the history weights' recency decays to bound (1 = the plain mean; "
                         "another d is stored as content_knn_recent_<d>, the rule content_knn_recent sweeps)")
+    p.add_argument("--modalities", default=None,
+                   help="content_knn: its modalities (e.g. text+lexical: the sentence encoder and exact words; default "
+                        "cold_start.py's); stored as <name>@<modalities>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20, help="SASRecs: epoch cap (cold_start.py's default)")
     p.add_argument("--patience", type=int, default=3)
@@ -70,14 +74,17 @@ def new_items_first(knn: Any, seen: Any) -> Any:
     return NewItemsFirst()
 
 
-def stored_name(model: str, decay: float) -> str:
-    """The results key of `model` at history decay `decay` (content_knn only; 1 = the plain mean)."""
-    return model if decay == 1.0 else f"{cold_start.KNN_RECENT}_{decay:g}"
+def stored_name(model: str, decay: float, modalities: str | None = None) -> str:
+    """The results key of `model` at history decay `decay` (content_knn only; 1 = the plain mean) over
+    `modalities` (content_knn only; None = cold_start.py's)."""
+    name = model if decay == 1.0 else f"{cold_start.KNN_RECENT}_{decay:g}"
+    return name if modalities is None else f"{name}@{modalities}"
 
 
-def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -> dict[str, Any]:
-    """`model` on `name` (content_knn: its history weighted by recency `decay`): VALID / TEST NDCG@10 as trained
-    ("plain") and with every new item ranked first."""
+def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0,
+          modalities: str | None = None) -> dict[str, Any]:
+    """`model` on `name` (content_knn: its history weighted by recency `decay`, over `modalities` when given): VALID
+    / TEST NDCG@10 as trained ("plain") and with every new item ranked first."""
     import dataclasses
 
     from modalrec.experiment import SelectConfig
@@ -89,6 +96,9 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -
     cfg = dataclasses.replace(cold_start.config(name, model, args.seed, cs_args), select=SelectConfig())
     if decay != 1.0:
         cfg = cold_start.at_decay(cfg, decay)
+    if modalities is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, params={**cfg.model.params, "modalities": modalities}))
     res = run_experiment(cfg, write=False)
     seen = ModelContext.for_split(res.split).items_with_training_events()  # [n_items + 1], PAD False
     if model == "content_knn":
@@ -98,6 +108,7 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0) -
         gated.new_item_offset = NEW_FIRST
     out: dict[str, Any] = {"seed": None if model == "content_knn" else args.seed,
                            **({"decay": decay} if decay != 1.0 else {}),
+                           **({"modalities": modalities} if modalities is not None else {}),
                            "best_epoch": getattr(res.history, "best_epoch", None),
                            "items": int(len(seen) - 1), "items_without_training_events": int((~seen[1:]).sum())}
     for part, plain in (("valid", res.valid), ("test", res.test)):
@@ -114,9 +125,12 @@ def main() -> dict[str, Any]:
     done = json.loads(args.out.read_text())["results"] if args.out and args.out.is_file() else {}
     for name in args.datasets:
         for model in args.models:
-            for decay in args.decays if model == "content_knn" else [1.0]:
-                log.info("cold_gate_bound %s / %s (decay %g)", name, model, decay)
-                done.setdefault(name, {})[stored_name(model, decay)] = bound(name, model, args, decay)
+            knn = model == "content_knn"
+            modalities = args.modalities if knn else None
+            for decay in args.decays if knn else [1.0]:
+                log.info("cold_gate_bound %s / %s (decay %g, modalities %s)", name, model, decay, modalities)
+                done.setdefault(name, {})[stored_name(model, decay, modalities)] = bound(
+                    name, model, args, decay, modalities)
     result = {"benchmark": "cold_gate_bound", "metric": "ndcg@10",
               "rule": __doc__.split("\n\n")[1].replace("\n", " "), "results": done}
     emit_json(result, args.out)

@@ -68,6 +68,9 @@ SASRECS = ("sasrec_id", "sasrec_content", "sasrec_hybrid", "sasrec_content_age",
 # _knnrecent_ (in place of _knn_): the residual over the recency-weighted content-kNN (knn_sasrec knn_decay), the
 # decay fixed at the value content_knn_recent's VALID sweep picked on most of the Amazon title logs
 KNN_RECENT_TOKEN, KNN_RESIDUAL_DECAY = "_knnrecent_", 0.5
+# _knnlex_ (in place of _knnrecent_): the same residual over the recency-weighted kNN of the dataset's content and
+# exact words (features.lexical: TF-IDF over the item text's n-grams) together
+KNN_LEX_TOKEN = "_knnlex_"
 UNTRAINED = "@0"  # suffix: the same model evaluated with no training (train.epochs = 0)
 # The item-age models (models/freshness.py, logs with a clock only): full softmax over every item, learned
 # content-vector length, freshness prior over (age, recent activity) started at the training log's rates.
@@ -123,9 +126,15 @@ FUSED_FIRST = "_fusedfirst"
 # _fusedfirstknn (the last suffix): _fusedfirst with the residual over the recency-weighted content-kNN as the
 # content model (the best content model on IISAN Scientific)
 FUSED_FIRST_KNN, FUSED_KNN_CONTENT = "_fusedfirstknn", "sasrec_knnrecent_content_temp"
+# _fusedfirstlex (the last suffix): _fusedfirst with the untrained residual over the recency-weighted content-kNN of
+# the sentence encoder and exact words (KNN_LEX_TOKEN) as the content model: that rule scaled by its starting
+# temperature, so nothing but the hybrid trains (a residual over a 2,432-d similarity costs an epoch about seven
+# times the 384-d one's)
+FUSED_FIRST_LEX, FUSED_LEX_CONTENT = "_fusedfirstlex", "sasrec_knnlex_content_temp@0"
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
-                "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn")  # two runs each
+                "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn",
+                "sasrec_hybrid_repeat_fusedfirstlex", "sasrec_hybrid_fusedfirstlex")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -166,12 +175,15 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
     iisan_sci = {"source": "amazon_iisan", "options": {
         "users_tsv": str(iisan / "am_Industrial_and_Scientific_users.tsv"),
         "items_tsv": str(iisan / "Industrial_and_Scientific_items.tsv")}}
-    text_only = {"text": "minilm", "template": "{title}"}
+    # `lexical` (exact words, TF-IDF over hashed n-grams) is encoded only for a run whose model reads it
+    # (content_knn with modalities text+lexical: cold_gate_bound.py --modalities); the others leave it out
+    lexical = {"lexical": "hashing:2048"}
+    text_only = {"text": "minilm", "template": "{title}", **lexical}
     out = {
         "ml100k": {"data": {"source": "movielens", "options": {"directory": str(root / "ml-100k")}},
                    "split": {"kind": "global_temporal", "ratios": [0.7, 0.15, 0.15]},
                    "features": {"text": "minilm", "image": "efficientnet-lite0",
-                                "template": "{title}. Genres: {genres}. {plot}"},
+                                "template": "{title}. Genres: {genres}. {plot}", **lexical},
                    "content": "text+image", "loss": "sampled",
                    "protocol": "global temporal 70/15/15 (this project's protocol; no published reference)"},
         "iisan_scientific": {"data": iisan_sci, "split": {"kind": "leave_one_out"}, "features": text_only, "clock": False,
@@ -185,7 +197,7 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
         "unisrec_scientific": {"data": {"source": "recbole", "options": {
                                    "directory": str(root / "amazon-scientific-unisrec"), "name": "Scientific",
                                    "presplit": True}},
-                               "split": {"kind": "presplit"}, "features": {"text": "minilm", "template": "{text}"}, "clock": False,
+                               "split": {"kind": "presplit"}, "features": {"text": "minilm", "template": "{text}", **lexical}, "clock": False,
                                "content": "text", "loss": "ce",
                                "split_text": UNISREC_LOO, "protocol": UNISREC_LOO},
         "iisan_scientific_cold10": {"data": iisan_sci,
@@ -225,6 +237,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
     base = base.removesuffix("_gated")
     pop = base.endswith("_pop")
     base = base.removesuffix("_pop")
+    lexical = KNN_LEX_TOKEN in base
+    base = base.replace(KNN_LEX_TOKEN, KNN_RECENT_TOKEN)
     knn_recent = KNN_RECENT_TOKEN in base
     base = base.replace(KNN_RECENT_TOKEN, "_knn_")
     knn = "_knn_" in base
@@ -239,7 +253,8 @@ def model_spec(model: str, ds: dict[str, Any], args: argparse.Namespace) -> dict
                  "content": ds["content"], "id_dropout": ID_DROP if id_drop else 0.3 if aged else 0.2, **scale}}}[base.removesuffix("_age")]
     loss = AGE["loss"] if aged else ds["loss"]
     return {"name": "knn_sasrec" if knn else "sasrec", "params": {
-        **({"temperature": args.temperature} if knn else {}), **({"knn_decay": KNN_RESIDUAL_DECAY} if knn_recent else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
+        **({"temperature": args.temperature} if knn else {}), **({"knn_decay": KNN_RESIDUAL_DECAY} if knn_recent else {}),
+        **({"knn_modalities": f"{ds['content']}+lexical"} if lexical else {}), "dim": 64, "n_layers": 2, "n_heads": 2, "max_len": args.max_len, "dropout": 0.2, "loss": loss,
         "label_smoothing": 0.0,
         **({"n_negatives": 256, "negatives": "popularity"} if loss == "sampled" else {}), **(AGE_HIST if hist else AGE if aged else {}), **(POP if pop else {}),
         **({"loss_popularity": 1.0} if debias else {}), **({"content_aux": 1.0} if aux else {}),
@@ -372,8 +387,9 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     from modalrec.models.repeat import RepeatBonus
     from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
 
-    content = FUSED_KNN_CONTENT if model.endswith(FUSED_FIRST_KNN) else FUSED_CONTENT
-    hybrid = model.removesuffix(FUSED_FIRST_KNN).removesuffix(FUSED_FIRST)
+    content = {FUSED_FIRST_KNN: FUSED_KNN_CONTENT, FUSED_FIRST_LEX: FUSED_LEX_CONTENT}.get(
+        "_" + model.rpartition("_")[2], FUSED_CONTENT)
+    hybrid = model.removesuffix(FUSED_FIRST_KNN).removesuffix(FUSED_FIRST_LEX).removesuffix(FUSED_FIRST)
     t0 = time.perf_counter()
     cfg = _without_select(config(name, hybrid, seed, args))
     runs = _trained_apart(name, cfg, seed, args, content)
@@ -407,7 +423,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
         return [run_knn_recent(name, seed, args)]
     if model.endswith(FUSED):
         return run_fused(name, model, seed, args)
-    if model.endswith((FUSED_FIRST, FUSED_FIRST_KNN)):
+    if model.endswith((FUSED_FIRST, FUSED_FIRST_KNN, FUSED_FIRST_LEX)):
         return run_fused_first(name, model, seed, args)
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()

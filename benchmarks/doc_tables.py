@@ -936,6 +936,10 @@ def cold_start_repeat(results: Path) -> str:
                    "repeat history: repeat"], rows, "ll")
 
 
+MODALITY_WORDS = {"text+lexical": "sentence encoder + exact words (TF-IDF n-grams)",
+                  "lexical": "exact words alone (TF-IDF n-grams)"}
+
+
 def cold_gate_bound(results: Path) -> str:
     """`cold_gate_bound.py`: per dataset and model, TEST NDCG@10 in % as trained and with every item without training
     events ranked first (content-kNN, and any trained SASRec run), next to content-kNN's plain cold-item score."""
@@ -946,8 +950,10 @@ def cold_gate_bound(results: Path) -> str:
             test = r["test"]
             plain, first = test["plain"], test["new_items_first"]
             label = (f"content-kNN, recency-weighted history (decay {r['decay']:g}; no training)" if "decay" in r else
-                     cold_start_label(model) + (f" (seed {r['seed']}, best epoch {r['best_epoch']})"
-                                                if r.get("seed") is not None else ""))
+                     cold_start_label(model.partition("@")[0]) + (f" (seed {r['seed']}, best epoch {r['best_epoch']})"
+                                                                  if r.get("seed") is not None else ""))
+            if "modalities" in r:
+                label += f"; {MODALITY_WORDS.get(r['modalities'], r['modalities'])}"
             rows.append([name, label, f"{r['items_without_training_events']:,} of {r['items']:,}",
                          f"{test['events']['cold_item']:,}", _f(100 * plain["cold_item"], 2),
                          _f(100 * first["cold_item"], 2), f"{first['cold_item'] / knn:.2f}x" if knn else "",

@@ -38,11 +38,20 @@ class FeaturesConfig:
     store: str | None = None
     text: str | None = None  # e.g. "minilm", "hashing", or any sentence-transformers / HF model name
     image: str | None = None  # e.g. "efficientnet-lite0", "stats", "clip:NAME", "siglip:NAME"
-    template: str | None = None  # item text template, e.g. "{title}. {genres}"
+    # a second encoding of the item text, for similarity rules over exact words: "hashing:2048" (word and character
+    # n-grams; content_knn's modalities "text+lexical" weight them by inverse document frequency)
+    lexical: str | None = None
+    template: str | None = None  # item text template, e.g. "{title}. {genres}" (for `text` and `lexical`)
     hidden: str | None = None  # HiddenStateCache directory (per-layer states) for adapter models such as IISAN
     cache_dir: str = ".cache/features"
     device: str = "cpu"
     batch_size: int = 64
+
+    def encoders(self) -> dict[str, str]:
+        """{FeatureStore modality: encoder spec} of the encoders this config runs (none for a prebuilt store)."""
+        if self.store:
+            return {}
+        return {m: s for m, s in (("text", self.text), ("image", self.image), ("lexical", self.lexical)) if s}
 
 
 @dataclass

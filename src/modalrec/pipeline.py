@@ -83,13 +83,13 @@ def load_features(ds: Dataset, cfg: FeaturesConfig, shard: tuple[int, int] | Non
 
     if cfg.store:
         return FeatureStore.open(cfg.store, ds.item_vocab).tensors()
-    if not (cfg.text or cfg.image):
+    if not cfg.encoders():
         return {}, {}
     from modalrec.features.build import encode_catalogue
 
     out_dir = feature_cache_dir(ds, cfg)
     store = encode_catalogue(
-        ds.items, out_dir, text=cfg.text, image=cfg.image, template=cfg.template,
+        ds.items, out_dir, cfg.encoders(), template=cfg.template,
         batch_size=cfg.batch_size, device=cfg.device, resume=True, shard=shard, barrier=barrier,
     )
     if shard is not None and barrier is not None:  # distributed: wait for rank 0's finalisation
@@ -102,7 +102,9 @@ def feature_cache_dir(ds: Dataset, cfg: FeaturesConfig) -> Path:
     """Where `load_features` caches a catalogue's features: one directory per dataset, item vocabulary,
     encoders and text template, so any change to what is encoded gets its own directory."""
     parts = [ds.name, ds.item_vocab.hash, cfg.text or "none", cfg.image or "none"]
-    if cfg.text and cfg.template is not None:
+    if cfg.lexical:  # only then, so that the directories of runs without it keep their names
+        parts.append("lex_" + cfg.lexical)
+    if (cfg.text or cfg.lexical) and cfg.template is not None:
         parts.append("t" + hashlib.sha256(cfg.template.encode()).hexdigest()[:12])
     return Path(cfg.cache_dir) / "-".join(parts).replace("/", "_").replace(":", "_")
 
@@ -113,7 +115,8 @@ def features_for(cfg: FeaturesConfig, modalities: frozenset[str]) -> FeaturesCon
     if cfg.store:
         return cfg
     return _replace(cfg, text=cfg.text if "text" in modalities else None,
-                    image=cfg.image if "image" in modalities else None)
+                    image=cfg.image if "image" in modalities else None,
+                    lexical=cfg.lexical if "lexical" in modalities else None)
 
 
 def item_launch(ds: Dataset, split: Split) -> ItemLaunch:

@@ -62,12 +62,12 @@ def _check_features(cfg: ExperimentConfig, modalities: frozenset[str]) -> None:
 
     if not modalities or cfg.features.store:
         return
-    given = {m for m in ("text", "image") if getattr(cfg.features, m)}
+    given = set(cfg.features.encoders())
     missing = sorted(modalities - given) if modalities != ANY_CONTENT else ([] if given else ["text or image"])
     if missing:
         raise ConfigError(f"model {cfg.model.name!r} reads {' + '.join(sorted(modalities))} features, but "
                           f"features.{missing[0].split()[0]} is not set (e.g. features.text=minilm, "
-                          "features.image=efficientnet-lite0, or features.store=DIR)")
+                          "features.image=efficientnet-lite0, features.lexical=hashing:2048, or features.store=DIR)")
 
 
 def check_model(name: str, params: dict[str, Any]) -> tuple[type, Any]:

@@ -29,7 +29,8 @@ def _add_tiny_dataset(cold: Any, monkeypatch: pytest.MonkeyPatch, cold_item_frac
         return {**real(root), "tiny": {
             "data": {"source": "synthetic", "options": {"n_users": 120, "n_items": 80, "avg_seq_len": 8}},
             "split": split, "clock": False, "content": "text",
-            "features": {"text": "hashing:32", "template": "{title}. {description}"}, "loss": "ce"}}
+            "features": {"text": "hashing:32", "lexical": "hashing:64", "template": "{title}. {description}"},
+            "loss": "ce"}}
 
     monkeypatch.setattr(cold, "datasets", with_tiny)
 
@@ -374,7 +375,7 @@ def test_cold_start_stores_each_datasets_facts_once_and_gives_every_run_them_bac
 
 
 @pytest.mark.parametrize("model", ["sasrec_hybrid_temp_offset_repeat_fused", "sasrec_hybrid_temp_offset_fusedfirst",
-                                   "sasrec_hybrid_repeat_fusedfirstknn"])
+                                   "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstlex"])
 def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: str, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A late-fusion run trains the hybrid and the content SASRec on one split and keeps the weight of the content
@@ -394,10 +395,15 @@ def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: s
     assert keeps_every_group(sweep[fused["chosen"]])
     assert sweep[fused["chosen"]]["overall"] == max(s["overall"] for s in sweep.values() if keeps_every_group(s))
     assert row["model"] == model and row["test"]["overall"]["n"] > 0
-    if model.endswith((cold.FUSED_FIRST, cold.FUSED_FIRST_KNN)):
+    if model.endswith((cold.FUSED_FIRST, cold.FUSED_FIRST_KNN, cold.FUSED_FIRST_LEX)):
         assert fused["offset_valid_sweep"][0]["offset"] == 0.0 and ("repeat" in fused) == ("_repeat" in model)
-        knn = model.endswith(cold.FUSED_FIRST_KNN)
-        assert fused["content_model"] == (cold.FUSED_KNN_CONTENT if knn else cold.FUSED_CONTENT)
+        content = {cold.FUSED_FIRST_KNN: cold.FUSED_KNN_CONTENT, cold.FUSED_FIRST_LEX: cold.FUSED_LEX_CONTENT}
+        assert fused["content_model"] == next((c for suffix, c in content.items() if model.endswith(suffix)),
+                                              cold.FUSED_CONTENT)
+        if model.endswith(cold.FUSED_FIRST_LEX):  # the rule over both similarities, untrained
+            assert fused["content_best_epoch"] == 0
+            spec = cold.model_spec(cold.FUSED_LEX_CONTENT, cold.datasets(args.data_root)["tiny"], args)
+            assert spec["params"]["knn_modalities"] == "text+lexical"
     else:
         assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[fused["chosen"]]["overall"])
 

@@ -225,3 +225,21 @@ def test_a_store_finished_by_a_concurrent_run_is_used_not_refused(tmp_path: Path
     _race(monkeypatch, items, tmp_path / "other", HashingText(16))
     with pytest.raises(MismatchError):
         encode_catalogue(items, tmp_path / "other", {"text": HashingText(32)}, template="{title}", **JOB)
+
+
+def test_encode_cli_writes_the_lexical_modality(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`modalrec encode --lexical` adds the exact-words encoding beside --text, one store, one row per item."""
+    import json
+
+    from modalrec.cli.main import main
+
+    out = tmp_path / "store"
+    args = ["encode", "data.source=synthetic", "data.options.n_users=20", "data.options.n_items=30",
+            "--text", "hashing:32", "--lexical", "hashing:64", "--template", "{title}. {description}",
+            "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["n_items"] == 30 and sorted(meta["modalities"]) == ["lexical", "text"]
+    assert meta["modalities"]["lexical"]["shape"] == [64] and meta["modalities"]["text"]["shape"] == [32]
+    assert main([*args[:-1], str(tmp_path / "hidden"), "--hidden"]) != 0
+    assert "--lexical is a pooled feature" in capsys.readouterr().err

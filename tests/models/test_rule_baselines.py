@@ -12,9 +12,10 @@ from modalrec.data.sources.common import RawEvents, build_dataset
 from modalrec.data.splits import from_presplit
 from modalrec.errors import ConfigError
 from modalrec.evaluation.evaluator import Evaluator
+from modalrec.features.encoders.hashing import HashingText
 from modalrec.models import build_model
 from modalrec.models.base import ModelContext
-from modalrec.models.coldstart import ContentKNNConfig, NewestFirstConfig, RepeatHistoryConfig
+from modalrec.models.coldstart import ContentKNNConfig, NewestFirstConfig, RepeatHistoryConfig, idf_weights
 from modalrec.models.popularity import RecentPopConfig
 from modalrec.pipeline import item_launch
 from modalrec.types import SeqBatch
@@ -125,3 +126,37 @@ def test_launch_ranks_without_query_time_use_everything_known() -> None:
     r = launch_ranks(launch, torch.arange(split.n_items + 1), None)[0]
     by = {x: float(r[ds.item_vocab.index(x)]) for x in "ABCDEF"}
     assert by["F"] > by["D"] > by["B"] > by["C"] > by["A"] > by["E"] > 0 == float(r[0])
+
+
+def test_idf_weights_count_the_items_using_each_column() -> None:
+    bags = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, -2.0]])  # row 0 PAD
+    w = idf_weights(bags)
+    n = 3.0
+    want = [np.log((1 + n) / (1 + df)) + 1 for df in (3, 1, 1)]  # a column every item uses weighs 1
+    np.testing.assert_allclose(w.numpy(), want, rtol=1e-6)
+
+
+def test_content_knn_lexical_ranks_the_shared_rare_word_first() -> None:
+    # every title says "pack"; only the target shares the history item's model number. The sentence-encoder
+    # stand-in (text) ranks a decoy nearest; the exact words (lexical, IDF-weighted) find the variant
+    titles = ["", "acme x100 sensor pack", "acme x100 probe pack", "foo widget pack", "bar gadget pack",
+              "baz gizmo pack"]
+    n = len(titles) - 1
+    enc = HashingText(dim=256)
+    lexical = torch.from_numpy(np.concatenate([np.zeros((1, 256), np.float32), enc.encode(titles[1:]).features]))
+    text = torch.zeros(n + 1, 2)
+    text[1:] = torch.tensor([[1.0, 0.0], [0.8, 0.6], [1.0, 0.05], [0.3, 1.0], [0.0, 1.0]])
+    ctx = ModelContext(n_items=n, n_users=1, item_features={"text": text, "lexical": lexical})
+    hist = SeqBatch(torch.tensor([[0, 1]]), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+
+    def ranked(modalities: str) -> list[int]:
+        model = build_model("content_knn", ContentKNNConfig(modalities=modalities), ctx).fit_counts(None)
+        scores = model.score(hist)[0, 2:]  # items 2..n (item 1 is the history)
+        return (torch.argsort(scores, descending=True) + 2).tolist()
+
+    assert ranked("text")[0] == 3  # the decoy
+    assert ranked("lexical")[0] == 2 and ranked("text+lexical")[0] == 2
+    # without IDF weighting "pack" alone would tie the other items; with it they stay below the variant by far
+    model = build_model("content_knn", ContentKNNConfig(modalities="lexical"), ctx).fit_counts(None)
+    scores = model.score(hist)[0]
+    assert scores[2] > 2 * scores[3:].max()

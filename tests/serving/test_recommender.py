@@ -186,3 +186,29 @@ def test_approximate_index_serves_the_same_top_items(content_artifact: Path, rec
     src = ann.catalogue.index(top)
     ann.add_items([{"id": "twin", **ann.catalogue.record(src), "image": ann.catalogue.image_path(src)}])
     assert {r.item_id for r in ann.recommend(history=HIST, k=2)} == {"twin", top}
+
+
+def test_exact_words_rule_scores_an_added_item_by_its_words(tmp_path: Path) -> None:
+    """content_knn over text + lexical (features.lexical) served: an added item is encoded by both encoders and
+    ranked by its words at once -- a copy of a history item's text outranks every catalogue item."""
+    from modalrec.config import from_dict
+    from modalrec.experiment import ExperimentConfig
+    from modalrec.pipeline import run_experiment
+    from modalrec.serving.artifact import export_artifact
+
+    cfg = {"name": "lexical", "seed": 0, "output_dir": str(tmp_path / "runs"),
+           "data": {"source": "synthetic", "options": {"n_users": 60, "n_items": 40, "avg_seq_len": 6}},
+           "split": {"kind": "leave_one_out"},
+           "features": {"text": "hashing:64", "lexical": "hashing:256", "template": "{title}. {description}",
+                        "cache_dir": str(tmp_path / "features")},
+           "model": {"name": "content_knn", "params": {"modalities": "text+lexical"}}, "eval": {"ks": [10]}}
+    run = run_experiment(from_dict(ExperimentConfig, cfg))
+    art = export_artifact(run, tmp_path / "artifact")
+    rec = Recommender.load(art, persist=False)
+    assert set(rec._feats) == {"text", "lexical"}
+    last = HIST[-1]
+    rec.add_items([{"id": "copy", **rec.catalogue.record(rec.catalogue.index(last))}])
+    out = rec.recommend(history=HIST, k=1)
+    assert out[0].item_id == "copy"
+    ids, _ = _reference(rec, HIST, 1)
+    assert ids == [rec.catalogue.index("copy")]

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory of the store")
     parser.add_argument("--text", help="text encoder spec, e.g. minilm, hashing, hf:NAME?pooling=last")
     parser.add_argument("--image", help="image encoder spec, e.g. efficientnet-lite0, clip:NAME, stats")
+    parser.add_argument("--lexical", help="a second text encoding for exact-word similarity (content_knn modalities "
+                                          "text+lexical), e.g. hashing:2048; pooled features only")
     parser.add_argument("--template", help="item text template over item fields, e.g. '{title}. {genres}'")
     parser.add_argument("--hidden", action="store_true",
                         help="write per-layer hidden states (for IISAN adapters) instead of pooled features")
@@ -50,8 +52,10 @@ def _run(args: argparse.Namespace, is_main: bool = True) -> int:
     from modalrec.pipeline import load_data
 
     cfg = experiment_config(args)
-    if not (args.text or args.image):
-        raise ConfigError("give --text and/or --image")
+    if not (args.text or args.image or args.lexical):
+        raise ConfigError("give --text, --image and/or --lexical")
+    if args.hidden and args.lexical:
+        raise ConfigError("--lexical is a pooled feature; hidden-state caches (--hidden) take --text / --image")
     ds = load_data(cfg.data)
     common = {"template": args.template, "batch_size": args.batch_size, "device": args.device,
               "precision": args.precision, "resume": not args.no_resume,
@@ -63,7 +67,8 @@ def _run(args: argparse.Namespace, is_main: bool = True) -> int:
                                           barrier=barrier if shard else None,
                                           **common)
         else:
-            summary = encode_catalogue(ds.items, args.out, text=args.text, image=args.image, dtype=args.dtype,
+            encoders = {k: v for k, v in (("text", args.text), ("image", args.image), ("lexical", args.lexical)) if v}
+            summary = encode_catalogue(ds.items, args.out, encoders, dtype=args.dtype,
                                        shard=shard, barrier=barrier if shard else None, **common)
         if shard is not None:
             barrier()  # every rank returns once rank 0 has finalised the store

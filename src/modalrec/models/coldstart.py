@@ -3,7 +3,9 @@
 - `NewestFirst`: items by launch time at the query time, newest first (data/item_age.py: metadata launch,
   else first appearance strictly before the query; items not launched / not yet seen rank last);
 - `ContentKNN`: cosine of the mean content vector of the user's history to every item's content vector
-  (the frozen FeatureStore features; no training); `decay < 1` weights the history by recency instead;
+  (the frozen FeatureStore features; no training); `decay < 1` weights the history by recency instead; with
+  modalities "text+lexical" half the similarity is the sentence encoder's and half exact words' (TF-IDF over the
+  item text's n-grams), which tell apart the maker, series and size of near-identical products;
 - `RepeatHistory`: the user's own history, most recent first; every other item ties below it.
 
 All are fitted by `fit_counts` (nothing to fit) and scored by the shared evaluator like any model.
@@ -96,13 +98,31 @@ def recency_weights(length: int, decay: float, like: torch.Tensor) -> torch.Tens
     return torch.where(back >= 0, decay ** back.clamp(min=0), torch.zeros_like(back))
 
 
+# the FeatureStore modality of `features.lexical`: the item text as a bag of hashed word and character n-grams
+LEXICAL = "lexical"
+
+
+def idf_weights(bags: torch.Tensor) -> torch.Tensor:
+    """[d] smoothed inverse document frequency of each column of bag-of-n-gram rows `bags` [N + 1, d] (row 0 PAD,
+    all 0): log((1 + n) / (1 + df)) + 1 with df the number of items whose row is nonzero in the column, so a
+    column every item shares weighs 1 and one a single item has weighs the most."""
+    df = (bags[1:] != 0).sum(0).to(torch.float32)
+    n = float(bags.shape[0] - 1)
+    return torch.log((1.0 + n) / (1.0 + df)) + 1.0
+
+
 def content_table(features: dict[str, torch.Tensor], missing: dict[str, torch.Tensor],
                   modalities: list[str]) -> torch.Tensor:
     """[N + 1, D] unit item vectors: per-modality unit vectors (0 where missing) concatenated, renormalised
-    (items with a missing modality stay unit length); row 0 (PAD) is 0."""
+    (items with a missing modality stay unit length); row 0 (PAD) is 0. The `lexical` modality's columns are
+    weighted by inverse document frequency first (TF-IDF cosine: the words few items share are the ones that say
+    two items are alike), over the catalogue the features hold, so items added later move the weights too."""
     parts = []
     for m in modalities:
-        x = F.normalize(features[m].float(), dim=-1)  # [N + 1, d_m]
+        x = features[m].float()  # [N + 1, d_m]
+        if m == LEXICAL:
+            x = x * idf_weights(x)
+        x = F.normalize(x, dim=-1)
         if m in missing:
             x = x.masked_fill(missing[m].unsqueeze(1), 0.0)
         parts.append(x)
@@ -114,7 +134,9 @@ def content_table(features: dict[str, torch.Tensor], missing: dict[str, torch.Te
 @dataclass
 class ContentKNNConfig:
     max_len: int = 50  # history items averaged
-    modalities: str = "auto"  # "text", "image", "text+image", or "auto": every modality the features provide
+    # "text", "image", "text+image", "lexical" (features.lexical: exact words), "text+lexical", ..., or "auto":
+    # text and / or image, whichever the features provide
+    modalities: str = "auto"
     # weight of each history item relative to the next newer one: 1 = the plain mean (the rule's definition);
     # 0.5 halves the weight per step back, so the last item counts as much as all older ones together
     decay: float = 1.0

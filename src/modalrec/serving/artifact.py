@@ -211,7 +211,7 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
     split = make_split(ds, cfg.split, cfg.seed)
     model_cls, model_cfg = check_model(cfg.model.name, cfg.model.params)
     features = features_for(cfg.features, model_cls.content_modalities(model_cfg))  # what training encoded
-    specs = {m: s for m, s in (("text", features.text), ("image", features.image)) if s}
+    specs = features.encoders()
     specs.update(encoders or {})  # explicit specs win (e.g. a run that read a prebuilt features.store)
 
     tmp = temp_dir_beside(out_dir)
@@ -265,7 +265,7 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
 
     if fcfg.store:
         src: Path | None = Path(fcfg.store)
-    elif fcfg.text or fcfg.image:
+    elif fcfg.encoders():
         from modalrec.pipeline import feature_cache_dir
 
         src = feature_cache_dir(ds, fcfg)
@@ -280,7 +280,7 @@ def _export_features(ds: Any, fcfg: Any, dest: Path) -> dict[str, Any] | None:
         from modalrec.features.build import encode_catalogue
 
         log.warning("feature cache %s is gone; re-encoding the catalogue into the artifact", src)
-        encode_catalogue(ds.items, dest, text=fcfg.text, image=fcfg.image, template=fcfg.template,
+        encode_catalogue(ds.items, dest, fcfg.encoders(), template=fcfg.template,
                          batch_size=fcfg.batch_size, device=fcfg.device, progress=False)
         shutil.rmtree(dest.with_name(f"{dest.name}.partial"), ignore_errors=True)
     store = FeatureStore.open(dest, ds.item_vocab)
