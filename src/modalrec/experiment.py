@@ -48,9 +48,8 @@ class FeaturesConfig:
     batch_size: int = 64
 
     def encoders(self) -> dict[str, str]:
-        """{FeatureStore modality: encoder spec} of the encoders this config runs (none for a prebuilt store)."""
-        if self.store:
-            return {}
+        """{FeatureStore modality: encoder spec} of the encoders this config names (a prebuilt `store` wins over
+        them where it is read; serving still encodes added items with them)."""
         return {m: s for m, s in (("text", self.text), ("image", self.image), ("lexical", self.lexical)) if s}
 
 

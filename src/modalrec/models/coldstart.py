@@ -158,7 +158,7 @@ class ContentKNN(SequentialRecommender, _Rule):
         self.modalities = sorted(m for m in type(self).content_modalities(cfg) if m in ctx.item_features)
         if not self.modalities:
             raise ConfigError(f"content_knn needs content features ({cfg.modalities}); the features provide "
-                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image)")
+                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image / features.lexical)")
         self.register_buffer("table", self._table(ctx.item_features, ctx.feature_missing))
 
     @classmethod

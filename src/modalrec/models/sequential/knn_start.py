@@ -73,7 +73,7 @@ class KNNSASRec(CausalTowerRecommender):
         self.modalities = sorted(m for m in type(self).knn_modalities(cfg) if m in ctx.item_features)
         if not self.modalities:
             raise ConfigError(f"knn_sasrec needs content features ({cfg.knn_modalities}); the features provide "
-                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image)")
+                              f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image / features.lexical)")
         # the offset is set after the backbone is built: SASRec alone refuses it on an ID tower, which cannot score
         # new items, but here the kNN term scores them from content
         self.backbone = SASRec(dataclasses.replace(cfg, new_item_offset=0.0), ctx)
