@@ -621,6 +621,8 @@ COLD_START_MODELS = {"pop": "Pop", "recent_pop": "recent pop (launch tie-break)"
 FUSED_KNN_WORDS = (", fused with the trained SASRec content residual over the recency-weighted content-kNN, learned "
                    "temperature (weight chosen on VALID)")
 FUSED_WORDS = ", fused with the trained content SASRec, learned temperature (weight chosen on VALID)"
+FUSED_LEX_WORDS = (", fused with the recency-weighted content-kNN over the sentence encoder and exact words (decay 0.5, "
+                   "no training; weight chosen on VALID)")
 
 
 def cold_start_label(model: str) -> str:
@@ -629,12 +631,14 @@ def cold_start_label(model: str) -> str:
     baselines'), `+offset` (new-item offset chosen on VALID), `+blend` (scores blended with the untrained
     model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_iddrop` (ID dropout 0.5),
     `_spread` (the offset in units of each user's ID score spread), `_fused` (late fusion with the trained content
-    model), `_fusedfirst` (the fusion first, then the offset and bonus), `_repeat` + a selected row (a bonus for the user's history items chosen on
+    model), `_fusedfirst` (the fusion first, then the offset and bonus; `_fusedfirstknn` / `_fusedfirstlex` with
+    the residual over the recency-weighted kNN / that rule over both similarities), `_repeat` + a selected row (a bonus for the user's history items chosen on
     VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     # the trained hybrid and a content model fused, then the run's other settings (`_fusedfirstknn`: the content
-    # model is the residual over the recency-weighted kNN)
-    for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirst", FUSED_WORDS)):
+    # model is the residual over the recency-weighted kNN; `_fusedfirstlex`: the untrained rule over both similarities)
+    for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirstlex", FUSED_LEX_WORDS),
+                          ("_fusedfirst", FUSED_WORDS)):
         if base.endswith(suffix):
             base = base.removesuffix(suffix)
             repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
