@@ -128,8 +128,8 @@ FUSED_FIRST = "_fusedfirst"
 FUSED_FIRST_KNN, FUSED_KNN_CONTENT = "_fusedfirstknn", "sasrec_knnrecent_content_temp"
 # _fusedfirstlex (the last suffix): _fusedfirst with the untrained residual over the recency-weighted content-kNN of
 # the sentence encoder and exact words (KNN_LEX_TOKEN) as the content model: that rule scaled by its starting
-# temperature, so nothing but the hybrid trains (a residual over a 2,432-d similarity costs an epoch about seven
-# times the 384-d one's)
+# temperature, so nothing but the hybrid trains (a trained residual would score every item through 2,432-wide joint
+# vectors at every step, where the sentence encoder's alone are 384 wide)
 FUSED_FIRST_LEX, FUSED_LEX_CONTENT = "_fusedfirstlex", "sasrec_knnlex_content_temp@0"
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
@@ -176,7 +176,8 @@ def datasets(root: Path) -> dict[str, dict[str, Any]]:
         "users_tsv": str(iisan / "am_Industrial_and_Scientific_users.tsv"),
         "items_tsv": str(iisan / "Industrial_and_Scientific_items.tsv")}}
     # `lexical` (exact words, TF-IDF over hashed n-grams) is encoded only for a run whose model reads it
-    # (content_knn with modalities text+lexical: cold_gate_bound.py --modalities); the others leave it out
+    # (content_knn with modalities text+lexical -- cold_gate_bound.py --modalities --, the _knnlex_ models); the others
+    # leave it out, so their feature caches and results are as before
     lexical = {"lexical": "hashing:2048"}
     text_only = {"text": "minilm", "template": "{title}", **lexical}
     out = {

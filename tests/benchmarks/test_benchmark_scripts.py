@@ -468,3 +468,17 @@ def test_cold_gate_bound_ranks_new_items_first_at_each_history_decay(tmp_path: P
         assert run["test"]["new_items_first"]["cold_item"] > run["test"]["plain"]["cold_item"]
         assert run["test"]["new_items_first"]["warm"] < run["test"]["plain"]["warm"]  # below every new item
     assert runs["content_knn"]["valid"]["plain"] != runs[f"{cold.KNN_RECENT}_0.1"]["valid"]["plain"]
+
+
+def test_cold_gate_bound_modalities_add_exact_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--modalities text+lexical runs content-kNN over the sentence-encoder stand-in and the TF-IDF n-grams: its own
+    stored entry (name@modalities, modalities recorded), a different ranking from the text-only run."""
+    cold, gate = importlib.import_module("cold_start"), importlib.import_module("cold_gate_bound")
+    _add_tiny_dataset(cold, monkeypatch, cold_item_fraction=0.2)
+    args = gate.parse_args(["--cache-dir", str(tmp_path / "features"), "--modalities", "text+lexical"])
+    both = gate.bound("tiny", "content_knn", args, 0.5, "text+lexical")
+    text = gate.bound("tiny", "content_knn", args, 0.5)
+    assert gate.stored_name("content_knn", 0.5, "text+lexical") == f"{cold.KNN_RECENT}_0.5@text+lexical"
+    assert both["modalities"] == "text+lexical" and "modalities" not in text
+    assert both["valid"]["plain"] != text["valid"]["plain"]
+    assert both["test"]["new_items_first"]["cold_item"] >= both["test"]["plain"]["cold_item"]
