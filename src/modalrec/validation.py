@@ -63,7 +63,8 @@ def _check_features(cfg: ExperimentConfig, modalities: frozenset[str]) -> None:
     if not modalities or cfg.features.store:
         return
     given = set(cfg.features.encoders())
-    missing = sorted(modalities - given) if modalities != ANY_CONTENT else ([] if given else ["text or image"])
+    missing = sorted(modalities - given) if modalities != ANY_CONTENT else ([] if given & ANY_CONTENT
+                                                                           else ["text or image"])
     if missing:
         raise ConfigError(f"model {cfg.model.name!r} reads {' + '.join(sorted(modalities))} features, but "
                           f"features.{missing[0].split()[0]} is not set (e.g. features.text=minilm, "

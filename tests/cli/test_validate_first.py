@@ -117,3 +117,14 @@ def test_key_check_names_the_first_bad_key() -> None:
         with pytest.raises(ConfigError) as err:
             config_keys.check_keys(data)
         assert named in str(err.value)
+
+
+def test_exact_words_alone_do_not_feed_a_text_or_image_tower() -> None:
+    """features.lexical is for the similarity rules that name it; a tower reading "whichever of text / image" still
+    needs one of those (caught before any data is read)."""
+    hybrid = {"name": "sasrec", "params": {"dim": 16, "max_len": 8, "tower": {"kind": "hybrid"}}}
+    with pytest.raises(ConfigError, match="features.text is not set"):
+        check_experiment(_cfg(model=hybrid, features={"lexical": "hashing:64"}))
+    assert check_experiment(_cfg(model=hybrid, features={"text": "hashing", "lexical": "hashing:64"})).modalities
+    rule = {"name": "content_knn", "params": {"modalities": "lexical"}}
+    assert check_experiment(_cfg(model=rule, features={"lexical": "hashing:64"})).modalities == frozenset({"lexical"})
