@@ -131,6 +131,9 @@ FUSED_FIRST_KNN, FUSED_KNN_CONTENT = "_fusedfirstknn", "sasrec_knnrecent_content
 # temperature, so nothing but the hybrid trains (a trained residual would score every item through 2,432-wide joint
 # vectors at every step, where the sentence encoder's alone are 384 wide)
 FUSED_FIRST_LEX, FUSED_LEX_CONTENT = "_fusedfirstlex", "sasrec_knnlex_content_temp@0"
+# a fused-first model's suffix -> the content model it fuses with (no suffix ends another)
+FUSED_FIRST_CONTENT = {FUSED_FIRST: FUSED_CONTENT, FUSED_FIRST_KNN: FUSED_KNN_CONTENT,
+                       FUSED_FIRST_LEX: FUSED_LEX_CONTENT}
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
                 "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn",
@@ -388,9 +391,8 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     from modalrec.models.repeat import RepeatBonus
     from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
 
-    content = {FUSED_FIRST_KNN: FUSED_KNN_CONTENT, FUSED_FIRST_LEX: FUSED_LEX_CONTENT}.get(
-        "_" + model.rpartition("_")[2], FUSED_CONTENT)
-    hybrid = model.removesuffix(FUSED_FIRST_KNN).removesuffix(FUSED_FIRST_LEX).removesuffix(FUSED_FIRST)
+    suffix = next(s for s in FUSED_FIRST_CONTENT if model.endswith(s))
+    content, hybrid = FUSED_FIRST_CONTENT[suffix], model.removesuffix(suffix)
     t0 = time.perf_counter()
     cfg = _without_select(config(name, hybrid, seed, args))
     runs = _trained_apart(name, cfg, seed, args, content)
@@ -424,7 +426,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
         return [run_knn_recent(name, seed, args)]
     if model.endswith(FUSED):
         return run_fused(name, model, seed, args)
-    if model.endswith((FUSED_FIRST, FUSED_FIRST_KNN, FUSED_FIRST_LEX)):
+    if model.endswith(tuple(FUSED_FIRST_CONTENT)):
         return run_fused_first(name, model, seed, args)
     cfg = config(name, model, seed, args)
     t0 = time.perf_counter()

@@ -47,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, is_main: bool = True) -> int:
     from modalrec.cli.common import experiment_config, print_json
     from modalrec.errors import ConfigError
+    from modalrec.experiment import FeaturesConfig
     from modalrec.features.build import encode_catalogue, encode_hidden_cache
     from modalrec.parallel import barrier, shard_of_this_process
     from modalrec.pipeline import load_data
 
     cfg = experiment_config(args)
-    if not (args.text or args.image or args.lexical):
+    encoders = FeaturesConfig(text=args.text, image=args.image, lexical=args.lexical).encoders()
+    if not encoders:
         raise ConfigError("give --text, --image and/or --lexical")
     if args.hidden and args.lexical:
         raise ConfigError("--lexical is a pooled feature; hidden-state caches (--hidden) take --text / --image")
@@ -62,12 +64,10 @@ def _run(args: argparse.Namespace, is_main: bool = True) -> int:
               "progress": not args.no_progress and is_main}
     with shard_of_this_process() as shard:
         if args.hidden:
-            encoders = {k: v for k, v in (("text", args.text), ("image", args.image)) if v}
             summary = encode_hidden_cache(ds.items, args.out, encoders, layers=_layers(args.layers), shard=shard,
                                           barrier=barrier if shard else None,
                                           **common)
         else:
-            encoders = {k: v for k, v in (("text", args.text), ("image", args.image), ("lexical", args.lexical)) if v}
             summary = encode_catalogue(ds.items, args.out, encoders, dtype=args.dtype,
                                        shard=shard, barrier=barrier if shard else None, **common)
         if shard is not None:
