@@ -137,7 +137,8 @@ FUSED_FIRST_CONTENT = {FUSED_FIRST: FUSED_CONTENT, FUSED_FIRST_KNN: FUSED_KNN_CO
 FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_repeat_fused",
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
                 "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn",
-                "sasrec_hybrid_repeat_fusedfirstlex", "sasrec_hybrid_fusedfirstlex")  # two runs each
+                "sasrec_hybrid_repeat_fusedfirstlex", "sasrec_hybrid_fusedfirstlex",
+                "sasrec_hybrid_repeat_newgate_fusedfirstlex")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -162,6 +163,11 @@ BLEND = "+blend"
 # history item left, so the bonus ranks a repeat target first and changes no novel target (as repeat_history does)
 REPEAT = "_repeat"
 REPEATED = "+repeat"  # the selected row of a `_repeat` model with no offset or blend
+# _newgate (after _repeat; on a fused-first model, before its fusion suffix): the new-item offset made per user
+# (`select.new_item_gate`, models/new_item_gate.py): a logistic regression fitted on VALID says from the history's
+# training event counts how likely the next item is new, its offset and slope chosen on VALID after the offset and
+# the blend, before the bonus
+NEW_GATE = "_newgate"
 MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
 GROUPS = GROUP_ROWS  # overall, then every evaluator group
 METRICS = ("ndcg@10", "hr@10")
@@ -309,6 +315,7 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
     blend = {"blend_untrained": True}
     offset_then_blend = SELECT_OFFSET in suffixes
     repeat = {"repeat_bonus": True} if REPEAT in suffixes else {}
+    repeat = {**({"new_item_gate": True} if NEW_GATE in suffixes else {}), **repeat}  # the gate before the bonus
     if "hybrid" in model:
         return {**offset, **(blend if offset_then_blend else {}), **repeat}
     if "content" not in model:
@@ -318,9 +325,9 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
 
 def run_suffixes(model: str) -> tuple[str, set[str]]:
     """(the model without its run suffixes, the suffixes it has): the suffixes that set the run rather than the
-    model -- UNTRAINED, REPEAT, REACH, FIRST, SELECT_OFFSET --, peeled from the end in that order."""
+    model -- UNTRAINED, NEW_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET --, peeled from the end in that order."""
     found = set()
-    for suffix in (UNTRAINED, REPEAT, REACH, FIRST, SELECT_OFFSET):
+    for suffix in (UNTRAINED, NEW_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET):
         if model.endswith(suffix):
             found.add(suffix)
             model = model.removesuffix(suffix)
@@ -388,8 +395,17 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     model alone), then the offset (selection.offset_sweep, --offset-tolerance) and, for `_repeat`, the bonus
     (selection.repeat_sweep) chosen on VALID for the fused model; TEST once."""
     from modalrec.models.blend import ScoreBlend
+    from modalrec.models.new_item_gate import valid_events
     from modalrec.models.repeat import RepeatBonus
-    from modalrec.training.selection import BLEND_RULE, blend_sweep, offset_sweep, repeat_sweep
+    from modalrec.training.selection import (
+        BLEND_RULE,
+        GATE_RULE,
+        blend_sweep,
+        fitted_gate,
+        gate_sweep,
+        offset_sweep,
+        repeat_sweep,
+    )
 
     suffix = next(s for s in FUSED_FIRST_CONTENT if model.endswith(s))
     content, hybrid = FUSED_FIRST_CONTENT[suffix], model.removesuffix(suffix)
@@ -408,8 +424,14 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     record = {"content_model": content, "chosen": fusion.value, "rule": BLEND_RULE, "valid_sweep": fusion.sweep,
               "content_best_epoch": runs[1].history.best_epoch, "offset": offset.value,
               "offset_valid_sweep": offset.sweep}
+    if NEW_GATE in run_suffixes(hybrid)[1]:
+        chosen = fitted_gate(fused, lambda: valid_events(runs[0].split, fused.history_length))
+        gate = gate_sweep(chosen, valid)
+        report, record = gate.report, {**record, "new_item_gate": {
+            "fit": chosen.fit.to_dict(), "offset": chosen.offset, "slope": chosen.slope, "rule": GATE_RULE,
+            "valid_sweep": gate.sweep}}
     if REPEAT in run_suffixes(hybrid)[1]:
-        chosen = RepeatBonus(fused)
+        chosen = RepeatBonus(chosen)
         bonus = repeat_sweep(chosen, valid)
         report, record = bonus.report, {**record, "repeat": bonus.value, "repeat_valid_sweep": bonus.sweep}
     test = evaluate(cfg, runs[0].split, chosen, "test")
@@ -437,6 +459,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
         return [result(name, model, seed, args, res, seconds)]
     # the trained model: the selected one at offset 0, without the repeat bonus, the trained half of a blend
     scorer = res.model.model if "repeat_bonus" in selected else res.model  # RepeatBonus wraps the rest
+    scorer = scorer.model if "new_item_gate" in selected else scorer  # then the NewItemGate
     trained = scorer.trained if "blend_untrained" in selected else scorer
     chosen = trained.new_item_offset if "new_item_offset" in selected else None
     if chosen is not None:
@@ -446,6 +469,7 @@ def run_one(name: str, model: str, seed: int, args: argparse.Namespace) -> list[
         trained.new_item_offset = chosen
     plain = result(name, model, seed, args, res, seconds, valid, test)
     records = {key: selected[setting] for key, setting in (("offset", "new_item_offset"), ("blend", "blend_untrained"),
+                                                           ("new_item_gate", "new_item_gate"),
                                                            ("repeat", "repeat_bonus")) if setting in selected}
     row = BLEND if "blend" in records else OFFSET if "offset" in records else REPEATED
     return [plain, {**plain, "model": model + row, "valid": groups_of(res.valid),

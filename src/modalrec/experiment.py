@@ -84,6 +84,10 @@ class SelectConfig:
     # overall metric the new items may cost, e.g. 0.05); none reaching it: the tolerance rule alone
     offset_reach: list[str] = field(default_factory=list)
     blend_untrained: bool = False  # score = (1 - w) * trained + w * the model's untrained state, w on VALID
+    # a per-user offset of items without training events: a logistic regression on VALID over the history's
+    # training event counts says how likely the next item is new; its offset and slope chosen on VALID
+    # (models/new_item_gate.py)
+    new_item_gate: bool = False
     repeat_bonus: bool = False  # a constant added to the scores of the user's history items, chosen on VALID
 
 

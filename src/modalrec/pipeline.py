@@ -237,7 +237,8 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
             untrained = copy.deepcopy(model) if cfg.select.blend_untrained else None  # the state fit starts from
             history = fit(model, source, train_cfg, validate=lambda m: run_eval(valid_eval, m, "valid"),
                           distributed=distributed)
-        if cfg.select.new_item_offset or cfg.select.blend_untrained or cfg.select.repeat_bonus:  # chosen on VALID
+        if cfg.select.new_item_offset or cfg.select.blend_untrained or cfg.select.new_item_gate \
+                or cfg.select.repeat_bonus:  # chosen on VALID
             from modalrec.training.selection import select_on_valid
 
             def fitted_rule(name: str) -> Any:  # a rule baseline of select.offset_reach, with its default params
@@ -246,8 +247,14 @@ def run_experiment(cfg: ExperimentConfig, write: bool = True, distributed: Any =
                 return rule
 
             # each sweep's first candidate (offset 0 / weight 0) is the trained model's VALID pass
+            def gate_events() -> tuple[torch.Tensor, torch.Tensor, Any]:  # select.new_item_gate's fit
+                from modalrec.models.new_item_gate import valid_events
+
+                return valid_events(split, model.history_length)
+
             scorer, selection, valid_report = select_on_valid(model, untrained, cfg.select,
-                                                              lambda m: run_eval(valid_eval, m, "valid"), fitted_rule)
+                                                              lambda m: run_eval(valid_eval, m, "valid"), fitted_rule,
+                                                              gate_events)
         else:
             valid_report = run_eval(valid_eval, model, "valid")
         test_report = run_eval(evaluator("test"), scorer, "test")
@@ -381,5 +388,5 @@ def evaluate_run(run_dir: str | Path, part: str = "valid", device: str = "cpu",
         if (run_dir / UNTRAINED_DIR).is_dir():
             untrained = copy.deepcopy(model)
             load_state(run_dir / UNTRAINED_DIR, untrained)
-        model = apply_selection(model, untrained, manifest["selection"])
+        model = apply_selection(model, untrained, manifest["selection"], split.train.item_counts())
     return evaluator_for(cfg, split, part, model.history_length, device).run(model, name=part)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Protocol, runtime_checkable
+import hashlib
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -75,3 +76,16 @@ class HistoryBonusScorer(Protocol):
     `history_bonus()` returns (base, bonus)."""
 
     def history_bonus(self) -> tuple[Scorer, float]: ...
+
+
+def batch_digest(batch: Any) -> bytes:
+    """A digest of every tensor field of a batch dataclass (name, dtype, shape and values)."""
+    if not is_dataclass(batch):
+        raise TypeError(f"cannot key a batch digest by a {type(batch).__name__}")
+    h = hashlib.blake2b(digest_size=20)
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if isinstance(value, torch.Tensor):
+            h.update(f"{f.name}:{value.dtype}:{tuple(value.shape)}".encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.digest()

@@ -168,6 +168,19 @@ def _check_monitor(cfg: ExperimentConfig, model_cls: type) -> None:
         raise ConfigError(f"train.monitor: unknown group {group!r} in {cfg.train.monitor!r}; groups: {list(GROUPS)}")
 
 
+def _check_gate(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> None:
+    """The new-item gate lifts items without training events per user: it needs a model that ranks from a history
+    (not the event stream's memory) and scores such items from content, else it would lift them all alike."""
+    from modalrec.models.base import Training
+
+    if getattr(model_cls, "training_kind", None) is Training.EVENTS:
+        raise ConfigError(f"select.new_item_gate: model {cfg.model.name!r} scores from memory built by the event "
+                          "stream; the gate applies to models that rank from a history")
+    if not model_cls.content_modalities(model_cfg):
+        raise ConfigError(f"select.new_item_gate: model {cfg.model.name!r} reads no item content, so it cannot tell "
+                          "items without training events apart; the gate needs a content or hybrid model")
+
+
 def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> None:
     """`select` settings need a model trained by `fit` and scored from its weights; the new-item offset needs a
     model with `new_item_offset` whose tower scores items without training events from content."""
@@ -176,6 +189,8 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
     sel = cfg.select
     if sel.offset_reach:
         _check_reach(sel)
+    if sel.new_item_gate:
+        _check_gate(cfg, model_cls, model_cfg)
     if not (sel.new_item_offset or sel.blend_untrained or sel.repeat_bonus):
         return
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):

@@ -375,7 +375,8 @@ def test_cold_start_stores_each_datasets_facts_once_and_gives_every_run_them_bac
 
 
 @pytest.mark.parametrize("model", ["sasrec_hybrid_temp_offset_repeat_fused", "sasrec_hybrid_temp_offset_fusedfirst",
-                                   "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstlex"])
+                                   "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstlex",
+                                   "sasrec_hybrid_repeat_newgate_fusedfirstlex"])
 def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: str, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A late-fusion run trains the hybrid and the content SASRec on one split and keeps the weight of the content
@@ -404,6 +405,13 @@ def test_cold_start_fusions_choose_the_content_weight_by_the_blend_rule(model: s
             assert fused["content_best_epoch"] == 0
             spec = cold.model_spec(cold.FUSED_LEX_CONTENT, cold.datasets(args.data_root)["tiny"], args)
             assert spec["params"]["knn_modalities"] == "text+lexical"
+        assert ("new_item_gate" in fused) == (cold.NEW_GATE in model)
+        if cold.NEW_GATE in model:  # after the offset: its first candidate is the offset model, the best VALID kept
+            gate = fused["new_item_gate"]
+            chosen_offset = next(s for s in fused["offset_valid_sweep"] if s["offset"] == fused["offset"])
+            assert gate["valid_sweep"][0]["overall"] == pytest.approx(chosen_offset["overall"])
+            assert max(s["overall"] for s in gate["valid_sweep"]) == next(
+                s["overall"] for s in gate["valid_sweep"] if (s["offset"], s["slope"]) == (gate["offset"], gate["slope"]))
     else:
         assert row["valid"]["overall"]["ndcg@10"] == pytest.approx(sweep[fused["chosen"]]["overall"])
 

@@ -180,6 +180,36 @@ def test_the_repeat_bonus_is_chosen_on_valid_and_re_applied_by_evaluate_and_serv
     assert isinstance(rec.model, RepeatBonus) and rec.model.bonus == record["chosen"]
 
 
+def test_the_new_item_gate_is_fitted_and_chosen_on_valid_and_re_applied(tmp_path: Path) -> None:
+    from modalrec.models.new_item_gate import NewItemGate
+    from modalrec.training.selection import GATE_RULE, GATE_STEPS
+
+    run = run_experiment(_config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=0.05,
+                                 new_item_gate=True))
+    selection = run.manifest["selection"]
+    record = selection["new_item_gate"]
+    assert record["rule"] == GATE_RULE
+    assert record["fit"]["valid_events"] == run.valid.counts["overall"]
+    assert 0.0 < record["fit"]["valid_new_share"] < 1.0
+    sweep = record["valid_sweep"]
+    # the gate's first candidate (offset 0, slope 0) is the offset model VALID chose before it
+    assert (sweep[0]["offset"], sweep[0]["slope"]) == (0.0, 0.0)
+    offset_choice = selection["new_item_offset"]["chosen"]
+    chosen_offset = next(s for s in selection["new_item_offset"]["valid_sweep"] if s["offset"] == offset_choice)
+    assert sweep[0]["overall"] == pytest.approx(chosen_offset["overall"])
+    assert len(sweep) <= 1 + 2 * len(GATE_STEPS) + 2 * len(GATE_STEPS)
+    best = max(s["overall"] for s in sweep)
+    chosen = next(s for s in sweep if (s["offset"], s["slope"]) == (record["offset"], record["slope"]))
+    assert chosen["overall"] == best and run.valid.metric("ndcg@10") == pytest.approx(best)
+    assert isinstance(run.model, NewItemGate) and (run.model.offset, run.model.slope) == (chosen["offset"],
+                                                                                          chosen["slope"])
+    again = evaluate_run(run.run_dir, part="test")
+    for group in ("overall", "cold_item", "warm"):
+        assert again.metric("ndcg@10", group) == pytest.approx(run.test.metric("ndcg@10", group), abs=1e-9)
+    rec = _served_like_the_run(run, tmp_path / "artifact")
+    assert isinstance(rec.model, NewItemGate) and rec.model.slope == record["slope"]
+
+
 def _served_like_the_run(run: Any, out: Path) -> Any:
     """The exported artifact's recommender, after checking its top 10 for a history are the run's model's."""
     from modalrec.data.sequences import history_batch
@@ -200,6 +230,8 @@ def _served_like_the_run(run: Any, out: Path) -> Any:
 def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="select.new_item_offset.*content"):
         run_experiment(_config(tmp_path, "id", new_item_offset=True), write=False)
+    with pytest.raises(ConfigError, match="select.new_item_gate.*content"):
+        run_experiment(_config(tmp_path, "id", new_item_gate=True), write=False)
     cfg = _config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=1.5)
     with pytest.raises(ConfigError, match="offset_tolerance"):
         run_experiment(cfg, write=False)

@@ -234,6 +234,8 @@ def export_artifact(source: Any, out_dir: str | Path, *, encoders: Mapping[str, 
             "source_run": str(run_dir.resolve()),
             "model": {"name": cfg.model.name, "params": params,
                       **({"blend_untrained": float(blend["chosen"])} if blend is not None else {}),
+                      **({"new_item_gate": {k: selection["new_item_gate"][k] for k in ("fit", "offset", "slope")}}
+                         if "new_item_gate" in selection else {}),
                       **({"repeat_bonus": float(selection["repeat_bonus"]["chosen"])}
                          if "repeat_bonus" in selection else {})},
             "n_users": int(split.n_users), "n_train_items": int(ds.n_items), "n_items": int(ds.n_items),
@@ -444,6 +446,11 @@ def build_model(art: Artifact, device: str = "cpu") -> tuple[torch.nn.Module, bo
         untrained, _ = build(art.model_name, params, ctx)
         load_state(art.directory / UNTRAINED_DIR, untrained)
         model = ScoreBlend(model, untrained, float(weight))
+    gate = art.meta["model"].get("new_item_gate")
+    if gate is not None:  # select.new_item_gate: items nobody took in training (and added ones) lifted per user
+        from modalrec.training.selection import recorded_gate
+
+        model = recorded_gate(model, gate, art.train_item_counts)
     bonus = art.meta["model"].get("repeat_bonus")
     if bonus is not None:  # select.repeat_bonus: history items' scores raised by the bonus VALID chose
         from modalrec.models.repeat import RepeatBonus

@@ -19,10 +19,9 @@ chosen value, so nothing evaluates VALID again once the choice is made.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 
 from modalrec.errors import ConfigError
 from modalrec.evaluation.report import metric_or_none
+from modalrec.types import batch_digest
 
 OFFSETS = tuple(x / 4 for x in range(13))  # 0, 0.25, ..., 3 (logits)
 BLEND_WEIGHTS = tuple(x / 10 for x in range(11))  # 0 (the trained model), 0.1, ..., 1 (the untrained one)
@@ -69,7 +69,7 @@ BLEND_RULE = (f"best VALID overall {METRIC} among the weights of the untrained m
 class Choice:
     """A setting chosen on VALID: its value, every candidate's VALID metrics, and the VALID Report at the value."""
 
-    value: float
+    value: float  # (a gate: its slope; the offset is recorded beside it)
     sweep: list[dict[str, Any]]
     report: Any
 
@@ -124,6 +124,44 @@ def blend_sweep(blend: Any, evaluate: Callable[[Any], Any], weights: Sequence[fl
     return Choice(sweep[at]["weight"], sweep, reports[at])
 
 
+GATE_STEPS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)  # multiples of the model's score scale (score_scale)
+GATE_RULE = (f"best VALID overall {METRIC} by coordinate search: the slope (offset 0), then the offset at that slope, "
+             "then the slope at that offset, over 0 and +-GATE_STEPS x the score scale (slopes >= 0); ties to the "
+             "smaller |slope|, then |offset|")
+
+
+def gate_sweep(gate: Any, evaluate: Callable[[Any], Any], steps: Sequence[float] = GATE_STEPS,
+               metric: str = METRIC) -> Choice:
+    """Choose a fitted NewItemGate's offset and slope on VALID (GATE_RULE), in units of the wrapped model's score
+    scale (the mean over VALID users of the standard deviation of their scores), so one grid serves models whose
+    scores are logits and rules whose scores are cosines. `evaluate(model)` returns a VALID Report. Returns the
+    Choice (value: the slope; every candidate's overall, warm and cold-item metric) and leaves the gate at the
+    chosen offset and slope."""
+    reports: dict[tuple[float, float], Any] = {}
+
+    def overall(offset: float, slope: float) -> float:
+        if (offset, slope) not in reports:
+            gate.offset, gate.slope = offset, slope
+            reports[(offset, slope)] = evaluate(gate)
+        return reports[(offset, slope)].metric(metric) or 0.0
+
+    def best(candidates: Sequence[tuple[float, float]]) -> tuple[float, float]:
+        return max(candidates, key=lambda c: (overall(*c), -abs(c[1]), -abs(c[0])))
+
+    with gate.reused_scores():
+        overall(0.0, 0.0)
+        unit = gate.score_scale()
+        slopes = [0.0] + [s * unit for s in steps]
+        offsets = [0.0] + [sign * s * unit for s in steps for sign in (1.0, -1.0)]
+        slope = best([(0.0, s) for s in slopes])[1]
+        offset = best([(o, slope) for o in offsets])[0]
+        offset, slope = best([(offset, s) for s in slopes])
+    gate.offset, gate.slope = offset, slope
+    sweep = [{"offset": o, "slope": s, "overall": rep.metric(metric),
+              **{g: metric_or_none(rep, metric, g) for g in ("warm", "cold_item")}} for (o, s), rep in reports.items()]
+    return Choice(slope, sweep, reports[(offset, slope)])
+
+
 REPEAT_RULE = f"best VALID overall {METRIC}; ties to the smaller bonus"
 
 
@@ -145,17 +183,31 @@ def repeat_sweep(scorer: Any, evaluate: Callable[[Any], Any], bonuses: Sequence[
 
 
 def select_on_valid(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
-                    rules: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
+                    rules: Callable[[str], Any] | None = None,
+                    gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]] | None = None,
+                    ) -> tuple[Any, dict[str, Any], Any]:
     """(the model to evaluate on TEST, the manifest's `selection` record, its VALID Report) for `cfg`
     (experiment.SelectConfig): the new-item offset first, then the blend of the (offset) model with `untrained`,
-    its state before fit, then the repeat bonus over the result. `rules(name)` returns the fitted rule baseline
-    `name` (cfg.offset_reach). Without any setting: (model, {}, None)."""
+    its state before fit, then the new-item gate, then the repeat bonus over the result. `rules(name)` returns the
+    fitted rule baseline `name` (cfg.offset_reach); `gate_events()` VALID's history windows [E, L], targets [E] and
+    the training event counts per item [N + 1] (cfg.new_item_gate). Without any setting: (model, {}, None)."""
     with reused_states(model, untrained):
-        return _select(model, untrained, cfg, evaluate, rules)
+        return _select(model, untrained, cfg, evaluate, rules, gate_events)
+
+
+def fitted_gate(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]]) -> Any:
+    """A NewItemGate over `model`, its logistic regression fitted on VALID's events (offset and slope 0)."""
+    from modalrec.models.new_item_gate import NewItemGate, fit_gate, history_features
+
+    histories, targets, counts = gate_events()
+    counts = torch.as_tensor(counts, dtype=torch.int64)
+    is_new = counts[torch.as_tensor(targets, dtype=torch.int64)] == 0  # targets are training-vocabulary items
+    return NewItemGate(model, counts, fit_gate(history_features(histories, counts), is_new))
 
 
 def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
-            rules: Callable[[str], Any] | None) -> tuple[Any, dict[str, Any], Any]:
+            rules: Callable[[str], Any] | None,
+            gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]] | None) -> tuple[Any, dict[str, Any], Any]:
     from modalrec.models.blend import ScoreBlend
     from modalrec.models.repeat import RepeatBonus
 
@@ -179,6 +231,14 @@ def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callabl
         choice = blend_sweep(blend, evaluate)
         record["blend_untrained"] = {"chosen": choice.value, "rule": BLEND_RULE, "valid_sweep": choice.sweep}
         model, report = blend, choice.report
+    if cfg.new_item_gate:
+        if gate_events is None:
+            raise ConfigError("select.new_item_gate: no VALID events to fit the gate on were given")
+        gate = fitted_gate(model, gate_events)
+        choice = gate_sweep(gate, evaluate)
+        record["new_item_gate"] = {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope,
+                                   "rule": GATE_RULE, "valid_sweep": choice.sweep}
+        model, report = gate, choice.report
     if cfg.repeat_bonus:
         scorer = RepeatBonus(model)
         choice = repeat_sweep(scorer, evaluate)
@@ -209,7 +269,7 @@ def _memoised(forward: Callable[[Any], torch.Tensor]) -> Callable[[Any], torch.T
     states: dict[bytes, torch.Tensor] = {}
 
     def state(batch: Any) -> torch.Tensor:
-        key = _batch_digest(batch)
+        key = batch_digest(batch)
         if key not in states:
             states[key] = forward(batch)
         return states[key]
@@ -217,21 +277,9 @@ def _memoised(forward: Callable[[Any], torch.Tensor]) -> Callable[[Any], torch.T
     return state
 
 
-def _batch_digest(batch: Any) -> bytes:
-    """A digest of every tensor field of a batch dataclass (name, dtype, shape and values)."""
-    if not is_dataclass(batch):
-        raise TypeError(f"cannot key a state by a {type(batch).__name__}")
-    h = hashlib.blake2b(digest_size=20)
-    for f in fields(batch):
-        value = getattr(batch, f.name)
-        if isinstance(value, torch.Tensor):
-            h.update(f"{f.name}:{value.dtype}:{tuple(value.shape)}".encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return h.digest()
-
-
-def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, Any]) -> Any:
-    """Re-apply a run's recorded `selection` to its rebuilt trained model (and its rebuilt untrained state)."""
+def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, Any], counts: Any = None) -> Any:
+    """Re-apply a run's recorded `selection` to its rebuilt trained model (and its rebuilt untrained state);
+    `counts`: training events per item [N + 1], which a recorded new-item gate reads."""
     from modalrec.models.blend import ScoreBlend
 
     if "new_item_offset" in record:
@@ -241,8 +289,19 @@ def apply_selection(model: Any, untrained: nn.Module | None, record: dict[str, A
             raise ConfigError("the run blends its model with the untrained state, but the run directory has no "
                               "untrained weights (untrained/)")
         model = ScoreBlend(model, untrained.eval(), float(record["blend_untrained"]["chosen"]))
+    if "new_item_gate" in record:
+        model = recorded_gate(model, record["new_item_gate"], counts)
     if "repeat_bonus" in record:
         from modalrec.models.repeat import RepeatBonus
 
         model = RepeatBonus(model, float(record["repeat_bonus"]["chosen"]))
     return model
+
+
+def recorded_gate(model: Any, gate: dict[str, Any], counts: Any) -> Any:
+    """The NewItemGate a run recorded (`selection.new_item_gate`: fit, offset, slope) over `model`."""
+    from modalrec.models.new_item_gate import GateFit, NewItemGate
+
+    if counts is None:
+        raise ConfigError("the run's new-item gate needs the training event counts per item")
+    return NewItemGate(model, counts, GateFit.from_dict(gate["fit"]), float(gate["offset"]), float(gate["slope"]))
