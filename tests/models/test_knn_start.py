@@ -128,3 +128,27 @@ def test_an_id_tower_takes_the_offset_too_since_the_knn_term_scores_new_items_fr
     assert model.new_item_offset == 1.5 and not model.dot_product_scores
     bias = model.item_bias(N + 1)
     assert bias[[3, 9]].tolist() == [1.5, 1.5] and bias[1:].sum().item() == 3.0
+
+
+def test_the_content_tables_are_rebuilt_not_saved_and_older_checkpoints_holding_them_load() -> None:
+    from modalrec.training.checkpoint import load_model_state, model_state
+
+    ctx = _ctx()
+    model = build_model("knn_sasrec", _cfg(), ctx).eval()
+    knn = build_model("content_knn", ContentKNNConfig(max_len=6), ctx).fit_counts(None)
+    state = model_state(model)
+    assert not any(k.endswith("content") for k in state) and "table" not in model_state(knn)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)  # a trained state, unlike a fresh build's
+    trained = model_state(model)
+    batch = random_batch(N, batch=5, length=9, seed=2)
+    older = {**trained, "tower.content": model.tower.content.clone()}  # as saved before the table was rebuilt
+    again = build_model("knn_sasrec", _cfg(), ctx).eval()
+    load_model_state(again, older)
+    with torch.no_grad():
+        torch.testing.assert_close(again.score(batch), model.score(batch))
+    from modalrec.errors import MismatchError
+
+    with pytest.raises(MismatchError, match="unexpected"):
+        load_model_state(again, {**trained, "tower.nothing": torch.zeros(1)})

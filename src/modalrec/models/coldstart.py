@@ -159,7 +159,8 @@ class ContentKNN(SequentialRecommender, _Rule):
         if not self.modalities:
             raise ConfigError(f"content_knn needs content features ({cfg.modalities}); the features provide "
                               f"{sorted(ctx.item_features) or 'none'} (set features.text / features.image / features.lexical)")
-        self.register_buffer("table", self._table(ctx.item_features, ctx.feature_missing))
+        # rebuilt from the features wherever the model is built, not saved (nothing in it is learned)
+        self.register_buffer("table", self._table(ctx.item_features, ctx.feature_missing), persistent=False)
 
     @classmethod
     def build(cls, cfg: ContentKNNConfig, ctx: ModelContext) -> ContentKNN:

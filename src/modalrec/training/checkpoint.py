@@ -87,8 +87,11 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: object = "") -> None:
-    """Strict load with an error that names what does not match."""
+    """Strict load with an error that names what does not match. A stored copy of a buffer the model rebuilds
+    from its data instead (non-persistent: content tables, made persistent by earlier versions) is dropped."""
     expected = model.state_dict()
+    rebuilt = {name for name, _ in model.named_buffers()} - set(expected)
+    tensors = {k: v for k, v in tensors.items() if k not in rebuilt}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     bad_shape = sorted(

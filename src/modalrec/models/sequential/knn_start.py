@@ -42,7 +42,10 @@ class _JointTower(ItemTower):
     def __init__(self, backbone: ItemTower, ctx: ModelContext, modalities: list[str]) -> None:
         super().__init__()
         self.backbone, self.modalities = backbone, modalities
-        self.register_buffer("content", content_table(ctx.item_features, ctx.feature_missing, modalities))
+        # rebuilt from the features wherever the model is built (not saved: a text+lexical table is 2,432 floats an
+        # item, hundreds of MB in every checkpoint for nothing training changes)
+        self.register_buffer("content", content_table(ctx.item_features, ctx.feature_missing, modalities),
+                             persistent=False)
         self.dim = backbone.dim + self.content.shape[1]
 
     def all(self) -> torch.Tensor:  # [N + 1, d + D]
