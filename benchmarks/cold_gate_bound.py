@@ -9,8 +9,11 @@ is a bound for reading the cold-item column of `cold_start.py`, not a model to u
 SASRecs of `cold_start.py` (no `select` settings; the same gate is their new-item offset set to NEW_FIRST after
 training): the bound for their learned similarity; `--decays` bounds content-kNN with the history weighted by
 recency (the rule `cold_start.py`'s content_knn_recent sweeps) at each decay given; `--modalities text+lexical`
-adds exact words to the similarity (TF-IDF over the title's n-grams, features.lexical). Same datasets, splits,
-features and evaluation as `cold_start.py`; results accumulate in --out (one entry per dataset and model).
+adds exact words to the similarity (TF-IDF over the title's n-grams, features.lexical); `--learned-gate` adds the
+gate a user can deploy next to the perfect one: `select.new_item_gate` (models/new_item_gate.py) fitted and chosen
+on VALID over the plain model, TEST once -- how much of the perfect gate's cold-item gain it recovers. Same
+datasets, splits, features and evaluation as `cold_start.py`; results accumulate in --out (one entry per dataset and
+model).
 
     nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific iisan_instruments \\
         unisrec_scientific --out benchmarks/results/cold_gate_bound_cpu.json
@@ -18,6 +21,8 @@ features and evaluation as `cold_start.py`; results accumulate in --out (one ent
         --out benchmarks/results/cold_gate_bound_cpu.json
     nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific --decays 0.7 0.5 0.3 0.1 0.01 \\
         --out benchmarks/results/cold_gate_bound_cpu.json
+    nice -n 10 python benchmarks/cold_gate_bound.py --datasets iisan_scientific --decays 0.7 \\
+        --modalities text+lexical --learned-gate --out benchmarks/results/cold_gate_bound_cpu.json
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modalities", default=None,
                    help="content_knn: its modalities (e.g. text+lexical: the sentence encoder and exact words; default "
                         "cold_start.py's); stored as <name>@<modalities>")
+    p.add_argument("--learned-gate", action="store_true",
+                   help="also the new-item gate fitted and chosen on VALID (select.new_item_gate), TEST once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20, help="SASRecs: epoch cap (cold_start.py's default)")
     p.add_argument("--patience", type=int, default=3)
@@ -101,6 +108,7 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0,
             cfg.model, params={**cfg.model.params, "modalities": modalities}))
     res = run_experiment(cfg, write=False)
     seen = ModelContext.for_split(res.split).items_with_training_events()  # [n_items + 1], PAD False
+    learned = learned_gate(cfg, res) if args.learned_gate else None  # before a SASRec's offset is set below
     if model == "content_knn":
         gated = new_items_first(res.model, seen)
     else:  # a trained SASRec: the same gate is its new-item offset (items without training events)
@@ -115,8 +123,28 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0,
         first = evaluator_for(cfg, res.split, part, res.model.history_length).run(gated, name=part)
         out[part] = {"events": {g: plain.counts.get(g, 0) for g in GROUPS},
                      "plain": {g: plain.metric("ndcg@10", g) for g in GROUPS},
-                     "new_items_first": {g: first.metric("ndcg@10", g) for g in GROUPS}}
+                     "new_items_first": {g: first.metric("ndcg@10", g) for g in GROUPS},
+                     **({"learned_gate": learned[part]} if learned else {})}
+    if learned:
+        out["learned_gate"] = learned["choice"]
     return out
+
+
+def learned_gate(cfg: Any, res: Any) -> dict[str, Any]:
+    """The run's plain model with the new-item gate fitted and chosen on VALID (selection.fitted_gate, gate_sweep):
+    {"valid" / "test": NDCG@10 per group, "choice": the fit, offset and slope}."""
+    from modalrec.models.new_item_gate import valid_events
+    from modalrec.pipeline import evaluator_for
+    from modalrec.training.selection import GATE_RULE, fitted_gate, gate_sweep
+
+    model = res.model.eval()
+    evaluators = {part: evaluator_for(cfg, res.split, part, model.history_length) for part in ("valid", "test")}
+    gate = fitted_gate(model, lambda: valid_events(res.split, model.history_length))
+    choice = gate_sweep(gate, lambda m: evaluators["valid"].run(m, name="valid"))
+    test = evaluators["test"].run(gate, name="test")
+    return {"valid": {g: choice.report.metric("ndcg@10", g) for g in GROUPS},
+            "test": {g: test.metric("ndcg@10", g) for g in GROUPS},
+            "choice": {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE}}
 
 
 def main() -> dict[str, Any]:

@@ -946,7 +946,8 @@ MODALITY_WORDS = {"text+lexical": "sentence encoder + exact words (TF-IDF n-gram
 
 def cold_gate_bound(results: Path) -> str:
     """`cold_gate_bound.py`: per dataset and model, TEST NDCG@10 in % as trained and with every item without training
-    events ranked first (content-kNN, and any trained SASRec run), next to content-kNN's plain cold-item score."""
+    events ranked first (content-kNN, and any trained SASRec run), next to content-kNN's plain cold-item score, and
+    with the new-item gate learned on VALID where it ran (--learned-gate)."""
     rows = []
     for name, models in _load(results, "cold_gate_bound_cpu.json")["results"].items():
         knn = models.get("content_knn", {}).get("test", {}).get("plain", {}).get("cold_item")
@@ -961,10 +962,12 @@ def cold_gate_bound(results: Path) -> str:
             rows.append([name, label, f"{r['items_without_training_events']:,} of {r['items']:,}",
                          f"{test['events']['cold_item']:,}", _f(100 * plain["cold_item"], 2),
                          _f(100 * first["cold_item"], 2), f"{first['cold_item'] / knn:.2f}x" if knn else "",
-                         _f(100 * plain["overall"], 2), _f(100 * first["overall"], 2)])
+                         _f(100 * plain["overall"], 2), _f(100 * first["overall"], 2),
+                         *((_f(100 * test["learned_gate"][g], 2) for g in ("cold_item", "overall"))
+                           if "learned_gate" in test else ("", ""))])
     return _table(["dataset", "model", "items without training events", "TEST cold-item events", "cold-item",
                    "new items first: cold-item", "new items first / content-kNN cold-item", "overall",
-                   "new items first: overall"], rows, "ll")
+                   "new items first: overall", "learned gate: cold-item", "learned gate: overall"], rows, "ll")
 
 
 def recipe_towers_groups(results: Path) -> str:

@@ -490,3 +490,19 @@ def test_cold_gate_bound_modalities_add_exact_words(tmp_path: Path, monkeypatch:
     assert both["modalities"] == "text+lexical" and "modalities" not in text
     assert both["valid"]["plain"] != text["valid"]["plain"]
     assert both["test"]["new_items_first"]["cold_item"] >= both["test"]["plain"]["cold_item"]
+
+
+def test_cold_gate_bound_learned_gate_is_chosen_on_valid_and_never_loses_valid(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--learned-gate adds the VALID-fitted new-item gate next to the perfect one: its VALID overall is at least the
+    plain model's (offset 0 and slope 0 are candidates), its fit and choice are recorded, TEST evaluated once."""
+    cold, gate = importlib.import_module("cold_start"), importlib.import_module("cold_gate_bound")
+    _add_tiny_dataset(cold, monkeypatch, cold_item_fraction=0.2)
+    args = gate.parse_args(["--cache-dir", str(tmp_path / "features"), "--learned-gate"])
+    run = gate.bound("tiny", "content_knn", args, 0.5)
+    assert run["valid"]["learned_gate"]["overall"] >= run["valid"]["plain"]["overall"] - 1e-12
+    choice = run["learned_gate"]
+    assert choice["fit"]["valid_events"] == run["valid"]["events"]["overall"] and choice["slope"] >= 0
+    assert set(run["test"]["learned_gate"]) == set(gate.GROUPS)
+    plain = gate.bound("tiny", "content_knn", gate.parse_args(["--cache-dir", str(tmp_path / "features")]), 0.5)
+    assert "learned_gate" not in plain and "learned_gate" not in plain["test"]
