@@ -135,7 +135,7 @@ def learned_gate(cfg: Any, res: Any) -> dict[str, Any]:
     {"valid" / "test": NDCG@10 per group, "choice": the fit, offset and slope}."""
     from modalrec.models.new_item_gate import valid_events
     from modalrec.pipeline import evaluator_for
-    from modalrec.training.selection import GATE_RULE, fitted_gate, gate_sweep
+    from modalrec.training.selection import fitted_gate, gate_record, gate_sweep
 
     model = res.model.eval()
     evaluators = {part: evaluator_for(cfg, res.split, part, model.history_length) for part in ("valid", "test")}
@@ -144,7 +144,7 @@ def learned_gate(cfg: Any, res: Any) -> dict[str, Any]:
     test = evaluators["test"].run(gate, name="test")
     return {"valid": {g: choice.report.metric("ndcg@10", g) for g in GROUPS},
             "test": {g: test.metric("ndcg@10", g) for g in GROUPS},
-            "choice": {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE}}
+            "choice": {k: v for k, v in gate_record(gate, choice).items() if k != "valid_sweep"}}
 
 
 def main() -> dict[str, Any]:

@@ -399,9 +399,9 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     from modalrec.models.repeat import RepeatBonus
     from modalrec.training.selection import (
         BLEND_RULE,
-        GATE_RULE,
         blend_sweep,
         fitted_gate,
+        gate_record,
         gate_sweep,
         offset_sweep,
         repeat_sweep,
@@ -427,9 +427,7 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     if NEW_GATE in run_suffixes(hybrid)[1]:
         chosen = fitted_gate(fused, lambda: valid_events(runs[0].split, fused.history_length))
         gate = gate_sweep(chosen, valid)
-        report, record = gate.report, {**record, "new_item_gate": {
-            "fit": chosen.fit.to_dict(), "offset": chosen.offset, "slope": chosen.slope, "rule": GATE_RULE,
-            "valid_sweep": gate.sweep}}
+        report, record = gate.report, {**record, "new_item_gate": gate_record(chosen, gate)}
     if REPEAT in run_suffixes(hybrid)[1]:
         chosen = RepeatBonus(chosen)
         bonus = repeat_sweep(chosen, valid)

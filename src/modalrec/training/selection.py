@@ -205,6 +205,13 @@ def fitted_gate(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.
     return NewItemGate(model, counts, fit_gate(history_features(histories, counts), is_new))
 
 
+def gate_record(gate: Any, choice: Choice) -> dict[str, Any]:
+    """The `selection.new_item_gate` record of a swept gate: its fit, offset and slope (what recorded_gate rebuilds
+    it from), the rule and every candidate's VALID metrics."""
+    return {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE,
+            "valid_sweep": choice.sweep}
+
+
 def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
             rules: Callable[[str], Any] | None,
             gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]] | None) -> tuple[Any, dict[str, Any], Any]:
@@ -236,8 +243,7 @@ def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callabl
             raise ConfigError("select.new_item_gate: no VALID events to fit the gate on were given")
         gate = fitted_gate(model, gate_events)
         choice = gate_sweep(gate, evaluate)
-        record["new_item_gate"] = {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope,
-                                   "rule": GATE_RULE, "valid_sweep": choice.sweep}
+        record["new_item_gate"] = gate_record(gate, choice)
         model, report = gate, choice.report
     if cfg.repeat_bonus:
         scorer = RepeatBonus(model)
