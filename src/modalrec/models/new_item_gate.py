@@ -10,7 +10,9 @@ per user:
     score(u, i) = model.score(u, i) + (offset + slope * z_u) * [item i has no training events]
 
 z_u is the user's logit standardised over VALID (mean 0, sd 1), so `slope` is in score units per sd; `offset` and
-`slope` are chosen on VALID (selection.gate_sweep) after the gate is fitted there; TEST is evaluated once.
+`slope` are chosen on VALID (selection.gate_sweep) after the gate is fitted there, so a gated model's VALID numbers
+are in-sample for its eight numbers (five weights, bias, offset, slope; against thousands of VALID events); TEST is
+evaluated once.
 Items added to a served catalogue have no training events: the gate lifts them as it lifts the items nobody took.
 """
 
