@@ -625,6 +625,10 @@ FUSED_LEX_WORDS = (", fused with the recency-weighted content-kNN over the sente
                    "no training; weight chosen on VALID)")
 
 
+NEW_GATE = "_newgate"  # cold_start.py's suffix: select.new_item_gate
+GATE_WORDS = ", per-user new-item gate fitted and chosen on VALID"
+
+
 def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
@@ -632,18 +636,19 @@ def cold_start_label(model: str) -> str:
     model's, weight chosen on VALID), `_aux` (the content-only auxiliary loss), `_iddrop` (ID dropout 0.5),
     `_spread` (the offset in units of each user's ID score spread), `_fused` (late fusion with the trained content
     model), `_fusedfirst` (the fusion first, then the offset and bonus; `_fusedfirstknn` / `_fusedfirstlex` with
-    the residual over the recency-weighted kNN / that rule over both similarities), `_repeat` + a selected row (a bonus for the user's history items chosen on
-    VALID) and `@0` (untrained), in words."""
+    the residual over the recency-weighted kNN / that rule over both similarities), `_newgate` (the per-user new-item
+    gate, select.new_item_gate), `_repeat` + a selected row (a bonus for the user's history items chosen on VALID)
+    and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     # the trained hybrid and a content model fused, then the run's other settings (`_fusedfirstknn`: the content
     # model is the residual over the recency-weighted kNN; `_fusedfirstlex`: the untrained rule over both similarities)
     for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirstlex", FUSED_LEX_WORDS),
                           ("_fusedfirst", FUSED_WORDS)):
         if base.endswith(suffix):
-            base = base.removesuffix(suffix)
+            gate, base = base.endswith(NEW_GATE + suffix), base.removesuffix(suffix).removesuffix(NEW_GATE)
             repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
             return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + words
-                    + ", then new-item offset chosen on VALID" + repeat)
+                    + ", then new-item offset chosen on VALID" + (GATE_WORDS if gate else "") + repeat)
     fused, base = base.endswith("_fused"), base.removesuffix("_fused")
     if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
         selected = "+blend" if "_offset" in base else "+offset"
@@ -651,6 +656,7 @@ def cold_start_label(model: str) -> str:
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     selected, base = offset or blend or base.endswith("+repeat"), base.removesuffix("+repeat")
+    gate, base = base.endswith(NEW_GATE), base.removesuffix(NEW_GATE)
     repeat, base = base.endswith("_repeat"), base.removesuffix("_repeat")
     reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
@@ -677,6 +683,7 @@ def cold_start_label(model: str) -> str:
                ", at offset 0 (the run then picks an offset reaching the rules on VALID)" if reach and not offset_first
                else "")
             + (", blended with its untrained self on VALID" if blend else "")
+            + (GATE_WORDS if gate and selected else ", without its new-item gate" if gate else "")
             + (", history bonus chosen on VALID" if repeat and selected else
                ", without its history bonus" if repeat else "")
             + (", untrained" if model.endswith("@0") else ""))
