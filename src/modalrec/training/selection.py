@@ -1,6 +1,6 @@
 """Settings chosen on VALID after training (`select` in the experiment config), before TEST's one evaluation.
 
-Early stopping picks an epoch on VALID; these pick three more settings the same way, the first two for the case
+Early stopping picks an epoch on VALID; these pick four more settings the same way, the first three for the case
 where training on the warm items of a log costs the items nobody has taken yet (docs/benchmarks.md, "Cold start
 and repeats on real data"):
 
@@ -9,6 +9,8 @@ and repeats on real data"):
   with `offset_reach`, the smallest offset at which VALID cold items rank as well as under the named rule
   baselines, so a trained model need not lose new items to a rule that learns nothing;
 - `blend_untrained`: the trained model's scores interpolated with its own untrained state's (models/blend.py);
+- `new_item_gate`: the new-item offset per user, from a logistic regression fitted on VALID of how likely each
+  user's next item is one without training events (models/new_item_gate.py);
 - `repeat_bonus`: a constant added to the score of every item in the user's history window (models/repeat.py),
   for logs where people take items again.
 
