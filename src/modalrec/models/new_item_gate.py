@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from modalrec.errors import ConfigError
+from modalrec.models.base import flag_of
 from modalrec.types import batch_digest
 
 # in this order, the columns of history_features (log1p of training event counts; the window's newest item last)
@@ -164,9 +165,7 @@ class NewItemGate(nn.Module):
         return (self.offset + self.slope * z).to(torch.float32)
 
     def is_new(self, items: torch.Tensor) -> torch.Tensor:  # [...] bool; PAD (0) never
-        counts = self.counts.to(items.device)
-        taken = torch.where(items < len(counts), counts[items.clamp(max=len(counts) - 1)], 0) > 0
-        return ~taken & (items > 0)
+        return ~flag_of(self.counts.to(items.device) > 0, items) & (items > 0)  # items past counts: added, new
 
     def score(self, batch: Any, items: torch.Tensor | None = None) -> torch.Tensor:  # [B, N + 1] or [B, M]
         scores = self._model_scores(batch, items)
