@@ -131,20 +131,20 @@ def bound(name: str, model: str, args: argparse.Namespace, decay: float = 1.0,
 
 
 def learned_gate(cfg: Any, res: Any) -> dict[str, Any]:
-    """The run's plain model with the new-item gate fitted and chosen on VALID (selection.fitted_gate, gate_sweep):
+    """The run's plain model with the new-item gate fitted and chosen on VALID (selection.gate_on_valid):
     {"valid" / "test": NDCG@10 per group, "choice": the fit, offset and slope}."""
     from modalrec.models.new_item_gate import valid_events
     from modalrec.pipeline import evaluator_for
-    from modalrec.training.selection import fitted_gate, gate_record, gate_sweep
+    from modalrec.training.selection import gate_on_valid
 
     model = res.model.eval()
     evaluators = {part: evaluator_for(cfg, res.split, part, model.history_length) for part in ("valid", "test")}
-    gate = fitted_gate(model, lambda: valid_events(res.split, model.history_length))
-    choice = gate_sweep(gate, lambda m: evaluators["valid"].run(m, name="valid"))
+    gate, record, valid = gate_on_valid(model, lambda: valid_events(res.split, model.history_length),
+                                        lambda m: evaluators["valid"].run(m, name="valid"))
     test = evaluators["test"].run(gate, name="test")
-    return {"valid": {g: choice.report.metric("ndcg@10", g) for g in GROUPS},
+    return {"valid": {g: valid.metric("ndcg@10", g) for g in GROUPS},
             "test": {g: test.metric("ndcg@10", g) for g in GROUPS},
-            "choice": {k: v for k, v in gate_record(gate, choice).items() if k != "valid_sweep"}}
+            "choice": {k: v for k, v in record.items() if k != "valid_sweep"}}
 
 
 def main() -> dict[str, Any]:

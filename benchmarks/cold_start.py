@@ -397,15 +397,7 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     from modalrec.models.blend import ScoreBlend
     from modalrec.models.new_item_gate import valid_events
     from modalrec.models.repeat import RepeatBonus
-    from modalrec.training.selection import (
-        BLEND_RULE,
-        blend_sweep,
-        fitted_gate,
-        gate_record,
-        gate_sweep,
-        offset_sweep,
-        repeat_sweep,
-    )
+    from modalrec.training.selection import BLEND_RULE, blend_sweep, gate_on_valid, offset_sweep, repeat_sweep
 
     suffix = next(s for s in FUSED_FIRST_CONTENT if model.endswith(s))
     content, hybrid = FUSED_FIRST_CONTENT[suffix], model.removesuffix(suffix)
@@ -425,9 +417,8 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
               "content_best_epoch": runs[1].history.best_epoch, "offset": offset.value,
               "offset_valid_sweep": offset.sweep}
     if NEW_GATE in run_suffixes(hybrid)[1]:
-        chosen = fitted_gate(fused, lambda: valid_events(runs[0].split, fused.history_length))
-        gate = gate_sweep(chosen, valid)
-        report, record = gate.report, {**record, "new_item_gate": gate_record(chosen, gate)}
+        chosen, gate, report = gate_on_valid(fused, lambda: valid_events(runs[0].split, fused.history_length), valid)
+        record = {**record, "new_item_gate": gate}
     if REPEAT in run_suffixes(hybrid)[1]:
         chosen = RepeatBonus(chosen)
         bonus = repeat_sweep(chosen, valid)

@@ -207,11 +207,16 @@ def fitted_gate(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.
     return NewItemGate(model, counts, fit_gate(history_features(histories, counts), is_new))
 
 
-def gate_record(gate: Any, choice: Choice) -> dict[str, Any]:
-    """The `selection.new_item_gate` record of a swept gate: its fit, offset and slope (what recorded_gate rebuilds
-    it from), the rule and every candidate's VALID metrics."""
-    return {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE,
-            "valid_sweep": choice.sweep}
+def gate_on_valid(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]],
+                  evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any], Any]:
+    """A NewItemGate over `model` fitted on VALID's events and swept on VALID (GATE_RULE): (the gate at the chosen
+    offset and slope, its `selection.new_item_gate` record -- fit, offset and slope, what recorded_gate rebuilds it
+    from, the rule and every candidate's VALID metrics --, the VALID Report at the choice)."""
+    gate = fitted_gate(model, gate_events)
+    choice = gate_sweep(gate, evaluate)
+    record = {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE,
+              "valid_sweep": choice.sweep}
+    return gate, record, choice.report
 
 
 def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callable[[Any], Any],
@@ -243,10 +248,7 @@ def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callabl
     if cfg.new_item_gate:
         if gate_events is None:
             raise ConfigError("select.new_item_gate: no VALID events to fit the gate on were given")
-        gate = fitted_gate(model, gate_events)
-        choice = gate_sweep(gate, evaluate)
-        record["new_item_gate"] = gate_record(gate, choice)
-        model, report = gate, choice.report
+        model, record["new_item_gate"], report = gate_on_valid(model, gate_events, evaluate)
     if cfg.repeat_bonus:
         scorer = RepeatBonus(model)
         choice = repeat_sweep(scorer, evaluate)
