@@ -138,7 +138,8 @@ FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_re
                 "sasrec_hybrid_temp_offset_fusedfirst", "sasrec_hybrid_temp_offset_repeat_fusedfirst",
                 "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn",
                 "sasrec_hybrid_repeat_fusedfirstlex", "sasrec_hybrid_fusedfirstlex",
-                "sasrec_hybrid_repeat_newgate_fusedfirstlex", "sasrec_hybrid_repeat_newgate_fusedfirstknn")  # two runs each
+                "sasrec_hybrid_repeat_newgate_fusedfirstlex", "sasrec_hybrid_repeat_newgate_fusedfirstknn",
+                "sasrec_hybrid_repeat_coldgate_fusedfirstlex")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
@@ -168,6 +169,10 @@ REPEATED = "+repeat"  # the selected row of a `_repeat` model with no offset or 
 # training event counts how likely the next item is new, its offset and slope chosen on VALID after the offset and
 # the blend, before the bonus
 NEW_GATE = "_newgate"
+# _coldgate (where _newgate goes): the same gate chosen for VALID cold items at a bounded cost, as the offset is
+# (select.gate_tolerance = --gate-tolerance: the best VALID cold-item NDCG@10 among the offsets and slopes costing at
+# most that share of the ungated model's VALID overall)
+COLD_GATE = "_coldgate"
 MASKED = "_masked"  # a dataset evaluated with eval.repeat_targets='miss'
 GROUPS = GROUP_ROWS  # overall, then every evaluator group
 METRICS = ("ndcg@10", "hr@10")
@@ -315,7 +320,9 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
     blend = {"blend_untrained": True}
     offset_then_blend = SELECT_OFFSET in suffixes
     repeat = {"repeat_bonus": True} if REPEAT in suffixes else {}
-    repeat = {**({"new_item_gate": True} if NEW_GATE in suffixes else {}), **repeat}  # the gate before the bonus
+    gate = ({"new_item_gate": True} if NEW_GATE in suffixes
+            else {"new_item_gate": True, "gate_tolerance": args.gate_tolerance} if COLD_GATE in suffixes else {})
+    repeat = {**gate, **repeat}  # the gate before the bonus
     if "hybrid" in model:
         return {**offset, **(blend if offset_then_blend else {}), **repeat}
     if "content" not in model:
@@ -325,9 +332,10 @@ def select_settings(model: str, args: argparse.Namespace, ds: dict[str, Any]) ->
 
 def run_suffixes(model: str) -> tuple[str, set[str]]:
     """(the model without its run suffixes, the suffixes it has): the suffixes that set the run rather than the
-    model -- UNTRAINED, NEW_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET --, peeled from the end in that order."""
+    model -- UNTRAINED, NEW_GATE or COLD_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET --, peeled from the end in that
+    order."""
     found = set()
-    for suffix in (UNTRAINED, NEW_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET):
+    for suffix in (UNTRAINED, NEW_GATE, COLD_GATE, REPEAT, REACH, FIRST, SELECT_OFFSET):
         if model.endswith(suffix):
             found.add(suffix)
             model = model.removesuffix(suffix)
@@ -416,8 +424,11 @@ def run_fused_first(name: str, model: str, seed: int, args: argparse.Namespace) 
     record = {"content_model": content, "chosen": fusion.value, "rule": BLEND_RULE, "valid_sweep": fusion.sweep,
               "content_best_epoch": runs[1].history.best_epoch, "offset": offset.value,
               "offset_valid_sweep": offset.sweep}
-    if NEW_GATE in run_suffixes(hybrid)[1]:
-        chosen, gate, report = gate_on_valid(fused, lambda: valid_events(runs[0].split, fused.history_length), valid)
+    gates = run_suffixes(hybrid)[1] & {NEW_GATE, COLD_GATE}
+    if gates:
+        tolerance = args.gate_tolerance if COLD_GATE in gates else None
+        chosen, gate, report = gate_on_valid(fused, lambda: valid_events(runs[0].split, fused.history_length), valid,
+                                             tolerance)
         record = {**record, "new_item_gate": gate}
     if REPEAT in run_suffixes(hybrid)[1]:
         chosen = RepeatBonus(chosen)
@@ -560,6 +571,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hybrid +offset: share of VALID overall NDCG@10 the new-item offset may cost")
     p.add_argument("--reach-tolerance", type=float, default=0.05,
                    help="_reach models: the most VALID overall NDCG@10 the offset may cost to reach the rules")
+    p.add_argument("--gate-tolerance", type=float, default=0.01,
+                   help="_coldgate models: share of the ungated model's VALID overall NDCG@10 the gate may cost")
     return p.parse_args(argv)
 
 

@@ -627,6 +627,8 @@ FUSED_LEX_WORDS = (", fused with the recency-weighted content-kNN over the sente
 
 NEW_GATE = "_newgate"  # cold_start.py's suffix: select.new_item_gate
 GATE_WORDS = ", per-user new-item gate fitted and chosen on VALID"
+COLD_GATE = "_coldgate"  # cold_start.py's suffix: select.new_item_gate with select.gate_tolerance
+COLD_GATE_WORDS = ", per-user new-item gate fitted on VALID, chosen for VALID cold items within 1% of overall"
 
 
 def cold_start_label(model: str) -> str:
@@ -645,10 +647,12 @@ def cold_start_label(model: str) -> str:
     for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirstlex", FUSED_LEX_WORDS),
                           ("_fusedfirst", FUSED_WORDS)):
         if base.endswith(suffix):
-            gate, base = base.endswith(NEW_GATE + suffix), base.removesuffix(suffix).removesuffix(NEW_GATE)
+            base = base.removesuffix(suffix)
+            gate = next((w for g, w in ((NEW_GATE, GATE_WORDS), (COLD_GATE, COLD_GATE_WORDS)) if base.endswith(g)), "")
+            base = base.removesuffix(NEW_GATE).removesuffix(COLD_GATE)
             repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
             return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + words
-                    + ", then new-item offset chosen on VALID" + (GATE_WORDS if gate else "") + repeat)
+                    + ", then new-item offset chosen on VALID" + gate + repeat)
     fused, base = base.endswith("_fused"), base.removesuffix("_fused")
     if fused:  # the hybrid run's selected model (every setting it chose), fused with a trained content model
         selected = "+blend" if "_offset" in base else "+offset"

@@ -88,6 +88,9 @@ class SelectConfig:
     # training event counts says how likely the next item is new; its offset and slope chosen on VALID
     # (models/new_item_gate.py)
     new_item_gate: bool = False
+    # None: the gate's offset and slope with the best VALID overall metric; a share (e.g. 0.01): the best VALID
+    # cold-item metric among those costing at most that share of the ungated model's VALID overall metric
+    gate_tolerance: float | None = None
     repeat_bonus: bool = False  # a constant added to the scores of the user's history items, chosen on VALID
 
 

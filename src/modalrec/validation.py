@@ -191,6 +191,10 @@ def _check_select(cfg: ExperimentConfig, model_cls: type, model_cfg: Any) -> Non
         _check_reach(sel)
     if sel.new_item_gate:
         _check_gate(cfg, model_cls, model_cfg)
+    if sel.gate_tolerance is not None and not sel.new_item_gate:
+        raise ConfigError("select.gate_tolerance sets how the new-item gate is chosen; it needs select.new_item_gate")
+    if sel.gate_tolerance is not None and not 0.0 <= sel.gate_tolerance < 1.0:
+        raise ConfigError(f"select.gate_tolerance must lie in [0, 1), got {sel.gate_tolerance}")
     if not (sel.new_item_offset or sel.blend_untrained or sel.repeat_bonus):
         return
     if getattr(model_cls, "training_kind", None) in (Training.EVENTS, Training.COUNTS):

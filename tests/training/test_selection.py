@@ -210,6 +210,25 @@ def test_the_new_item_gate_is_fitted_and_chosen_on_valid_and_re_applied(tmp_path
     assert isinstance(rec.model, NewItemGate) and rec.model.slope == record["slope"]
 
 
+def test_gate_tolerance_chooses_the_best_cold_items_within_the_cost_on_the_whole_grid(tmp_path: Path) -> None:
+    from modalrec.training.selection import GATE_STEPS, gate_tolerance_rule
+
+    run = run_experiment(_config(tmp_path, "hybrid", new_item_gate=True, gate_tolerance=0.05))
+    record = run.manifest["selection"]["new_item_gate"]
+    assert record["rule"] == gate_tolerance_rule(0.05)
+    sweep = record["valid_sweep"]
+    assert len(sweep) == (1 + len(GATE_STEPS)) * (1 + 2 * len(GATE_STEPS))  # every offset at every slope
+    ungated = next(s for s in sweep if (s["offset"], s["slope"]) == (0.0, 0.0))
+    allowed = [s for s in sweep if s["overall"] >= 0.95 * ungated["overall"]]
+    chosen = next(s for s in sweep if (s["offset"], s["slope"]) == (record["offset"], record["slope"]))
+    assert chosen in allowed and chosen["cold_item"] == max(s["cold_item"] for s in allowed)
+    # an untrained-for item starts below the warm ones, so some lift within 5% of overall ranks them better
+    assert chosen["cold_item"] > ungated["cold_item"]
+    assert run.valid.metric("ndcg@10", "cold_item") == pytest.approx(chosen["cold_item"])
+    again = evaluate_run(run.run_dir, part="test")
+    assert again.metric("ndcg@10", "cold_item") == pytest.approx(run.test.metric("ndcg@10", "cold_item"), abs=1e-9)
+
+
 def _served_like_the_run(run: Any, out: Path) -> Any:
     """The exported artifact's recommender, after checking its top 10 for a history are the run's model's."""
     from modalrec.data.sequences import history_batch
@@ -235,6 +254,10 @@ def test_select_settings_a_model_cannot_take_are_refused_before_training(tmp_pat
     cfg = _config(tmp_path, "hybrid", new_item_offset=True, offset_tolerance=1.5)
     with pytest.raises(ConfigError, match="offset_tolerance"):
         run_experiment(cfg, write=False)
+    with pytest.raises(ConfigError, match="gate_tolerance.*needs select.new_item_gate"):
+        run_experiment(_config(tmp_path, "hybrid", gate_tolerance=0.01), write=False)
+    with pytest.raises(ConfigError, match="gate_tolerance must lie"):
+        run_experiment(_config(tmp_path, "hybrid", new_item_gate=True, gate_tolerance=1.0), write=False)
     pop = from_dict(ExperimentConfig, {"model": {"name": "pop"}, "select": {"blend_untrained": True}})
     with pytest.raises(ConfigError, match="select"):
         run_experiment(pop, write=False)

@@ -132,32 +132,49 @@ GATE_RULE = (f"best VALID overall {METRIC} by coordinate search: the slope (offs
              "smaller |slope|, then |offset|")
 
 
+def gate_tolerance_rule(tolerance: float, metric: str = METRIC) -> str:
+    return (f"best VALID cold-item {metric} over every offset (0, +-GATE_STEPS) and slope (0, GATE_STEPS) x the "
+            f"score scale whose VALID overall {metric} is >= {1 - tolerance:.3g} x the model's without the gate; "
+            "ties to the smaller |slope|, then |offset|")
+
+
 def gate_sweep(gate: Any, evaluate: Callable[[Any], Any], steps: Sequence[float] = GATE_STEPS,
-               metric: str = METRIC) -> Choice:
-    """Choose a fitted NewItemGate's offset and slope on VALID (GATE_RULE), in units of the wrapped model's score
-    scale (the mean over VALID users of the standard deviation of their scores), so one grid serves models whose
-    scores are logits and rules whose scores are cosines. `evaluate(model)` returns a VALID Report. Returns the
-    Choice (value: the slope; every candidate's overall, warm and cold-item metric) and leaves the gate at the
-    chosen offset and slope."""
+               metric: str = METRIC, tolerance: float | None = None) -> Choice:
+    """Choose a fitted NewItemGate's offset and slope on VALID, in units of the wrapped model's score scale (the
+    mean over VALID users of the standard deviation of their scores), so one grid serves models whose scores are
+    logits and rules whose scores are cosines. Without `tolerance`, GATE_RULE: the best overall metric. With it,
+    gate_tolerance_rule: the gate spends up to that share of the ungated model's VALID overall metric on items
+    without training events, as select.offset_tolerance does for the offset -- a whole grid, since the coordinate
+    search follows the overall metric. `evaluate(model)` returns a VALID Report. Returns the Choice (value: the
+    slope; every candidate's overall, warm and cold-item metric) and leaves the gate at the chosen offset and
+    slope."""
+    if tolerance is not None and not 0.0 <= tolerance < 1.0:
+        raise ConfigError(f"select.gate_tolerance must lie in [0, 1), got {tolerance}")
     reports: dict[tuple[float, float], Any] = {}
 
-    def overall(offset: float, slope: float) -> float:
+    def value(offset: float, slope: float, group: str | None = None) -> float:
         if (offset, slope) not in reports:
             gate.offset, gate.slope = offset, slope
             reports[(offset, slope)] = evaluate(gate)
-        return reports[(offset, slope)].metric(metric) or 0.0
+        rep = reports[(offset, slope)]
+        return (rep.metric(metric) if group is None else metric_or_none(rep, metric, group)) or 0.0
 
-    def best(candidates: Sequence[tuple[float, float]]) -> tuple[float, float]:
-        return max(candidates, key=lambda c: (overall(*c), -abs(c[1]), -abs(c[0])))
+    def best(candidates: Sequence[tuple[float, float]], group: str | None = None) -> tuple[float, float]:
+        return max(candidates, key=lambda c: (value(*c, group), -abs(c[1]), -abs(c[0])))
 
     with gate.reused_scores():
-        overall(0.0, 0.0)
+        ungated = value(0.0, 0.0)
         unit = gate.score_scale()
         slopes = [0.0] + [s * unit for s in steps]
         offsets = [0.0] + [sign * s * unit for s in steps for sign in (1.0, -1.0)]
-        slope = best([(0.0, s) for s in slopes])[1]
-        offset = best([(o, slope) for o in offsets])[0]
-        offset, slope = best([(offset, s) for s in slopes])
+        if tolerance is None:
+            slope = best([(0.0, s) for s in slopes])[1]
+            offset = best([(o, slope) for o in offsets])[0]
+            offset, slope = best([(offset, s) for s in slopes])
+        else:
+            grid = [(o, s) for s in slopes for o in offsets]
+            allowed = [c for c in grid if value(*c) >= (1.0 - tolerance) * ungated]  # (0, 0) always
+            offset, slope = best(allowed, "cold_item")
     gate.offset, gate.slope = offset, slope
     sweep = [{"offset": o, "slope": s, "overall": rep.metric(metric),
               **{g: metric_or_none(rep, metric, g) for g in ("warm", "cold_item")}} for (o, s), rep in reports.items()]
@@ -208,13 +225,15 @@ def fitted_gate(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.
 
 
 def gate_on_valid(model: Any, gate_events: Callable[[], tuple[torch.Tensor, torch.Tensor, Any]],
-                  evaluate: Callable[[Any], Any]) -> tuple[Any, dict[str, Any], Any]:
-    """A NewItemGate over `model` fitted on VALID's events and swept on VALID (GATE_RULE): (the gate at the chosen
-    offset and slope, its `selection.new_item_gate` record -- fit, offset and slope, what recorded_gate rebuilds it
-    from, the rule and every candidate's VALID metrics --, the VALID Report at the choice)."""
+                  evaluate: Callable[[Any], Any], tolerance: float | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """A NewItemGate over `model` fitted on VALID's events and swept on VALID (GATE_RULE, or with `tolerance`
+    gate_tolerance_rule): (the gate at the chosen offset and slope, its `selection.new_item_gate` record -- fit,
+    offset and slope, what recorded_gate rebuilds it from, the rule and every candidate's VALID metrics --, the VALID
+    Report at the choice)."""
     gate = fitted_gate(model, gate_events)
-    choice = gate_sweep(gate, evaluate)
-    record = {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": GATE_RULE,
+    choice = gate_sweep(gate, evaluate, tolerance=tolerance)
+    rule = GATE_RULE if tolerance is None else gate_tolerance_rule(tolerance)
+    record = {"fit": gate.fit.to_dict(), "offset": gate.offset, "slope": gate.slope, "rule": rule,
               "valid_sweep": choice.sweep}
     return gate, record, choice.report
 
@@ -248,7 +267,7 @@ def _select(model: Any, untrained: nn.Module | None, cfg: Any, evaluate: Callabl
     if cfg.new_item_gate:
         if gate_events is None:
             raise ConfigError("select.new_item_gate: no VALID events to fit the gate on were given")
-        model, record["new_item_gate"], report = gate_on_valid(model, gate_events, evaluate)
+        model, record["new_item_gate"], report = gate_on_valid(model, gate_events, evaluate, cfg.gate_tolerance)
     if cfg.repeat_bonus:
         scorer = RepeatBonus(model)
         choice = repeat_sweep(scorer, evaluate)
