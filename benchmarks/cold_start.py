@@ -139,7 +139,7 @@ FUSED_MODELS = ("sasrec_hybrid_temp_offset_fused", "sasrec_hybrid_temp_offset_re
                 "sasrec_hybrid_repeat_fusedfirstknn", "sasrec_hybrid_fusedfirstknn",
                 "sasrec_hybrid_repeat_fusedfirstlex", "sasrec_hybrid_fusedfirstlex",
                 "sasrec_hybrid_repeat_newgate_fusedfirstlex", "sasrec_hybrid_repeat_newgate_fusedfirstknn",
-                "sasrec_hybrid_repeat_coldgate_fusedfirstlex")  # two runs each
+                "sasrec_hybrid_repeat_coldgate_fusedfirstlex", "sasrec_hybrid_repeat_coldgate_fusedfirstknn")  # two runs each
 # _temp: the content tower's item vectors of length 1 times a learned temperature (tower.options.learn_scale, as
 # the age models have), instead of the fixed length 3: the first training loss starts near log(items) instead of
 # about twice that, so the first steps need not shrink every score before ranking can improve (without it the
