@@ -631,6 +631,14 @@ COLD_GATE = "_coldgate"  # cold_start.py's suffix: select.new_item_gate with sel
 COLD_GATE_WORDS = ", per-user new-item gate fitted on VALID, chosen for VALID cold items within 1% of overall"
 
 
+def peel_gate(base: str) -> tuple[str, str]:
+    """(`base` without its gate suffix, the gate's words; "" without one)."""
+    for suffix, words in ((NEW_GATE, GATE_WORDS), (COLD_GATE, COLD_GATE_WORDS)):
+        if base.endswith(suffix):
+            return base.removesuffix(suffix), words
+    return base, ""
+
+
 def cold_start_label(model: str) -> str:
     """The docs' name of a `cold_start.py` model: its base model, then the suffixes `_first` (users' first events
     as training targets), `_reach` + `+offset` (the smallest new-item offset whose VALID cold items reach the rule
@@ -639,17 +647,15 @@ def cold_start_label(model: str) -> str:
     `_spread` (the offset in units of each user's ID score spread), `_fused` (late fusion with the trained content
     model), `_fusedfirst` (the fusion first, then the offset and bonus; `_fusedfirstknn` / `_fusedfirstlex` with
     the residual over the recency-weighted kNN / that rule over both similarities), `_newgate` (the per-user new-item
-    gate, select.new_item_gate), `_repeat` + a selected row (a bonus for the user's history items chosen on VALID)
-    and `@0` (untrained), in words."""
+    gate, select.new_item_gate; `_coldgate`: chosen for cold items within a tolerance), `_repeat` + a selected row
+    (a bonus for the user's history items chosen on VALID) and `@0` (untrained), in words."""
     base = model.removesuffix("@0")
     # the trained hybrid and a content model fused, then the run's other settings (`_fusedfirstknn`: the content
     # model is the residual over the recency-weighted kNN; `_fusedfirstlex`: the untrained rule over both similarities)
     for suffix, words in (("_fusedfirstknn", FUSED_KNN_WORDS), ("_fusedfirstlex", FUSED_LEX_WORDS),
                           ("_fusedfirst", FUSED_WORDS)):
         if base.endswith(suffix):
-            base = base.removesuffix(suffix)
-            gate = next((w for g, w in ((NEW_GATE, GATE_WORDS), (COLD_GATE, COLD_GATE_WORDS)) if base.endswith(g)), "")
-            base = base.removesuffix(NEW_GATE).removesuffix(COLD_GATE)
+            base, gate = peel_gate(base.removesuffix(suffix))
             repeat = ", history bonus chosen on VALID" if base.endswith("_repeat") else ""
             return (cold_start_label(base.removesuffix("_repeat").removesuffix("_offset")) + words
                     + ", then new-item offset chosen on VALID" + gate + repeat)
@@ -660,7 +666,7 @@ def cold_start_label(model: str) -> str:
     offset, base = base.endswith("+offset"), base.removesuffix("+offset")
     blend, base = base.endswith("+blend"), base.removesuffix("+blend")
     selected, base = offset or blend or base.endswith("+repeat"), base.removesuffix("+repeat")
-    gate, base = base.endswith(NEW_GATE), base.removesuffix(NEW_GATE)
+    base, gate = peel_gate(base)
     repeat, base = base.endswith("_repeat"), base.removesuffix("_repeat")
     reach, base = base.endswith("_reach"), base.removesuffix("_reach")
     first, base = base.endswith("_first"), base.removesuffix("_first")
@@ -687,7 +693,7 @@ def cold_start_label(model: str) -> str:
                ", at offset 0 (the run then picks an offset reaching the rules on VALID)" if reach and not offset_first
                else "")
             + (", blended with its untrained self on VALID" if blend else "")
-            + (GATE_WORDS if gate and selected else ", without its new-item gate" if gate else "")
+            + (gate if gate and selected else ", without its new-item gate" if gate else "")
             + (", history bonus chosen on VALID" if repeat and selected else
                ", without its history bonus" if repeat else "")
             + (", untrained" if model.endswith("@0") else ""))
